@@ -1,0 +1,254 @@
+import { runDurableObjectAlarm, runInDurableObject } from 'cloudflare:test'
+import { env } from 'cloudflare:workers'
+import { describe, it } from 'vitest'
+import { getConversationRoom } from '../worker/durable-objects'
+import type { HistoryPage } from '../worker/shared/protocol'
+import { api, Device, json, openChat, register, textSend, ticketFor, upgrade } from './helpers'
+
+async function pair() {
+  const alice = await register()
+  const bob = await register()
+  const conv = await openChat(alice, bob)
+  return { alice, bob, conv }
+}
+
+/** Drains the room's D1 outbox the way production does: through its alarm. */
+async function flush(conversationId: string) {
+  const room = getConversationRoom(env, conversationId)
+  for (let i = 0; i < 20; i++) {
+    if ((await room.stats()).outbox === 0) return
+    await runDurableObjectAlarm(room)
+  }
+  throw new Error('outbox did not drain')
+}
+
+async function d1Messages(conversationId: string) {
+  const { results } = await env.DB.prepare('SELECT seq, client_msg_id, body FROM messages WHERE conversation_id = ? ORDER BY seq')
+    .bind(conversationId)
+    .all<{ seq: number; client_msg_id: string; body: string }>()
+  return results
+}
+
+describe('conversations', () => {
+  it('opens one direct chat per pair, whoever opens it', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const again = await openChat(bob, alice)
+    expect(again.id).toBe(conv.id)
+    expect(conv.members.map((m) => m.handle).sort()).toEqual([alice.user.handle, bob.user.handle].sort())
+    expect(conv.title).toBe(bob.user.displayName)
+    const list = await json(await api('/api/conversations', { token: bob.accessToken }))
+    expect(list.conversations.map((c: { id: string }) => c.id)).toContain(conv.id)
+  })
+
+  it('refuses unknown handles and chats with yourself', async ({ expect }) => {
+    const alice = await register()
+    const missing = await api('/api/conversations', { token: alice.accessToken, body: { peerHandle: 'nobody_here_xyz' } })
+    expect(missing.status).toBe(404)
+    const self = await api('/api/conversations', { token: alice.accessToken, body: { peerHandle: alice.user.handle } })
+    expect(self.status).toBe(400)
+  })
+})
+
+describe('sending', () => {
+  it('acks with gapless seqs in send order and delivers live to the peer', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const a = await Device.connect(alice)
+    const b = await Device.connect(bob)
+    const sends = Array.from({ length: 10 }, (_, i) => textSend(conv.id, `hello ${i}`))
+    for (const s of sends) a.send(s)
+    const acks = []
+    for (const s of sends) acks.push(await a.next((m) => m.type === 'ack' && m.clientMsgId === (s as { clientMsgId: string }).clientMsgId))
+    expect(acks.map((x) => x.type === 'ack' && x.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    for (let seq = 1; seq <= 10; seq++) {
+      const ev = await b.next((m) => m.type === 'event' && m.event.seq === seq)
+      expect(ev.type === 'event' && ev.event.body).toEqual({ kind: 'text', text: `hello ${seq - 1}` })
+    }
+    a.close()
+    b.close()
+  })
+
+  it('returns the original seq for a retried clientMsgId and stores it once', async ({ expect }) => {
+    const { alice, conv } = await pair()
+    const a = await Device.connect(alice)
+    const msg = textSend(conv.id, 'only once')
+    a.send(msg)
+    const first = await a.next('ack')
+    a.send(textSend(conv.id, 'something else'))
+    await a.next('ack')
+    a.send(msg)
+    const retry = await a.next('ack')
+    expect(retry).toEqual(first)
+    // A retry after reconnecting on another socket is just as idempotent.
+    a.close()
+    const a2 = await Device.connect(alice)
+    a2.send(msg)
+    expect(await a2.next('ack')).toEqual(first)
+    await flush(conv.id)
+    const rows = await d1Messages(conv.id)
+    expect(rows.map((r) => r.seq)).toEqual([1, 2])
+    expect(rows.filter((r) => r.client_msg_id === (msg as { clientMsgId: string }).clientMsgId)).toHaveLength(1)
+    a2.close()
+  })
+
+  it('writes every acknowledged message to D1 exactly once, even when a flush repeats', async ({ expect }) => {
+    const { alice, conv } = await pair()
+    const a = await Device.connect(alice)
+    for (let i = 0; i < 25; i++) a.send(textSend(conv.id, `m${i}`))
+    for (let i = 0; i < 25; i++) await a.next('ack')
+    await flush(conv.id)
+    // Replaying the outbox (as after a crash between D1 insert and outbox delete) changes nothing.
+    const room = getConversationRoom(env, conv.id)
+    await runInDurableObject(room, (_instance, state) => {
+      state.storage.sql.exec('INSERT INTO d1_outbox (seq) SELECT seq FROM events')
+    })
+    await flush(conv.id)
+    const rows = await d1Messages(conv.id)
+    expect(rows.map((r) => r.seq)).toEqual(Array.from({ length: 25 }, (_, i) => i + 1))
+    expect(rows.map((r) => JSON.parse(r.body).text)).toEqual(Array.from({ length: 25 }, (_, i) => `m${i}`))
+    const conversation = await env.DB.prepare('SELECT last_seq FROM conversations WHERE id = ?').bind(conv.id).first<{ last_seq: number }>()
+    expect(conversation!.last_seq).toBe(25)
+    a.close()
+  })
+
+  it('sends every event to every device of the sender too', async ({ expect }) => {
+    const { alice, conv } = await pair()
+    const laptop = await Device.connect(alice)
+    const phone = await Device.connect(alice)
+    laptop.send(textSend(conv.id, 'from laptop'))
+    const ack = await laptop.next('ack')
+    const seen = await phone.next('event')
+    expect(seen.event.seq).toBe(ack.seq)
+    expect(seen.event.senderId).toBe(alice.user.id)
+    laptop.close()
+    phone.close()
+  })
+
+  it('syncs missed events in order, in pages', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const a = await Device.connect(alice)
+    for (let i = 0; i < 30; i++) a.send(textSend(conv.id, `n${i}`))
+    for (let i = 0; i < 30; i++) await a.next('ack')
+    const b = await Device.connect(bob)
+    const got: number[] = []
+    let after = 0
+    for (;;) {
+      b.send({ type: 'sync', conversationId: conv.id, afterSeq: after, limit: 12 })
+      const page = await b.next('events')
+      got.push(...page.events.map((e) => e.seq))
+      after = got[got.length - 1] ?? after
+      if (!page.hasMore) break
+    }
+    expect(got).toEqual(Array.from({ length: 30 }, (_, i) => i + 1))
+    a.close()
+    b.close()
+  })
+})
+
+describe('history', () => {
+  it('pages backwards from D1 with before/limit', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const a = await Device.connect(alice)
+    for (let i = 0; i < 7; i++) a.send(textSend(conv.id, `h${i}`))
+    for (let i = 0; i < 7; i++) await a.next('ack')
+    await flush(conv.id)
+    const p1 = await json<HistoryPage>(await api(`/api/conversations/${conv.id}/messages?limit=3`, { token: bob.accessToken }))
+    expect(p1.messages.map((m) => m.seq)).toEqual([5, 6, 7])
+    expect(p1.nextBefore).toBe(5)
+    const p2 = await json<HistoryPage>(await api(`/api/conversations/${conv.id}/messages?limit=3&before=5`, { token: bob.accessToken }))
+    expect(p2.messages.map((m) => m.seq)).toEqual([2, 3, 4])
+    const p3 = await json<HistoryPage>(await api(`/api/conversations/${conv.id}/messages?limit=3&before=2`, { token: bob.accessToken }))
+    expect(p3.messages.map((m) => m.seq)).toEqual([1])
+    expect(p3.nextBefore).toBeNull()
+    expect(p1.messages[0]!.body).toEqual({ kind: 'text', text: 'h4' })
+    const bad = await api(`/api/conversations/${conv.id}/messages?limit=1000`, { token: bob.accessToken })
+    expect(bad.status).toBe(400)
+    a.close()
+  })
+})
+
+describe('authorisation', () => {
+  it('a non-member can neither read, send nor sync, and nothing changes', async ({ expect }) => {
+    const { alice, conv } = await pair()
+    const mallory = await register()
+    const history = await api(`/api/conversations/${conv.id}/messages`, { token: mallory.accessToken })
+    expect(history.status).toBe(404)
+    expect((await json(history)).error.code).toBe('NOT_FOUND')
+
+    const m = await Device.connect(mallory)
+    const intrusion = textSend(conv.id, 'let me in')
+    m.send(intrusion)
+    const refused = await m.next('error')
+    expect(refused).toMatchObject({ code: 'NOT_MEMBER', ref: (intrusion as { clientMsgId: string }).clientMsgId })
+    m.send({ type: 'sync', conversationId: conv.id, afterSeq: 0 })
+    expect((await m.next('error')).code).toBe('NOT_MEMBER')
+    expect((await getConversationRoom(env, conv.id).stats()).lastSeq).toBe(0)
+
+    const a = await Device.connect(alice)
+    a.send(textSend(conv.id, 'members only'))
+    expect((await a.next('ack')).seq).toBe(1)
+    m.close()
+    a.close()
+  })
+
+  it('unauthenticated requests are refused', async ({ expect }) => {
+    expect((await api('/api/conversations')).status).toBe(401)
+    expect((await api('/api/ws/ticket', { method: 'POST' })).status).toBe(401)
+  })
+})
+
+describe('socket tickets', () => {
+  it('are single use', async ({ expect }) => {
+    const alice = await register()
+    const ticket = await ticketFor(alice)
+    const first = await upgrade(ticket)
+    expect(first.status).toBe(101)
+    first.webSocket!.accept()
+    const replay = await upgrade(ticket)
+    expect(replay.status).toBe(401)
+    first.webSocket!.close()
+  })
+
+  it('refuse a missing or forged ticket, an access token in its place and a foreign origin', async ({ expect }) => {
+    const alice = await register()
+    expect((await upgrade('')).status).toBe(401)
+    expect((await upgrade('forged.ticket.value')).status).toBe(401)
+    expect((await upgrade(alice.accessToken)).status).toBe(401)
+    const foreign = await upgrade(await ticketFor(alice), { origin: 'https://evil.example' })
+    expect(foreign.status).toBe(403)
+    const same = await upgrade(await ticketFor(alice), { origin: 'http://echovalley.test' })
+    expect(same.status).toBe(101)
+    same.webSocket!.accept()
+    same.webSocket!.close()
+  })
+})
+
+describe('bad frames', () => {
+  it('get an error frame, keep the socket open and change nothing', async ({ expect }) => {
+    const { alice, conv } = await pair()
+    const a = await Device.connect(alice)
+    const bad: (string | object)[] = [
+      'not json',
+      '[]',
+      'null',
+      { type: 'nope' },
+      { type: 'send' },
+      { type: 'send', conversationId: conv.id, clientMsgId: 'not-a-uuid', body: { kind: 'text', text: 'x' } },
+      { type: 'send', conversationId: conv.id, clientMsgId: crypto.randomUUID(), body: { kind: 'text', text: '   ' } },
+      { type: 'send', conversationId: conv.id, clientMsgId: crypto.randomUUID(), body: { kind: 'text', text: 'x'.repeat(4001) } },
+      { type: 'send', conversationId: conv.id, clientMsgId: crypto.randomUUID(), body: { kind: 'video', url: 'x' } },
+      { type: 'sync', conversationId: conv.id, afterSeq: -1 },
+      'x'.repeat(20_000),
+    ]
+    for (const frame of bad) {
+      a.send(typeof frame === 'string' ? frame : JSON.stringify(frame))
+      const e = await a.next('error')
+      expect(['BAD_REQUEST', 'PAYLOAD_TOO_LARGE']).toContain(e.code)
+    }
+    a.ws.send(new Uint8Array([1, 2, 3]))
+    expect((await a.next('error')).code).toBe('BAD_REQUEST')
+    expect((await getConversationRoom(env, conv.id).stats()).lastSeq).toBe(0)
+    a.send(textSend(conv.id, 'still works'))
+    expect((await a.next('ack')).seq).toBe(1)
+    a.close()
+  })
+})

@@ -1,0 +1,110 @@
+import { exports } from 'cloudflare:workers'
+import type { AuthResult, ClientMessage, ConversationSummary, ServerMessage } from '../worker/shared/protocol'
+
+const BASE = 'http://echovalley.test'
+let counter = 0
+
+export function uniqueHandle(prefix = 'user'): string {
+  return `${prefix}_${Date.now().toString(36)}${(counter++).toString(36)}`.slice(0, 32)
+}
+
+export async function api(path: string, init: { method?: string; body?: unknown; token?: string; headers?: Record<string, string> } = {}) {
+  const headers: Record<string, string> = { ...init.headers }
+  if (init.body !== undefined) headers['content-type'] ??= 'application/json'
+  if (init.token) headers.authorization = `Bearer ${init.token}`
+  return exports.default.fetch(
+    new Request(`${BASE}${path}`, {
+      method: init.method ?? (init.body !== undefined ? 'POST' : 'GET'),
+      headers,
+      body: init.body === undefined ? undefined : typeof init.body === 'string' ? init.body : JSON.stringify(init.body),
+    }),
+  )
+}
+
+export async function json<T = any>(res: Response): Promise<T> {
+  return (await res.json()) as T
+}
+
+export async function register(handle = uniqueHandle(), password = 'correct horse battery'): Promise<AuthResult> {
+  const res = await api('/api/auth/register', { body: { handle, password, displayName: handle.toUpperCase() } })
+  if (res.status !== 201) throw new Error(`register failed: ${res.status} ${await res.text()}`)
+  return json<AuthResult>(res)
+}
+
+export async function openChat(a: AuthResult, b: AuthResult): Promise<ConversationSummary> {
+  const res = await api('/api/conversations', { token: a.accessToken, body: { peerHandle: b.user.handle } })
+  if (res.status !== 201 && res.status !== 200) throw new Error(`open chat failed: ${res.status} ${await res.text()}`)
+  return (await json<{ conversation: ConversationSummary }>(res)).conversation
+}
+
+export async function ticketFor(a: AuthResult): Promise<string> {
+  const res = await api('/api/ws/ticket', { method: 'POST', token: a.accessToken })
+  if (res.status !== 200) throw new Error(`ticket failed: ${res.status}`)
+  return (await json<{ ticket: string }>(res)).ticket
+}
+
+export async function upgrade(ticket: string, headers: Record<string, string> = {}) {
+  return exports.default.fetch(
+    new Request(`${BASE}/api/ws?ticket=${encodeURIComponent(ticket)}`, { headers: { upgrade: 'websocket', ...headers } }),
+  )
+}
+
+/** A connected device: collects every server frame and lets a test wait for one. */
+export class Device {
+  readonly frames: ServerMessage[] = []
+  private waiters: { match: (m: ServerMessage) => boolean; resolve: (m: ServerMessage) => void }[] = []
+
+  constructor(readonly ws: WebSocket) {
+    ws.addEventListener('message', (e) => {
+      if (typeof e.data !== 'string' || e.data === 'pong') return
+      const msg = JSON.parse(e.data) as ServerMessage
+      this.frames.push(msg)
+      this.waiters = this.waiters.filter((w) => (w.match(msg) ? (w.resolve(msg), false) : true))
+    })
+  }
+
+  static async connect(a: AuthResult): Promise<Device> {
+    const res = await upgrade(await ticketFor(a))
+    if (res.status !== 101 || !res.webSocket) throw new Error(`upgrade failed: ${res.status}`)
+    res.webSocket.accept()
+    const device = new Device(res.webSocket)
+    await device.next((m) => m.type === 'hello')
+    return device
+  }
+
+  send(msg: ClientMessage | string) {
+    this.ws.send(typeof msg === 'string' ? msg : JSON.stringify(msg))
+  }
+
+  /** Resolves with the first frame (already received or future) that matches. */
+  next<T extends ServerMessage['type']>(
+    match: ((m: ServerMessage) => boolean) | T,
+    timeoutMs = 5000,
+  ): Promise<Extract<ServerMessage, { type: T }>> {
+    const pred = typeof match === 'string' ? (m: ServerMessage) => m.type === match : match
+    const seen = this.frames.find(pred)
+    if (seen) {
+      this.frames.splice(this.frames.indexOf(seen), 1)
+      return Promise.resolve(seen as Extract<ServerMessage, { type: T }>)
+    }
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`timed out waiting for a frame; got ${JSON.stringify(this.frames)}`)), timeoutMs)
+      this.waiters.push({
+        match: pred,
+        resolve: (m) => {
+          clearTimeout(timer)
+          this.frames.splice(this.frames.indexOf(m), 1)
+          resolve(m as Extract<ServerMessage, { type: T }>)
+        },
+      })
+    })
+  }
+
+  close() {
+    this.ws.close(1000, 'done')
+  }
+}
+
+export function textSend(conversationId: string, text: string, clientMsgId: string = crypto.randomUUID()): ClientMessage {
+  return { type: 'send', conversationId, clientMsgId, body: { kind: 'text', text } }
+}

@@ -1,0 +1,27 @@
+import { Hono } from 'hono'
+import { bodyLimit } from 'hono/body-limit'
+import { secureHeaders } from 'hono/secure-headers'
+import type { AppEnv } from './env'
+import { errorBody, fail, renderError } from './http'
+import { authRoutes, meRoutes } from './routes/auth'
+import { conversationRoutes } from './routes/conversations'
+import { wsRoutes } from './routes/ws'
+import { ErrorCode } from './shared/errors'
+
+const MAX_JSON_BODY = 64 * 1024
+
+export const app = new Hono<AppEnv>()
+  .basePath('/api')
+  // A 101 response's headers are immutable, so upgrades skip the header middleware.
+  .use((c, next) => (c.req.header('upgrade') ? next() : secureHeaders()(c, next)))
+  .use(bodyLimit({ maxSize: MAX_JSON_BODY, onError: () => fail(413, ErrorCode.PAYLOAD_TOO_LARGE, `request bodies are limited to ${MAX_JSON_BODY} bytes`) }))
+  .get('/health', (c) => c.json({ ok: true }))
+  .route('/auth', authRoutes)
+  .route('/me', meRoutes)
+  .route('/ws', wsRoutes)
+  .route('/conversations', conversationRoutes)
+
+app.notFound((c) => c.json(errorBody(ErrorCode.NOT_FOUND, 'no such endpoint'), 404))
+app.onError(renderError)
+
+export type ApiType = typeof app

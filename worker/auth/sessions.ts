@@ -1,0 +1,68 @@
+import { and, eq, isNull } from 'drizzle-orm'
+import type { Db } from '../db/client'
+import { refreshTokens, sessions, users, type User } from '../db/schema'
+import type { Env } from '../env'
+import { fail } from '../http'
+import { newId, sha256 } from '../ids'
+import { ErrorCode } from '../shared/errors'
+import type { AuthResult, PublicUser } from '../shared/protocol'
+import { ACCESS_TOKEN_TTL_S, REFRESH_TOKEN_TTL_MS, newRefreshToken, signAccessToken } from './tokens'
+
+export function publicUser(u: Pick<User, 'id' | 'handle' | 'displayName'>): PublicUser {
+  return { id: u.id, handle: u.handle, displayName: u.displayName }
+}
+
+async function issueTokens(env: Env, db: Db, user: User, sessionId: string): Promise<AuthResult> {
+  const refreshToken = newRefreshToken()
+  await db.insert(refreshTokens).values({
+    tokenHash: await sha256(refreshToken),
+    sessionId,
+    expiresAt: Date.now() + REFRESH_TOKEN_TTL_MS,
+  })
+  const accessToken = await signAccessToken(env, { userId: user.id, sessionId })
+  return { user: publicUser(user), sessionId, accessToken, expiresIn: ACCESS_TOKEN_TTL_S, refreshToken }
+}
+
+export async function startSession(env: Env, db: Db, user: User, deviceName: string): Promise<AuthResult> {
+  const sessionId = newId()
+  await db.insert(sessions).values({ id: sessionId, userId: user.id, deviceName })
+  return issueTokens(env, db, user, sessionId)
+}
+
+/** Rotates a refresh token; presenting a used one revokes the whole session (it was stolen or replayed). */
+export async function rotateRefreshToken(env: Env, db: Db, presented: string): Promise<AuthResult> {
+  const tokenHash = await sha256(presented)
+  const row = await db
+    .select({ token: refreshTokens, session: sessions, user: users })
+    .from(refreshTokens)
+    .innerJoin(sessions, eq(sessions.id, refreshTokens.sessionId))
+    .innerJoin(users, eq(users.id, sessions.userId))
+    .where(eq(refreshTokens.tokenHash, tokenHash))
+    .get()
+  if (!row || row.session.revokedAt !== null || row.token.expiresAt < Date.now()) {
+    fail(401, ErrorCode.UNAUTHORIZED, 'refresh token is invalid or expired')
+  }
+  const claimed = row.token.usedAt === null
+    ? await db
+        .update(refreshTokens)
+        .set({ usedAt: Date.now() })
+        .where(and(eq(refreshTokens.tokenHash, tokenHash), isNull(refreshTokens.usedAt)))
+        .run()
+    : null
+  if (!claimed || claimed.meta.changes !== 1) {
+    await revokeSession(db, row.session.id)
+    fail(401, ErrorCode.TOKEN_REUSED, 'refresh token was already used; the session is revoked')
+  }
+  await db.update(sessions).set({ lastSeenAt: Date.now() }).where(eq(sessions.id, row.session.id))
+  return issueTokens(env, db, row.user, row.session.id)
+}
+
+export async function revokeSession(db: Db, sessionId: string): Promise<void> {
+  await db.update(sessions).set({ revokedAt: Date.now() }).where(and(eq(sessions.id, sessionId), isNull(sessions.revokedAt)))
+}
+
+export async function isSessionActive(db: Db, sessionId: string, userId: string): Promise<boolean> {
+  const s = await db.select({ revokedAt: sessions.revokedAt }).from(sessions)
+    .where(and(eq(sessions.id, sessionId), eq(sessions.userId, userId))).get()
+  return !!s && s.revokedAt === null
+}

@@ -1,0 +1,91 @@
+import { sql } from 'drizzle-orm'
+import { index, integer, primaryKey, sqliteTable, text, uniqueIndex } from 'drizzle-orm/sqlite-core'
+
+const now = sql`(unixepoch('subsec') * 1000)`
+
+export const users = sqliteTable('users', {
+  id: text('id').primaryKey(),
+  handle: text('handle').notNull().unique(),
+  displayName: text('display_name').notNull(),
+  passwordHash: text('password_hash').notNull(),
+  createdAt: integer('created_at').notNull().default(now),
+})
+export type User = typeof users.$inferSelect
+
+/** One row per signed-in device. */
+export const sessions = sqliteTable(
+  'sessions',
+  {
+    id: text('id').primaryKey(),
+    userId: text('user_id')
+      .notNull()
+      .references(() => users.id),
+    deviceName: text('device_name').notNull(),
+    createdAt: integer('created_at').notNull().default(now),
+    lastSeenAt: integer('last_seen_at').notNull().default(now),
+    revokedAt: integer('revoked_at'),
+  },
+  (t) => [index('sessions_user_idx').on(t.userId)],
+)
+export type Session = typeof sessions.$inferSelect
+
+/** Refresh tokens are stored as SHA-256 hashes; a used one stays to detect reuse. */
+export const refreshTokens = sqliteTable(
+  'refresh_tokens',
+  {
+    tokenHash: text('token_hash').primaryKey(),
+    sessionId: text('session_id')
+      .notNull()
+      .references(() => sessions.id),
+    expiresAt: integer('expires_at').notNull(),
+    usedAt: integer('used_at'),
+  },
+  (t) => [index('refresh_tokens_session_idx').on(t.sessionId)],
+)
+
+export const conversations = sqliteTable('conversations', {
+  id: text('id').primaryKey(),
+  kind: text('kind', { enum: ['direct', 'group'] }).notNull(),
+  title: text('title'),
+  /** Sorted member ids of a direct chat, so each pair has exactly one. */
+  directKey: text('direct_key').unique(),
+  createdBy: text('created_by').notNull(),
+  createdAt: integer('created_at').notNull().default(now),
+  lastSeq: integer('last_seq').notNull().default(0),
+  lastActivityAt: integer('last_activity_at').notNull().default(now),
+})
+export type Conversation = typeof conversations.$inferSelect
+
+export const members = sqliteTable(
+  'members',
+  {
+    conversationId: text('conversation_id')
+      .notNull()
+      .references(() => conversations.id),
+    userId: text('user_id')
+      .notNull()
+      .references(() => users.id),
+    role: text('role', { enum: ['owner', 'admin', 'member'] }).notNull(),
+    joinedAt: integer('joined_at').notNull().default(now),
+  },
+  (t) => [primaryKey({ columns: [t.conversationId, t.userId] }), index('members_user_idx').on(t.userId)],
+)
+
+/** History mirror of the conversation logs; (conversation_id, seq) makes inserts idempotent. */
+export const messages = sqliteTable(
+  'messages',
+  {
+    conversationId: text('conversation_id').notNull(),
+    seq: integer('seq').notNull(),
+    senderId: text('sender_id').notNull(),
+    clientMsgId: text('client_msg_id').notNull(),
+    kind: text('kind').notNull(),
+    body: text('body', { mode: 'json' }).notNull(),
+    createdAt: integer('created_at').notNull(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.conversationId, t.seq] }),
+    index('messages_time_idx').on(t.conversationId, t.createdAt),
+    uniqueIndex('messages_client_idx').on(t.conversationId, t.senderId, t.clientMsgId),
+  ],
+)

@@ -1,0 +1,9 @@
+import type { Env } from './env'
+
+export function getConversationRoom(env: Env, conversationId: string) {
+  return env.CONVERSATION.get(env.CONVERSATION.idFromName(conversationId))
+}
+
+export function getUserHub(env: Env, userId: string) {
+  return env.USER.get(env.USER.idFromName(userId))
+}

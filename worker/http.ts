@@ -1,0 +1,63 @@
+import { zValidator } from '@hono/zod-validator'
+import type { Context, ValidationTargets } from 'hono'
+import { createMiddleware } from 'hono/factory'
+import { HTTPException } from 'hono/http-exception'
+import type { ContentfulStatusCode } from 'hono/utils/http-status'
+import type { ZodType } from 'zod'
+import { ErrorCode, type ErrorBody } from './shared/errors'
+import { verifyAccessToken } from './auth/tokens'
+import type { AppEnv, AuthContext } from './env'
+
+export function fail(status: ContentfulStatusCode, code: ErrorCode, message: string): never {
+  throw new HTTPException(status, { message, cause: { code } })
+}
+
+const codeForStatus: Partial<Record<number, ErrorCode>> = {
+  400: ErrorCode.BAD_REQUEST,
+  401: ErrorCode.UNAUTHORIZED,
+  403: ErrorCode.FORBIDDEN,
+  404: ErrorCode.NOT_FOUND,
+  409: ErrorCode.CONFLICT,
+  413: ErrorCode.PAYLOAD_TOO_LARGE,
+  429: ErrorCode.RATE_LIMITED,
+}
+
+export function errorBody(code: ErrorCode, message: string): ErrorBody {
+  return { error: { code, message } }
+}
+
+/** The single place errors become responses; unknown errors never leak details. */
+export function renderError(err: Error, c: Context<AppEnv>) {
+  if (err instanceof HTTPException) {
+    const cause = err.cause as { code?: ErrorCode } | undefined
+    const code = cause?.code ?? codeForStatus[err.status] ?? ErrorCode.BAD_REQUEST
+    return c.json(errorBody(code, err.message || code), err.status)
+  }
+  console.error('unhandled error', err)
+  return c.json(errorBody(ErrorCode.INTERNAL, 'internal error'), 500)
+}
+
+/** zValidator whose failures go through the one error shape. */
+export function validate<T extends ZodType, Target extends keyof ValidationTargets>(target: Target, schema: T) {
+  return zValidator(target, schema, (result) => {
+    if (!result.success) {
+      const message = result.error.issues
+        .map((i) => (i.path.length ? `${i.path.join('.')}: ${i.message}` : i.message))
+        .join('; ')
+      fail(400, ErrorCode.BAD_REQUEST, message)
+    }
+  })
+}
+
+export async function getAuth(c: Context<AppEnv>): Promise<AuthContext | null> {
+  const header = c.req.header('authorization')
+  const match = header?.match(/^Bearer (.+)$/)
+  return match ? verifyAccessToken(c.env, match[1]!) : null
+}
+
+export const requireAuth = createMiddleware<AppEnv>(async (c, next) => {
+  const auth = await getAuth(c)
+  if (!auth) fail(401, ErrorCode.UNAUTHORIZED, 'missing or invalid access token')
+  c.set('auth', auth)
+  await next()
+})

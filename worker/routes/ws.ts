@@ -1,0 +1,38 @@
+import { Hono } from 'hono'
+import { isSessionActive } from '../auth/sessions'
+import { signWsTicket, verifyWsTicket, WS_TICKET_TTL_S } from '../auth/tokens'
+import { getDb } from '../db/client'
+import { getUserHub } from '../durable-objects'
+import type { AppEnv, Env } from '../env'
+import { fail, requireAuth } from '../http'
+import { ErrorCode } from '../shared/errors'
+import { UPGRADE_HEADERS } from '../user/UserHub'
+
+function originAllowed(env: Env, request: Request): boolean {
+  const origin = request.headers.get('origin')
+  // Non-browser clients send no Origin; browsers always do, and that is what the check protects.
+  if (!origin) return true
+  if (origin === new URL(request.url).origin) return true
+  return env.ALLOWED_ORIGINS.split(',').map((s) => s.trim()).filter(Boolean).includes(origin)
+}
+
+export const wsRoutes = new Hono<AppEnv>()
+  .post('/ticket', requireAuth, async (c) => {
+    const auth = c.get('auth')
+    if (!(await isSessionActive(getDb(c.env), auth.sessionId, auth.userId))) fail(401, ErrorCode.UNAUTHORIZED, 'session revoked')
+    const { ticket } = await signWsTicket(c.env, auth)
+    return c.json({ ticket, expiresIn: WS_TICKET_TTL_S })
+  })
+  .get('/', async (c) => {
+    if (c.req.header('upgrade')?.toLowerCase() !== 'websocket') fail(426, ErrorCode.BAD_REQUEST, 'expected a WebSocket upgrade')
+    if (!originAllowed(c.env, c.req.raw)) fail(403, ErrorCode.FORBIDDEN, 'origin not allowed')
+    const ticket = c.req.query('ticket')
+    const claims = ticket ? await verifyWsTicket(c.env, ticket) : null
+    if (!claims) fail(401, ErrorCode.UNAUTHORIZED, 'missing, invalid or expired ticket')
+    const headers = new Headers(c.req.raw.headers)
+    headers.set(UPGRADE_HEADERS.userId, claims.userId)
+    headers.set(UPGRADE_HEADERS.sessionId, claims.sessionId)
+    headers.set(UPGRADE_HEADERS.jti, claims.jti)
+    headers.set(UPGRADE_HEADERS.exp, String(claims.exp))
+    return getUserHub(c.env, claims.userId).fetch(new Request(c.req.url, { headers }))
+  })

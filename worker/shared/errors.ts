@@ -1,0 +1,25 @@
+/** Every error the API or a socket reports carries one of these codes. */
+export const ErrorCode = {
+  BAD_REQUEST: 'BAD_REQUEST',
+  UNAUTHORIZED: 'UNAUTHORIZED',
+  FORBIDDEN: 'FORBIDDEN',
+  NOT_FOUND: 'NOT_FOUND',
+  CONFLICT: 'CONFLICT',
+  HANDLE_TAKEN: 'HANDLE_TAKEN',
+  INVALID_CREDENTIALS: 'INVALID_CREDENTIALS',
+  TOKEN_REUSED: 'TOKEN_REUSED',
+  NOT_MEMBER: 'NOT_MEMBER',
+  RATE_LIMITED: 'RATE_LIMITED',
+  PAYLOAD_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
+  UNSUPPORTED_PROTOCOL: 'UNSUPPORTED_PROTOCOL',
+  INTERNAL: 'INTERNAL',
+} as const
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode]
+
+/** The one error body every HTTP error response has. */
+export interface ErrorBody {
+  error: { code: ErrorCode; message: string }
+}
+
+/** WebSocket close code for application errors; the reason is an ErrorCode. */
+export const APP_CLOSE_CODE = 4099
