@@ -24,10 +24,15 @@ CREATE INDEX `members_user_idx` ON `members` (`user_id`);--> statement-breakpoin
 CREATE TABLE `messages` (
 	`conversation_id` text NOT NULL,
 	`seq` integer NOT NULL,
+	`type` text NOT NULL,
 	`sender_id` text NOT NULL,
 	`client_msg_id` text NOT NULL,
-	`kind` text NOT NULL,
-	`body` text NOT NULL,
+	`kind` text,
+	`body` text,
+	`target_seq` integer,
+	`edited_at` integer,
+	`recalled_by` text,
+	`recalled_by_admin` integer,
 	`created_at` integer NOT NULL,
 	PRIMARY KEY(`conversation_id`, `seq`)
 );

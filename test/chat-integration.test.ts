@@ -1,25 +1,16 @@
-import { runDurableObjectAlarm, runInDurableObject } from 'cloudflare:test'
+import { runInDurableObject } from 'cloudflare:test'
 import { env } from 'cloudflare:workers'
 import { describe, it } from 'vitest'
 import { getConversationRoom } from '../worker/durable-objects'
 import type { HistoryPage } from '../worker/shared/protocol'
 import { api, Device, json, openChat, register, textSend, ticketFor, upgrade } from './helpers'
+import { drainOutbox } from './push-helpers'
 
 async function pair() {
   const alice = await register()
   const bob = await register()
   const conv = await openChat(alice, bob)
   return { alice, bob, conv }
-}
-
-/** Drains the room's D1 outbox the way production does: through its alarm. */
-async function flush(conversationId: string) {
-  const room = getConversationRoom(env, conversationId)
-  for (let i = 0; i < 20; i++) {
-    if ((await room.stats()).outbox === 0) return
-    await runDurableObjectAlarm(room)
-  }
-  throw new Error('outbox did not drain')
 }
 
 async function d1Messages(conversationId: string) {
@@ -61,7 +52,7 @@ describe('sending', () => {
     expect(acks.map((x) => x.type === 'ack' && x.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
     for (let seq = 1; seq <= 10; seq++) {
       const ev = await b.next((m) => m.type === 'event' && m.event.seq === seq)
-      expect(ev.type === 'event' && ev.event.body).toEqual({ kind: 'text', text: `hello ${seq - 1}` })
+      expect(ev.type === 'event' && ev.event.type === 'message' && ev.event.body).toEqual({ kind: 'text', text: `hello ${seq - 1}` })
     }
     a.close()
     b.close()
@@ -83,7 +74,7 @@ describe('sending', () => {
     const a2 = await Device.connect(alice)
     a2.send(msg)
     expect(await a2.next('ack')).toEqual(first)
-    await flush(conv.id)
+    await drainOutbox(conv.id)
     const rows = await d1Messages(conv.id)
     expect(rows.map((r) => r.seq)).toEqual([1, 2])
     expect(rows.filter((r) => r.client_msg_id === (msg as { clientMsgId: string }).clientMsgId)).toHaveLength(1)
@@ -95,13 +86,13 @@ describe('sending', () => {
     const a = await Device.connect(alice)
     for (let i = 0; i < 25; i++) a.send(textSend(conv.id, `m${i}`))
     for (let i = 0; i < 25; i++) await a.next('ack')
-    await flush(conv.id)
+    await drainOutbox(conv.id)
     // Replaying the outbox (as after a crash between D1 insert and outbox delete) changes nothing.
     const room = getConversationRoom(env, conv.id)
     await runInDurableObject(room, (_instance, state) => {
-      state.storage.sql.exec('INSERT INTO d1_outbox (seq) SELECT seq FROM events')
+      state.storage.sql.exec('INSERT OR REPLACE INTO d1_outbox (seq, gen) SELECT seq, seq FROM events')
     })
-    await flush(conv.id)
+    await drainOutbox(conv.id)
     const rows = await d1Messages(conv.id)
     expect(rows.map((r) => r.seq)).toEqual(Array.from({ length: 25 }, (_, i) => i + 1))
     expect(rows.map((r) => JSON.parse(r.body).text)).toEqual(Array.from({ length: 25 }, (_, i) => `m${i}`))
@@ -150,16 +141,16 @@ describe('history', () => {
     const a = await Device.connect(alice)
     for (let i = 0; i < 7; i++) a.send(textSend(conv.id, `h${i}`))
     for (let i = 0; i < 7; i++) await a.next('ack')
-    await flush(conv.id)
+    await drainOutbox(conv.id)
     const p1 = await json<HistoryPage>(await api(`/api/conversations/${conv.id}/messages?limit=3`, { token: bob.accessToken }))
-    expect(p1.messages.map((m) => m.seq)).toEqual([5, 6, 7])
+    expect(p1.events.map((m) => m.seq)).toEqual([5, 6, 7])
     expect(p1.nextBefore).toBe(5)
     const p2 = await json<HistoryPage>(await api(`/api/conversations/${conv.id}/messages?limit=3&before=5`, { token: bob.accessToken }))
-    expect(p2.messages.map((m) => m.seq)).toEqual([2, 3, 4])
+    expect(p2.events.map((m) => m.seq)).toEqual([2, 3, 4])
     const p3 = await json<HistoryPage>(await api(`/api/conversations/${conv.id}/messages?limit=3&before=2`, { token: bob.accessToken }))
-    expect(p3.messages.map((m) => m.seq)).toEqual([1])
+    expect(p3.events.map((m) => m.seq)).toEqual([1])
     expect(p3.nextBefore).toBeNull()
-    expect(p1.messages[0]!.body).toEqual({ kind: 'text', text: 'h4' })
+    expect(p1.events[0]).toMatchObject({ type: 'message', body: { kind: 'text', text: 'h4' } })
     const bad = await api(`/api/conversations/${conv.id}/messages?limit=1000`, { token: bob.accessToken })
     expect(bad.status).toBe(400)
     a.close()

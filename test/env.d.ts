@@ -4,7 +4,10 @@ import type { Env as WorkerEnv } from '../worker/env'
 declare global {
   namespace Cloudflare {
     interface Env extends WorkerEnv {
-      TEST_MIGRATIONS: D1Migration[]
+      TEST_MIGRATIONS?: D1Migration[]
+    }
+    interface GlobalProps {
+      mainModule: typeof import('../worker/index')
     }
   }
 }

@@ -5,6 +5,7 @@ import type { AppEnv } from './env'
 import { errorBody, fail, renderError } from './http'
 import { authRoutes, meRoutes } from './routes/auth'
 import { conversationRoutes } from './routes/conversations'
+import { pushRoutes } from './routes/push'
 import { wsRoutes } from './routes/ws'
 import { ErrorCode } from './shared/errors'
 
@@ -20,6 +21,7 @@ export const app = new Hono<AppEnv>()
   .route('/me', meRoutes)
   .route('/ws', wsRoutes)
   .route('/conversations', conversationRoutes)
+  .route('/push', pushRoutes)
 
 app.notFound((c) => c.json(errorBody(ErrorCode.NOT_FOUND, 'no such endpoint'), 404))
 app.onError(renderError)

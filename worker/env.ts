@@ -1,4 +1,5 @@
 import type { ConversationRoom } from './conversation/ConversationRoom'
+import type { QueueMessage } from './shared/jobs'
 import type { UserHub } from './user/UserHub'
 
 export interface Env {
@@ -6,10 +7,16 @@ export interface Env {
   ASSETS: Fetcher
   CONVERSATION: DurableObjectNamespace<ConversationRoom>
   USER: DurableObjectNamespace<UserHub>
+  PUSH_QUEUE: Queue<QueueMessage>
   JWT_SECRET: string
   JWT_ISSUER: string
   JWT_AUDIENCE: string
   ALLOWED_ORIGINS: string
+  VAPID_PUBLIC_KEY: string
+  VAPID_PRIVATE_KEY: string
+  VAPID_SUBJECT: string
+  /** First push retry delay in seconds; doubles per attempt. */
+  PUSH_RETRY_BASE_S?: string
 }
 
 export interface AuthContext {

@@ -1,9 +1,11 @@
 import { app } from './app'
 import type { Env } from './env'
+import { handleQueue } from './push/queue'
 
 export { ConversationRoom } from './conversation/ConversationRoom'
 export { UserHub } from './user/UserHub'
 
 export default {
   fetch: app.fetch,
+  queue: handleQueue,
 } satisfies ExportedHandler<Env>

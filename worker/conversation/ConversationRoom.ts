@@ -2,7 +2,16 @@ import { DurableObject } from 'cloudflare:workers'
 import { getUserHub } from '../durable-objects'
 import type { Env } from '../env'
 import { ErrorCode } from '../shared/errors'
-import { MessageBody, SYNC_PAGE_LIMIT, type ConversationEvent, type MessageEvent } from '../shared/protocol'
+import {
+  EDIT_WINDOW_MS,
+  MessageBody,
+  RECALL_WINDOW_MS,
+  SYNC_PAGE_LIMIT,
+  TextBody,
+  type ConversationEvent,
+  type Receipt,
+} from '../shared/protocol'
+import { EVENT_COLUMNS, eventToRow, rowToEvent, type EventRow } from './event-rows'
 import { migrateRoom, ROOM_SCHEMA_VERSION } from './room-schema'
 
 export type RoomResult<T> = { ok: true; value: T } | { ok: false; code: ErrorCode; message: string }
@@ -13,42 +22,34 @@ export interface Ack {
   serverTs: number
   duplicate: boolean
 }
+export interface SyncPage {
+  events: ConversationEvent[]
+  hasMore: boolean
+  lastSeq: number
+  receipts: Receipt[]
+}
+interface Member {
+  role: string
+  deliveredSeq: number
+  readSeq: number
+}
 
 /** Retry interval for draining the D1 outbox when a flush fails or is pending. */
 const FLUSH_RETRY_MS = 2_000
 const FLUSH_BATCH = 100
 
-interface EventRow extends Record<string, SqlStorageValue> {
-  seq: number
-  type: string
-  sender_id: string
-  client_msg_id: string
-  body: string
-  server_ts: number
-}
-
-function rowToEvent(conversationId: string, r: EventRow): ConversationEvent {
-  return {
-    type: 'message',
-    conversationId,
-    seq: r.seq,
-    senderId: r.sender_id,
-    clientMsgId: r.client_msg_id,
-    serverTs: r.server_ts,
-    body: JSON.parse(r.body) as MessageBody,
-  }
-}
-
-const err = (code: ErrorCode, message: string) => ({ ok: false, code, message }) as const
+const fail = (code: ErrorCode, message: string) => ({ ok: false, code, message }) as const
+const ok = <T>(value: T) => ({ ok: true, value }) as const
 
 /**
  * One per conversation. Its SQLite log is authoritative: it assigns seq, acks only after the
- * write, fans out to members' UserHubs and drains an outbox of events into D1 history.
+ * write, keeps receipt cursors, fans out to members' UserHubs and drains an outbox into D1.
  */
 export class ConversationRoom extends DurableObject<Env> {
   private sql: SqlStorage
   private conversationId: string | null = null
-  private members = new Map<string, { role: string }>()
+  private kind: 'direct' | 'group' = 'direct'
+  private members = new Map<string, Member>()
   private lastSeq = 0
   private flushing: Promise<void> | null = null
   /** Injectable clock so time boundaries are testable. */
@@ -64,89 +65,201 @@ export class ConversationRoom extends DurableObject<Env> {
   }
 
   private loadState() {
-    const meta = this.sql.exec<{ value: string }>(`SELECT value FROM meta WHERE key = 'conversation_id'`).toArray()[0]
-    this.conversationId = meta?.value ?? null
+    const meta = new Map(this.sql.exec<{ key: string; value: string }>('SELECT key, value FROM meta').toArray().map((r) => [r.key, r.value]))
+    this.conversationId = meta.get('conversation_id') ?? null
+    this.kind = meta.get('kind') === 'group' ? 'group' : 'direct'
     this.members = new Map(
-      this.sql.exec<{ user_id: string; role: string }>('SELECT user_id, role FROM members').toArray().map((m) => [m.user_id, { role: m.role }]),
+      this.sql
+        .exec<{ user_id: string; role: string; delivered_seq: number; read_seq: number }>('SELECT * FROM members')
+        .toArray()
+        .map((m) => [m.user_id, { role: m.role, deliveredSeq: m.delivered_seq, readSeq: m.read_seq }]),
     )
     this.lastSeq = this.sql.exec<{ s: number | null }>('SELECT max(seq) AS s FROM events').one().s ?? 0
   }
 
   /** The first call for a conversation copies its membership from D1, where the Worker created it. */
   private async ensureLoaded(conversationId: string): Promise<RoomResult<null>> {
-    if (this.conversationId === conversationId) return { ok: true, value: null }
-    if (this.conversationId !== null) return err(ErrorCode.NOT_FOUND, 'conversation not found')
-    const { results } = await this.env.DB.prepare('SELECT user_id, role FROM members WHERE conversation_id = ?')
-      .bind(conversationId)
-      .all<{ user_id: string; role: string }>()
-    if (results.length === 0) return err(ErrorCode.NOT_FOUND, 'conversation not found')
+    if (this.conversationId === conversationId) return ok(null)
+    if (this.conversationId !== null) return fail(ErrorCode.NOT_FOUND, 'conversation not found')
+    const [conv, people] = await this.env.DB.batch<{ kind?: string; user_id?: string; role?: string }>([
+      this.env.DB.prepare('SELECT kind FROM conversations WHERE id = ?').bind(conversationId),
+      this.env.DB.prepare('SELECT user_id, role FROM members WHERE conversation_id = ?').bind(conversationId),
+    ])
+    const kind = conv!.results[0]?.kind
+    if (!kind || people!.results.length === 0) return fail(ErrorCode.NOT_FOUND, 'conversation not found')
     // Another call may have loaded it while we awaited D1.
-    if (this.conversationId === conversationId) return { ok: true, value: null }
+    if (this.conversationId === conversationId) return ok(null)
     this.ctx.storage.transactionSync(() => {
-      this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('conversation_id', ?), ('version', ?)`, conversationId, String(ROOM_SCHEMA_VERSION))
-      for (const m of results) this.sql.exec('INSERT OR IGNORE INTO members (user_id, role) VALUES (?, ?)', m.user_id, m.role)
+      this.sql.exec(
+        `INSERT OR REPLACE INTO meta (key, value) VALUES ('conversation_id', ?), ('kind', ?), ('version', ?)`,
+        conversationId, kind, String(ROOM_SCHEMA_VERSION),
+      )
+      for (const m of people!.results) this.sql.exec('INSERT OR IGNORE INTO members (user_id, role) VALUES (?, ?)', m.user_id!, m.role!)
     })
     this.loadState()
-    return { ok: true, value: null }
+    return ok(null)
   }
 
-  private async authorize(conversationId: string, userId: string): Promise<RoomResult<null>> {
+  private async authorize(conversationId: string, userId: string): Promise<RoomResult<Member>> {
     const loaded = await this.ensureLoaded(conversationId)
     if (!loaded.ok) return loaded
-    if (!this.members.has(userId)) return err(ErrorCode.NOT_MEMBER, 'not a member of this conversation')
-    return loaded
+    const member = this.members.get(userId)
+    return member ? ok(member) : fail(ErrorCode.NOT_MEMBER, 'not a member of this conversation')
+  }
+
+  private findBySender(senderId: string, clientMsgId: string): Ack | null {
+    const row = this.sql
+      .exec<{ seq: number; created_at: number }>('SELECT seq, created_at FROM events WHERE sender_id = ? AND client_msg_id = ?', senderId, clientMsgId)
+      .toArray()[0]
+    return row ? { conversationId: this.conversationId!, clientMsgId, seq: row.seq, serverTs: row.created_at, duplicate: true } : null
+  }
+
+  private eventRow(seq: number): EventRow | undefined {
+    return this.sql.exec<EventRow>(`SELECT ${EVENT_COLUMNS} FROM events WHERE seq = ?`, seq).toArray()[0]
+  }
+
+  /**
+   * Appends one event and whatever it changes in earlier rows, in one transaction, then fans out.
+   * `touched` are earlier seqs whose D1 copy must be rewritten too.
+   */
+  private commit(event: ConversationEvent, mutate: () => number[] = () => []): Ack {
+    const row = eventToRow(event)
+    this.ctx.storage.transactionSync(() => {
+      this.sql.exec(
+        `INSERT INTO events (${EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        row.seq, row.type, row.sender_id, row.client_msg_id, row.kind, row.body, row.target_seq, row.edited_at, row.recalled_by, row.recalled_by_admin, row.created_at,
+      )
+      // gen marks which commit queued the row, so a flush in flight never drops a newer change.
+      for (const seq of [...mutate(), event.seq]) {
+        this.sql.exec('INSERT INTO d1_outbox (seq, gen) VALUES (?, ?) ON CONFLICT (seq) DO UPDATE SET gen = excluded.gen', seq, event.seq)
+      }
+      // Sending implies having read everything before it.
+      this.sql.exec('UPDATE members SET read_seq = ?, delivered_seq = max(delivered_seq, ?) WHERE user_id = ?', event.seq, event.seq, event.senderId)
+    })
+    this.lastSeq = event.seq
+    const sender = this.members.get(event.senderId)
+    if (sender) {
+      sender.readSeq = event.seq
+      sender.deliveredSeq = Math.max(sender.deliveredSeq, event.seq)
+    }
+    void this.ctx.storage.setAlarm(this.now() + FLUSH_RETRY_MS)
+    this.fanOut(event)
+    this.scheduleFlush()
+    return { conversationId: event.conversationId, clientMsgId: event.clientMsgId, seq: event.seq, serverTs: event.serverTs, duplicate: false }
   }
 
   async appendMessage(conversationId: string, senderId: string, clientMsgId: string, body: unknown): Promise<RoomResult<Ack>> {
     const parsed = MessageBody.safeParse(body)
-    if (!parsed.success) return err(ErrorCode.BAD_REQUEST, parsed.error.issues[0]?.message ?? 'invalid body')
+    if (!parsed.success) return fail(ErrorCode.BAD_REQUEST, parsed.error.issues[0]?.message ?? 'invalid body')
     const auth = await this.authorize(conversationId, senderId)
     if (!auth.ok) return auth
-
-    const existing = this.sql
-      .exec<{ seq: number; server_ts: number }>('SELECT seq, server_ts FROM events WHERE sender_id = ? AND client_msg_id = ?', senderId, clientMsgId)
-      .toArray()[0]
-    if (existing) {
-      return { ok: true, value: { conversationId, clientMsgId, seq: existing.seq, serverTs: existing.server_ts, duplicate: true } }
-    }
-
+    const dup = this.findBySender(senderId, clientMsgId)
+    if (dup) return ok(dup)
     // No await between reading lastSeq and the write, so seq stays gapless and unique.
-    const seq = this.lastSeq + 1
-    const serverTs = this.now()
-    const event: MessageEvent = { type: 'message', conversationId, seq, senderId, clientMsgId, serverTs, body: parsed.data }
-    this.ctx.storage.transactionSync(() => {
-      this.sql.exec(
-        'INSERT INTO events (seq, type, sender_id, client_msg_id, body, server_ts) VALUES (?, ?, ?, ?, ?, ?)',
-        seq, event.type, senderId, clientMsgId, JSON.stringify(event.body), serverTs,
-      )
-      this.sql.exec('INSERT INTO d1_outbox (seq) VALUES (?)', seq)
-    })
-    this.lastSeq = seq
-    await this.ctx.storage.setAlarm(this.now() + FLUSH_RETRY_MS)
-
-    this.fanOut(event)
-    this.scheduleFlush()
-    return { ok: true, value: { conversationId, clientMsgId, seq, serverTs, duplicate: false } }
+    return ok(this.commit({ type: 'message', conversationId, seq: this.lastSeq + 1, senderId, clientMsgId, serverTs: this.now(), body: parsed.data }))
   }
 
-  /** Events after a cursor, oldest first, one page at a time. */
-  async eventsAfter(conversationId: string, userId: string, afterSeq: number, limit = SYNC_PAGE_LIMIT): Promise<RoomResult<{ events: ConversationEvent[]; hasMore: boolean }>> {
+  async edit(conversationId: string, userId: string, clientMsgId: string, targetSeq: number, body: unknown): Promise<RoomResult<Ack>> {
+    const parsed = TextBody.safeParse(body)
+    if (!parsed.success) return fail(ErrorCode.BAD_REQUEST, parsed.error.issues[0]?.message ?? 'invalid body')
+    const auth = await this.authorize(conversationId, userId)
+    if (!auth.ok) return auth
+    const dup = this.findBySender(userId, clientMsgId)
+    if (dup) return ok(dup)
+    const target = this.eventRow(targetSeq)
+    if (!target || target.type !== 'message') return fail(ErrorCode.NOT_FOUND, 'no such message')
+    if (target.sender_id !== userId) return fail(ErrorCode.NOT_ALLOWED, 'only the sender can edit a message')
+    if (target.recalled_by !== null) return fail(ErrorCode.NOT_ALLOWED, 'the message was recalled')
+    if (target.kind !== 'text') return fail(ErrorCode.NOT_ALLOWED, 'only text messages can be edited')
+    const now = this.now()
+    if (now - target.created_at > EDIT_WINDOW_MS) return fail(ErrorCode.TOO_LATE, 'the message is too old to edit')
+    const text = JSON.stringify(parsed.data)
+    return ok(
+      this.commit({ type: 'edit', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: now, targetSeq, body: parsed.data }, () => {
+        this.sql.exec('UPDATE events SET body = ?, edited_at = ? WHERE seq = ?', text, now, targetSeq)
+        return [targetSeq]
+      }),
+    )
+  }
+
+  /** Erases a message's content from the log (and so from D1 and every device): the sender within the window, or a group admin. */
+  async recall(conversationId: string, userId: string, clientMsgId: string, targetSeq: number): Promise<RoomResult<Ack>> {
+    const auth = await this.authorize(conversationId, userId)
+    if (!auth.ok) return auth
+    const dup = this.findBySender(userId, clientMsgId)
+    if (dup) return ok(dup)
+    const target = this.eventRow(targetSeq)
+    if (!target || target.type !== 'message') return fail(ErrorCode.NOT_FOUND, 'no such message')
+    if (target.recalled_by !== null) return fail(ErrorCode.NOT_ALLOWED, 'the message was already recalled')
+    const now = this.now()
+    const isSender = target.sender_id === userId
+    const isModerator = this.kind === 'group' && (auth.value.role === 'owner' || auth.value.role === 'admin')
+    if (!isSender && !isModerator) return fail(ErrorCode.NOT_ALLOWED, 'only the sender or a group admin can recall a message')
+    if (isSender && !isModerator && now - target.created_at > RECALL_WINDOW_MS) {
+      return fail(ErrorCode.TOO_LATE, `messages can be recalled for ${RECALL_WINDOW_MS / 1000} seconds`)
+    }
+    const byAdmin = !isSender
+    return ok(
+      this.commit({ type: 'recall', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: now, targetSeq, byAdmin }, () => {
+        this.sql.exec('UPDATE events SET body = NULL, kind = NULL, recalled_by = ?, recalled_by_admin = ? WHERE seq = ?', userId, Number(byAdmin), targetSeq)
+        const edits = this.sql.exec<{ seq: number }>(`SELECT seq FROM events WHERE type = 'edit' AND target_seq = ?`, targetSeq).toArray().map((r) => r.seq)
+        this.sql.exec(`UPDATE events SET body = NULL WHERE type = 'edit' AND target_seq = ?`, targetSeq)
+        return [targetSeq, ...edits]
+      }),
+    )
+  }
+
+  /** Moves a member's delivered or read cursor forward (never back); one write per call. */
+  async updateCursor(conversationId: string, userId: string, kind: 'delivered' | 'read', seq: number): Promise<RoomResult<Receipt>> {
+    const auth = await this.authorize(conversationId, userId)
+    if (!auth.ok) return auth
+    const m = auth.value
+    const target = Math.min(seq, this.lastSeq)
+    const readSeq = kind === 'read' ? Math.max(m.readSeq, target) : m.readSeq
+    const deliveredSeq = Math.max(m.deliveredSeq, readSeq, kind === 'delivered' ? target : 0)
+    const receipt: Receipt = { userId, deliveredSeq, readSeq }
+    if (readSeq === m.readSeq && deliveredSeq === m.deliveredSeq) return ok(receipt)
+    this.sql.exec('UPDATE members SET delivered_seq = ?, read_seq = ? WHERE user_id = ?', deliveredSeq, readSeq, userId)
+    m.deliveredSeq = deliveredSeq
+    m.readSeq = readSeq
+    for (const memberId of this.members.keys()) {
+      getUserHub(this.env, memberId)
+        .notify({ type: 'receipt', conversationId, receipt })
+        .catch((e: unknown) => console.warn('receipt fan-out failed', memberId, String(e)))
+    }
+    return ok(receipt)
+  }
+
+  private receipts(): Receipt[] {
+    return [...this.members].map(([userId, m]) => ({ userId, deliveredSeq: m.deliveredSeq, readSeq: m.readSeq }))
+  }
+
+  /** Events after a cursor, oldest first, one page at a time, with every member's cursors. */
+  async eventsAfter(conversationId: string, userId: string, afterSeq: number, limit = SYNC_PAGE_LIMIT): Promise<RoomResult<SyncPage>> {
     const auth = await this.authorize(conversationId, userId)
     if (!auth.ok) return auth
     const n = Math.min(Math.max(1, limit), SYNC_PAGE_LIMIT)
-    const rows = this.sql.exec<EventRow>('SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?', afterSeq, n + 1).toArray()
-    const hasMore = rows.length > n
-    return { ok: true, value: { events: rows.slice(0, n).map((r) => rowToEvent(conversationId, r)), hasMore } }
+    const rows = this.sql.exec<EventRow>(`SELECT ${EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, afterSeq, n + 1).toArray()
+    return ok({
+      events: rows.slice(0, n).map((r) => rowToEvent(conversationId, r)),
+      hasMore: rows.length > n,
+      lastSeq: this.lastSeq,
+      receipts: this.receipts(),
+    })
   }
 
-  async isMember(conversationId: string, userId: string): Promise<boolean> {
-    return (await this.authorize(conversationId, userId)).ok
+  /** One event as it stands now (content erased if recalled), for pushes built at send time. */
+  async eventFor(conversationId: string, userId: string, seq: number): Promise<RoomResult<{ event: ConversationEvent | null; receipt: Receipt }>> {
+    const auth = await this.authorize(conversationId, userId)
+    if (!auth.ok) return auth
+    const row = this.eventRow(seq)
+    return ok({ event: row ? rowToEvent(conversationId, row) : null, receipt: { userId, deliveredSeq: auth.value.deliveredSeq, readSeq: auth.value.readSeq } })
   }
 
   private fanOut(event: ConversationEvent) {
     for (const userId of this.members.keys()) {
       getUserHub(this.env, userId)
-        .deliver(event)
+        .deliver(userId, event)
         .catch((e: unknown) => console.warn('fan-out failed', userId, String(e)))
     }
   }
@@ -160,26 +273,35 @@ export class ConversationRoom extends DurableObject<Env> {
       })
   }
 
-  /** Idempotent on (conversation_id, seq): a crash between insert and delete only repeats a no-op. */
+  /**
+   * Upserts the current state of every outboxed row into D1: a crash between upsert and delete
+   * only repeats a write that changes nothing, so each event lands exactly once.
+   */
   private async flushOutbox(): Promise<void> {
     const conversationId = this.conversationId
     if (!conversationId) return
     for (;;) {
       const rows = this.sql
-        .exec<EventRow>('SELECT e.* FROM d1_outbox o JOIN events e ON e.seq = o.seq ORDER BY o.seq LIMIT ?', FLUSH_BATCH)
+        .exec<EventRow & { gen: number }>(
+          `SELECT ${EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ')}, o.gen FROM d1_outbox o JOIN events e ON e.seq = o.seq ORDER BY o.seq LIMIT ?`,
+          FLUSH_BATCH,
+        )
         .toArray()
       if (rows.length === 0) return
-      const insert = this.env.DB.prepare(
-        `INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (conversation_id, seq) DO NOTHING`,
+      const upsert = this.env.DB.prepare(
+        `INSERT INTO messages (conversation_id, ${EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (conversation_id, seq) DO UPDATE SET kind = excluded.kind, body = excluded.body,
+           edited_at = excluded.edited_at, recalled_by = excluded.recalled_by, recalled_by_admin = excluded.recalled_by_admin`,
       )
-      const last = rows[rows.length - 1]!
+      const newest = rows.reduce((a, b) => (b.seq > a.seq ? b : a))
       await this.env.DB.batch([
-        ...rows.map((r) => insert.bind(conversationId, r.seq, r.sender_id, r.client_msg_id, (JSON.parse(r.body) as MessageBody).kind, r.body, r.server_ts)),
+        ...rows.map((r) =>
+          upsert.bind(conversationId, r.seq, r.type, r.sender_id, r.client_msg_id, r.kind, r.body, r.target_seq, r.edited_at, r.recalled_by, r.recalled_by_admin, r.created_at),
+        ),
         this.env.DB.prepare('UPDATE conversations SET last_seq = max(last_seq, ?), last_activity_at = max(last_activity_at, ?) WHERE id = ?')
-          .bind(last.seq, last.server_ts, conversationId),
+          .bind(newest.seq, newest.created_at, conversationId),
       ])
-      this.sql.exec('DELETE FROM d1_outbox WHERE seq <= ?', last.seq)
+      for (const r of rows) this.sql.exec('DELETE FROM d1_outbox WHERE seq = ? AND gen = ?', r.seq, r.gen)
     }
   }
 
@@ -190,9 +312,9 @@ export class ConversationRoom extends DurableObject<Env> {
     if (pending > 0) await this.ctx.storage.setAlarm(this.now() + FLUSH_RETRY_MS)
   }
 
-  /** For tests and monitoring. */
+  /** For tests and the monitoring view. */
   async stats() {
     const outbox = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM d1_outbox').one().n
-    return { conversationId: this.conversationId, lastSeq: this.lastSeq, members: [...this.members.keys()], outbox }
+    return { conversationId: this.conversationId, kind: this.kind, lastSeq: this.lastSeq, members: [...this.members.keys()], outbox, receipts: this.receipts() }
   }
 }

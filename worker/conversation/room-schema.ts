@@ -6,17 +6,24 @@ export function migrateRoom(sql: SqlStorage) {
     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS members (
       user_id TEXT PRIMARY KEY,
-      role TEXT NOT NULL
+      role TEXT NOT NULL,
+      delivered_seq INTEGER NOT NULL DEFAULT 0,
+      read_seq INTEGER NOT NULL DEFAULT 0
     );
     CREATE TABLE IF NOT EXISTS events (
       seq INTEGER PRIMARY KEY,
       type TEXT NOT NULL,
       sender_id TEXT NOT NULL,
       client_msg_id TEXT NOT NULL,
-      body TEXT NOT NULL,
-      server_ts INTEGER NOT NULL,
+      kind TEXT,
+      body TEXT,
+      target_seq INTEGER,
+      edited_at INTEGER,
+      recalled_by TEXT,
+      recalled_by_admin INTEGER,
+      created_at INTEGER NOT NULL,
       UNIQUE (sender_id, client_msg_id)
     );
-    CREATE TABLE IF NOT EXISTS d1_outbox (seq INTEGER PRIMARY KEY);
+    CREATE TABLE IF NOT EXISTS d1_outbox (seq INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
   `)
 }

@@ -8,6 +8,8 @@ export const users = sqliteTable('users', {
   handle: text('handle').notNull().unique(),
   displayName: text('display_name').notNull(),
   passwordHash: text('password_hash').notNull(),
+  /** Whether push notifications may show sender and text; off means "New message" only. */
+  pushPreviews: integer('push_previews', { mode: 'boolean' }).notNull().default(true),
   createdAt: integer('created_at').notNull().default(now),
 })
 export type User = typeof users.$inferSelect
@@ -71,16 +73,25 @@ export const members = sqliteTable(
   (t) => [primaryKey({ columns: [t.conversationId, t.userId] }), index('members_user_idx').on(t.userId)],
 )
 
-/** History mirror of the conversation logs; (conversation_id, seq) makes inserts idempotent. */
+/**
+ * History mirror of the conversation logs, one row per event; (conversation_id, seq) makes inserts
+ * idempotent. Message rows are rewritten in place by later edits and erased by recalls.
+ */
 export const messages = sqliteTable(
   'messages',
   {
     conversationId: text('conversation_id').notNull(),
     seq: integer('seq').notNull(),
+    type: text('type', { enum: ['message', 'edit', 'recall'] }).notNull(),
     senderId: text('sender_id').notNull(),
     clientMsgId: text('client_msg_id').notNull(),
-    kind: text('kind').notNull(),
-    body: text('body', { mode: 'json' }).notNull(),
+    /** Body kind (text, image, …) for messages; null for other events and once recalled. */
+    kind: text('kind'),
+    body: text('body', { mode: 'json' }),
+    targetSeq: integer('target_seq'),
+    editedAt: integer('edited_at'),
+    recalledBy: text('recalled_by'),
+    recalledByAdmin: integer('recalled_by_admin', { mode: 'boolean' }),
     createdAt: integer('created_at').notNull(),
   },
   (t) => [
@@ -89,3 +100,41 @@ export const messages = sqliteTable(
     uniqueIndex('messages_client_idx').on(t.conversationId, t.senderId, t.clientMsgId),
   ],
 )
+export type MessageRow = typeof messages.$inferSelect
+
+export const pushSubscriptions = sqliteTable(
+  'push_subscriptions',
+  {
+    endpoint: text('endpoint').primaryKey(),
+    userId: text('user_id')
+      .notNull()
+      .references(() => users.id),
+    sessionId: text('session_id').notNull(),
+    p256dh: text('p256dh').notNull(),
+    auth: text('auth').notNull(),
+    createdAt: integer('created_at').notNull().default(now),
+  },
+  (t) => [index('push_subscriptions_user_idx').on(t.userId)],
+)
+
+/** One row per notification sent, so a duplicated queue job cannot notify twice. */
+export const pushDeliveries = sqliteTable(
+  'push_deliveries',
+  {
+    endpoint: text('endpoint').notNull(),
+    conversationId: text('conversation_id').notNull(),
+    seq: integer('seq').notNull(),
+    sentAt: integer('sent_at').notNull().default(now),
+  },
+  (t) => [primaryKey({ columns: [t.endpoint, t.conversationId, t.seq] })],
+)
+
+/** Jobs that exhausted their retries, kept for the monitoring view. */
+export const pushDeadLetters = sqliteTable('push_dead_letters', {
+  id: integer('id').primaryKey({ autoIncrement: true }),
+  userId: text('user_id').notNull(),
+  conversationId: text('conversation_id').notNull(),
+  seq: integer('seq').notNull(),
+  attempts: integer('attempts').notNull(),
+  failedAt: integer('failed_at').notNull().default(now),
+})

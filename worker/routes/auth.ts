@@ -9,7 +9,7 @@ import type { AppEnv } from '../env'
 import { fail, requireAuth, validate } from '../http'
 import { newId } from '../ids'
 import { ErrorCode } from '../shared/errors'
-import { LoginBody, RefreshBody, RegisterBody } from '../shared/protocol'
+import { LoginBody, RefreshBody, RegisterBody, SettingsBody } from '../shared/protocol'
 
 function deviceFrom(name: string | undefined, userAgent: string | undefined): string {
   return name ?? (userAgent ? userAgent.slice(0, 64) : 'Unknown device')
@@ -21,7 +21,7 @@ export const authRoutes = new Hono<AppEnv>()
     const db = getDb(c.env)
     const taken = await db.select({ id: users.id }).from(users).where(eq(users.handle, body.handle)).get()
     if (taken) fail(409, ErrorCode.HANDLE_TAKEN, 'that handle is taken')
-    const user = { id: newId(), handle: body.handle, displayName: body.displayName, passwordHash: await hashPassword(body.password), createdAt: Date.now() }
+    const user = { id: newId(), handle: body.handle, displayName: body.displayName, passwordHash: await hashPassword(body.password), pushPreviews: true, createdAt: Date.now() }
     try {
       await db.insert(users).values(user)
     } catch (err) {
@@ -70,8 +70,15 @@ export const authRoutes = new Hono<AppEnv>()
     return c.body(null, 204)
   })
 
-export const meRoutes = new Hono<AppEnv>().get('/', requireAuth, async (c) => {
-  const user = await getDb(c.env).select().from(users).where(eq(users.id, c.get('auth').userId)).get()
-  if (!user) fail(404, ErrorCode.NOT_FOUND, 'user not found')
-  return c.json({ user: publicUser(user) })
-})
+export const meRoutes = new Hono<AppEnv>()
+  .use(requireAuth)
+  .get('/', async (c) => {
+    const user = await getDb(c.env).select().from(users).where(eq(users.id, c.get('auth').userId)).get()
+    if (!user) fail(404, ErrorCode.NOT_FOUND, 'user not found')
+    return c.json({ user: publicUser(user), settings: { pushPreviews: user.pushPreviews } })
+  })
+  .patch('/settings', validate('json', SettingsBody), async (c) => {
+    const { pushPreviews } = c.req.valid('json')
+    await getDb(c.env).update(users).set({ pushPreviews }).where(eq(users.id, c.get('auth').userId))
+    return c.json({ settings: { pushPreviews } })
+  })

@@ -1,13 +1,14 @@
-import { and, desc, eq, inArray, lt } from 'drizzle-orm'
+import { and, desc, eq, inArray } from 'drizzle-orm'
 import { Hono } from 'hono'
 import { publicUser } from '../auth/sessions'
 import { getDb, type Db } from '../db/client'
-import { conversations, members, messages, users, type Conversation } from '../db/schema'
+import { EVENT_COLUMNS, rowToEvent, type EventRow } from '../conversation/event-rows'
+import { conversations, members, users, type Conversation } from '../db/schema'
 import type { AppEnv } from '../env'
 import { fail, requireAuth, validate } from '../http'
 import { newId } from '../ids'
 import { ErrorCode } from '../shared/errors'
-import { CreateConversationBody, HistoryQuery, Id, type ConversationSummary, type HistoryPage, type MessageBody } from '../shared/protocol'
+import { CreateConversationBody, HistoryQuery, Id, type ConversationSummary, type HistoryPage } from '../shared/protocol'
 
 async function summarize(db: Db, viewerId: string, convs: Conversation[]): Promise<ConversationSummary[]> {
   if (convs.length === 0) return []
@@ -88,24 +89,16 @@ export const conversationRoutes = new Hono<AppEnv>()
     const { before, limit } = c.req.valid('query')
     const db = getDb(c.env)
     await requireMember(db, id.data, userId)
-    const rows = await db
-      .select()
-      .from(messages)
-      .where(and(eq(messages.conversationId, id.data), before ? lt(messages.seq, before) : undefined))
-      .orderBy(desc(messages.seq))
-      .limit(limit)
-    rows.reverse()
+    // Raw SQL here shares its row shape with the room's log, so one mapper serves both.
+    const { results } = await c.env.DB.prepare(
+      `SELECT ${EVENT_COLUMNS} FROM messages WHERE conversation_id = ?1 AND (?2 IS NULL OR seq < ?2) ORDER BY seq DESC LIMIT ?3`,
+    )
+      .bind(id.data, before ?? null, limit)
+      .all<EventRow>()
+    results.reverse()
     const page: HistoryPage = {
-      messages: rows.map((m) => ({
-        type: 'message',
-        conversationId: m.conversationId,
-        seq: m.seq,
-        senderId: m.senderId,
-        clientMsgId: m.clientMsgId,
-        serverTs: m.createdAt,
-        body: m.body as MessageBody,
-      })),
-      nextBefore: rows.length === limit && rows[0]!.seq > 1 ? rows[0]!.seq : null,
+      events: results.map((r) => rowToEvent(id.data, r)),
+      nextBefore: results.length === limit && results[0]!.seq > 1 ? results[0]!.seq : null,
     }
     return c.json(page)
   })

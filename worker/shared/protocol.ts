@@ -9,6 +9,10 @@ export const MAX_TEXT_LENGTH = 4000
 export const MAX_FRAME_BYTES = 16 * 1024
 /** Most events one sync page carries. */
 export const SYNC_PAGE_LIMIT = 200
+/** The sender may recall a message this long after its server timestamp. */
+export const RECALL_WINDOW_MS = 120_000
+/** The sender may edit a text message this long after sending it. */
+export const EDIT_WINDOW_MS = 48 * 3600 * 1000
 
 export const Id = z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, 'not a valid id')
 export const ClientMsgId = z.uuid()
@@ -34,6 +38,25 @@ export const ClientMessage = z.discriminatedUnion('type', [
     clientMsgId: ClientMsgId,
     body: MessageBody,
   }),
+  /** Replace the text of one's own text message. */
+  z.object({
+    type: z.literal('edit'),
+    conversationId: Id,
+    clientMsgId: ClientMsgId,
+    targetSeq: Seq.min(1),
+    body: TextBody,
+  }),
+  /** Erase a message everywhere: the sender within RECALL_WINDOW_MS, or a group admin. */
+  z.object({
+    type: z.literal('recall'),
+    conversationId: Id,
+    clientMsgId: ClientMsgId,
+    targetSeq: Seq.min(1),
+  }),
+  /** This device holds every event up to seq. */
+  z.object({ type: z.literal('delivered'), conversationId: Id, seq: Seq }),
+  /** The user has seen every event up to seq. */
+  z.object({ type: z.literal('read'), conversationId: Id, seq: Seq }),
   /** Ask for events after a cursor, in order, one page at a time. */
   z.object({
     type: z.literal('sync'),
@@ -44,28 +67,54 @@ export const ClientMessage = z.discriminatedUnion('type', [
 ])
 export type ClientMessage = z.infer<typeof ClientMessage>
 
-export interface MessageEvent {
-  type: 'message'
+interface EventBase {
   conversationId: string
   seq: number
   senderId: string
   clientMsgId: string
   serverTs: number
-  body: MessageBody
+}
+/** A message; body is null once recalled, and reflects the latest edit. */
+export interface MessageEvent extends EventBase {
+  type: 'message'
+  body: MessageBody | null
+  editedAt?: number
+  /** Who recalled it: the sender, or an admin when byAdmin. */
+  recalled?: { by: string; byAdmin: boolean }
+}
+export interface EditEvent extends EventBase {
+  type: 'edit'
+  targetSeq: number
+  /** null once the target is recalled. */
+  body: z.infer<typeof TextBody> | null
+}
+export interface RecallEvent extends EventBase {
+  type: 'recall'
+  targetSeq: number
+  byAdmin: boolean
 }
 /** Everything that happens in a conversation, in seq order. */
-export type ConversationEvent = MessageEvent
+export type ConversationEvent = MessageEvent | EditEvent | RecallEvent
+
+/** A member's receipt cursors; ticks and unread counts derive from them. */
+export interface Receipt {
+  userId: string
+  deliveredSeq: number
+  readSeq: number
+}
 
 /** Frames the server sends to a device. */
 export type ServerMessage =
   /** First frame after the socket opens. */
   | { type: 'hello'; protocol: number; userId: string; sessionId: string }
-  /** The message is durably stored under seq. */
+  /** The send, edit or recall is durably stored under seq. */
   | { type: 'ack'; conversationId: string; clientMsgId: string; seq: number; serverTs: number }
-  /** One live event. */
+  /** One live event; answer with a delivered cursor. */
   | { type: 'event'; event: ConversationEvent }
   /** A page of events answering a sync; ask again after the last seq while hasMore. */
-  | { type: 'events'; conversationId: string; events: ConversationEvent[]; hasMore: boolean }
+  | { type: 'events'; conversationId: string; events: ConversationEvent[]; hasMore: boolean; lastSeq: number; receipts: Receipt[] }
+  /** A member's cursors moved. */
+  | { type: 'receipt'; conversationId: string; receipt: Receipt }
   /** A frame was rejected; ref is the clientMsgId it was about, when known. */
   | { type: 'error'; code: ErrorCode; message: string; ref?: string }
 
@@ -124,7 +173,28 @@ export interface ConversationSummary {
   lastActivityAt: number
 }
 export interface HistoryPage {
-  messages: MessageEvent[]
+  /** Events in ascending seq; messages already reflect later edits and recalls. */
+  events: ConversationEvent[]
   /** Pass as `before` for the next older page; null at the start. */
   nextBefore: number | null
+}
+
+// ---- Push ----
+
+export const PushSubscriptionBody = z.object({
+  endpoint: z.url({ protocol: /^https$/ }).max(2048),
+  keys: z.object({
+    p256dh: z.string().regex(/^[A-Za-z0-9_-]{80,100}$/, 'not a P-256 public key'),
+    auth: z.string().regex(/^[A-Za-z0-9_-]{16,32}$/, 'not an auth secret'),
+  }),
+})
+export const UnsubscribeBody = z.object({ endpoint: z.url().max(2048) })
+export const SettingsBody = z.object({ pushPreviews: z.boolean() })
+
+/** What a Web Push notification carries; with private previews, no sender and no text. */
+export interface PushPayload {
+  conversationId: string
+  seq: number
+  title: string
+  body: string
 }

@@ -2,9 +2,10 @@ import { DurableObject } from 'cloudflare:workers'
 import type { Ack, RoomResult } from '../conversation/ConversationRoom'
 import { getConversationRoom } from '../durable-objects'
 import type { Env } from '../env'
-import { APP_CLOSE_CODE, ErrorCode } from '../shared/errors'
-import { ClientMessage, MAX_FRAME_BYTES, PROTOCOL_VERSION, type ConversationEvent, type ServerMessage } from '../shared/protocol'
 import { assertNever } from '../shared/assert'
+import { APP_CLOSE_CODE, ErrorCode } from '../shared/errors'
+import type { PushJob } from '../shared/jobs'
+import { ClientMessage, MAX_FRAME_BYTES, PROTOCOL_VERSION, type ConversationEvent, type ServerMessage } from '../shared/protocol'
 
 export interface DeviceAttachment {
   userId: string
@@ -19,29 +20,54 @@ export const UPGRADE_HEADERS = {
   exp: 'x-ev-ticket-exp',
 } as const
 
-function send(ws: WebSocket, msg: ServerMessage) {
+/** A device that has not confirmed an event this long after it was sent gets it again. */
+export const DELIVERY_TIMEOUT_MS = 5_000
+/** Resends before the event is handed to the push queue. */
+export const MAX_DELIVERY_RETRIES = 3
+
+function send(ws: WebSocket, msg: ServerMessage | string) {
   try {
-    ws.send(JSON.stringify(msg))
+    ws.send(typeof msg === 'string' ? msg : JSON.stringify(msg))
   } catch {
     // The socket closed under us; the device syncs when it reconnects.
   }
 }
 
+function errorFrame(code: ErrorCode, message: string, ref?: string): ServerMessage {
+  return { type: 'error', code, message, ...(ref ? { ref } : {}) }
+}
+
 /**
  * One per user: holds that user's device sockets (hibernating), routes their frames to
- * conversations and receives fan-out from ConversationRooms.
+ * conversations, receives fan-out, and resends unconfirmed events before falling back to push.
  */
 export class UserHub extends DurableObject<Env> {
   private sql: SqlStorage
-  /** Per-conversation chains keep one user's sends in the order their frames arrived. */
+  /** Per-conversation chains keep one user's writes in the order their frames arrived. */
   private chains = new Map<string, Promise<unknown>>()
+  /** Injectable clock so retry timing is testable. */
+  now: () => number = () => Date.now()
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env)
     this.sql = ctx.storage.sql
     ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair('ping', 'pong'))
     void ctx.blockConcurrencyWhile(async () => {
-      this.sql.exec('CREATE TABLE IF NOT EXISTS used_tickets (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL)')
+      this.sql.exec(`
+        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS used_tickets (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL);
+        CREATE TABLE IF NOT EXISTS pending (
+          session_id TEXT NOT NULL,
+          conversation_id TEXT NOT NULL,
+          seq INTEGER NOT NULL,
+          event TEXT NOT NULL,
+          push INTEGER NOT NULL,
+          attempts INTEGER NOT NULL,
+          due_at INTEGER NOT NULL,
+          PRIMARY KEY (session_id, conversation_id, seq)
+        );
+        CREATE INDEX IF NOT EXISTS pending_due ON pending (due_at);
+      `)
     })
   }
 
@@ -54,11 +80,12 @@ export class UserHub extends DurableObject<Env> {
     if (!userId || !sessionId || !jti || !Number.isFinite(exp)) return new Response('bad upgrade', { status: 400 })
 
     // Single use: a replayed ticket finds its jti already spent.
-    const nowS = Math.floor(Date.now() / 1000)
-    this.sql.exec('DELETE FROM used_tickets WHERE exp < ?', nowS)
-    const spent = this.sql.exec('SELECT 1 FROM used_tickets WHERE jti = ?', jti).toArray().length > 0
-    if (spent) return new Response(JSON.stringify({ error: { code: ErrorCode.UNAUTHORIZED, message: 'ticket already used' } }), { status: 401 })
+    this.sql.exec('DELETE FROM used_tickets WHERE exp < ?', Math.floor(Date.now() / 1000))
+    if (this.sql.exec('SELECT 1 FROM used_tickets WHERE jti = ?', jti).toArray().length > 0) {
+      return Response.json({ error: { code: ErrorCode.UNAUTHORIZED, message: 'ticket already used' } }, { status: 401 })
+    }
     this.sql.exec('INSERT INTO used_tickets (jti, exp) VALUES (?, ?)', jti, exp)
+    this.rememberUser(userId)
 
     const { 0: client, 1: server } = new WebSocketPair()
     this.ctx.acceptWebSocket(server, [sessionId])
@@ -69,42 +96,44 @@ export class UserHub extends DurableObject<Env> {
 
   override async webSocketMessage(ws: WebSocket, data: string | ArrayBuffer) {
     const device = ws.deserializeAttachment() as DeviceAttachment
-    if (typeof data !== 'string') return send(ws, { type: 'error', code: ErrorCode.BAD_REQUEST, message: 'binary frames are not accepted here' })
-    if (data.length > MAX_FRAME_BYTES) return send(ws, { type: 'error', code: ErrorCode.PAYLOAD_TOO_LARGE, message: `frames are limited to ${MAX_FRAME_BYTES} bytes` })
+    if (typeof data !== 'string') return send(ws, errorFrame(ErrorCode.BAD_REQUEST, 'binary frames are not accepted here'))
+    if (data.length > MAX_FRAME_BYTES) return send(ws, errorFrame(ErrorCode.PAYLOAD_TOO_LARGE, `frames are limited to ${MAX_FRAME_BYTES} bytes`))
     let json: unknown
     try {
       json = JSON.parse(data)
     } catch {
-      return send(ws, { type: 'error', code: ErrorCode.BAD_REQUEST, message: 'frame is not valid JSON' })
+      return send(ws, errorFrame(ErrorCode.BAD_REQUEST, 'frame is not valid JSON'))
     }
     const parsed = ClientMessage.safeParse(json)
     if (!parsed.success) {
       const ref = (json as { clientMsgId?: unknown } | null)?.clientMsgId
       const issue = parsed.error.issues[0]
-      return send(ws, {
-        type: 'error',
-        code: ErrorCode.BAD_REQUEST,
-        message: issue ? `${issue.path.join('.') || 'frame'}: ${issue.message}` : 'invalid frame',
-        ...(typeof ref === 'string' ? { ref } : {}),
-      })
+      const message = issue ? `${issue.path.join('.') || 'frame'}: ${issue.message}` : 'invalid frame'
+      return send(ws, errorFrame(ErrorCode.BAD_REQUEST, message, typeof ref === 'string' ? ref : undefined))
     }
     await this.handle(ws, device, parsed.data)
   }
 
   private async handle(ws: WebSocket, device: DeviceAttachment, msg: ClientMessage) {
+    const room = getConversationRoom(this.env, msg.conversationId)
+    const { userId } = device
     switch (msg.type) {
-      case 'send': {
-        const room = getConversationRoom(this.env, msg.conversationId)
-        const result = await this.inOrder(msg.conversationId, async (): Promise<RoomResult<Ack>> =>
-          room.appendMessage(msg.conversationId, device.userId, msg.clientMsgId, msg.body),
-        )
-        if (!result.ok) return send(ws, { type: 'error', code: result.code, message: result.message, ref: msg.clientMsgId })
-        const { conversationId, clientMsgId, seq, serverTs } = result.value
-        return send(ws, { type: 'ack', conversationId, clientMsgId, seq, serverTs })
+      case 'send':
+        return this.reply(ws, msg.clientMsgId, () => room.appendMessage(msg.conversationId, userId, msg.clientMsgId, msg.body), msg.conversationId)
+      case 'edit':
+        return this.reply(ws, msg.clientMsgId, () => room.edit(msg.conversationId, userId, msg.clientMsgId, msg.targetSeq, msg.body), msg.conversationId)
+      case 'recall':
+        return this.reply(ws, msg.clientMsgId, () => room.recall(msg.conversationId, userId, msg.clientMsgId, msg.targetSeq), msg.conversationId)
+      case 'delivered':
+      case 'read': {
+        if (msg.type === 'delivered') this.confirm(device.sessionId, msg.conversationId, msg.seq)
+        const result = await room.updateCursor(msg.conversationId, userId, msg.type, msg.seq)
+        if (!result.ok) send(ws, errorFrame(result.code, result.message))
+        return
       }
       case 'sync': {
-        const result = await getConversationRoom(this.env, msg.conversationId).eventsAfter(msg.conversationId, device.userId, msg.afterSeq, msg.limit)
-        if (!result.ok) return send(ws, { type: 'error', code: result.code, message: result.message })
+        const result = await room.eventsAfter(msg.conversationId, userId, msg.afterSeq, msg.limit)
+        if (!result.ok) return send(ws, errorFrame(result.code, result.message))
         return send(ws, { type: 'events', conversationId: msg.conversationId, ...result.value })
       }
       default:
@@ -112,9 +141,15 @@ export class UserHub extends DurableObject<Env> {
     }
   }
 
+  private async reply(ws: WebSocket, clientMsgId: string, write: () => Promise<RoomResult<Ack>>, conversationId: string) {
+    const result = await this.inOrder(conversationId, async (): Promise<RoomResult<Ack>> => write())
+    if (!result.ok) return send(ws, errorFrame(result.code, result.message, clientMsgId))
+    const { seq, serverTs } = result.value
+    send(ws, { type: 'ack', conversationId, clientMsgId, seq, serverTs })
+  }
+
   private inOrder<T>(key: string, task: () => Promise<T>): Promise<T> {
-    const prev = this.chains.get(key) ?? Promise.resolve()
-    const next = prev.then(task, task)
+    const next = (this.chains.get(key) ?? Promise.resolve()).then(task, task)
     const tail = next.catch(() => undefined)
     this.chains.set(key, tail)
     void tail.then(() => {
@@ -124,11 +159,88 @@ export class UserHub extends DurableObject<Env> {
     return next
   }
 
-  /** Fan-out entry point: sends the event to every connected device; returns how many. */
-  async deliver(event: ConversationEvent): Promise<number> {
+  /**
+   * Fan-out entry point: sends the event to every connected device and tracks it until each
+   * confirms. With no device connected, a message from someone else goes to the push queue.
+   */
+  async deliver(userId: string, event: ConversationEvent): Promise<number> {
+    this.rememberUser(userId)
     const sockets = this.ctx.getWebSockets()
-    for (const ws of sockets) send(ws, { type: 'event', event })
+    const pushable = event.type === 'message' && event.senderId !== userId
+    if (sockets.length === 0) {
+      if (pushable) await this.enqueuePush([{ type: 'push', userId, conversationId: event.conversationId, seq: event.seq }])
+      return 0
+    }
+    const frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage)
+    const due = this.now() + DELIVERY_TIMEOUT_MS
+    for (const ws of sockets) {
+      send(ws, frame)
+      const { sessionId } = ws.deserializeAttachment() as DeviceAttachment
+      this.sql.exec(
+        'INSERT OR REPLACE INTO pending (session_id, conversation_id, seq, event, push, attempts, due_at) VALUES (?, ?, ?, ?, ?, 1, ?)',
+        sessionId, event.conversationId, event.seq, frame, Number(pushable), due,
+      )
+    }
+    await this.armAlarm()
     return sockets.length
+  }
+
+  /** Transient frames (receipts, later typing and presence): best effort, never retried. */
+  async notify(frame: ServerMessage): Promise<void> {
+    const text = JSON.stringify(frame)
+    for (const ws of this.ctx.getWebSockets()) send(ws, text)
+  }
+
+  private confirm(sessionId: string, conversationId: string, seq: number) {
+    this.sql.exec('DELETE FROM pending WHERE session_id = ? AND conversation_id = ? AND seq <= ?', sessionId, conversationId, seq)
+  }
+
+  private async armAlarm() {
+    const next = this.sql.exec<{ due: number | null }>('SELECT min(due_at) AS due FROM pending').one().due
+    if (next === null) return
+    const current = await this.ctx.storage.getAlarm()
+    if (current === null || current > next) await this.ctx.storage.setAlarm(next)
+  }
+
+  override async alarm() {
+    const now = this.now()
+    const due = this.sql
+      .exec<{ session_id: string; conversation_id: string; seq: number; event: string; push: number; attempts: number }>(
+        'SELECT session_id, conversation_id, seq, event, push, attempts FROM pending WHERE due_at <= ? ORDER BY seq',
+        now,
+      )
+      .toArray()
+    const userId = this.userId()
+    const jobs: PushJob[] = []
+    for (const p of due) {
+      const ws = this.ctx.getWebSockets(p.session_id)[0]
+      if (ws && p.attempts <= MAX_DELIVERY_RETRIES) {
+        send(ws, p.event)
+        this.sql.exec('UPDATE pending SET attempts = attempts + 1, due_at = ? WHERE session_id = ? AND conversation_id = ? AND seq = ?',
+          now + DELIVERY_TIMEOUT_MS, p.session_id, p.conversation_id, p.seq)
+        continue
+      }
+      this.sql.exec('DELETE FROM pending WHERE session_id = ? AND conversation_id = ? AND seq = ?', p.session_id, p.conversation_id, p.seq)
+      if (p.push && userId) jobs.push({ type: 'push', userId, conversationId: p.conversation_id, seq: p.seq })
+    }
+    // One job per event even when several devices gave up on it.
+    const unique = [...new Map(jobs.map((j) => [`${j.conversationId}:${j.seq}`, j])).values()]
+    await this.enqueuePush(unique)
+    await this.armAlarm()
+  }
+
+  private rememberUser(userId: string) {
+    this.sql.exec(`INSERT OR IGNORE INTO meta (key, value) VALUES ('user_id', ?)`, userId)
+  }
+
+  private userId(): string | null {
+    const row = this.sql.exec<{ value: string }>(`SELECT value FROM meta WHERE key = 'user_id'`).toArray()[0]
+    return row?.value ?? null
+  }
+
+  private async enqueuePush(jobs: PushJob[]) {
+    if (jobs.length === 0) return
+    await this.env.PUSH_QUEUE.sendBatch(jobs.map((body) => ({ body })))
   }
 
   /** Closes the sockets of a revoked session. */
@@ -136,8 +248,10 @@ export class UserHub extends DurableObject<Env> {
     for (const ws of this.ctx.getWebSockets(sessionId)) ws.close(APP_CLOSE_CODE, ErrorCode.UNAUTHORIZED)
   }
 
-  async connectedDevices(): Promise<number> {
-    return this.ctx.getWebSockets().length
+  /** For tests and the monitoring view. */
+  async stats() {
+    const pending = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM pending').one().n
+    return { devices: this.ctx.getWebSockets().length, pending }
   }
 
   override async webSocketClose(ws: WebSocket, code: number, reason: string) {

@@ -1,0 +1,53 @@
+// `npm run dev`: one command from a fresh clone to the whole product on http://localhost:8787.
+import { spawn, spawnSync } from 'node:child_process'
+import { generateKeyPairSync, randomBytes } from 'node:crypto'
+import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs'
+
+const port = process.env.PORT ?? '8787'
+
+/** Fills every empty key of .dev.vars (created from the example) with a fresh secret. */
+function ensureDevVars() {
+  if (!existsSync('.dev.vars')) copyFileSync('.dev.vars.example', '.dev.vars')
+  const jwk = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' })
+  const point = Buffer.concat([Buffer.from([4]), Buffer.from(jwk.x, 'base64url'), Buffer.from(jwk.y, 'base64url')])
+  const fresh = {
+    JWT_SECRET: randomBytes(32).toString('base64url'),
+    VAPID_PUBLIC_KEY: point.toString('base64url'),
+    VAPID_PRIVATE_KEY: jwk.d,
+  }
+  let text = readFileSync('.dev.vars', 'utf8')
+  const filled = []
+  for (const [key, value] of Object.entries(fresh)) {
+    const line = new RegExp(`^${key}=(.*)$`, 'm')
+    const current = text.match(line)
+    if (current?.[1]) continue
+    text = current ? text.replace(line, `${key}=${value}`) : `${text.trimEnd()}\n${key}=${value}\n`
+    filled.push(key)
+  }
+  if (filled.length) {
+    writeFileSync('.dev.vars', text)
+    console.log(`.dev.vars: generated ${filled.join(', ')}`)
+  }
+}
+ensureDevVars()
+
+function run(cmd, args) {
+  const r = spawnSync(cmd, args, { stdio: 'inherit', env: { ...process.env, CI: 'true' } })
+  if (r.status !== 0) process.exit(r.status ?? 1)
+}
+
+// State lives under .wrangler/state, so accounts and chats survive restarts.
+run('npx', ['wrangler', 'd1', 'migrations', 'apply', 'DB', '--local'])
+run('npx', ['vite', 'build'])
+
+const children = [
+  spawn('npx', ['vite', 'build', '--watch', '--logLevel', 'warn'], { stdio: 'inherit' }),
+  spawn('npx', ['wrangler', 'dev', '--port', port, '--ip', '127.0.0.1'], { stdio: 'inherit' }),
+]
+const stop = () => {
+  for (const c of children) c.kill('SIGTERM')
+  process.exit(0)
+}
+process.on('SIGINT', stop)
+process.on('SIGTERM', stop)
+for (const c of children) c.on('exit', (code) => code && stop())

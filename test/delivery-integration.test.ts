@@ -1,0 +1,231 @@
+import { runDurableObjectAlarm, runInDurableObject } from 'cloudflare:test'
+import { env } from 'cloudflare:workers'
+import { describe, it } from 'vitest'
+import { getConversationRoom, getUserHub } from '../worker/durable-objects'
+import type { ClientMessage, HistoryPage, MessageEvent } from '../worker/shared/protocol'
+import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
+import { DELIVERY_TIMEOUT_MS, MAX_DELIVERY_RETRIES, type UserHub } from '../worker/user/UserHub'
+import { api, Device, json, openChat, register, textSend } from './helpers'
+import { drainOutbox, newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
+
+async function pair() {
+  const alice = await register()
+  const bob = await register()
+  const conv = await openChat(alice, bob)
+  return { alice, bob, conv }
+}
+
+async function setRoomClock(conversationId: string, now: () => number) {
+  await runInDurableObject<ConversationRoom, void>(getConversationRoom(env, conversationId), (room) => {
+    room.now = now
+  })
+}
+
+function recall(conversationId: string, targetSeq: number): ClientMessage {
+  return { type: 'recall', conversationId, clientMsgId: crypto.randomUUID(), targetSeq }
+}
+
+describe('receipts', () => {
+  it('move delivered and read cursors forward only, and tell every member', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const a = await Device.connect(alice)
+    const b = await Device.connect(bob)
+    for (let i = 0; i < 3; i++) a.send(textSend(conv.id, `r${i}`))
+    for (let i = 0; i < 3; i++) await a.next('ack')
+
+    b.send({ type: 'delivered', conversationId: conv.id, seq: 3 })
+    const delivered = await a.next((m) => m.type === 'receipt' && m.receipt.userId === bob.user.id)
+    expect(delivered).toEqual({ type: 'receipt', conversationId: conv.id, receipt: { userId: bob.user.id, deliveredSeq: 3, readSeq: 0 } })
+
+    b.send({ type: 'read', conversationId: conv.id, seq: 2 })
+    const read = await a.next((m) => m.type === 'receipt' && m.receipt.readSeq === 2)
+    expect(read.type === 'receipt' && read.receipt).toEqual({ userId: bob.user.id, deliveredSeq: 3, readSeq: 2 })
+
+    // Backwards is ignored; beyond the end is clamped to the last seq.
+    b.send({ type: 'read', conversationId: conv.id, seq: 1 })
+    b.send({ type: 'read', conversationId: conv.id, seq: 99 })
+    const clamped = await a.next((m) => m.type === 'receipt' && m.receipt.readSeq !== 2)
+    expect(clamped.type === 'receipt' && clamped.receipt).toEqual({ userId: bob.user.id, deliveredSeq: 3, readSeq: 3 })
+
+    b.send({ type: 'sync', conversationId: conv.id, afterSeq: 3 })
+    const page = await b.next('events')
+    expect(page.receipts).toEqual(
+      expect.arrayContaining([
+        { userId: bob.user.id, deliveredSeq: 3, readSeq: 3 },
+        // Sending counts as having read everything up to one's own message.
+        { userId: alice.user.id, deliveredSeq: 3, readSeq: 3 },
+      ]),
+    )
+    a.close()
+    b.close()
+  })
+
+  it('a non-member cannot move anyone’s cursor', async ({ expect }) => {
+    const { conv } = await pair()
+    const mallory = await register()
+    const m = await Device.connect(mallory)
+    m.send({ type: 'read', conversationId: conv.id, seq: 1 })
+    expect((await m.next('error')).code).toBe('NOT_MEMBER')
+    m.close()
+  })
+})
+
+describe('edit', () => {
+  it('replaces the text of one’s own message everywhere, as an event', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const a = await Device.connect(alice)
+    const b = await Device.connect(bob)
+    a.send(textSend(conv.id, 'teh typo'))
+    await a.next('ack')
+    a.send({ type: 'edit', conversationId: conv.id, clientMsgId: crypto.randomUUID(), targetSeq: 1, body: { kind: 'text', text: 'the typo' } })
+    expect((await a.next('ack')).seq).toBe(2)
+    const edit = await b.next((m) => m.type === 'event' && m.event.type === 'edit')
+    expect(edit.type === 'event' && edit.event).toMatchObject({ type: 'edit', targetSeq: 1, body: { kind: 'text', text: 'the typo' } })
+
+    b.send({ type: 'edit', conversationId: conv.id, clientMsgId: crypto.randomUUID(), targetSeq: 1, body: { kind: 'text', text: 'hijack' } })
+    expect((await b.next('error')).code).toBe('NOT_ALLOWED')
+
+    await drainOutbox(conv.id)
+    const history = await json<HistoryPage>(await api(`/api/conversations/${conv.id}/messages`, { token: bob.accessToken }))
+    const original = history.events.find((e) => e.seq === 1) as MessageEvent
+    expect(original.body).toEqual({ kind: 'text', text: 'the typo' })
+    expect(original.editedAt).toBeTypeOf('number')
+    a.close()
+    b.close()
+  })
+})
+
+describe('recall', () => {
+  it('is accepted at 119.999 s and refused at 120.001 s after the server timestamp', async ({ expect }) => {
+    const { alice, conv } = await pair()
+    const t0 = 1_800_000_000_000
+    await setRoomClock(conv.id, () => t0)
+    const a = await Device.connect(alice)
+    a.send(textSend(conv.id, 'first'))
+    a.send(textSend(conv.id, 'second'))
+    await a.next('ack')
+    await a.next('ack')
+
+    await setRoomClock(conv.id, () => t0 + 119_999)
+    a.send(recall(conv.id, 1))
+    expect((await a.next('ack')).seq).toBe(3)
+
+    await setRoomClock(conv.id, () => t0 + 120_001)
+    a.send(recall(conv.id, 2))
+    const late = await a.next('error')
+    expect(late.code).toBe('TOO_LATE')
+    expect((await getConversationRoom(env, conv.id).stats()).lastSeq).toBe(3)
+    a.close()
+  })
+
+  it('erases the content in the room log and D1, tells online devices at once and offline ones on sync', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const a = await Device.connect(alice)
+    const b = await Device.connect(bob)
+    a.send(textSend(conv.id, 'oops, secret'))
+    await a.next('ack')
+    a.send({ type: 'edit', conversationId: conv.id, clientMsgId: crypto.randomUUID(), targetSeq: 1, body: { kind: 'text', text: 'oops, secret v2' } })
+    await a.next('ack')
+    await drainOutbox(conv.id)
+    b.close()
+
+    a.send(recall(conv.id, 1))
+    expect((await a.next('ack')).seq).toBe(3)
+    await drainOutbox(conv.id)
+
+    const room = getConversationRoom(env, conv.id)
+    const logBodies = await runInDurableObject(room, (_r, state) =>
+      state.storage.sql.exec<{ body: string | null }>('SELECT body FROM events').toArray().map((r) => r.body),
+    )
+    expect(logBodies.join(' ')).not.toContain('secret')
+    const d1 = await env.DB.prepare('SELECT body, recalled_by FROM messages WHERE conversation_id = ? ORDER BY seq').bind(conv.id).all<{ body: string | null; recalled_by: string | null }>()
+    expect(JSON.stringify(d1.results)).not.toContain('secret')
+    expect(d1.results[0]!.recalled_by).toBe(alice.user.id)
+
+    // Bob was offline: on sync he learns of the recall and never sees the text.
+    const b2 = await Device.connect(bob)
+    b2.send({ type: 'sync', conversationId: conv.id, afterSeq: 0 })
+    const page = await b2.next('events')
+    expect(JSON.stringify(page)).not.toContain('secret')
+    expect(page.events.map((e) => e.type)).toEqual(['message', 'edit', 'recall'])
+    expect(page.events[0]).toMatchObject({ body: null, recalled: { by: alice.user.id, byAdmin: false } })
+
+    // Alice's other device was online and got it at once.
+    const recallSeen = a.frames.find((m) => m.type === 'event' && m.event.type === 'recall')
+    expect(recallSeen).toBeDefined()
+    a.close()
+    b2.close()
+  })
+
+  it('only the sender may recall in a direct chat', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const a = await Device.connect(alice)
+    const b = await Device.connect(bob)
+    a.send(textSend(conv.id, 'mine'))
+    await a.next('ack')
+    b.send(recall(conv.id, 1))
+    expect((await b.next('error')).code).toBe('NOT_ALLOWED')
+    a.send(recall(conv.id, 1))
+    await a.next('ack')
+    a.send(recall(conv.id, 1))
+    expect((await a.next('error')).code).toBe('NOT_ALLOWED')
+    a.close()
+    b.close()
+  })
+})
+
+describe('server-to-device retry', () => {
+  it(`resends an unconfirmed event ${MAX_DELIVERY_RETRIES} times, then hands it to push`, async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const sub = await newPushSubscription()
+    await subscribe(bob, sub)
+    const b = await Device.connect(bob)
+    const a = await Device.connect(alice)
+    a.send(textSend(conv.id, 'are you there?'))
+    await a.next('ack')
+    await b.next((m) => m.type === 'event' && m.event.seq === 1)
+
+    const hub = getUserHub(env, bob.user.id)
+    let clock = Date.now()
+    for (let attempt = 1; attempt <= MAX_DELIVERY_RETRIES; attempt++) {
+      clock += DELIVERY_TIMEOUT_MS + 1
+      const now = clock
+      await runInDurableObject<UserHub, void>(hub, (h) => {
+        h.now = () => now
+      })
+      expect(await runDurableObjectAlarm(hub)).toBe(true)
+      // The same event again: the device deduplicates by seq.
+      await b.next((m) => m.type === 'event' && m.event.seq === 1)
+    }
+    expect((await hub.stats()).pending).toBe(1)
+    clock += DELIVERY_TIMEOUT_MS + 1
+    const last = clock
+    await runInDurableObject<UserHub, void>(hub, (h) => {
+      h.now = () => last
+    })
+    await runDurableObjectAlarm(hub)
+    expect((await hub.stats()).pending).toBe(0)
+    const pushes = await waitFor(async () => {
+      const r = await receivedPushes(sub)
+      return r.received.length > 0 ? r : null
+    })
+    expect(pushes.received[0]!.payload).toEqual({ conversationId: conv.id, seq: 1, title: alice.user.displayName, body: 'are you there?' })
+    a.close()
+    b.close()
+  })
+
+  it('stops resending once the device confirms', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const b = await Device.connect(bob)
+    const a = await Device.connect(alice)
+    a.send(textSend(conv.id, 'got it?'))
+    await a.next('ack')
+    await b.next('event')
+    b.send({ type: 'delivered', conversationId: conv.id, seq: 1 })
+    await a.next('receipt')
+    const hub = getUserHub(env, bob.user.id)
+    expect((await hub.stats()).pending).toBe(0)
+    a.close()
+    b.close()
+  })
+})

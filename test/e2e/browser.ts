@@ -1,0 +1,32 @@
+import { chromium, type Browser, type Page } from 'playwright-core'
+
+export const CHROMIUM_PATH = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
+
+/** Debian Chromium, headless, with the flags this closed network needs. */
+export function launchBrowser(extraArgs: string[] = []): Promise<Browser> {
+  return chromium.launch({
+    executablePath: CHROMIUM_PATH,
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      ...extraArgs,
+    ],
+  })
+}
+
+export async function registerInUi(page: Page, baseUrl: string, handle: string, displayName: string, password = 'e2e-password-1') {
+  await page.goto(baseUrl)
+  const toggle = page.getByTestId('auth-toggle')
+  if (!(await page.getByTestId('auth-display-name').isVisible())) await toggle.click()
+  await page.getByTestId('auth-handle').fill(handle)
+  await page.getByTestId('auth-display-name').fill(displayName)
+  await page.getByTestId('auth-password').fill(password)
+  await page.getByTestId('auth-submit').click()
+  await page.getByTestId('current-user').filter({ hasText: handle }).waitFor()
+}

@@ -1,0 +1,103 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { generateVapidKeys } from '../support/push-service'
+
+const ROOT = path.resolve(import.meta.dirname, '../..')
+/** A server left behind by a crashed test run still stops by itself. */
+const MAX_LIFETIME_MS = 15 * 60 * 1000
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number }
+      srv.close(() => resolve(port))
+    })
+    srv.on('error', reject)
+  })
+}
+
+export interface LocalServer {
+  url: string
+  port: number
+  stateDir: string
+  stop(): Promise<void>
+}
+
+/**
+ * The real product as `npm run dev` runs it: wrangler dev (workerd) serving the built PWA,
+ * with migrations applied to a fresh local state directory.
+ */
+export async function startServer(opts: { stateDir?: string; port?: number } = {}): Promise<LocalServer> {
+  const stateDir = opts.stateDir ?? mkdtempSync(path.join(tmpdir(), 'echovalley-e2e-'))
+  const port = opts.port ?? (await freePort())
+  const env = { ...process.env, CI: 'true', WRANGLER_SEND_METRICS: 'false' }
+  const migrate = spawnSync('npx', ['wrangler', 'd1', 'migrations', 'apply', 'DB', '--local', '--persist-to', stateDir], { cwd: ROOT, env, encoding: 'utf8' })
+  if (migrate.status !== 0) throw new Error(`migrations failed: ${migrate.stderr}\n${migrate.stdout}`)
+
+  const vapid = generateVapidKeys()
+  const vars = { JWT_SECRET: 'e2e-secret-that-is-long-enough-0123456789', VAPID_PUBLIC_KEY: vapid.publicKey, VAPID_PRIVATE_KEY: vapid.privateKey }
+  const child: ChildProcess = spawn(
+    'npx',
+    ['wrangler', 'dev', '--port', String(port), '--ip', '127.0.0.1', '--persist-to', stateDir, '--show-interactive-dev-session=false',
+      ...Object.entries(vars).flatMap(([k, v]) => ['--var', `${k}:${v}`])],
+    { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true },
+  )
+  let log = ''
+  child.stdout?.on('data', (d) => (log += d))
+  child.stderr?.on('data', (d) => (log += d))
+  const killTimer = setTimeout(() => kill(child), MAX_LIFETIME_MS)
+  killTimer.unref()
+
+  const url = `http://127.0.0.1:${port}`
+  const deadline = Date.now() + 60_000
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`wrangler dev exited early:\n${log}`)
+    try {
+      const res = await fetch(`${url}/api/health`)
+      if (res.ok) break
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      kill(child)
+      throw new Error(`wrangler dev did not become ready:\n${log}`)
+    }
+    await new Promise((r) => setTimeout(r, 250))
+  }
+
+  return {
+    url,
+    port,
+    stateDir,
+    async stop() {
+      clearTimeout(killTimer)
+      await kill(child)
+      if (!opts.stateDir) rmSync(stateDir, { recursive: true, force: true })
+    },
+  }
+}
+
+/** Kills the whole process group (npx → wrangler → workerd). */
+function kill(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.pid === undefined) return Promise.resolve()
+  return new Promise((resolve) => {
+    child.once('exit', () => resolve())
+    try {
+      process.kill(-child.pid!, 'SIGTERM')
+    } catch {
+      resolve()
+    }
+    setTimeout(() => {
+      try {
+        process.kill(-child.pid!, 'SIGKILL')
+      } catch {
+        // already gone
+      }
+      resolve()
+    }, 5000).unref()
+  })
+}

@@ -1,0 +1,46 @@
+import { runDurableObjectAlarm } from 'cloudflare:test'
+import { env } from 'cloudflare:workers'
+import { getConversationRoom } from '../worker/durable-objects'
+import type { AuthResult } from '../worker/shared/protocol'
+import { api } from './helpers'
+
+export interface FakeSubscription {
+  endpoint: string
+  keys: { p256dh: string; auth: string }
+}
+
+/** A subscription at the Node push service (test/support/push-service.ts). */
+export async function newPushSubscription(mode: 'ok' | 'gone' | 'fail' = 'ok'): Promise<FakeSubscription> {
+  const res = await fetch(`https://push.test/new?mode=${mode}`, { method: 'POST' })
+  return (await res.json()) as FakeSubscription
+}
+
+export async function subscribe(user: AuthResult, sub: FakeSubscription) {
+  const res = await api('/api/push/subscriptions', { token: user.accessToken, body: sub })
+  if (res.status !== 201) throw new Error(`subscribe failed: ${res.status} ${await res.text()}`)
+}
+
+export async function receivedPushes(sub: FakeSubscription) {
+  const res = await fetch(`${sub.endpoint}/received`)
+  return (await res.json()) as { hits: number; received: { payload: any; ttl: string | null; urgency: string | null; topic: string | null }[]; rejected: string[] }
+}
+
+export async function waitFor<T>(probe: () => Promise<T | null | undefined | false>, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const v = await probe()
+    if (v) return v
+    if (Date.now() > deadline) throw new Error('timed out')
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+/** Drains the room's D1 outbox the way production does: through its alarm. */
+export async function drainOutbox(conversationId: string) {
+  const room = getConversationRoom(env, conversationId)
+  for (let i = 0; i < 20; i++) {
+    if ((await room.stats()).outbox === 0) return
+    await runDurableObjectAlarm(room)
+  }
+  throw new Error('outbox did not drain')
+}

@@ -1,0 +1,54 @@
+import type { ConversationEvent, MessageBody } from '../shared/protocol'
+
+/** Column layout shared by the room's SQLite log and D1's messages table. */
+export interface EventRow extends Record<string, SqlStorageValue> {
+  seq: number
+  type: string
+  sender_id: string
+  client_msg_id: string
+  kind: string | null
+  body: string | null
+  target_seq: number | null
+  edited_at: number | null
+  recalled_by: string | null
+  recalled_by_admin: number | null
+  created_at: number
+}
+
+export const EVENT_COLUMNS =
+  'seq, type, sender_id, client_msg_id, kind, body, target_seq, edited_at, recalled_by, recalled_by_admin, created_at'
+
+export function rowToEvent(conversationId: string, r: EventRow): ConversationEvent {
+  const base = { conversationId, seq: r.seq, senderId: r.sender_id, clientMsgId: r.client_msg_id, serverTs: r.created_at }
+  const body = r.body === null ? null : JSON.parse(r.body)
+  switch (r.type) {
+    case 'edit':
+      return { ...base, type: 'edit', targetSeq: r.target_seq!, body }
+    case 'recall':
+      return { ...base, type: 'recall', targetSeq: r.target_seq!, byAdmin: !!r.recalled_by_admin }
+    default:
+      return {
+        ...base,
+        type: 'message',
+        body: body as MessageBody | null,
+        ...(r.edited_at !== null ? { editedAt: r.edited_at } : {}),
+        ...(r.recalled_by !== null ? { recalled: { by: r.recalled_by, byAdmin: !!r.recalled_by_admin } } : {}),
+      }
+  }
+}
+
+export function eventToRow(e: ConversationEvent): EventRow {
+  return {
+    seq: e.seq,
+    type: e.type,
+    sender_id: e.senderId,
+    client_msg_id: e.clientMsgId,
+    kind: e.type === 'message' && e.body ? e.body.kind : null,
+    body: e.type === 'recall' || e.body === null ? null : JSON.stringify(e.body),
+    target_seq: e.type === 'message' ? null : e.targetSeq,
+    edited_at: e.type === 'message' ? (e.editedAt ?? null) : null,
+    recalled_by: e.type === 'message' ? (e.recalled?.by ?? null) : null,
+    recalled_by_admin: e.type === 'recall' ? Number(e.byAdmin) : e.type === 'message' && e.recalled ? Number(e.recalled.byAdmin) : null,
+    created_at: e.serverTs,
+  }
+}

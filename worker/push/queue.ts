@@ -1,0 +1,100 @@
+import { getConversationRoom } from '../durable-objects'
+import type { Env } from '../env'
+import { QueueMessage, type PushJob } from '../shared/jobs'
+import type { PushPayload } from '../shared/protocol'
+import { sendWebPush } from './web-push'
+
+export const PUSH_QUEUE = 'echovalley-push'
+export const PUSH_DLQ = 'echovalley-push-dlq'
+const PREVIEW_CHARS = 120
+
+interface SubscriptionRow {
+  endpoint: string
+  p256dh: string
+  auth: string
+}
+
+/** Retry delay doubles with each attempt from PUSH_RETRY_BASE_S (2, 4, 8 … seconds), capped at a minute. */
+export function retryDelaySeconds(env: Env, attempts: number): number {
+  const base = Number(env.PUSH_RETRY_BASE_S ?? 2)
+  return Math.min(60, base * 2 ** Math.max(0, attempts - 1))
+}
+
+function previewOf(job: PushJob, sender: string | null, text: string | null, previews: boolean): PushPayload {
+  const base = { conversationId: job.conversationId, seq: job.seq }
+  if (!previews || !sender) return { ...base, title: 'echovalley', body: 'New message' }
+  return { ...base, title: sender, body: text ? text.slice(0, PREVIEW_CHARS) : 'New message' }
+}
+
+/** Returns false when some endpoint failed and the job should be retried. */
+async function deliverPush(env: Env, job: PushJob): Promise<boolean> {
+  const found = await getConversationRoom(env, job.conversationId).eventFor(job.conversationId, job.userId, job.seq)
+  // Not a member any more, already seen on some device, or recalled: nothing to say.
+  if (!found.ok || !found.value.event || found.value.receipt.deliveredSeq >= job.seq) return true
+  const event = found.value.event
+  if (event.type !== 'message' || event.body === null || event.senderId === job.userId) return true
+
+  const [subs, people] = await env.DB.batch<Record<string, unknown>>([
+    env.DB.prepare('SELECT endpoint, p256dh, auth FROM push_subscriptions WHERE user_id = ?').bind(job.userId),
+    env.DB.prepare('SELECT id, display_name, push_previews FROM users WHERE id IN (?, ?)').bind(job.userId, event.senderId),
+  ])
+  const subscriptions = subs!.results as unknown as SubscriptionRow[]
+  if (subscriptions.length === 0) return true
+  const users = people!.results as { id: string; display_name: string; push_previews: number }[]
+  const recipient = users.find((u) => u.id === job.userId)
+  const sender = users.find((u) => u.id === event.senderId)?.display_name ?? null
+  const text = event.body.kind === 'text' ? event.body.text : null
+  const payload = previewOf(job, sender, text, !!recipient?.push_previews)
+
+  let allDone = true
+  for (const sub of subscriptions) {
+    // Claim first: a duplicated job finds the claim and stays silent.
+    const claim = await env.DB.prepare('INSERT INTO push_deliveries (endpoint, conversation_id, seq) VALUES (?, ?, ?) ON CONFLICT DO NOTHING')
+      .bind(sub.endpoint, job.conversationId, job.seq)
+      .run()
+    if (claim.meta.changes === 0) continue
+    let outcome: Awaited<ReturnType<typeof sendWebPush>>
+    try {
+      outcome = await sendWebPush(env, { endpoint: sub.endpoint, expirationTime: null, keys: { p256dh: sub.p256dh, auth: sub.auth } }, payload)
+    } catch (e) {
+      console.warn('push send threw', String(e))
+      outcome = 'failed'
+    }
+    if (outcome === 'gone') {
+      await env.DB.prepare('DELETE FROM push_subscriptions WHERE endpoint = ?').bind(sub.endpoint).run()
+    } else if (outcome === 'failed') {
+      await env.DB.prepare('DELETE FROM push_deliveries WHERE endpoint = ? AND conversation_id = ? AND seq = ?')
+        .bind(sub.endpoint, job.conversationId, job.seq)
+        .run()
+      allDone = false
+    }
+  }
+  return allDone
+}
+
+export async function handleQueue(batch: MessageBatch<unknown>, env: Env): Promise<void> {
+  for (const msg of batch.messages) {
+    const parsed = QueueMessage.safeParse(msg.body)
+    if (!parsed.success) {
+      // A malformed job can never succeed; retrying it would only fill the dead-letter queue.
+      console.warn('dropping malformed queue message', msg.id)
+      msg.ack()
+      continue
+    }
+    const job = parsed.data
+    if (batch.queue === PUSH_DLQ) {
+      await env.DB.prepare('INSERT INTO push_dead_letters (user_id, conversation_id, seq, attempts) VALUES (?, ?, ?, ?)')
+        .bind(job.userId, job.conversationId, job.seq, msg.attempts)
+        .run()
+      msg.ack()
+      continue
+    }
+    try {
+      if (await deliverPush(env, job)) msg.ack()
+      else msg.retry({ delaySeconds: retryDelaySeconds(env, msg.attempts) })
+    } catch (e) {
+      console.warn('push job failed', String(e))
+      msg.retry({ delaySeconds: retryDelaySeconds(env, msg.attempts) })
+    }
+  }
+}
