@@ -45,10 +45,13 @@ describe('sending', () => {
     const { alice, bob, conv } = await pair()
     const a = await Device.connect(alice)
     const b = await Device.connect(bob)
+    // Clients send one write per conversation at a time: frame order on a socket is not relied on.
     const sends = Array.from({ length: 10 }, (_, i) => textSend(conv.id, `hello ${i}`))
-    for (const s of sends) a.send(s)
     const acks = []
-    for (const s of sends) acks.push(await a.next((m) => m.type === 'ack' && m.clientMsgId === (s as { clientMsgId: string }).clientMsgId))
+    for (const s of sends) {
+      a.send(s)
+      acks.push(await a.next((m) => m.type === 'ack' && m.clientMsgId === (s as { clientMsgId: string }).clientMsgId))
+    }
     expect(acks.map((x) => x.type === 'ack' && x.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
     for (let seq = 1; seq <= 10; seq++) {
       const ev = await b.next((m) => m.type === 'event' && m.event.seq === seq)
@@ -84,8 +87,10 @@ describe('sending', () => {
   it('writes every acknowledged message to D1 exactly once, even when a flush repeats', async ({ expect }) => {
     const { alice, conv } = await pair()
     const a = await Device.connect(alice)
-    for (let i = 0; i < 25; i++) a.send(textSend(conv.id, `m${i}`))
-    for (let i = 0; i < 25; i++) await a.next('ack')
+    for (let i = 0; i < 25; i++) {
+      a.send(textSend(conv.id, `m${i}`))
+      await a.next('ack')
+    }
     await drainOutbox(conv.id)
     // Replaying the outbox (as after a crash between D1 insert and outbox delete) changes nothing.
     const room = getConversationRoom(env, conv.id)
@@ -139,8 +144,10 @@ describe('history', () => {
   it('pages backwards from D1 with before/limit', async ({ expect }) => {
     const { alice, bob, conv } = await pair()
     const a = await Device.connect(alice)
-    for (let i = 0; i < 7; i++) a.send(textSend(conv.id, `h${i}`))
-    for (let i = 0; i < 7; i++) await a.next('ack')
+    for (let i = 0; i < 7; i++) {
+      a.send(textSend(conv.id, `h${i}`))
+      await a.next('ack')
+    }
     await drainOutbox(conv.id)
     const p1 = await json<HistoryPage>(await api(`/api/conversations/${conv.id}/messages?limit=3`, { token: bob.accessToken }))
     expect(p1.events.map((m) => m.seq)).toEqual([5, 6, 7])

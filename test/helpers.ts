@@ -76,6 +76,13 @@ export class Device {
     this.ws.send(typeof msg === 'string' ? msg : JSON.stringify(msg))
   }
 
+  /** Sends a write and waits for its ack; clients keep one write per conversation in flight. */
+  async sendAndAck(msg: ClientMessage) {
+    this.send(msg)
+    const ref = (msg as { clientMsgId?: string }).clientMsgId
+    return this.next((m) => m.type === 'ack' && m.clientMsgId === ref) as Promise<Extract<ServerMessage, { type: 'ack' }>>
+  }
+
   /** Resolves with the first frame (already received or future) that matches. */
   next<T extends ServerMessage['type']>(
     match: ((m: ServerMessage) => boolean) | T,

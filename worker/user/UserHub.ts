@@ -24,6 +24,8 @@ export const UPGRADE_HEADERS = {
 export const DELIVERY_TIMEOUT_MS = 5_000
 /** Resends before the event is handed to the push queue. */
 export const MAX_DELIVERY_RETRIES = 3
+/** At most one push job per conversation in this window; later messages wait and coalesce. */
+export const PUSH_COALESCE_MS = 2_000
 
 function send(ws: WebSocket, msg: ServerMessage | string) {
   try {
@@ -67,6 +69,11 @@ export class UserHub extends DurableObject<Env> {
           PRIMARY KEY (session_id, conversation_id, seq)
         );
         CREATE INDEX IF NOT EXISTS pending_due ON pending (due_at);
+        CREATE TABLE IF NOT EXISTS push_outbox (
+          conversation_id TEXT PRIMARY KEY,
+          sent_at INTEGER NOT NULL,
+          waiting_seq INTEGER
+        );
       `)
     })
   }
@@ -168,7 +175,7 @@ export class UserHub extends DurableObject<Env> {
     const sockets = this.ctx.getWebSockets()
     const pushable = event.type === 'message' && event.senderId !== userId
     if (sockets.length === 0) {
-      if (pushable) await this.enqueuePush([{ type: 'push', userId, conversationId: event.conversationId, seq: event.seq }])
+      if (pushable) await this.requestPush(userId, [{ conversationId: event.conversationId, seq: event.seq }])
       return 0
     }
     const frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage)
@@ -195,14 +202,28 @@ export class UserHub extends DurableObject<Env> {
     this.sql.exec('DELETE FROM pending WHERE session_id = ? AND conversation_id = ? AND seq <= ?', sessionId, conversationId, seq)
   }
 
+  /** One alarm serves two timers: device resends and coalesced pushes; it fires at the earlier. */
   private async armAlarm() {
-    const next = this.sql.exec<{ due: number | null }>('SELECT min(due_at) AS due FROM pending').one().due
-    if (next === null) return
+    const resend = this.sql.exec<{ due: number | null }>('SELECT min(due_at) AS due FROM pending').one().due
+    const push = this.sql
+      .exec<{ due: number | null }>('SELECT min(sent_at) AS due FROM push_outbox WHERE waiting_seq IS NOT NULL')
+      .one().due
+    const next = Math.min(resend ?? Infinity, push === null ? Infinity : push + PUSH_COALESCE_MS)
+    if (next === Infinity) return
     const current = await this.ctx.storage.getAlarm()
     if (current === null || current > next) await this.ctx.storage.setAlarm(next)
   }
 
   override async alarm() {
+    const userId = this.userId()
+    if (userId) {
+      await this.resendUnconfirmed(userId)
+      await this.releaseCoalescedPushes(userId)
+    }
+    await this.armAlarm()
+  }
+
+  private async resendUnconfirmed(userId: string) {
     const now = this.now()
     const due = this.sql
       .exec<{ session_id: string; conversation_id: string; seq: number; event: string; push: number; attempts: number }>(
@@ -210,8 +231,7 @@ export class UserHub extends DurableObject<Env> {
         now,
       )
       .toArray()
-    const userId = this.userId()
-    const jobs: PushJob[] = []
+    const gaveUp: { conversationId: string; seq: number }[] = []
     for (const p of due) {
       const ws = this.ctx.getWebSockets(p.session_id)[0]
       if (ws && p.attempts <= MAX_DELIVERY_RETRIES) {
@@ -221,12 +241,44 @@ export class UserHub extends DurableObject<Env> {
         continue
       }
       this.sql.exec('DELETE FROM pending WHERE session_id = ? AND conversation_id = ? AND seq = ?', p.session_id, p.conversation_id, p.seq)
-      if (p.push && userId) jobs.push({ type: 'push', userId, conversationId: p.conversation_id, seq: p.seq })
+      if (p.push) gaveUp.push({ conversationId: p.conversation_id, seq: p.seq })
     }
-    // One job per event even when several devices gave up on it.
-    const unique = [...new Map(jobs.map((j) => [`${j.conversationId}:${j.seq}`, j])).values()]
-    await this.enqueuePush(unique)
+    await this.requestPush(userId, gaveUp)
+  }
+
+  /**
+   * Pushes the newest message of each conversation: the first at once, later ones at most once per
+   * PUSH_COALESCE_MS, so a flood while offline is a few notifications, not one per message.
+   */
+  private async requestPush(userId: string, items: { conversationId: string; seq: number }[]) {
+    const now = this.now()
+    const jobs: PushJob[] = []
+    for (const { conversationId, seq } of items) {
+      const row = this.sql
+        .exec<{ sent_at: number; waiting_seq: number | null }>('SELECT sent_at, waiting_seq FROM push_outbox WHERE conversation_id = ?', conversationId)
+        .toArray()[0]
+      if (row && now - row.sent_at < PUSH_COALESCE_MS) {
+        this.sql.exec('UPDATE push_outbox SET waiting_seq = max(coalesce(waiting_seq, 0), ?) WHERE conversation_id = ?', seq, conversationId)
+        continue
+      }
+      this.sql.exec('INSERT OR REPLACE INTO push_outbox (conversation_id, sent_at, waiting_seq) VALUES (?, ?, NULL)', conversationId, now)
+      jobs.push({ type: 'push', userId, conversationId, seq })
+    }
+    await this.enqueuePush(jobs)
     await this.armAlarm()
+  }
+
+  private async releaseCoalescedPushes(userId: string) {
+    const now = this.now()
+    const ready = this.sql
+      .exec<{ conversation_id: string; waiting_seq: number }>(
+        'SELECT conversation_id, waiting_seq FROM push_outbox WHERE waiting_seq IS NOT NULL AND sent_at <= ?',
+        now - PUSH_COALESCE_MS,
+      )
+      .toArray()
+    for (const r of ready) this.sql.exec('UPDATE push_outbox SET sent_at = ?, waiting_seq = NULL WHERE conversation_id = ?', now, r.conversation_id)
+    this.sql.exec('DELETE FROM push_outbox WHERE waiting_seq IS NULL AND sent_at <= ?', now - PUSH_COALESCE_MS)
+    await this.enqueuePush(ready.map((r) => ({ type: 'push', userId, conversationId: r.conversation_id, seq: r.waiting_seq })))
   }
 
   private rememberUser(userId: string) {
