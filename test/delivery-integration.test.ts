@@ -4,6 +4,7 @@ import { describe, it } from 'vitest'
 import { getConversationRoom, getUserHub } from '../worker/durable-objects'
 import type { ClientMessage, HistoryPage, MessageEvent } from '../worker/shared/protocol'
 import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
+import { RateLimiter } from '../worker/conversation/rate-limit'
 import { DELIVERY_TIMEOUT_MS, MAX_DELIVERY_RETRIES, type UserHub } from '../worker/user/UserHub'
 import { api, Device, json, openChat, register, textSend } from './helpers'
 import { drainOutbox, newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
@@ -174,6 +175,31 @@ describe('recall', () => {
   })
 })
 
+describe('rate limit', () => {
+  it('refuses a flood from one member with RATE_LIMITED and lets the other member write', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const a = await Device.connect(alice)
+    const b = await Device.connect(bob)
+    const t = 1_900_000_000_000
+    await setRoomClock(conv.id, () => t)
+    const codes: string[] = []
+    for (let i = 0; i < 35; i++) {
+      const msg = textSend(conv.id, `flood ${i}`)
+      a.send(msg)
+      const reply = await a.next((m) => (m.type === 'ack' || m.type === 'error') && (m.type === 'ack' ? m.clientMsgId : m.ref) === (msg as { clientMsgId: string }).clientMsgId)
+      codes.push(reply.type === 'error' ? reply.code : reply.type)
+    }
+    expect(codes.filter((c) => c === 'ack')).toHaveLength(30)
+    expect(codes.slice(30)).toEqual(Array(5).fill('RATE_LIMITED'))
+    expect((await b.sendAndAck(textSend(conv.id, 'I can still talk'))).seq).toBe(31)
+    // A second later the bucket has refilled by ten.
+    await setRoomClock(conv.id, () => t + 1000)
+    expect((await a.sendAndAck(textSend(conv.id, 'calm now'))).seq).toBe(32)
+    a.close()
+    b.close()
+  })
+})
+
 describe('server-to-device retry', () => {
   it(`resends an unconfirmed event ${MAX_DELIVERY_RETRIES} times, then hands it to push`, async ({ expect }) => {
     const { alice, bob, conv } = await pair()
@@ -234,6 +260,9 @@ describe('sync after reconnect', () => {
   it('pages 10,000 missed messages in order, with no gap and no duplicate', { timeout: 120_000 }, async ({ expect }) => {
     const { alice, bob, conv } = await pair()
     const room = getConversationRoom(env, conv.id)
+    await runInDurableObject<ConversationRoom, void>(room, (r) => {
+      r.limiter = new RateLimiter(1e9, 1e9)
+    })
     const N = 10_000
     for (let i = 0; i < N; i += 500) {
       await Promise.all(

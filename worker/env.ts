@@ -17,6 +17,8 @@ export interface Env {
   VAPID_SUBJECT: string
   /** First push retry delay in seconds; doubles per attempt. */
   PUSH_RETRY_BASE_S?: string
+  /** Per-member write limit in a conversation, "burst/perSecond" (default 30/10). */
+  WRITE_RATE?: string
 }
 
 export interface AuthContext {

@@ -12,6 +12,7 @@ import {
   type Receipt,
 } from '../shared/protocol'
 import { EVENT_COLUMNS, eventToRow, rowToEvent, type EventRow } from './event-rows'
+import { RateLimiter } from './rate-limit'
 import { migrateRoom, ROOM_SCHEMA_VERSION } from './room-schema'
 
 export type RoomResult<T> = { ok: true; value: T } | { ok: false; code: ErrorCode; message: string }
@@ -37,6 +38,13 @@ interface Member {
 /** Retry interval for draining the D1 outbox when a flush fails or is pending. */
 const FLUSH_RETRY_MS = 2_000
 const FLUSH_BATCH = 100
+/** Per-member write limit, as "burst/perSecond"; env WRITE_RATE overrides it. */
+const DEFAULT_WRITE_RATE = '30/10'
+
+function parseRate(spec: string | undefined): [number, number] {
+  const [burst, perSecond] = (spec ?? DEFAULT_WRITE_RATE).split('/').map(Number)
+  return burst! > 0 && perSecond! > 0 ? [burst!, perSecond!] : [30, 10]
+}
 
 const fail = (code: ErrorCode, message: string) => ({ ok: false, code, message }) as const
 const ok = <T>(value: T) => ({ ok: true, value }) as const
@@ -52,12 +60,15 @@ export class ConversationRoom extends DurableObject<Env> {
   private members = new Map<string, Member>()
   private lastSeq = 0
   private flushing: Promise<void> | null = null
+  /** Replaceable so load tests and benchmarks can lift the per-member limit. */
+  limiter: RateLimiter
   /** Injectable clock so time boundaries are testable. */
   now: () => number = () => Date.now()
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env)
     this.sql = ctx.storage.sql
+    this.limiter = new RateLimiter(...parseRate(env.WRITE_RATE))
     void ctx.blockConcurrencyWhile(async () => {
       migrateRoom(this.sql)
       this.loadState()
@@ -107,6 +118,16 @@ export class ConversationRoom extends DurableObject<Env> {
     return member ? ok(member) : fail(ErrorCode.NOT_MEMBER, 'not a member of this conversation')
   }
 
+  /** Members who may write, within their rate; a retry of an acked write is never limited. */
+  private async authorizeWrite(conversationId: string, userId: string, clientMsgId: string): Promise<RoomResult<Member> | { ok: 'dup'; ack: Ack }> {
+    const auth = await this.authorize(conversationId, userId)
+    if (!auth.ok) return auth
+    const dup = this.findBySender(userId, clientMsgId)
+    if (dup) return { ok: 'dup', ack: dup }
+    if (!this.limiter.take(userId, this.now())) return fail(ErrorCode.RATE_LIMITED, 'slow down: too many messages')
+    return auth
+  }
+
   private findBySender(senderId: string, clientMsgId: string): Ack | null {
     const row = this.sql
       .exec<{ seq: number; created_at: number }>('SELECT seq, created_at FROM events WHERE sender_id = ? AND client_msg_id = ?', senderId, clientMsgId)
@@ -151,10 +172,9 @@ export class ConversationRoom extends DurableObject<Env> {
   async appendMessage(conversationId: string, senderId: string, clientMsgId: string, body: unknown): Promise<RoomResult<Ack>> {
     const parsed = MessageBody.safeParse(body)
     if (!parsed.success) return fail(ErrorCode.BAD_REQUEST, parsed.error.issues[0]?.message ?? 'invalid body')
-    const auth = await this.authorize(conversationId, senderId)
+    const auth = await this.authorizeWrite(conversationId, senderId, clientMsgId)
+    if (auth.ok === 'dup') return ok(auth.ack)
     if (!auth.ok) return auth
-    const dup = this.findBySender(senderId, clientMsgId)
-    if (dup) return ok(dup)
     // No await between reading lastSeq and the write, so seq stays gapless and unique.
     return ok(this.commit({ type: 'message', conversationId, seq: this.lastSeq + 1, senderId, clientMsgId, serverTs: this.now(), body: parsed.data }))
   }
@@ -162,10 +182,9 @@ export class ConversationRoom extends DurableObject<Env> {
   async edit(conversationId: string, userId: string, clientMsgId: string, targetSeq: number, body: unknown): Promise<RoomResult<Ack>> {
     const parsed = TextBody.safeParse(body)
     if (!parsed.success) return fail(ErrorCode.BAD_REQUEST, parsed.error.issues[0]?.message ?? 'invalid body')
-    const auth = await this.authorize(conversationId, userId)
+    const auth = await this.authorizeWrite(conversationId, userId, clientMsgId)
+    if (auth.ok === 'dup') return ok(auth.ack)
     if (!auth.ok) return auth
-    const dup = this.findBySender(userId, clientMsgId)
-    if (dup) return ok(dup)
     const target = this.eventRow(targetSeq)
     if (!target || target.type !== 'message') return fail(ErrorCode.NOT_FOUND, 'no such message')
     if (target.sender_id !== userId) return fail(ErrorCode.NOT_ALLOWED, 'only the sender can edit a message')
@@ -184,10 +203,9 @@ export class ConversationRoom extends DurableObject<Env> {
 
   /** Erases a message's content from the log (and so from D1 and every device): the sender within the window, or a group admin. */
   async recall(conversationId: string, userId: string, clientMsgId: string, targetSeq: number): Promise<RoomResult<Ack>> {
-    const auth = await this.authorize(conversationId, userId)
+    const auth = await this.authorizeWrite(conversationId, userId, clientMsgId)
+    if (auth.ok === 'dup') return ok(auth.ack)
     if (!auth.ok) return auth
-    const dup = this.findBySender(userId, clientMsgId)
-    if (dup) return ok(dup)
     const target = this.eventRow(targetSeq)
     if (!target || target.type !== 'message') return fail(ErrorCode.NOT_FOUND, 'no such message')
     if (target.recalled_by !== null) return fail(ErrorCode.NOT_ALLOWED, 'the message was already recalled')
