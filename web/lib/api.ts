@@ -1,0 +1,65 @@
+import type { ErrorBody, ErrorCode } from '../../worker/shared/errors'
+import type { AuthResult } from '../../worker/shared/protocol'
+
+/** Every failed call surfaces as this, with the server's code and message. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: ErrorCode | 'NETWORK',
+    message: string,
+  ) {
+    super(message)
+  }
+}
+
+export interface TokenStore {
+  accessToken(): string | null
+  /** Called on a 401: refresh once and return the new access token, or null when signed out. */
+  refresh(): Promise<string | null>
+}
+
+let tokens: TokenStore | null = null
+export function useTokens(store: TokenStore) {
+  tokens = store
+}
+
+async function send(path: string, init: RequestInit, token: string | null): Promise<Response> {
+  const headers = new Headers(init.headers)
+  if (init.body !== undefined) headers.set('content-type', 'application/json')
+  if (token) headers.set('authorization', `Bearer ${token}`)
+  try {
+    return await fetch(path, { ...init, headers })
+  } catch {
+    throw new ApiError(0, 'NETWORK', 'You are offline or the server cannot be reached.')
+  }
+}
+
+/** JSON API call with the access token; a 401 refreshes once and retries. */
+export async function api<T>(path: string, init: { method?: string; body?: unknown; auth?: boolean } = {}): Promise<T> {
+  const req: RequestInit = {
+    method: init.method ?? (init.body === undefined ? 'GET' : 'POST'),
+    body: init.body === undefined ? undefined : JSON.stringify(init.body),
+  }
+  const useAuth = init.auth !== false
+  let res = await send(path, req, useAuth ? (tokens?.accessToken() ?? null) : null)
+  if (res.status === 401 && useAuth && tokens) {
+    const fresh = await tokens.refresh()
+    if (fresh) res = await send(path, req, fresh)
+  }
+  if (res.status === 204) return undefined as T
+  const text = await res.text()
+  const data = text ? JSON.parse(text) : undefined
+  if (!res.ok) {
+    const err = (data as ErrorBody | undefined)?.error
+    throw new ApiError(res.status, err?.code ?? 'INTERNAL', err?.message ?? `request failed (${res.status})`)
+  }
+  return data as T
+}
+
+export const authApi = {
+  register: (body: { handle: string; password: string; displayName: string; deviceName?: string }) =>
+    api<AuthResult>('/api/auth/register', { body, auth: false }),
+  login: (body: { handle: string; password: string; deviceName?: string }) => api<AuthResult>('/api/auth/login', { body, auth: false }),
+  refresh: (refreshToken: string) => api<AuthResult>('/api/auth/refresh', { body: { refreshToken }, auth: false }),
+  logout: () => api<void>('/api/auth/logout', { method: 'POST' }),
+}

@@ -1,0 +1,51 @@
+import { clear, createStore, get, set, type UseStore } from 'idb-keyval'
+import type { ConversationEvent, ConversationSummary, MessageBody } from '../../worker/shared/protocol'
+
+/** A message written on this device and not yet acknowledged. */
+export interface OutboxItem {
+  conversationId: string
+  clientMsgId: string
+  body: MessageBody
+  createdAt: number
+  /** Set when the server refused it for good; the user may retry or delete it. */
+  failed?: string
+}
+
+export interface CachedConversation {
+  events: ConversationEvent[]
+}
+
+/** Recent events kept per conversation, so the app opens instantly and offline. */
+export const CACHED_EVENTS = 300
+
+/** IndexedDB cache of one signed-in user; nothing of one account is visible to another. */
+export class ChatCache {
+  private store: UseStore
+
+  constructor(userId: string) {
+    this.store = createStore(`echovalley-${userId}`, 'kv')
+  }
+
+  conversations(): Promise<ConversationSummary[] | undefined> {
+    return get('conversations', this.store)
+  }
+  saveConversations(list: ConversationSummary[]) {
+    return set('conversations', list, this.store)
+  }
+  conversation(id: string): Promise<CachedConversation | undefined> {
+    return get(`c:${id}`, this.store)
+  }
+  saveConversation(id: string, events: ConversationEvent[]) {
+    return set(`c:${id}`, { events: events.slice(-CACHED_EVENTS) } satisfies CachedConversation, this.store)
+  }
+  outbox(): Promise<OutboxItem[] | undefined> {
+    return get('outbox', this.store)
+  }
+  saveOutbox(items: OutboxItem[]) {
+    return set('outbox', items, this.store)
+  }
+  /** On sign-out nothing of the account stays on the device. */
+  clear() {
+    return clear(this.store)
+  }
+}

@@ -1,0 +1,136 @@
+import { PROTOCOL_VERSION, type ClientMessage, type ServerMessage } from '../../worker/shared/protocol'
+import { api } from './api'
+
+export type SocketStatus = 'connecting' | 'online' | 'offline'
+
+const HEARTBEAT_MS = 10_000
+/** No frame at all for this long means the connection is dead, even if the OS has not noticed. */
+const SILENCE_LIMIT_MS = 25_000
+const MAX_BACKOFF_MS = 30_000
+
+/** Full jitter: a random wait up to an exponentially growing cap, so reconnects do not stampede. */
+export function backoffDelay(attempt: number, base = 500): number {
+  return Math.random() * Math.min(MAX_BACKOFF_MS, base * 2 ** attempt)
+}
+
+/**
+ * The device's one WebSocket: fetches a single-use ticket per connect, reconnects with backoff
+ * and jitter, and detects silent stalls with a heartbeat.
+ */
+export class ChatSocket {
+  #status = $state<SocketStatus>('offline')
+  #ws: WebSocket | null = null
+  #attempt = 0
+  #timer: ReturnType<typeof setTimeout> | null = null
+  #heartbeat: ReturnType<typeof setInterval> | null = null
+  #lastFrameAt = 0
+  #stopped = true
+
+  constructor(
+    private readonly onMessage: (msg: ServerMessage) => void,
+    private readonly onOpen: () => void,
+  ) {}
+
+  get status() {
+    return this.#status
+  }
+
+  start() {
+    if (!this.#stopped) return
+    this.#stopped = false
+    window.addEventListener('online', this.#nudge)
+    void this.#connect()
+  }
+
+  stop() {
+    this.#stopped = true
+    window.removeEventListener('online', this.#nudge)
+    if (this.#timer) clearTimeout(this.#timer)
+    this.#teardown()
+    this.#status = 'offline'
+  }
+
+  /** Sends if connected; callers keep what must survive (the outbox) and resend on open. */
+  send(msg: ClientMessage): boolean {
+    if (this.#ws?.readyState !== WebSocket.OPEN) return false
+    this.#ws.send(JSON.stringify(msg))
+    return true
+  }
+
+  #nudge = () => {
+    if (this.#status === 'offline' && !this.#stopped) {
+      if (this.#timer) clearTimeout(this.#timer)
+      this.#attempt = 0
+      void this.#connect()
+    }
+  }
+
+  async #connect() {
+    if (this.#stopped) return
+    this.#status = 'connecting'
+    let ticket: string
+    try {
+      ticket = (await api<{ ticket: string }>('/api/ws/ticket', { method: 'POST' })).ticket
+    } catch {
+      return this.#retry()
+    }
+    if (this.#stopped) return
+    const url = new URL('/api/ws', location.href)
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
+    url.searchParams.set('ticket', ticket)
+    const ws = new WebSocket(url)
+    this.#ws = ws
+    ws.onmessage = (e) => {
+      this.#lastFrameAt = Date.now()
+      if (typeof e.data !== 'string' || e.data === 'pong') return
+      let msg: ServerMessage
+      try {
+        msg = JSON.parse(e.data) as ServerMessage
+      } catch {
+        return
+      }
+      if (msg.type === 'hello') {
+        if (msg.protocol !== PROTOCOL_VERSION) console.warn('server speaks protocol', msg.protocol)
+        this.#attempt = 0
+        this.#status = 'online'
+        this.onOpen()
+        return
+      }
+      this.onMessage(msg)
+    }
+    ws.onclose = () => {
+      if (this.#ws !== ws) return
+      this.#teardown()
+      this.#retry()
+    }
+    this.#lastFrameAt = Date.now()
+    this.#heartbeat = setInterval(() => {
+      if (Date.now() - this.#lastFrameAt > SILENCE_LIMIT_MS) {
+        // A silent stall: drop the socket and start over.
+        ws.close()
+        this.#teardown()
+        this.#retry()
+        return
+      }
+      if (ws.readyState === WebSocket.OPEN) ws.send('ping')
+    }, HEARTBEAT_MS)
+  }
+
+  #teardown() {
+    if (this.#heartbeat) clearInterval(this.#heartbeat)
+    this.#heartbeat = null
+    const ws = this.#ws
+    this.#ws = null
+    if (ws && ws.readyState <= WebSocket.OPEN) {
+      ws.onclose = null
+      ws.close()
+    }
+  }
+
+  #retry() {
+    if (this.#stopped) return
+    this.#status = 'offline'
+    const delay = backoffDelay(this.#attempt++)
+    this.#timer = setTimeout(() => void this.#connect(), delay)
+  }
+}

@@ -1,0 +1,410 @@
+import { SvelteMap } from 'svelte/reactivity'
+import type {
+  ClientMessage,
+  ConversationEvent,
+  ConversationSummary,
+  HistoryPage,
+  MessageBody,
+  MessageEvent,
+  Receipt,
+  ServerMessage,
+} from '../../worker/shared/protocol'
+import { TYPING_TTL_MS } from '../../worker/shared/protocol'
+import { api } from './api'
+import { ChatCache, type OutboxItem } from './cache'
+import { ChatSocket } from './chat-socket.svelte'
+
+export type SendState = 'pending' | 'failed' | 'sent' | 'delivered' | 'read'
+
+/** What the chat view renders: a message as it stands now, or one still in the outbox. */
+export interface DisplayMessage {
+  key: string
+  seq: number | null
+  senderId: string
+  body: MessageBody | null
+  serverTs: number
+  editedAt?: number
+  recalled?: { by: string; byAdmin: boolean }
+  state: SendState | null
+  readBy: number
+  failed?: string
+}
+
+/** Codes after which resending the same write cannot succeed. */
+const FINAL_ERRORS = new Set(['BAD_REQUEST', 'NOT_MEMBER', 'NOT_FOUND', 'FORBIDDEN', 'NOT_ALLOWED', 'PAYLOAD_TOO_LARGE', 'TOO_LATE'])
+const ACK_TIMEOUT_MS = 10_000
+const RATE_LIMIT_BACKOFF_MS = 2_000
+const HISTORY_PAGE = 50
+
+class ConversationState {
+  events = new SvelteMap<number, ConversationEvent>()
+  receipts = new SvelteMap<string, Receipt>()
+  typing = new SvelteMap<string, number>()
+  /** Every seq from `base` to `contiguous` is held; sync resumes after `contiguous`. */
+  base = $state(0)
+  contiguous = $state(0)
+  lastSeq = $state(0)
+  hasOlder = $state(false)
+  loaded = $state(false)
+}
+
+/**
+ * All chat state of the signed-in user: conversations, events by seq, receipts, and the outbox
+ * that survives reloads and goes out one write per conversation at a time.
+ */
+export class ChatStore {
+  #conversations = $state<ConversationSummary[]>([])
+  #outbox = $state<OutboxItem[]>([])
+  #byId = new SvelteMap<string, ConversationState>()
+  #inFlight = new Map<string, { clientMsgId: string; timer: ReturnType<typeof setTimeout> }>()
+  #deliveredTimers = new Map<string, ReturnType<typeof setTimeout>>()
+  #cache: ChatCache
+  #socket: ChatSocket
+  #activeId = $state<string | null>(null)
+  #error = $state<string | null>(null)
+
+  constructor(readonly userId: string) {
+    this.#cache = new ChatCache(userId)
+    this.#socket = new ChatSocket(
+      (m) => this.#onMessage(m),
+      () => this.#onOpen(),
+    )
+  }
+
+  get conversations() {
+    return this.#conversations
+  }
+  get status() {
+    return this.#socket.status
+  }
+  get activeId() {
+    return this.#activeId
+  }
+  get error() {
+    return this.#error
+  }
+  get outbox() {
+    return this.#outbox
+  }
+
+  async start() {
+    const [list, outbox] = await Promise.all([this.#cache.conversations(), this.#cache.outbox()])
+    if (list) this.#conversations = list
+    if (outbox) this.#outbox = outbox
+    this.#socket.start()
+    await this.refreshConversations()
+  }
+
+  async stop(clearCache: boolean) {
+    this.#socket.stop()
+    if (clearCache) await this.#cache.clear()
+  }
+
+  async refreshConversations() {
+    try {
+      const { conversations } = await api<{ conversations: ConversationSummary[] }>('/api/conversations')
+      this.#conversations = conversations
+      void this.#cache.saveConversations(conversations)
+    } catch {
+      // Offline: the cached list stays.
+    }
+  }
+
+  async startChat(peerHandle: string): Promise<string> {
+    const { conversation } = await api<{ conversation: ConversationSummary }>('/api/conversations', { body: { peerHandle } })
+    if (!this.#conversations.some((c) => c.id === conversation.id)) this.#conversations = [conversation, ...this.#conversations]
+    void this.#cache.saveConversations(this.#conversations)
+    return conversation.id
+  }
+
+  conversation(id: string) {
+    return this.#conversations.find((c) => c.id === id) ?? null
+  }
+
+  #state(id: string): ConversationState {
+    let s = this.#byId.get(id)
+    if (!s) {
+      s = new ConversationState()
+      this.#byId.set(id, s)
+    }
+    return s
+  }
+
+  /** Opens a conversation: cached events at once, then the newest page, then live sync. */
+  async open(id: string | null) {
+    this.#activeId = id
+    if (!id) return
+    const s = this.#state(id)
+    if (!s.loaded) {
+      const cached = await this.#cache.conversation(id)
+      if (cached && s.events.size === 0) this.#ingest(id, cached.events, false)
+      if (s.events.size === 0) await this.#loadLatestPage(id)
+      s.loaded = true
+    }
+    this.#sync(id)
+    this.#markRead(id)
+  }
+
+  async #loadLatestPage(id: string) {
+    try {
+      const page = await api<HistoryPage>(`/api/conversations/${id}/messages?limit=${HISTORY_PAGE}`)
+      this.#ingest(id, page.events, false)
+      this.#state(id).hasOlder = page.nextBefore !== null
+    } catch {
+      // Offline: whatever sync brings later.
+    }
+  }
+
+  async loadOlder(id: string) {
+    const s = this.#state(id)
+    if (!s.hasOlder || s.base <= 1) return
+    const page = await api<HistoryPage>(`/api/conversations/${id}/messages?limit=${HISTORY_PAGE}&before=${s.base}`)
+    this.#ingest(id, page.events, false)
+    s.hasOlder = page.nextBefore !== null
+  }
+
+  /** Events in seq order plus the outbox, as the chat view shows them. */
+  messages(id: string): DisplayMessage[] {
+    const s = this.#byId.get(id)
+    const out: DisplayMessage[] = []
+    const others = (this.conversation(id)?.members ?? []).filter((m) => m.id !== this.userId)
+    if (s) {
+      const seqs = [...s.events.keys()].sort((a, b) => a - b)
+      for (const seq of seqs) {
+        const e = s.events.get(seq)!
+        if (e.type !== 'message') continue
+        out.push(this.#display(e, s, others.map((o) => o.id)))
+      }
+    }
+    for (const item of this.#outbox) {
+      if (item.conversationId !== id) continue
+      out.push({
+        key: item.clientMsgId,
+        seq: null,
+        senderId: this.userId,
+        body: item.body,
+        serverTs: item.createdAt,
+        state: item.failed ? 'failed' : 'pending',
+        readBy: 0,
+        failed: item.failed,
+      })
+    }
+    return out
+  }
+
+  #display(e: MessageEvent, s: ConversationState, otherIds: string[]): DisplayMessage {
+    let state: SendState | null = null
+    let readBy = 0
+    if (e.senderId === this.userId) {
+      const cursors = otherIds.map((uid) => s.receipts.get(uid))
+      readBy = cursors.filter((r) => r && r.readSeq >= e.seq).length
+      const deliveredTo = cursors.filter((r) => r && r.deliveredSeq >= e.seq).length
+      state = otherIds.length > 0 && readBy === otherIds.length ? 'read' : otherIds.length > 0 && deliveredTo === otherIds.length ? 'delivered' : 'sent'
+    }
+    return {
+      key: e.clientMsgId,
+      seq: e.seq,
+      senderId: e.senderId,
+      body: e.body,
+      serverTs: e.serverTs,
+      editedAt: e.editedAt,
+      recalled: e.recalled,
+      state,
+      readBy,
+    }
+  }
+
+  typingIn(id: string): string[] {
+    const s = this.#byId.get(id)
+    if (!s) return []
+    const now = Date.now()
+    return [...s.typing].filter(([, until]) => until > now).map(([uid]) => uid)
+  }
+
+  // ---- writes ----
+
+  send(conversationId: string, text: string) {
+    const item: OutboxItem = { conversationId, clientMsgId: crypto.randomUUID(), body: { kind: 'text', text }, createdAt: Date.now() }
+    this.#outbox = [...this.#outbox, item]
+    void this.#cache.saveOutbox($state.snapshot(this.#outbox))
+    this.#pump(conversationId)
+  }
+
+  retry(clientMsgId: string) {
+    const item = this.#outbox.find((o) => o.clientMsgId === clientMsgId)
+    if (!item) return
+    this.#outbox = this.#outbox.map((o) => (o.clientMsgId === clientMsgId ? { ...o, failed: undefined } : o))
+    void this.#cache.saveOutbox($state.snapshot(this.#outbox))
+    this.#pump(item.conversationId)
+  }
+
+  discard(clientMsgId: string) {
+    this.#outbox = this.#outbox.filter((o) => o.clientMsgId !== clientMsgId)
+    void this.#cache.saveOutbox($state.snapshot(this.#outbox))
+  }
+
+  edit(conversationId: string, targetSeq: number, text: string) {
+    this.#socket.send({ type: 'edit', conversationId, clientMsgId: crypto.randomUUID(), targetSeq, body: { kind: 'text', text } })
+  }
+
+  recall(conversationId: string, targetSeq: number) {
+    this.#socket.send({ type: 'recall', conversationId, clientMsgId: crypto.randomUUID(), targetSeq })
+  }
+
+  typing(conversationId: string) {
+    this.#socket.send({ type: 'typing', conversationId })
+  }
+
+  /** Sends the oldest unsent write of a conversation, if none is in flight. */
+  #pump(conversationId: string) {
+    if (this.#inFlight.has(conversationId)) return
+    const next = this.#outbox.find((o) => o.conversationId === conversationId && !o.failed)
+    if (!next) return
+    const frame: ClientMessage = { type: 'send', conversationId, clientMsgId: next.clientMsgId, body: next.body }
+    if (!this.#socket.send(frame)) return
+    const timer = setTimeout(() => {
+      // No ack in time: send the same clientMsgId again; the server deduplicates.
+      this.#inFlight.delete(conversationId)
+      this.#pump(conversationId)
+    }, ACK_TIMEOUT_MS)
+    this.#inFlight.set(conversationId, { clientMsgId: next.clientMsgId, timer })
+  }
+
+  #settle(conversationId: string, clientMsgId: string) {
+    const flight = this.#inFlight.get(conversationId)
+    if (flight?.clientMsgId === clientMsgId) {
+      clearTimeout(flight.timer)
+      this.#inFlight.delete(conversationId)
+    }
+  }
+
+  // ---- socket ----
+
+  #onOpen() {
+    this.#error = null
+    for (const f of this.#inFlight.values()) clearTimeout(f.timer)
+    this.#inFlight.clear()
+    for (const [id, s] of this.#byId) if (s.loaded) this.#sync(id)
+    for (const id of new Set(this.#outbox.map((o) => o.conversationId))) this.#pump(id)
+    void this.refreshConversations()
+  }
+
+  #sync(id: string) {
+    this.#socket.send({ type: 'sync', conversationId: id, afterSeq: this.#state(id).contiguous })
+  }
+
+  #onMessage(msg: ServerMessage) {
+    switch (msg.type) {
+      case 'ack': {
+        const item = this.#outbox.find((o) => o.clientMsgId === msg.clientMsgId)
+        this.#settle(msg.conversationId, msg.clientMsgId)
+        if (item) {
+          const event: MessageEvent = { type: 'message', conversationId: msg.conversationId, seq: msg.seq, senderId: this.userId, clientMsgId: msg.clientMsgId, serverTs: msg.serverTs, body: item.body }
+          this.#outbox = this.#outbox.filter((o) => o.clientMsgId !== msg.clientMsgId)
+          void this.#cache.saveOutbox($state.snapshot(this.#outbox))
+          this.#ingest(msg.conversationId, [event], true)
+        }
+        this.#pump(msg.conversationId)
+        return
+      }
+      case 'event': {
+        const id = msg.event.conversationId
+        if (!this.conversation(id)) void this.refreshConversations()
+        const s = this.#state(id)
+        this.#ingest(id, [msg.event], true)
+        if (msg.event.seq > s.contiguous + 1 && s.loaded) this.#sync(id)
+        if (msg.event.type === 'member' || msg.event.type === 'renamed') void this.refreshConversations()
+        return
+      }
+      case 'events': {
+        const s = this.#state(msg.conversationId)
+        for (const r of msg.receipts) s.receipts.set(r.userId, r)
+        s.lastSeq = Math.max(s.lastSeq, msg.lastSeq)
+        this.#ingest(msg.conversationId, msg.events, true)
+        if (msg.hasMore) this.#sync(msg.conversationId)
+        return
+      }
+      case 'receipt':
+        this.#state(msg.conversationId).receipts.set(msg.receipt.userId, msg.receipt)
+        return
+      case 'typing':
+        this.#state(msg.conversationId).typing.set(msg.userId, Date.now() + TYPING_TTL_MS)
+        return
+      case 'presence':
+        return
+      case 'conversations-changed':
+        void this.refreshConversations()
+        return
+      case 'error': {
+        if (!msg.ref) return
+        const item = this.#outbox.find((o) => o.clientMsgId === msg.ref)
+        if (!item) {
+          this.#error = msg.message
+          return
+        }
+        this.#settle(item.conversationId, item.clientMsgId)
+        if (FINAL_ERRORS.has(msg.code)) {
+          this.#outbox = this.#outbox.map((o) => (o.clientMsgId === msg.ref ? { ...o, failed: msg.message } : o))
+          void this.#cache.saveOutbox($state.snapshot(this.#outbox))
+          this.#pump(item.conversationId)
+        } else {
+          setTimeout(() => this.#pump(item.conversationId), RATE_LIMIT_BACKOFF_MS)
+        }
+        return
+      }
+      case 'hello':
+        return
+    }
+  }
+
+  /** Applies events idempotently by seq; edits and recalls rewrite their target in place. */
+  #ingest(id: string, events: ConversationEvent[], confirm: boolean) {
+    if (events.length === 0) return
+    const s = this.#state(id)
+    for (const e of events) {
+      s.events.set(e.seq, e)
+      s.lastSeq = Math.max(s.lastSeq, e.seq)
+      if (e.type === 'edit' || e.type === 'recall') {
+        const target = s.events.get(e.targetSeq)
+        if (target?.type === 'message') {
+          s.events.set(
+            e.targetSeq,
+            e.type === 'edit'
+              ? { ...target, body: target.recalled ? null : e.body, editedAt: e.serverTs }
+              : { ...target, body: null, recalled: { by: e.senderId, byAdmin: e.byAdmin } },
+          )
+        }
+      }
+    }
+    const seqs = [...s.events.keys()].sort((a, b) => a - b)
+    if (s.base === 0 || seqs[0]! < s.base) s.base = seqs[0]!
+    let c = Math.max(s.contiguous, s.base - 1)
+    while (s.events.has(c + 1)) c++
+    s.contiguous = c
+    // The cache holds what the screen holds: recalled content is gone from it too.
+    void this.#cache.saveConversation(id, seqs.map((q) => $state.snapshot(s.events.get(q)!) as ConversationEvent))
+    if (confirm) this.#confirmDelivered(id)
+    if (id === this.#activeId) this.#markRead(id)
+  }
+
+  #confirmDelivered(id: string) {
+    if (this.#deliveredTimers.has(id)) return
+    this.#deliveredTimers.set(
+      id,
+      setTimeout(() => {
+        this.#deliveredTimers.delete(id)
+        const s = this.#state(id)
+        if (s.contiguous > 0) this.#socket.send({ type: 'delivered', conversationId: id, seq: s.contiguous })
+      }, 150),
+    )
+  }
+
+  #markRead(id: string) {
+    if (typeof document !== 'undefined' && document.visibilityState !== 'visible') return
+    const s = this.#state(id)
+    const mine = s.receipts.get(this.userId)
+    if (s.contiguous > 0 && (!mine || mine.readSeq < s.contiguous)) {
+      this.#socket.send({ type: 'read', conversationId: id, seq: s.contiguous })
+    }
+  }
+}
