@@ -38,6 +38,7 @@ interface Member {
 /** Retry interval for draining the D1 outbox when a flush fails or is pending. */
 const FLUSH_RETRY_MS = 2_000
 const FLUSH_BATCH = 100
+const TYPING_MIN_INTERVAL_MS = 1_000
 /** Per-member write limit, as "burst/perSecond"; env WRITE_RATE overrides it. */
 const DEFAULT_WRITE_RATE = '30/10'
 
@@ -60,6 +61,7 @@ export class ConversationRoom extends DurableObject<Env> {
   private members = new Map<string, Member>()
   private lastSeq = 0
   private flushing: Promise<void> | null = null
+  private lastTyping = new Map<string, number>()
   /** Replaceable so load tests and benchmarks can lift the per-member limit. */
   limiter: RateLimiter
   /** Injectable clock so time boundaries are testable. */
@@ -246,6 +248,22 @@ export class ConversationRoom extends DurableObject<Env> {
         .catch((e: unknown) => console.warn('receipt fan-out failed', memberId, String(e)))
     }
     return ok(receipt)
+  }
+
+  /** Relays a typing signal to the other members; nothing is stored, repeats within a second are dropped. */
+  async typing(conversationId: string, userId: string): Promise<RoomResult<null>> {
+    const auth = await this.authorize(conversationId, userId)
+    if (!auth.ok) return auth
+    const now = this.now()
+    if (now - (this.lastTyping.get(userId) ?? 0) < TYPING_MIN_INTERVAL_MS) return ok(null)
+    this.lastTyping.set(userId, now)
+    for (const memberId of this.members.keys()) {
+      if (memberId === userId) continue
+      getUserHub(this.env, memberId)
+        .notify({ type: 'typing', conversationId, userId })
+        .catch((e: unknown) => console.warn('typing fan-out failed', memberId, String(e)))
+    }
+    return ok(null)
   }
 
   private receipts(): Receipt[] {

@@ -1,4 +1,4 @@
-import type { ConversationEvent, MessageBody } from '../shared/protocol'
+import type { ConversationEvent, MemberEvent, MessageBody } from '../shared/protocol'
 
 /** Column layout shared by the room's SQLite log and D1's messages table. */
 export interface EventRow extends Record<string, SqlStorageValue> {
@@ -26,6 +26,10 @@ export function rowToEvent(conversationId: string, r: EventRow): ConversationEve
       return { ...base, type: 'edit', targetSeq: r.target_seq!, body }
     case 'recall':
       return { ...base, type: 'recall', targetSeq: r.target_seq!, byAdmin: !!r.recalled_by_admin }
+    case 'member':
+      return { ...base, type: 'member', ...(body as Pick<MemberEvent, 'action' | 'userIds' | 'role'>) }
+    case 'renamed':
+      return { ...base, type: 'renamed', title: (body as { title: string }).title }
     default:
       return {
         ...base,
@@ -37,15 +41,30 @@ export function rowToEvent(conversationId: string, r: EventRow): ConversationEve
   }
 }
 
+function payloadOf(e: ConversationEvent): unknown {
+  switch (e.type) {
+    case 'message':
+    case 'edit':
+      return e.body
+    case 'recall':
+      return null
+    case 'member':
+      return { action: e.action, userIds: e.userIds, ...(e.role ? { role: e.role } : {}) }
+    case 'renamed':
+      return { title: e.title }
+  }
+}
+
 export function eventToRow(e: ConversationEvent): EventRow {
+  const payload = payloadOf(e)
   return {
     seq: e.seq,
     type: e.type,
     sender_id: e.senderId,
     client_msg_id: e.clientMsgId,
     kind: e.type === 'message' && e.body ? e.body.kind : null,
-    body: e.type === 'recall' || e.body === null ? null : JSON.stringify(e.body),
-    target_seq: e.type === 'message' ? null : e.targetSeq,
+    body: payload === null ? null : JSON.stringify(payload),
+    target_seq: e.type === 'edit' || e.type === 'recall' ? e.targetSeq : null,
     edited_at: e.type === 'message' ? (e.editedAt ?? null) : null,
     recalled_by: e.type === 'message' ? (e.recalled?.by ?? null) : null,
     recalled_by_admin: e.type === 'recall' ? Number(e.byAdmin) : e.type === 'message' && e.recalled ? Number(e.recalled.byAdmin) : null,

@@ -10,8 +10,13 @@ export const users = sqliteTable('users', {
   passwordHash: text('password_hash').notNull(),
   /** Whether push notifications may show sender and text; off means "New message" only. */
   pushPreviews: integer('push_previews', { mode: 'boolean' }).notNull().default(true),
+  statusLine: text('status_line').notNull().default(''),
+  avatarKey: text('avatar_key'),
+  /** Who sees online state and last seen: everyone, friends, or nobody. */
+  presenceVisibility: text('presence_visibility', { enum: ['everyone', 'friends', 'nobody'] }).notNull().default('everyone'),
+  lastSeenAt: integer('last_seen_at'),
   createdAt: integer('created_at').notNull().default(now),
-})
+}, (t) => [index('users_display_name_idx').on(sql`lower(${t.displayName})`)])
 export type User = typeof users.$inferSelect
 
 /** One row per signed-in device. */
@@ -69,6 +74,10 @@ export const members = sqliteTable(
       .references(() => users.id),
     role: text('role', { enum: ['owner', 'admin', 'member'] }).notNull(),
     joinedAt: integer('joined_at').notNull().default(now),
+    /** First seq this member may see; earlier history stays private to earlier members. */
+    joinedSeq: integer('joined_seq').notNull().default(0),
+    /** Mirror of the room's read cursor, for unread counts in the conversation list. */
+    readSeq: integer('read_seq').notNull().default(0),
   },
   (t) => [primaryKey({ columns: [t.conversationId, t.userId] }), index('members_user_idx').on(t.userId)],
 )
@@ -138,3 +147,42 @@ export const pushDeadLetters = sqliteTable('push_dead_letters', {
   attempts: integer('attempts').notNull(),
   failedAt: integer('failed_at').notNull().default(now),
 })
+
+export const friendRequests = sqliteTable(
+  'friend_requests',
+  {
+    id: text('id').primaryKey(),
+    fromId: text('from_id').notNull().references(() => users.id),
+    toId: text('to_id').notNull().references(() => users.id),
+    note: text('note').notNull().default(''),
+    status: text('status', { enum: ['pending', 'accepted', 'declined', 'cancelled'] }).notNull(),
+    createdAt: integer('created_at').notNull().default(now),
+    respondedAt: integer('responded_at'),
+  },
+  (t) => [
+    index('friend_requests_to_idx').on(t.toId, t.status),
+    index('friend_requests_from_idx').on(t.fromId, t.status),
+    uniqueIndex('friend_requests_pending_pair').on(t.fromId, t.toId).where(sql`status = 'pending'`),
+  ],
+)
+
+/** Two rows per friendship, one from each side, so "my friends" is one index range. */
+export const friendships = sqliteTable(
+  'friendships',
+  {
+    userId: text('user_id').notNull().references(() => users.id),
+    friendId: text('friend_id').notNull().references(() => users.id),
+    createdAt: integer('created_at').notNull().default(now),
+  },
+  (t) => [primaryKey({ columns: [t.userId, t.friendId] })],
+)
+
+export const blocks = sqliteTable(
+  'blocks',
+  {
+    blockerId: text('blocker_id').notNull().references(() => users.id),
+    blockedId: text('blocked_id').notNull().references(() => users.id),
+    createdAt: integer('created_at').notNull().default(now),
+  },
+  (t) => [primaryKey({ columns: [t.blockerId, t.blockedId] }), index('blocks_blocked_idx').on(t.blockedId)],
+)

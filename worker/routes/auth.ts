@@ -21,7 +21,7 @@ export const authRoutes = new Hono<AppEnv>()
     const db = getDb(c.env)
     const taken = await db.select({ id: users.id }).from(users).where(eq(users.handle, body.handle)).get()
     if (taken) fail(409, ErrorCode.HANDLE_TAKEN, 'that handle is taken')
-    const user = { id: newId(), handle: body.handle, displayName: body.displayName, passwordHash: await hashPassword(body.password), pushPreviews: true, createdAt: Date.now() }
+    const user = { id: newId(), handle: body.handle, displayName: body.displayName, passwordHash: await hashPassword(body.password), pushPreviews: true, statusLine: '', avatarKey: null, presenceVisibility: 'everyone' as const, lastSeenAt: null, createdAt: Date.now() }
     try {
       await db.insert(users).values(user)
     } catch (err) {

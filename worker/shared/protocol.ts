@@ -11,6 +11,8 @@ export const MAX_FRAME_BYTES = 16 * 1024
 export const SYNC_PAGE_LIMIT = 200
 /** The sender may recall a message this long after its server timestamp. */
 export const RECALL_WINDOW_MS = 120_000
+/** How long a typing indicator shows after the last typing frame. */
+export const TYPING_TTL_MS = 6_000
 /** The sender may edit a text message this long after sending it. */
 export const EDIT_WINDOW_MS = 48 * 3600 * 1000
 
@@ -57,6 +59,8 @@ export const ClientMessage = z.discriminatedUnion('type', [
   z.object({ type: z.literal('delivered'), conversationId: Id, seq: Seq }),
   /** The user has seen every event up to seq. */
   z.object({ type: z.literal('read'), conversationId: Id, seq: Seq }),
+  /** The user is typing; send at most every few seconds, never stored. */
+  z.object({ type: z.literal('typing'), conversationId: Id }),
   /** Ask for events after a cursor, in order, one page at a time. */
   z.object({
     type: z.literal('sync'),
@@ -93,8 +97,22 @@ export interface RecallEvent extends EventBase {
   targetSeq: number
   byAdmin: boolean
 }
+export const Role = z.enum(['owner', 'admin', 'member'])
+export type Role = z.infer<typeof Role>
+/** Membership changed; senderId is who did it. */
+export interface MemberEvent extends EventBase {
+  type: 'member'
+  action: 'added' | 'removed' | 'left' | 'role'
+  userIds: string[]
+  /** The new role, for action 'role'. */
+  role?: Role
+}
+export interface RenameEvent extends EventBase {
+  type: 'renamed'
+  title: string
+}
 /** Everything that happens in a conversation, in seq order. */
-export type ConversationEvent = MessageEvent | EditEvent | RecallEvent
+export type ConversationEvent = MessageEvent | EditEvent | RecallEvent | MemberEvent | RenameEvent
 
 /** A member's receipt cursors; ticks and unread counts derive from them. */
 export interface Receipt {
@@ -115,6 +133,12 @@ export type ServerMessage =
   | { type: 'events'; conversationId: string; events: ConversationEvent[]; hasMore: boolean; lastSeq: number; receipts: Receipt[] }
   /** A member's cursors moved. */
   | { type: 'receipt'; conversationId: string; receipt: Receipt }
+  /** Someone in the conversation is typing; show it for TYPING_TTL_MS unless repeated. */
+  | { type: 'typing'; conversationId: string; userId: string }
+  /** A contact came online or went offline. */
+  | { type: 'presence'; userId: string; online: boolean; lastSeenAt: number | null }
+  /** The user's conversation list changed (new chat, added to or removed from a group). */
+  | { type: 'conversations-changed' }
   /** A frame was rejected; ref is the clientMsgId it was about, when known. */
   | { type: 'error'; code: ErrorCode; message: string; ref?: string }
 

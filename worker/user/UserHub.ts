@@ -138,6 +138,11 @@ export class UserHub extends DurableObject<Env> {
         if (!result.ok) send(ws, errorFrame(result.code, result.message))
         return
       }
+      case 'typing': {
+        const result = await room.typing(msg.conversationId, userId)
+        if (!result.ok) send(ws, errorFrame(result.code, result.message))
+        return
+      }
       case 'sync': {
         const result = await room.eventsAfter(msg.conversationId, userId, msg.afterSeq, msg.limit)
         if (!result.ok) return send(ws, errorFrame(result.code, result.message))
