@@ -137,7 +137,10 @@ export class ChatStore {
     const s = this.#state(id)
     if (!s.loaded) {
       const cached = await this.#cache.conversation(id)
-      if (cached && s.events.size === 0) this.#ingest(id, cached.events, false)
+      if (cached && s.events.size === 0) {
+        this.#ingest(id, cached.events, false)
+        s.hasOlder = s.base > 1
+      }
       if (s.events.size === 0) await this.#loadLatestPage(id)
       s.loaded = true
     }
@@ -212,6 +215,10 @@ export class ChatStore {
       state,
       readBy,
     }
+  }
+
+  hasOlder(id: string): boolean {
+    return this.#byId.get(id)?.hasOlder ?? false
   }
 
   typingIn(id: string): string[] {
@@ -362,6 +369,8 @@ export class ChatStore {
     if (events.length === 0) return
     const s = this.#state(id)
     for (const e of events) {
+      // A message from someone ends their typing indicator.
+      if (e.type === 'message') s.typing.delete(e.senderId)
       s.events.set(e.seq, e)
       s.lastSeq = Math.max(s.lastSeq, e.seq)
       if (e.type === 'edit' || e.type === 'recall') {

@@ -1,0 +1,89 @@
+import type { Browser, Page } from 'playwright-core'
+import { afterAll, beforeAll, describe, it } from 'vitest'
+import { launchBrowser, registerInUi } from './browser'
+import { startServer, type LocalServer } from './server'
+
+let server: LocalServer
+let browser: Browser
+
+beforeAll(async () => {
+  server = await startServer()
+  browser = await launchBrowser()
+})
+
+afterAll(async () => {
+  await browser?.close()
+  await server?.stop()
+})
+
+/** Everything this origin's IndexedDB databases hold, as one string. */
+async function indexedDbDump(page: Page): Promise<string> {
+  return page.evaluate(async () => {
+    const out: unknown[] = []
+    for (const info of await indexedDB.databases()) {
+      const db = await new Promise<IDBDatabase>((res, rej) => {
+        const r = indexedDB.open(info.name!)
+        r.onsuccess = () => res(r.result)
+        r.onerror = () => rej(r.error)
+      })
+      for (const store of Array.from(db.objectStoreNames)) {
+        const values = await new Promise<unknown[]>((res) => {
+          const r = db.transaction(store).objectStore(store).getAll()
+          r.onsuccess = () => res(r.result)
+        })
+        out.push(values)
+      }
+      db.close()
+    }
+    return JSON.stringify(out)
+  })
+}
+
+describe('ticks, recall and the local cache', () => {
+  it('shows pending → sent → delivered → read, and a recall erases the text on both sides', async ({ expect }) => {
+    const suffix = Date.now().toString(36)
+    const a = await (await browser.newContext()).newPage()
+    const b = await (await browser.newContext()).newPage()
+    await registerInUi(a, server.url, `ann_${suffix}`, 'Ann')
+    await registerInUi(b, server.url, `ben_${suffix}`, 'Ben')
+    await a.getByTestId('new-chat-handle').fill(`ben_${suffix}`)
+    await a.getByTestId('new-chat-submit').click()
+
+    // Ben is signed in but has not opened the chat: delivered, not read.
+    await a.getByTestId('composer-input').fill('a secret worth recalling')
+    await a.getByTestId('composer-input').press('Enter')
+    const mine = a.getByTestId('message').filter({ hasText: 'a secret worth recalling' })
+    await expect.poll(() => mine.getAttribute('data-state')).toBe('delivered')
+
+    await b.getByTestId('conversation-item').filter({ hasText: 'Ann' }).click()
+    await b.getByTestId('message').filter({ hasText: 'a secret worth recalling' }).waitFor()
+    await expect.poll(() => mine.getAttribute('data-state')).toBe('read')
+    await expect.poll(() => indexedDbDump(b)).toContain('a secret worth recalling')
+
+    await mine.hover()
+    await mine.getByTestId('message-recall').click()
+    await b.getByTestId('message-recalled').waitFor()
+    await a.getByTestId('message-recalled').waitFor()
+    expect(await b.getByTestId('message-text').allTextContents()).not.toContain('a secret worth recalling')
+    await expect.poll(() => indexedDbDump(b)).not.toContain('a secret worth recalling')
+    await expect.poll(() => indexedDbDump(a)).not.toContain('a secret worth recalling')
+  })
+
+  it('does not send on Enter while an IME composition is open', async ({ expect }) => {
+    const suffix = Date.now().toString(36)
+    const a = await (await browser.newContext()).newPage()
+    await registerInUi(a, server.url, `ime_${suffix}`, 'Ime')
+    await registerInUi(await (await browser.newContext()).newPage(), server.url, `pal_${suffix}`, 'Pal')
+    await a.getByTestId('new-chat-handle').fill(`pal_${suffix}`)
+    await a.getByTestId('new-chat-submit').click()
+    const input = a.getByTestId('composer-input')
+    await input.fill('ni hao')
+    // The Enter that confirms a composition arrives with isComposing set.
+    await input.dispatchEvent('keydown', { key: 'Enter', isComposing: true, bubbles: true })
+    await a.waitForTimeout(300)
+    expect(await a.getByTestId('message').count()).toBe(0)
+    expect(await input.inputValue()).toBe('ni hao')
+    await input.press('Enter')
+    await a.getByTestId('message').filter({ hasText: 'ni hao' }).waitFor()
+  })
+})
