@@ -31,7 +31,21 @@ export async function register(handle = uniqueHandle(), password = 'correct hors
   return json<AuthResult>(res)
 }
 
+/** a asks, b accepts: the two are friends afterwards. */
+export async function befriend(a: AuthResult, b: AuthResult) {
+  const asked = await api('/api/friends/requests', { token: a.accessToken, body: { handle: b.user.handle } })
+  if (asked.status === 200) return
+  if (asked.status !== 201) throw new Error(`friend request failed: ${asked.status} ${await asked.text()}`)
+  const { id } = await json<{ id: string }>(asked)
+  const accepted = await api(`/api/friends/requests/${id}/accept`, { method: 'POST', token: b.accessToken })
+  if (accepted.status !== 200) throw new Error(`accept failed: ${accepted.status} ${await accepted.text()}`)
+}
+
+/** Befriends the two (1:1 chats are between friends) and opens their chat. */
 export async function openChat(a: AuthResult, b: AuthResult): Promise<ConversationSummary> {
+  const existing = await api('/api/conversations', { token: a.accessToken, body: { peerHandle: b.user.handle } })
+  if (existing.status === 200 || existing.status === 201) return (await json<{ conversation: ConversationSummary }>(existing)).conversation
+  await befriend(a, b)
   const res = await api('/api/conversations', { token: a.accessToken, body: { peerHandle: b.user.handle } })
   if (res.status !== 201 && res.status !== 200) throw new Error(`open chat failed: ${res.status} ${await res.text()}`)
   return (await json<{ conversation: ConversationSummary }>(res)).conversation

@@ -5,7 +5,11 @@ import type { AppEnv } from './env'
 import { errorBody, fail, renderError } from './http'
 import { authRoutes, meRoutes } from './routes/auth'
 import { conversationRoutes } from './routes/conversations'
+import { blockRoutes } from './routes/blocks'
+import { friendRoutes } from './routes/friends'
 import { pushRoutes } from './routes/push'
+import { searchRoutes } from './routes/search'
+import { profileRoutes, userRoutes } from './routes/users'
 import { wsRoutes } from './routes/ws'
 import { ErrorCode } from './shared/errors'
 
@@ -19,6 +23,11 @@ export const app = new Hono<AppEnv>()
   .get('/health', (c) => c.json({ ok: true }))
   .route('/auth', authRoutes)
   .route('/me', meRoutes)
+  .route('/me', profileRoutes)
+  .route('/users', userRoutes)
+  .route('/friends', friendRoutes)
+  .route('/blocks', blockRoutes)
+  .route('/search', searchRoutes)
   .route('/ws', wsRoutes)
   .route('/conversations', conversationRoutes)
   .route('/push', pushRoutes)

@@ -8,6 +8,7 @@ export interface Env {
   CONVERSATION: DurableObjectNamespace<ConversationRoom>
   USER: DurableObjectNamespace<UserHub>
   PUSH_QUEUE: Queue<QueueMessage>
+  MEDIA: R2Bucket
   JWT_SECRET: string
   JWT_ISSUER: string
   JWT_AUDIENCE: string

@@ -9,7 +9,9 @@ import {
   SYNC_PAGE_LIMIT,
   TextBody,
   type ConversationEvent,
+  type MemberEvent,
   type Receipt,
+  type Role,
 } from '../shared/protocol'
 import { EVENT_COLUMNS, eventToRow, rowToEvent, type EventRow } from './event-rows'
 import { RateLimiter } from './rate-limit'
@@ -30,10 +32,14 @@ export interface SyncPage {
   receipts: Receipt[]
 }
 interface Member {
-  role: string
+  role: Role
   deliveredSeq: number
   readSeq: number
+  /** First seq this member may see. */
+  joinedSeq: number
 }
+/** Groups hold at most this many people (live voice rooms use the same ceiling). */
+export const MAX_GROUP_MEMBERS = 50
 
 /** Retry interval for draining the D1 outbox when a flush fails or is pending. */
 const FLUSH_RETRY_MS = 2_000
@@ -58,6 +64,8 @@ export class ConversationRoom extends DurableObject<Env> {
   private sql: SqlStorage
   private conversationId: string | null = null
   private kind: 'direct' | 'group' = 'direct'
+  /** A direct chat between two people where one blocked the other takes no writes. */
+  private blocked = false
   private members = new Map<string, Member>()
   private lastSeq = 0
   private flushing: Promise<void> | null = null
@@ -81,11 +89,12 @@ export class ConversationRoom extends DurableObject<Env> {
     const meta = new Map(this.sql.exec<{ key: string; value: string }>('SELECT key, value FROM meta').toArray().map((r) => [r.key, r.value]))
     this.conversationId = meta.get('conversation_id') ?? null
     this.kind = meta.get('kind') === 'group' ? 'group' : 'direct'
+    this.blocked = meta.get('blocked') === '1'
     this.members = new Map(
       this.sql
-        .exec<{ user_id: string; role: string; delivered_seq: number; read_seq: number }>('SELECT * FROM members')
+        .exec<{ user_id: string; role: Role; delivered_seq: number; read_seq: number; joined_seq: number }>('SELECT * FROM members')
         .toArray()
-        .map((m) => [m.user_id, { role: m.role, deliveredSeq: m.delivered_seq, readSeq: m.read_seq }]),
+        .map((m) => [m.user_id, { role: m.role, deliveredSeq: m.delivered_seq, readSeq: m.read_seq, joinedSeq: m.joined_seq }]),
     )
     this.lastSeq = this.sql.exec<{ s: number | null }>('SELECT max(seq) AS s FROM events').one().s ?? 0
   }
@@ -94,20 +103,27 @@ export class ConversationRoom extends DurableObject<Env> {
   private async ensureLoaded(conversationId: string): Promise<RoomResult<null>> {
     if (this.conversationId === conversationId) return ok(null)
     if (this.conversationId !== null) return fail(ErrorCode.NOT_FOUND, 'conversation not found')
-    const [conv, people] = await this.env.DB.batch<{ kind?: string; user_id?: string; role?: string }>([
+    const [conv, people, blockRows] = await this.env.DB.batch<{ kind?: string; user_id?: string; role?: Role; joined_seq?: number; n?: number }>([
       this.env.DB.prepare('SELECT kind FROM conversations WHERE id = ?').bind(conversationId),
-      this.env.DB.prepare('SELECT user_id, role FROM members WHERE conversation_id = ?').bind(conversationId),
+      this.env.DB.prepare('SELECT user_id, role, joined_seq FROM members WHERE conversation_id = ?').bind(conversationId),
+      this.env.DB.prepare(
+        `SELECT count(*) AS n FROM blocks WHERE blocker_id IN (SELECT user_id FROM members WHERE conversation_id = ?1)
+           AND blocked_id IN (SELECT user_id FROM members WHERE conversation_id = ?1)`,
+      ).bind(conversationId),
     ])
     const kind = conv!.results[0]?.kind
     if (!kind || people!.results.length === 0) return fail(ErrorCode.NOT_FOUND, 'conversation not found')
     // Another call may have loaded it while we awaited D1.
     if (this.conversationId === conversationId) return ok(null)
+    const blocked = kind === 'direct' && (blockRows!.results[0]?.n ?? 0) > 0
     this.ctx.storage.transactionSync(() => {
       this.sql.exec(
-        `INSERT OR REPLACE INTO meta (key, value) VALUES ('conversation_id', ?), ('kind', ?), ('version', ?)`,
-        conversationId, kind, String(ROOM_SCHEMA_VERSION),
+        `INSERT OR REPLACE INTO meta (key, value) VALUES ('conversation_id', ?), ('kind', ?), ('version', ?), ('blocked', ?)`,
+        conversationId, kind, String(ROOM_SCHEMA_VERSION), blocked ? '1' : '0',
       )
-      for (const m of people!.results) this.sql.exec('INSERT OR IGNORE INTO members (user_id, role) VALUES (?, ?)', m.user_id!, m.role!)
+      for (const m of people!.results) {
+        this.sql.exec('INSERT OR IGNORE INTO members (user_id, role, joined_seq) VALUES (?, ?, ?)', m.user_id!, m.role!, m.joined_seq ?? 0)
+      }
     })
     this.loadState()
     return ok(null)
@@ -126,6 +142,7 @@ export class ConversationRoom extends DurableObject<Env> {
     if (!auth.ok) return auth
     const dup = this.findBySender(userId, clientMsgId)
     if (dup) return { ok: 'dup', ack: dup }
+    if (this.blocked) return fail(ErrorCode.FORBIDDEN, 'you cannot message this person')
     if (!this.limiter.take(userId, this.now())) return fail(ErrorCode.RATE_LIMITED, 'slow down: too many messages')
     return auth
   }
@@ -145,7 +162,7 @@ export class ConversationRoom extends DurableObject<Env> {
    * Appends one event and whatever it changes in earlier rows, in one transaction, then fans out.
    * `touched` are earlier seqs whose D1 copy must be rewritten too.
    */
-  private commit(event: ConversationEvent, mutate: () => number[] = () => []): Ack {
+  private commit(event: ConversationEvent, mutate: () => number[] = () => [], alsoTell: string[] = []): Ack {
     const row = eventToRow(event)
     this.ctx.storage.transactionSync(() => {
       this.sql.exec(
@@ -158,15 +175,17 @@ export class ConversationRoom extends DurableObject<Env> {
       }
       // Sending implies having read everything before it.
       this.sql.exec('UPDATE members SET read_seq = ?, delivered_seq = max(delivered_seq, ?) WHERE user_id = ?', event.seq, event.seq, event.senderId)
+      this.sql.exec('INSERT OR REPLACE INTO cursor_outbox (user_id, read_seq) VALUES (?, ?)', event.senderId, event.seq)
     })
     this.lastSeq = event.seq
+    if (event.type === 'member') this.loadState()
     const sender = this.members.get(event.senderId)
     if (sender) {
       sender.readSeq = event.seq
       sender.deliveredSeq = Math.max(sender.deliveredSeq, event.seq)
     }
     void this.ctx.storage.setAlarm(this.now() + FLUSH_RETRY_MS)
-    this.fanOut(event)
+    this.fanOut(event, alsoTell)
     this.scheduleFlush()
     return { conversationId: event.conversationId, clientMsgId: event.clientMsgId, seq: event.seq, serverTs: event.serverTs, duplicate: false }
   }
@@ -229,6 +248,119 @@ export class ConversationRoom extends DurableObject<Env> {
     )
   }
 
+  // ---- membership (groups) ----
+
+  async setBlocked(conversationId: string, blocked: boolean): Promise<void> {
+    if (!(await this.ensureLoaded(conversationId)).ok) return
+    this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('blocked', ?)`, blocked ? '1' : '0')
+    this.blocked = blocked
+  }
+
+  private async authorizeAdmin(conversationId: string, actorId: string, clientMsgId: string, ownerOnly = false): Promise<RoomResult<Member> | { ok: 'dup'; ack: Ack }> {
+    const auth = await this.authorizeWrite(conversationId, actorId, clientMsgId)
+    if (auth.ok !== true) return auth
+    if (this.kind !== 'group') return fail(ErrorCode.NOT_ALLOWED, 'only groups have members to manage')
+    const allowed = ownerOnly ? auth.value.role === 'owner' : auth.value.role === 'owner' || auth.value.role === 'admin'
+    return allowed ? auth : fail(ErrorCode.NOT_ALLOWED, ownerOnly ? 'only the owner can do that' : 'only admins can do that')
+  }
+
+  private memberEvent(conversationId: string, actorId: string, clientMsgId: string, action: MemberEvent['action'], userIds: string[], role?: Role): MemberEvent {
+    return { type: 'member', conversationId, seq: this.lastSeq + 1, senderId: actorId, clientMsgId, serverTs: this.now(), action, userIds, ...(role ? { role } : {}) }
+  }
+
+  /** Records a new group's first members (already in D1 and loaded) as the log's first event. */
+  async announceMembers(conversationId: string, actorId: string, clientMsgId: string): Promise<RoomResult<Ack>> {
+    const auth = await this.authorizeAdmin(conversationId, actorId, clientMsgId, true)
+    if (auth.ok === 'dup') return ok(auth.ack)
+    if (!auth.ok) return auth
+    if (this.lastSeq > 0) return fail(ErrorCode.CONFLICT, 'the group already has history')
+    const others = [...this.members.keys()].filter((id) => id !== actorId)
+    return ok(this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'added', others)))
+  }
+
+  /** Adds people (the Worker has checked they exist and may be added by this actor). */
+  async addMembers(conversationId: string, actorId: string, clientMsgId: string, userIds: string[]): Promise<RoomResult<Ack>> {
+    const auth = await this.authorizeAdmin(conversationId, actorId, clientMsgId)
+    if (auth.ok === 'dup') return ok(auth.ack)
+    if (!auth.ok) return auth
+    const fresh = [...new Set(userIds)].filter((id) => !this.members.has(id))
+    if (fresh.length === 0) return fail(ErrorCode.CONFLICT, 'they are already members')
+    if (this.members.size + fresh.length > MAX_GROUP_MEMBERS) return fail(ErrorCode.NOT_ALLOWED, `a group holds at most ${MAX_GROUP_MEMBERS} people`)
+    const event = this.memberEvent(conversationId, actorId, clientMsgId, 'added', fresh)
+    return ok(
+      this.commit(event, () => {
+        for (const id of fresh) this.sql.exec(`INSERT INTO members (user_id, role, joined_seq) VALUES (?, 'member', ?)`, id, event.seq)
+        return []
+      }),
+    )
+  }
+
+  /** An admin removes a member; only the owner removes admins; nobody removes the owner. */
+  async removeMember(conversationId: string, actorId: string, clientMsgId: string, targetId: string): Promise<RoomResult<Ack>> {
+    const auth = await this.authorizeAdmin(conversationId, actorId, clientMsgId)
+    if (auth.ok === 'dup') return ok(auth.ack)
+    if (!auth.ok) return auth
+    const target = this.members.get(targetId)
+    if (!target) return fail(ErrorCode.NOT_FOUND, 'not a member')
+    if (targetId === actorId) return fail(ErrorCode.BAD_REQUEST, 'use leave to leave a group')
+    if (target.role === 'owner' || (target.role === 'admin' && auth.value.role !== 'owner')) {
+      return fail(ErrorCode.NOT_ALLOWED, 'only the owner can remove an admin, and nobody can remove the owner')
+    }
+    return ok(this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'removed', [targetId]), () => this.dropMember(targetId), [targetId]))
+  }
+
+  /** Leaving as owner hands the group to the longest-standing admin, else member. */
+  async leave(conversationId: string, userId: string, clientMsgId: string): Promise<RoomResult<Ack>> {
+    const auth = await this.authorizeWrite(conversationId, userId, clientMsgId)
+    if (auth.ok === 'dup') return ok(auth.ack)
+    if (!auth.ok) return auth
+    if (this.kind !== 'group') return fail(ErrorCode.NOT_ALLOWED, 'you can leave groups, not direct chats')
+    const ack = this.commit(this.memberEvent(conversationId, userId, clientMsgId, 'left', [userId]), () => this.dropMember(userId), [userId])
+    if (auth.value.role === 'owner' && this.members.size > 0) {
+      const heir = [...this.members].sort(([, a], [, b]) => (a.role === 'admin' ? 0 : 1) - (b.role === 'admin' ? 0 : 1) || a.joinedSeq - b.joinedSeq)[0]![0]
+      this.commit(this.memberEvent(conversationId, userId, `${clientMsgId}:heir`, 'role', [heir], 'owner'), () => this.setRoleRow(heir, 'owner'))
+    }
+    return ok(ack)
+  }
+
+  async setRole(conversationId: string, actorId: string, clientMsgId: string, targetId: string, role: 'admin' | 'member'): Promise<RoomResult<Ack>> {
+    const auth = await this.authorizeAdmin(conversationId, actorId, clientMsgId, true)
+    if (auth.ok === 'dup') return ok(auth.ack)
+    if (!auth.ok) return auth
+    const target = this.members.get(targetId)
+    if (!target || targetId === actorId) return fail(ErrorCode.NOT_FOUND, 'not another member')
+    return ok(this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'role', [targetId], role), () => this.setRoleRow(targetId, role)))
+  }
+
+  /** The owner makes another member owner and becomes an admin. */
+  async transferOwnership(conversationId: string, actorId: string, clientMsgId: string, targetId: string): Promise<RoomResult<Ack>> {
+    const auth = await this.authorizeAdmin(conversationId, actorId, clientMsgId, true)
+    if (auth.ok === 'dup') return ok(auth.ack)
+    if (!auth.ok) return auth
+    if (!this.members.has(targetId) || targetId === actorId) return fail(ErrorCode.NOT_FOUND, 'not another member')
+    const ack = this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'role', [targetId], 'owner'), () => this.setRoleRow(targetId, 'owner'))
+    this.commit(this.memberEvent(conversationId, actorId, `${clientMsgId}:demote`, 'role', [actorId], 'admin'), () => this.setRoleRow(actorId, 'admin'))
+    return ok(ack)
+  }
+
+  async rename(conversationId: string, actorId: string, clientMsgId: string, title: string): Promise<RoomResult<Ack>> {
+    const auth = await this.authorizeAdmin(conversationId, actorId, clientMsgId)
+    if (auth.ok === 'dup') return ok(auth.ack)
+    if (!auth.ok) return auth
+    return ok(this.commit({ type: 'renamed', conversationId, seq: this.lastSeq + 1, senderId: actorId, clientMsgId, serverTs: this.now(), title }))
+  }
+
+  private dropMember(userId: string): number[] {
+    this.sql.exec('DELETE FROM members WHERE user_id = ?', userId)
+    this.sql.exec('DELETE FROM cursor_outbox WHERE user_id = ?', userId)
+    return []
+  }
+
+  private setRoleRow(userId: string, role: Role): number[] {
+    this.sql.exec('UPDATE members SET role = ? WHERE user_id = ?', role, userId)
+    return []
+  }
+
   /** Moves a member's delivered or read cursor forward (never back); one write per call. */
   async updateCursor(conversationId: string, userId: string, kind: 'delivered' | 'read', seq: number): Promise<RoomResult<Receipt>> {
     const auth = await this.authorize(conversationId, userId)
@@ -240,6 +372,10 @@ export class ConversationRoom extends DurableObject<Env> {
     const receipt: Receipt = { userId, deliveredSeq, readSeq }
     if (readSeq === m.readSeq && deliveredSeq === m.deliveredSeq) return ok(receipt)
     this.sql.exec('UPDATE members SET delivered_seq = ?, read_seq = ? WHERE user_id = ?', deliveredSeq, readSeq, userId)
+    if (readSeq !== m.readSeq) {
+      this.sql.exec('INSERT OR REPLACE INTO cursor_outbox (user_id, read_seq) VALUES (?, ?)', userId, readSeq)
+      this.scheduleFlush()
+    }
     m.deliveredSeq = deliveredSeq
     m.readSeq = readSeq
     for (const memberId of this.members.keys()) {
@@ -255,7 +391,7 @@ export class ConversationRoom extends DurableObject<Env> {
     const auth = await this.authorize(conversationId, userId)
     if (!auth.ok) return auth
     const now = this.now()
-    if (now - (this.lastTyping.get(userId) ?? 0) < TYPING_MIN_INTERVAL_MS) return ok(null)
+    if (this.blocked || now - (this.lastTyping.get(userId) ?? 0) < TYPING_MIN_INTERVAL_MS) return ok(null)
     this.lastTyping.set(userId, now)
     for (const memberId of this.members.keys()) {
       if (memberId === userId) continue
@@ -275,7 +411,9 @@ export class ConversationRoom extends DurableObject<Env> {
     const auth = await this.authorize(conversationId, userId)
     if (!auth.ok) return auth
     const n = Math.min(Math.max(1, limit), SYNC_PAGE_LIMIT)
-    const rows = this.sql.exec<EventRow>(`SELECT ${EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, afterSeq, n + 1).toArray()
+    // History before a member joined stays with the members who were there.
+    const from = Math.max(afterSeq, auth.value.joinedSeq - 1)
+    const rows = this.sql.exec<EventRow>(`SELECT ${EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, from, n + 1).toArray()
     return ok({
       events: rows.slice(0, n).map((r) => rowToEvent(conversationId, r)),
       hasMore: rows.length > n,
@@ -292,8 +430,9 @@ export class ConversationRoom extends DurableObject<Env> {
     return ok({ event: row ? rowToEvent(conversationId, row) : null, receipt: { userId, deliveredSeq: auth.value.deliveredSeq, readSeq: auth.value.readSeq } })
   }
 
-  private fanOut(event: ConversationEvent) {
-    for (const userId of this.members.keys()) {
+  /** Sends to current members, plus `alsoTell` (people just removed, who learn it and nothing after). */
+  private fanOut(event: ConversationEvent, alsoTell: string[] = []) {
+    for (const userId of new Set([...this.members.keys(), ...alsoTell])) {
       getUserHub(this.env, userId)
         .deliver(userId, event)
         .catch((e: unknown) => console.warn('fan-out failed', userId, String(e)))
@@ -316,6 +455,7 @@ export class ConversationRoom extends DurableObject<Env> {
   private async flushOutbox(): Promise<void> {
     const conversationId = this.conversationId
     if (!conversationId) return
+    await this.flushCursors(conversationId)
     for (;;) {
       const rows = this.sql
         .exec<EventRow & { gen: number }>(
@@ -336,15 +476,44 @@ export class ConversationRoom extends DurableObject<Env> {
         ),
         this.env.DB.prepare('UPDATE conversations SET last_seq = max(last_seq, ?), last_activity_at = max(last_activity_at, ?) WHERE id = ?')
           .bind(newest.seq, newest.created_at, conversationId),
+        ...rows.flatMap((r) => this.mirrorStatements(conversationId, r)),
       ])
       for (const r of rows) this.sql.exec('DELETE FROM d1_outbox WHERE seq = ? AND gen = ?', r.seq, r.gen)
     }
   }
 
+  /** D1's copy of membership and title follows the room's current state, so replays converge. */
+  private mirrorStatements(conversationId: string, r: EventRow): D1PreparedStatement[] {
+    if (r.type === 'renamed') {
+      const { title } = JSON.parse(r.body!) as { title: string }
+      return [this.env.DB.prepare('UPDATE conversations SET title = ? WHERE id = ?').bind(title, conversationId)]
+    }
+    if (r.type !== 'member') return []
+    const { userIds } = JSON.parse(r.body!) as { userIds: string[] }
+    return userIds.map((uid) => {
+      const m = this.members.get(uid)
+      return m
+        ? this.env.DB.prepare(
+            `INSERT INTO members (conversation_id, user_id, role, joined_at, joined_seq) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (conversation_id, user_id) DO UPDATE SET role = excluded.role, joined_seq = excluded.joined_seq`,
+          ).bind(conversationId, uid, m.role, r.created_at, m.joinedSeq)
+        : this.env.DB.prepare('DELETE FROM members WHERE conversation_id = ? AND user_id = ?').bind(conversationId, uid)
+    })
+  }
+
+  private async flushCursors(conversationId: string) {
+    const dirty = this.sql.exec<{ user_id: string; read_seq: number }>('SELECT user_id, read_seq FROM cursor_outbox').toArray()
+    if (dirty.length === 0) return
+    const update = this.env.DB.prepare('UPDATE members SET read_seq = max(read_seq, ?) WHERE conversation_id = ? AND user_id = ?')
+    await this.env.DB.batch(dirty.map((d) => update.bind(d.read_seq, conversationId, d.user_id)))
+    // A cursor that moved again while D1 was written stays queued.
+    for (const d of dirty) this.sql.exec('DELETE FROM cursor_outbox WHERE user_id = ? AND read_seq = ?', d.user_id, d.read_seq)
+  }
+
   override async alarm() {
     this.scheduleFlush()
     await this.flushing
-    const pending = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM d1_outbox').one().n
+    const pending = this.sql.exec<{ n: number }>('SELECT (SELECT count(*) FROM d1_outbox) + (SELECT count(*) FROM cursor_outbox) AS n').one().n
     if (pending > 0) await this.ctx.storage.setAlarm(this.now() + FLUSH_RETRY_MS)
   }
 

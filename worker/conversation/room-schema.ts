@@ -8,7 +8,8 @@ export function migrateRoom(sql: SqlStorage) {
       user_id TEXT PRIMARY KEY,
       role TEXT NOT NULL,
       delivered_seq INTEGER NOT NULL DEFAULT 0,
-      read_seq INTEGER NOT NULL DEFAULT 0
+      read_seq INTEGER NOT NULL DEFAULT 0,
+      joined_seq INTEGER NOT NULL DEFAULT 0
     );
     CREATE TABLE IF NOT EXISTS events (
       seq INTEGER PRIMARY KEY,
@@ -25,5 +26,7 @@ export function migrateRoom(sql: SqlStorage) {
       UNIQUE (sender_id, client_msg_id)
     );
     CREATE TABLE IF NOT EXISTS d1_outbox (seq INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
+    -- Members whose read cursor D1 has not caught up with (it feeds unread counts).
+    CREATE TABLE IF NOT EXISTS cursor_outbox (user_id TEXT PRIMARY KEY, read_seq INTEGER NOT NULL);
   `)
 }

@@ -1,58 +1,143 @@
-import { and, desc, eq, inArray } from 'drizzle-orm'
+import { and, eq, inArray } from 'drizzle-orm'
 import { Hono } from 'hono'
-import { publicUser } from '../auth/sessions'
-import { getDb, type Db } from '../db/client'
+import type { ContentfulStatusCode } from 'hono/utils/http-status'
+import type { Ack, RoomResult } from '../conversation/ConversationRoom'
+import { MAX_GROUP_MEMBERS } from '../conversation/ConversationRoom'
 import { EVENT_COLUMNS, rowToEvent, type EventRow } from '../conversation/event-rows'
-import { conversations, members, users, type Conversation } from '../db/schema'
-import type { AppEnv } from '../env'
+import { getDb, type Db } from '../db/client'
+import { conversations, members, users } from '../db/schema'
+import { getConversationRoom, getUserHub } from '../durable-objects'
+import type { AppEnv, Env } from '../env'
 import { fail, requireAuth, validate } from '../http'
 import { newId } from '../ids'
 import { ErrorCode } from '../shared/errors'
-import { CreateConversationBody, HistoryQuery, Id, type ConversationSummary, type HistoryPage } from '../shared/protocol'
+import {
+  AddMembersBody,
+  CreateConversationBody,
+  CreateGroupBody,
+  HistoryQuery,
+  Id,
+  RenameBody,
+  RoleBody,
+  TransferBody,
+  type ConversationSummary,
+  type HistoryPage,
+  type MessageBody,
+  type Role,
+} from '../shared/protocol'
+import { areFriends, blockedEitherWay } from '../social/policy'
+import { directKey } from './blocks'
 
-async function summarize(db: Db, viewerId: string, convs: Conversation[]): Promise<ConversationSummary[]> {
-  if (convs.length === 0) return []
-  const rows = await db
-    .select({ conversationId: members.conversationId, id: users.id, handle: users.handle, displayName: users.displayName })
+interface ListRow {
+  id: string
+  kind: 'direct' | 'group'
+  title: string | null
+  last_seq: number
+  last_activity_at: number
+  unread: number
+  preview: string | null
+}
+
+export function previewText(body: MessageBody | null, recalled: boolean): string {
+  if (recalled || !body) return 'Message recalled'
+  switch (body.kind) {
+    case 'text':
+      return body.text.slice(0, 120)
+  }
+}
+
+/** The viewer's conversations with members, unread counts and a preview, newest activity first. */
+async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<ConversationSummary[]> {
+  const { results } = await env.DB.prepare(
+    `SELECT c.id, c.kind, c.title, c.last_seq, c.last_activity_at,
+       (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.seq > max(mem.read_seq, mem.joined_seq - 1)
+          AND m.type = 'message' AND m.sender_id != ?1 AND m.recalled_by IS NULL) AS unread,
+       (SELECT json_object('senderId', p.sender_id, 'body', json(p.body), 'serverTs', p.created_at, 'recalled', p.recalled_by IS NOT NULL)
+          FROM messages p WHERE p.conversation_id = c.id AND p.type = 'message' AND p.seq >= mem.joined_seq ORDER BY p.seq DESC LIMIT 1) AS preview
+     FROM members mem JOIN conversations c ON c.id = mem.conversation_id
+     WHERE mem.user_id = ?1 AND (?2 IS NULL OR c.id = ?2)
+     ORDER BY c.last_activity_at DESC LIMIT 200`,
+  )
+    .bind(viewerId, onlyId ?? null)
+    .all<ListRow>()
+  if (results.length === 0) return []
+  const people = await getDb(env)
+    .select({ conversationId: members.conversationId, role: members.role, id: users.id, handle: users.handle, displayName: users.displayName })
     .from(members)
     .innerJoin(users, eq(users.id, members.userId))
-    .where(inArray(members.conversationId, convs.map((c) => c.id)))
-  return convs.map((c) => {
-    const people = rows.filter((r) => r.conversationId === c.id).map(publicUser)
-    const others = people.filter((p) => p.id !== viewerId)
+    .where(inArray(members.conversationId, results.map((r) => r.id)))
+  return results.map((c) => {
+    const roster = people.filter((p) => p.conversationId === c.id).map(({ id, handle, displayName, role }) => ({ id, handle, displayName, role }))
+    const others = roster.filter((p) => p.id !== viewerId)
+    const p = c.preview ? (JSON.parse(c.preview) as { senderId: string; body: MessageBody | null; serverTs: number; recalled: number }) : null
     return {
       id: c.id,
-      kind: 'direct',
-      title: c.title ?? (others.map((p) => p.displayName).join(', ') || 'Just you'),
-      members: people,
-      lastSeq: c.lastSeq,
-      lastActivityAt: c.lastActivityAt,
+      kind: c.kind,
+      title: c.title ?? (others.map((o) => o.displayName).join(', ') || 'Just you'),
+      members: roster,
+      lastSeq: c.last_seq,
+      lastActivityAt: c.last_activity_at,
+      unread: c.unread,
+      preview: p ? { senderId: p.senderId, text: previewText(p.body, !!p.recalled), serverTs: p.serverTs } : null,
     }
   })
 }
 
+async function summaryOf(env: Env, viewerId: string, id: string): Promise<ConversationSummary> {
+  return (await listFor(env, viewerId, id))[0]!
+}
+
+/** Non-members get the same answer as for a missing conversation, so ids cannot be probed. */
 async function requireMember(db: Db, conversationId: string, userId: string) {
-  const row = await db.select({ role: members.role }).from(members)
-    .where(and(eq(members.conversationId, conversationId), eq(members.userId, userId))).get()
-  // Non-members get the same answer as for a missing conversation, so ids cannot be probed.
+  const row = await db
+    .select({ role: members.role, joinedSeq: members.joinedSeq })
+    .from(members)
+    .where(and(eq(members.conversationId, conversationId), eq(members.userId, userId)))
+    .get()
   if (!row) fail(404, ErrorCode.NOT_FOUND, 'conversation not found')
   return row
 }
 
+function conversationId(raw: string): string {
+  const id = Id.safeParse(raw)
+  if (!id.success) fail(400, ErrorCode.BAD_REQUEST, 'invalid conversation id')
+  return id.data
+}
+
+const statusFor: Partial<Record<ErrorCode, ContentfulStatusCode>> = {
+  NOT_MEMBER: 404,
+  NOT_FOUND: 404,
+  NOT_ALLOWED: 403,
+  FORBIDDEN: 403,
+  CONFLICT: 409,
+  TOO_LATE: 409,
+  RATE_LIMITED: 429,
+}
+
+/** Turns a room's answer into HTTP: errors through the one error shape, success as the ack. */
+function unwrap(result: RoomResult<Ack>): Ack {
+  if (result.ok) return result.value
+  const code = result.code === ErrorCode.NOT_MEMBER ? ErrorCode.NOT_FOUND : result.code
+  fail(statusFor[result.code] ?? 400, code, result.code === ErrorCode.NOT_MEMBER ? 'conversation not found' : result.message)
+}
+
+function tellListChanged(env: Env, userIds: string[]) {
+  return Promise.all(userIds.map((id) => getUserHub(env, id).notify({ type: 'conversations-changed' })))
+}
+
+/** Only friends, and nobody across a block, may be put in a conversation by `actorId`. */
+async function requireAddable(db: Db, actorId: string, userIds: string[]) {
+  for (const id of userIds) {
+    if (id === actorId) continue
+    if (!(await areFriends(db, actorId, id)) || (await blockedEitherWay(db, actorId, id))) {
+      fail(403, ErrorCode.FORBIDDEN, 'you can only add your friends')
+    }
+  }
+}
+
 export const conversationRoutes = new Hono<AppEnv>()
   .use(requireAuth)
-  .get('/', async (c) => {
-    const { userId } = c.get('auth')
-    const db = getDb(c.env)
-    const convs = await db
-      .select({ conversation: conversations })
-      .from(members)
-      .innerJoin(conversations, eq(conversations.id, members.conversationId))
-      .where(eq(members.userId, userId))
-      .orderBy(desc(conversations.lastActivityAt))
-      .limit(200)
-    return c.json({ conversations: await summarize(db, userId, convs.map((r) => r.conversation)) })
-  })
+  .get('/', async (c) => c.json({ conversations: await listFor(c.env, c.get('auth').userId) }))
   .post('/', validate('json', CreateConversationBody), async (c) => {
     const { userId } = c.get('auth')
     const { peerHandle } = c.req.valid('json')
@@ -60,45 +145,113 @@ export const conversationRoutes = new Hono<AppEnv>()
     const peer = await db.select().from(users).where(eq(users.handle, peerHandle)).get()
     if (!peer) fail(404, ErrorCode.NOT_FOUND, `no user @${peerHandle}`)
     if (peer.id === userId) fail(400, ErrorCode.BAD_REQUEST, 'you cannot start a chat with yourself')
-    const directKey = [userId, peer.id].sort().join(':')
-    const existing = await db.select().from(conversations).where(eq(conversations.directKey, directKey)).get()
-    if (existing) return c.json({ conversation: (await summarize(db, userId, [existing]))[0]! }, 200)
+    const key = directKey(userId, peer.id)
+    const existing = await db.select({ id: conversations.id }).from(conversations).where(eq(conversations.directKey, key)).get()
+    if (existing) return c.json({ conversation: await summaryOf(c.env, userId, existing.id) }, 200)
+    if (await blockedEitherWay(db, userId, peer.id)) fail(403, ErrorCode.FORBIDDEN, 'you cannot message this person')
+    if (!(await areFriends(db, userId, peer.id))) fail(403, ErrorCode.FORBIDDEN, `send @${peerHandle} a friend request first`)
 
     const now = Date.now()
-    const conv: Conversation = { id: newId(), kind: 'direct', title: null, directKey, createdBy: userId, createdAt: now, lastSeq: 0, lastActivityAt: now }
+    const id = newId()
     try {
       await db.batch([
-        db.insert(conversations).values(conv),
+        db.insert(conversations).values({ id, kind: 'direct', title: null, directKey: key, createdBy: userId, createdAt: now, lastSeq: 0, lastActivityAt: now }),
         db.insert(members).values([
-          { conversationId: conv.id, userId, role: 'member', joinedAt: now },
-          { conversationId: conv.id, userId: peer.id, role: 'member', joinedAt: now },
+          { conversationId: id, userId, role: 'member', joinedAt: now },
+          { conversationId: id, userId: peer.id, role: 'member', joinedAt: now },
         ]),
       ])
     } catch (err) {
       // Both people opened the chat at once: the unique direct_key kept one; return it.
-      const winner = await db.select().from(conversations).where(eq(conversations.directKey, directKey)).get()
+      const winner = await db.select({ id: conversations.id }).from(conversations).where(eq(conversations.directKey, key)).get()
       if (!winner) throw err
-      return c.json({ conversation: (await summarize(db, userId, [winner]))[0]! }, 200)
+      return c.json({ conversation: await summaryOf(c.env, userId, winner.id) }, 200)
     }
-    return c.json({ conversation: (await summarize(db, userId, [conv]))[0]! }, 201)
+    await tellListChanged(c.env, [peer.id])
+    return c.json({ conversation: await summaryOf(c.env, userId, id) }, 201)
+  })
+  .post('/groups', validate('json', CreateGroupBody), async (c) => {
+    const { userId } = c.get('auth')
+    const { title, memberIds } = c.req.valid('json')
+    const db = getDb(c.env)
+    const invited = [...new Set(memberIds)].filter((id) => id !== userId)
+    if (invited.length + 1 > MAX_GROUP_MEMBERS) fail(400, ErrorCode.BAD_REQUEST, `a group holds at most ${MAX_GROUP_MEMBERS} people`)
+    await requireAddable(db, userId, invited)
+    const now = Date.now()
+    const id = newId()
+    await db.batch([
+      db.insert(conversations).values({ id, kind: 'group', title, directKey: null, createdBy: userId, createdAt: now, lastSeq: 0, lastActivityAt: now }),
+      db.insert(members).values([
+        { conversationId: id, userId, role: 'owner' as Role, joinedAt: now },
+        ...invited.map((m) => ({ conversationId: id, userId: m, role: 'member' as Role, joinedAt: now })),
+      ]),
+    ])
+    if (invited.length) unwrap(await getConversationRoom(c.env, id).announceMembers(id, userId, crypto.randomUUID()))
+    await tellListChanged(c.env, invited)
+    return c.json({ conversation: await summaryOf(c.env, userId, id) }, 201)
+  })
+  .get('/:id', async (c) => {
+    const { userId } = c.get('auth')
+    const id = conversationId(c.req.param('id'))
+    await requireMember(getDb(c.env), id, userId)
+    return c.json({ conversation: await summaryOf(c.env, userId, id) })
+  })
+  .patch('/:id', validate('json', RenameBody), async (c) => {
+    const { userId } = c.get('auth')
+    const id = conversationId(c.req.param('id'))
+    const ack = unwrap(await getConversationRoom(c.env, id).rename(id, userId, crypto.randomUUID(), c.req.valid('json').title))
+    return c.json({ seq: ack.seq })
+  })
+  .post('/:id/members', validate('json', AddMembersBody), async (c) => {
+    const { userId } = c.get('auth')
+    const id = conversationId(c.req.param('id'))
+    const { userIds } = c.req.valid('json')
+    const db = getDb(c.env)
+    await requireMember(db, id, userId)
+    await requireAddable(db, userId, userIds)
+    const ack = unwrap(await getConversationRoom(c.env, id).addMembers(id, userId, crypto.randomUUID(), userIds))
+    await tellListChanged(c.env, userIds)
+    return c.json({ seq: ack.seq }, 201)
+  })
+  .delete('/:id/members/:userId', async (c) => {
+    const { userId } = c.get('auth')
+    const id = conversationId(c.req.param('id'))
+    const target = c.req.param('userId')
+    const room = getConversationRoom(c.env, id)
+    const ack = unwrap(target === userId ? await room.leave(id, userId, crypto.randomUUID()) : await room.removeMember(id, userId, crypto.randomUUID(), target))
+    await tellListChanged(c.env, [target])
+    return c.json({ seq: ack.seq })
+  })
+  .post('/:id/members/:userId/role', validate('json', RoleBody), async (c) => {
+    const { userId } = c.get('auth')
+    const id = conversationId(c.req.param('id'))
+    const ack = unwrap(await getConversationRoom(c.env, id).setRole(id, userId, crypto.randomUUID(), c.req.param('userId'), c.req.valid('json').role))
+    return c.json({ seq: ack.seq })
+  })
+  .post('/:id/transfer', validate('json', TransferBody), async (c) => {
+    const { userId } = c.get('auth')
+    const id = conversationId(c.req.param('id'))
+    const ack = unwrap(await getConversationRoom(c.env, id).transferOwnership(id, userId, crypto.randomUUID(), c.req.valid('json').userId))
+    return c.json({ seq: ack.seq })
   })
   .get('/:id/messages', validate('query', HistoryQuery), async (c) => {
     const { userId } = c.get('auth')
-    const id = Id.safeParse(c.req.param('id'))
-    if (!id.success) fail(400, ErrorCode.BAD_REQUEST, 'invalid conversation id')
-    const { before, limit } = c.req.valid('query')
-    const db = getDb(c.env)
-    await requireMember(db, id.data, userId)
+    const id = conversationId(c.req.param('id'))
+    const { before, limit, from, to } = c.req.valid('query')
+    const member = await requireMember(getDb(c.env), id, userId)
     // Raw SQL here shares its row shape with the room's log, so one mapper serves both.
     const { results } = await c.env.DB.prepare(
-      `SELECT ${EVENT_COLUMNS} FROM messages WHERE conversation_id = ?1 AND (?2 IS NULL OR seq < ?2) ORDER BY seq DESC LIMIT ?3`,
+      `SELECT ${EVENT_COLUMNS} FROM messages
+       WHERE conversation_id = ?1 AND seq >= ?2 AND (?3 IS NULL OR seq < ?3)
+         AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at <= ?5)
+       ORDER BY seq DESC LIMIT ?6`,
     )
-      .bind(id.data, before ?? null, limit)
+      .bind(id, member.joinedSeq, before ?? null, from ?? null, to ?? null, limit)
       .all<EventRow>()
     results.reverse()
     const page: HistoryPage = {
-      events: results.map((r) => rowToEvent(id.data, r)),
-      nextBefore: results.length === limit && results[0]!.seq > 1 ? results[0]!.seq : null,
+      events: results.map((r) => rowToEvent(id, r)),
+      nextBefore: results.length === limit && results[0]!.seq > Math.max(1, member.joinedSeq) ? results[0]!.seq : null,
     }
     return c.json(page)
   })

@@ -139,6 +139,8 @@ export type ServerMessage =
   | { type: 'presence'; userId: string; online: boolean; lastSeenAt: number | null }
   /** The user's conversation list changed (new chat, added to or removed from a group). */
   | { type: 'conversations-changed' }
+  /** Friend requests or the friend list changed. */
+  | { type: 'friends-changed' }
   /** A frame was rejected; ref is the clientMsgId it was about, when known. */
   | { type: 'error'; code: ErrorCode; message: string; ref?: string }
 
@@ -167,11 +169,47 @@ export const LoginBody = z.object({
 export const RefreshBody = z.object({ refreshToken: z.string().min(20).max(200) })
 
 export const CreateConversationBody = z.object({ peerHandle: Handle })
-
-export const HistoryQuery = z.object({
-  before: z.coerce.number().int().positive().optional(),
-  limit: z.coerce.number().int().min(1).max(100).default(50),
+export const CreateGroupBody = z.object({
+  title: z.string().trim().min(1, 'a group needs a name').max(80),
+  memberIds: z.array(Id).max(49, 'a group holds at most 50 people').default([]),
 })
+export const AddMembersBody = z.object({ userIds: z.array(Id).min(1).max(49) })
+export const RenameBody = z.object({ title: z.string().trim().min(1).max(80) })
+export const RoleBody = z.object({ role: z.enum(['admin', 'member']) })
+export const TransferBody = z.object({ userId: Id })
+
+export const SearchUsersQuery = z.object({
+  q: z.string().trim().min(1, 'type at least one character').max(64),
+  cursor: z.string().max(64).optional(),
+  limit: z.coerce.number().int().min(1).max(50).default(20),
+})
+export const ProfileBody = z
+  .object({
+    displayName: DisplayName.optional(),
+    statusLine: z.string().trim().max(140).optional(),
+    presenceVisibility: z.enum(['everyone', 'friends', 'nobody']).optional(),
+  })
+  .refine((b) => Object.keys(b).length > 0, 'nothing to change')
+export const FriendRequestBody = z.object({ handle: Handle, note: z.string().trim().max(200).default('') })
+export const BlockBody = z.object({ userId: Id })
+
+export const MessageSearchQuery = z.object({
+  q: z.string().trim().min(1).max(100),
+  conversationId: Id.optional(),
+  limit: z.coerce.number().int().min(1).max(50).default(20),
+  /** Page backwards: results older than this (conversation_id:seq of the last result). */
+  cursor: z.string().max(100).optional(),
+})
+
+export const HistoryQuery = z
+  .object({
+    before: z.coerce.number().int().positive().optional(),
+    limit: z.coerce.number().int().min(1).max(100).default(50),
+    /** Time range in ms since the epoch, inclusive. */
+    from: z.coerce.number().int().nonnegative().optional(),
+    to: z.coerce.number().int().nonnegative().optional(),
+  })
+  .refine((q) => q.from === undefined || q.to === undefined || q.from <= q.to, 'from must not be after to')
 
 // ---- HTTP responses ----
 
@@ -179,6 +217,29 @@ export interface PublicUser {
   id: string
   handle: string
   displayName: string
+}
+export interface Profile extends PublicUser {
+  statusLine: string
+  hasAvatar: boolean
+}
+export type Relationship = 'self' | 'friend' | 'request-sent' | 'request-received' | 'blocked' | 'none'
+export interface Presence {
+  online: boolean
+  lastSeenAt: number | null
+}
+export interface FriendRequest {
+  id: string
+  from: PublicUser
+  to: PublicUser
+  note: string
+  createdAt: number
+}
+export interface SearchHit {
+  conversationId: string
+  seq: number
+  senderId: string
+  text: string
+  serverTs: number
 }
 export interface AuthResult {
   user: PublicUser
@@ -188,13 +249,19 @@ export interface AuthResult {
   expiresIn: number
   refreshToken: string
 }
+export interface ConversationMember extends PublicUser {
+  role: Role
+}
 export interface ConversationSummary {
   id: string
-  kind: 'direct'
+  kind: 'direct' | 'group'
   title: string
-  members: PublicUser[]
+  members: ConversationMember[]
   lastSeq: number
   lastActivityAt: number
+  unread: number
+  /** The newest message, for the list preview; null when there is none. */
+  preview: { senderId: string; text: string; serverTs: number } | null
 }
 export interface HistoryPage {
   /** Events in ascending seq; messages already reflect later edits and recalls. */

@@ -1,6 +1,6 @@
 import { DurableObject } from 'cloudflare:workers'
 import type { Ack, RoomResult } from '../conversation/ConversationRoom'
-import { getConversationRoom } from '../durable-objects'
+import { getConversationRoom, getUserHub } from '../durable-objects'
 import type { Env } from '../env'
 import { assertNever } from '../shared/assert'
 import { APP_CLOSE_CODE, ErrorCode } from '../shared/errors'
@@ -94,10 +94,12 @@ export class UserHub extends DurableObject<Env> {
     this.sql.exec('INSERT INTO used_tickets (jti, exp) VALUES (?, ?)', jti, exp)
     this.rememberUser(userId)
 
+    const wasOffline = this.openSockets().length === 0
     const { 0: client, 1: server } = new WebSocketPair()
     this.ctx.acceptWebSocket(server, [sessionId])
     server.serializeAttachment({ userId, sessionId } satisfies DeviceAttachment)
     send(server, { type: 'hello', protocol: PROTOCOL_VERSION, userId, sessionId })
+    if (wasOffline) this.announcePresence(userId, true)
     return new Response(null, { status: 101, webSocket: client })
   }
 
@@ -312,18 +314,44 @@ export class UserHub extends DurableObject<Env> {
   }
 
   override async webSocketClose(ws: WebSocket, code: number, reason: string) {
-    try {
-      ws.close(code === 1005 || code === 1006 ? 1000 : code, reason)
-    } catch {
-      // Already closed.
-    }
+    this.closeDevice(ws, code === 1005 || code === 1006 ? 1000 : code, reason)
   }
 
   override async webSocketError(ws: WebSocket) {
+    this.closeDevice(ws, 1011, 'socket error')
+  }
+
+  private closeDevice(ws: WebSocket, code: number, reason: string) {
     try {
-      ws.close(1011, 'socket error')
+      ws.close(code, reason)
     } catch {
       // Already closed.
     }
+    const userId = this.userId()
+    if (userId && this.openSockets(ws).length === 0) this.announcePresence(userId, false)
+  }
+
+  private openSockets(except?: WebSocket): WebSocket[] {
+    return this.ctx.getWebSockets().filter((w) => w !== except && w.readyState === WebSocket.OPEN)
+  }
+
+  async isOnline(): Promise<boolean> {
+    return this.openSockets().length > 0
+  }
+
+  /** Tells friends (as the user's privacy setting allows) that the first device came or the last one went. */
+  private announcePresence(userId: string, online: boolean) {
+    const work = (async () => {
+      const now = Date.now()
+      if (!online) await this.env.DB.prepare('UPDATE users SET last_seen_at = ? WHERE id = ?').bind(now, userId).run()
+      const [me, friends] = await this.env.DB.batch<{ presence_visibility?: string; last_seen_at?: number | null; friend_id?: string }>([
+        this.env.DB.prepare('SELECT presence_visibility, last_seen_at FROM users WHERE id = ?').bind(userId),
+        this.env.DB.prepare('SELECT friend_id FROM friendships WHERE user_id = ?').bind(userId),
+      ])
+      if (me!.results[0]?.presence_visibility === 'nobody') return
+      const frame: ServerMessage = { type: 'presence', userId, online, lastSeenAt: online ? (me!.results[0]?.last_seen_at ?? null) : now }
+      await Promise.all(friends!.results.map((f) => getUserHub(this.env, f.friend_id!).notify(frame)))
+    })()
+    this.ctx.waitUntil(work.catch((e: unknown) => console.warn('presence fan-out failed', String(e))))
   }
 }
