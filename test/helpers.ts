@@ -9,6 +9,7 @@ export function uniqueHandle(prefix = 'user'): string {
 }
 
 export async function api(path: string, init: { method?: string; body?: unknown; token?: string; headers?: Record<string, string> } = {}) {
+  const raw = init.body instanceof Uint8Array || typeof init.body === 'string'
   const headers: Record<string, string> = { ...init.headers }
   if (init.body !== undefined) headers['content-type'] ??= 'application/json'
   if (init.token) headers.authorization = `Bearer ${init.token}`
@@ -16,7 +17,7 @@ export async function api(path: string, init: { method?: string; body?: unknown;
     new Request(`${BASE}${path}`, {
       method: init.method ?? (init.body !== undefined ? 'POST' : 'GET'),
       headers,
-      body: init.body === undefined ? undefined : typeof init.body === 'string' ? init.body : JSON.stringify(init.body),
+      body: init.body === undefined ? undefined : raw ? (init.body as BodyInit) : JSON.stringify(init.body),
     }),
   )
 }

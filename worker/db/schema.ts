@@ -156,13 +156,16 @@ export const friendRequests = sqliteTable(
     toId: text('to_id').notNull().references(() => users.id),
     note: text('note').notNull().default(''),
     status: text('status', { enum: ['pending', 'accepted', 'declined', 'cancelled'] }).notNull(),
+    /** "from:to" while pending, else null: its unique index allows one pending request per direction. */
+    pendingKey: text('pending_key'),
     createdAt: integer('created_at').notNull().default(now),
     respondedAt: integer('responded_at'),
   },
   (t) => [
     index('friend_requests_to_idx').on(t.toId, t.status),
     index('friend_requests_from_idx').on(t.fromId, t.status),
-    uniqueIndex('friend_requests_pending_pair').on(t.fromId, t.toId).where(sql`status = 'pending'`),
+    // Not a partial index: D1's SQLite fails to plan ORs over one ("internal query planner error").
+    uniqueIndex('friend_requests_pending_key').on(t.pendingKey),
   ],
 )
 

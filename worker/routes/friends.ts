@@ -1,4 +1,4 @@
-import { aliasedTable, and, eq, inArray, or } from 'drizzle-orm'
+import { aliasedTable, and, eq, or } from 'drizzle-orm'
 import { Hono } from 'hono'
 import { publicUser } from '../auth/sessions'
 import { getDb, type Db } from '../db/client'
@@ -32,22 +32,15 @@ export async function unfriend(db: Db, a: string, b: string) {
 
 /** Settles every pending request between two people (both directions) with `status`. */
 export async function closeRequestsBetween(db: Db, a: string, b: string, status: 'accepted' | 'cancelled') {
-  // Select first, then update by id: an UPDATE with this OR over the partial unique index trips
-  // "internal query planner error" in D1's SQLite.
-  const pending = await db
-    .select({ id: friendRequests.id })
-    .from(friendRequests)
+  await db
+    .update(friendRequests)
+    .set({ status, pendingKey: null, respondedAt: Date.now() })
     .where(
       and(
         eq(friendRequests.status, 'pending'),
         or(and(eq(friendRequests.fromId, a), eq(friendRequests.toId, b)), and(eq(friendRequests.fromId, b), eq(friendRequests.toId, a))),
       ),
     )
-  if (pending.length === 0) return
-  await db
-    .update(friendRequests)
-    .set({ status, respondedAt: Date.now() })
-    .where(inArray(friendRequests.id, pending.map((p) => p.id)))
 }
 
 async function pendingRequest(db: Db, id: string) {
@@ -128,7 +121,7 @@ export const friendRoutes = new Hono<AppEnv>()
     }
     const id = newId()
     try {
-      await db.insert(friendRequests).values({ id, fromId: userId, toId: target.id, note, status: 'pending', createdAt: Date.now() })
+      await db.insert(friendRequests).values({ id, fromId: userId, toId: target.id, note, status: 'pending', pendingKey: `${userId}:${target.id}`, createdAt: Date.now() })
     } catch {
       fail(409, ErrorCode.CONFLICT, 'a request is already pending')
     }
@@ -151,7 +144,7 @@ export const friendRoutes = new Hono<AppEnv>()
     const db = getDb(c.env)
     const req = await pendingRequest(db, c.req.param('id'))
     if (req.toId !== userId) fail(404, ErrorCode.NOT_FOUND, 'no such pending request')
-    await db.update(friendRequests).set({ status: 'declined', respondedAt: Date.now() }).where(eq(friendRequests.id, req.id))
+    await db.update(friendRequests).set({ status: 'declined', pendingKey: null, respondedAt: Date.now() }).where(eq(friendRequests.id, req.id))
     await notifyFriendsChanged(c.env, req.fromId, req.toId)
     return c.json({ status: 'declined' as const })
   })
@@ -160,7 +153,7 @@ export const friendRoutes = new Hono<AppEnv>()
     const db = getDb(c.env)
     const req = await pendingRequest(db, c.req.param('id'))
     if (req.fromId !== userId) fail(404, ErrorCode.NOT_FOUND, 'no such pending request')
-    await db.update(friendRequests).set({ status: 'cancelled', respondedAt: Date.now() }).where(eq(friendRequests.id, req.id))
+    await db.update(friendRequests).set({ status: 'cancelled', pendingKey: null, respondedAt: Date.now() }).where(eq(friendRequests.id, req.id))
     await notifyFriendsChanged(c.env, req.fromId, req.toId)
     return c.body(null, 204)
   })

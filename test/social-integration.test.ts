@@ -1,0 +1,262 @@
+import { env } from 'cloudflare:workers'
+import { describe, it } from 'vitest'
+import type { FriendRequest, Profile } from '../worker/shared/protocol'
+import { api, befriend, Device, json, openChat, register, textSend, uniqueHandle } from './helpers'
+
+const PNG = new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, 73, 72, 68, 82])
+
+describe('profiles', () => {
+  it('edits display name, status line and presence setting, and rejects nonsense', async ({ expect }) => {
+    const a = await register()
+    const res = await api('/api/me/profile', { method: 'PATCH', token: a.accessToken, body: { displayName: 'Ada L.', statusLine: 'At the loom' } })
+    expect(res.status).toBe(200)
+    expect((await json<{ user: Profile }>(res)).user).toMatchObject({ displayName: 'Ada L.', statusLine: 'At the loom', hasAvatar: false })
+    for (const body of [{}, { displayName: '' }, { statusLine: 'x'.repeat(141) }, { presenceVisibility: 'aliens' }]) {
+      expect((await api('/api/me/profile', { method: 'PATCH', token: a.accessToken, body })).status).toBe(400)
+    }
+  })
+
+  it('stores an avatar whose type is sniffed from the bytes, and serves it', async ({ expect }) => {
+    const a = await register()
+    const fake = await api('/api/me/avatar', { method: 'PUT', token: a.accessToken, body: '<svg>not an image</svg>', headers: { 'content-type': 'image/png' } })
+    expect(fake.status).toBe(415)
+    const huge = await api('/api/me/avatar', { method: 'PUT', token: a.accessToken, body: 'x'.repeat(1024 * 1024 + 1) })
+    expect(huge.status).toBe(413)
+    const ok = await api('/api/me/avatar', { method: 'PUT', token: a.accessToken, body: PNG })
+    expect(ok.status).toBe(200)
+    const got = await api(`/api/users/${a.user.id}/avatar`, { token: a.accessToken })
+    expect(got.status).toBe(200)
+    expect(got.headers.get('content-type')).toBe('image/png')
+    expect(got.headers.get('cache-control')).toContain('immutable')
+  })
+})
+
+describe('user search', () => {
+  it('finds by handle or name prefix, pages, and never leaks secrets', async ({ expect }) => {
+    const me = await register()
+    const stem = uniqueHandle('zq').slice(0, 10)
+    for (let i = 0; i < 5; i++) await register(`${stem}_${i}`)
+    const p1 = await json<{ users: Profile[]; nextCursor: string | null }>(await api(`/api/users/search?q=${stem}&limit=3`, { token: me.accessToken }))
+    expect(p1.users.map((u) => u.handle)).toEqual([0, 1, 2].map((i) => `${stem}_${i}`))
+    const p2 = await json<{ users: Profile[]; nextCursor: string | null }>(await api(`/api/users/search?q=${stem}&limit=3&cursor=${p1.nextCursor}`, { token: me.accessToken }))
+    expect(p2.users.map((u) => u.handle)).toEqual([3, 4].map((i) => `${stem}_${i}`))
+    expect(p2.nextCursor).toBeNull()
+    // Display names are upper-cased handles in the helper: name search is case-insensitive.
+    const byName = await json<{ users: Profile[] }>(await api(`/api/users/search?q=${stem.toUpperCase()}_3`, { token: me.accessToken }))
+    expect(byName.users.map((u) => u.handle)).toEqual([`${stem}_3`])
+    expect(JSON.stringify(p1)).not.toMatch(/pbkdf2|password|hash/i)
+    // LIKE wildcards are literal.
+    const wild = await json<{ users: Profile[] }>(await api('/api/users/search?q=%25', { token: me.accessToken }))
+    expect(wild.users).toEqual([])
+    expect((await api('/api/users/search?q=', { token: me.accessToken })).status).toBe(400)
+  })
+})
+
+describe('friend requests', () => {
+  it('send with a note, accept, list, remove', async ({ expect }) => {
+    const a = await register()
+    const b = await register()
+    const sent = await api('/api/friends/requests', { token: a.accessToken, body: { handle: b.user.handle, note: 'we met at the meetup' } })
+    expect(sent.status).toBe(201)
+    expect((await api('/api/friends/requests', { token: a.accessToken, body: { handle: b.user.handle } })).status).toBe(409)
+    const inbox = await json<{ incoming: FriendRequest[]; outgoing: FriendRequest[] }>(await api('/api/friends/requests', { token: b.accessToken }))
+    expect(inbox.incoming).toHaveLength(1)
+    expect(inbox.incoming[0]).toMatchObject({ note: 'we met at the meetup', from: { id: a.user.id } })
+    // Only the recipient can accept.
+    expect((await api(`/api/friends/requests/${inbox.incoming[0]!.id}/accept`, { method: 'POST', token: a.accessToken })).status).toBe(404)
+    expect((await api(`/api/friends/requests/${inbox.incoming[0]!.id}/accept`, { method: 'POST', token: b.accessToken })).status).toBe(200)
+    const friends = await json<{ friends: Profile[] }>(await api('/api/friends', { token: a.accessToken }))
+    expect(friends.friends.map((f) => f.id)).toEqual([b.user.id])
+    expect((await api(`/api/friends/${b.user.id}`, { method: 'DELETE', token: a.accessToken })).status).toBe(204)
+    expect((await json<{ friends: Profile[] }>(await api('/api/friends', { token: b.accessToken }))).friends).toEqual([])
+  })
+
+  it('decline and cancel leave no friendship; asking back accepts', async ({ expect }) => {
+    const a = await register()
+    const b = await register()
+    const r1 = await json<{ id: string }>(await api('/api/friends/requests', { token: a.accessToken, body: { handle: b.user.handle } }))
+    expect((await api(`/api/friends/requests/${r1.id}/decline`, { method: 'POST', token: b.accessToken })).status).toBe(200)
+    const r2 = await json<{ id: string }>(await api('/api/friends/requests', { token: a.accessToken, body: { handle: b.user.handle } }))
+    expect((await api(`/api/friends/requests/${r2.id}`, { method: 'DELETE', token: b.accessToken })).status).toBe(404)
+    expect((await api(`/api/friends/requests/${r2.id}`, { method: 'DELETE', token: a.accessToken })).status).toBe(204)
+    expect((await json<{ friends: Profile[] }>(await api('/api/friends', { token: a.accessToken }))).friends).toEqual([])
+    await api('/api/friends/requests', { token: a.accessToken, body: { handle: b.user.handle } })
+    const back = await api('/api/friends/requests', { token: b.accessToken, body: { handle: a.user.handle } })
+    expect(await json(back)).toEqual({ status: 'accepted' })
+  })
+
+  it('a 1:1 chat opens between friends only', async ({ expect }) => {
+    const a = await register()
+    const b = await register()
+    const res = await api('/api/conversations', { token: a.accessToken, body: { peerHandle: b.user.handle } })
+    expect(res.status).toBe(403)
+    await befriend(a, b)
+    expect((await api('/api/conversations', { token: a.accessToken, body: { peerHandle: b.user.handle } })).status).toBe(201)
+  })
+})
+
+describe('blocking', () => {
+  it('ends the friendship, stops requests, messages, typing and presence, and unblocking restores writes', async ({ expect }) => {
+    const a = await register()
+    const b = await register()
+    const conv = await openChat(a, b)
+    const da = await Device.connect(a)
+    const db = await Device.connect(b)
+    expect((await api('/api/blocks', { token: a.accessToken, body: { userId: b.user.id } })).status).toBe(201)
+    expect((await json<{ friends: Profile[] }>(await api('/api/friends', { token: b.accessToken }))).friends).toEqual([])
+    expect((await api('/api/friends/requests', { token: b.accessToken, body: { handle: a.user.handle } })).status).toBe(403)
+
+    const m = textSend(conv.id, 'are you there?')
+    db.send(m)
+    expect(await db.next('error')).toMatchObject({ code: 'FORBIDDEN', ref: (m as { clientMsgId: string }).clientMsgId })
+    db.send({ type: 'typing', conversationId: conv.id })
+    await new Promise((r) => setTimeout(r, 200))
+    expect(da.frames.some((f) => f.type === 'typing')).toBe(false)
+
+    const profile = await json<{ presence: unknown; relationship: string }>(await api(`/api/users/${a.user.id}`, { token: b.accessToken }))
+    expect(profile.presence).toBeNull()
+    // Blockers vanish from the blocked user's search.
+    const found = await json<{ users: Profile[] }>(await api(`/api/users/search?q=${a.user.handle}`, { token: b.accessToken }))
+    expect(found.users).toEqual([])
+
+    expect((await api(`/api/blocks/${b.user.id}`, { method: 'DELETE', token: a.accessToken })).status).toBe(204)
+    expect((await db.sendAndAck(textSend(conv.id, 'hello again'))).seq).toBe(1)
+    da.close()
+    db.close()
+  })
+})
+
+describe('presence and typing', () => {
+  it('friends see online and last seen live; typing reaches the others only', async ({ expect }) => {
+    const a = await register()
+    const b = await register()
+    const conv = await openChat(a, b)
+    const da = await Device.connect(a)
+    const db = await Device.connect(b)
+    const online = await da.next((m) => m.type === 'presence' && m.userId === b.user.id)
+    expect(online).toMatchObject({ online: true })
+    const friends = await json<{ friends: (Profile & { presence: { online: boolean } | null })[] }>(await api('/api/friends', { token: a.accessToken }))
+    expect(friends.friends[0]!.presence).toMatchObject({ online: true })
+
+    db.send({ type: 'typing', conversationId: conv.id })
+    expect(await da.next('typing')).toEqual({ type: 'typing', conversationId: conv.id, userId: b.user.id })
+    await new Promise((r) => setTimeout(r, 100))
+    expect(db.frames.some((f) => f.type === 'typing')).toBe(false)
+
+    db.close()
+    const offline = await da.next((m) => m.type === 'presence' && m.userId === b.user.id && !m.online)
+    expect(offline.type === 'presence' && offline.lastSeenAt).toBeGreaterThan(Date.now() - 10_000)
+    da.close()
+  })
+
+  it('hides presence from everyone when the user chose nobody', async ({ expect }) => {
+    const a = await register()
+    const b = await register()
+    await befriend(a, b)
+    await api('/api/me/profile', { method: 'PATCH', token: b.accessToken, body: { presenceVisibility: 'nobody' } })
+    const db = await Device.connect(b)
+    const view = await json<{ presence: unknown }>(await api(`/api/users/${b.user.id}`, { token: a.accessToken }))
+    expect(view.presence).toBeNull()
+    db.close()
+  })
+})
+
+describe('conversation list', () => {
+  it('counts unread from the read cursor and previews the newest message, newest chat first', async ({ expect }) => {
+    const a = await register()
+    const b = await register()
+    const c = await register()
+    const ab = await openChat(a, b)
+    const ac = await openChat(a, c)
+    const da = await Device.connect(a)
+    for (let i = 1; i <= 3; i++) await da.sendAndAck(textSend(ab.id, `to b ${i}`))
+    await da.sendAndAck(textSend(ac.id, 'to c'))
+    const dbv = await Device.connect(b)
+    const room = await import('../worker/durable-objects')
+    const { drainOutbox } = await import('./push-helpers')
+    await drainOutbox(ab.id)
+    await drainOutbox(ac.id)
+    let list = await json<{ conversations: { id: string; unread: number; preview: { text: string } | null }[] }>(await api('/api/conversations', { token: b.accessToken }))
+    expect(list.conversations.find((x) => x.id === ab.id)).toMatchObject({ unread: 3, preview: { text: 'to b 3' } })
+    const listA = await json<{ conversations: { id: string; unread: number }[] }>(await api('/api/conversations', { token: a.accessToken }))
+    expect(listA.conversations.map((x) => x.id)).toEqual([ac.id, ab.id])
+    expect(listA.conversations.every((x) => x.unread === 0)).toBe(true)
+
+    dbv.send({ type: 'read', conversationId: ab.id, seq: 2 })
+    await da.next((m) => m.type === 'receipt' && m.receipt.readSeq === 2)
+    await drainOutbox(ab.id)
+    list = await json(await api('/api/conversations', { token: b.accessToken }))
+    expect(list.conversations.find((x) => x.id === ab.id)!.unread).toBe(1)
+    void room
+    da.close()
+    dbv.close()
+  })
+})
+
+describe('message search', () => {
+  it('finds words in English and Chinese in the user’s conversations only, never recalled text', async ({ expect }) => {
+    const a = await register()
+    const b = await register()
+    const outsider = await register()
+    const conv = await openChat(a, b)
+    const other = await openChat(outsider, await register())
+    const da = await Device.connect(a)
+    const dout = await Device.connect(outsider)
+    await da.sendAndAck(textSend(conv.id, 'The quarterly report is ready'))
+    await da.sendAndAck(textSend(conv.id, '我们明天去北京开会'))
+    const secret = await da.sendAndAck(textSend(conv.id, 'report the secret code 4242'))
+    await dout.sendAndAck(textSend(other.id, 'an outsider report'))
+    await da.sendAndAck({ type: 'recall', conversationId: conv.id, clientMsgId: crypto.randomUUID(), targetSeq: secret.seq })
+    const { drainOutbox } = await import('./push-helpers')
+    await drainOutbox(conv.id)
+    await drainOutbox(other.id)
+
+    const search = async (q: string, token = b.accessToken, extra = '') =>
+      (await json<{ hits: { text: string; conversationId: string }[] }>(await api(`/api/search?q=${encodeURIComponent(q)}${extra}`, { token }))).hits.map((h) => h.text)
+    expect(await search('report')).toEqual(['The quarterly report is ready'])
+    expect(await search('北京开会')).toEqual(['我们明天去北京开会'])
+    // Two Chinese characters are shorter than a trigram and still match.
+    expect(await search('明天')).toEqual(['我们明天去北京开会'])
+    expect(await search('4242')).toEqual([])
+    expect(await search('report', outsider.accessToken)).toEqual(['an outsider report'])
+    expect(await search('report', b.accessToken, `&conversationId=${other.id}`)).toEqual([])
+    da.close()
+    dout.close()
+  })
+
+  it('edits are searchable by their new text only', async ({ expect }) => {
+    const a = await register()
+    const b = await register()
+    const conv = await openChat(a, b)
+    const da = await Device.connect(a)
+    const first = await da.sendAndAck(textSend(conv.id, 'meet at the old harbour'))
+    await da.sendAndAck({ type: 'edit', conversationId: conv.id, clientMsgId: crypto.randomUUID(), targetSeq: first.seq, body: { kind: 'text', text: 'meet at the new station' } })
+    const { drainOutbox } = await import('./push-helpers')
+    await drainOutbox(conv.id)
+    const hits = async (q: string) => (await json<{ hits: unknown[] }>(await api(`/api/search?q=${q}`, { token: b.accessToken }))).hits.length
+    expect(await hits('harbour')).toBe(0)
+    expect(await hits('station')).toBe(1)
+    da.close()
+  })
+
+  it('history by time range', async ({ expect }) => {
+    const a = await register()
+    const b = await register()
+    const conv = await openChat(a, b)
+    const da = await Device.connect(a)
+    const acks = []
+    for (let i = 0; i < 3; i++) {
+      acks.push(await da.sendAndAck(textSend(conv.id, `t${i}`)))
+      await new Promise((r) => setTimeout(r, 20))
+    }
+    const { drainOutbox } = await import('./push-helpers')
+    await drainOutbox(conv.id)
+    const page = await json<{ events: { seq: number }[] }>(
+      await api(`/api/conversations/${conv.id}/messages?from=${acks[1]!.serverTs}&to=${acks[2]!.serverTs}`, { token: b.accessToken }),
+    )
+    expect(page.events.map((e) => e.seq)).toEqual([2, 3])
+    expect((await api(`/api/conversations/${conv.id}/messages?from=10&to=5`, { token: b.accessToken })).status).toBe(400)
+    void env
+    da.close()
+  })
+})
