@@ -13,7 +13,7 @@ describe('register and login', () => {
     expect(body.user).toEqual({ id: expect.any(String), handle, displayName: 'Ada' })
     expect(JSON.stringify(body)).not.toMatch(/pbkdf2|password/i)
     const me = await api('/api/me', { token: body.accessToken })
-    expect(await json(me)).toEqual({ user: body.user, settings: { pushPreviews: true } })
+    expect(await json(me)).toMatchObject({ user: body.user, profile: { ...body.user, statusLine: '', hasAvatar: false }, settings: { pushPreviews: true, presenceVisibility: 'everyone' } })
   })
 
   it('stores a PBKDF2 hash within the production Workers cap of 100,000 iterations', async ({ expect }) => {

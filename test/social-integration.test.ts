@@ -27,7 +27,9 @@ describe('profiles', () => {
     const got = await api(`/api/users/${a.user.id}/avatar`, { token: a.accessToken })
     expect(got.status).toBe(200)
     expect(got.headers.get('content-type')).toBe('image/png')
-    expect(got.headers.get('cache-control')).toContain('immutable')
+    const etag = got.headers.get('etag')!
+    expect(etag).toBeTruthy()
+    expect((await api(`/api/users/${a.user.id}/avatar`, { headers: { 'if-none-match': etag } })).status).toBe(304)
   })
 })
 

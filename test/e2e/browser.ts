@@ -30,3 +30,18 @@ export async function registerInUi(page: Page, baseUrl: string, handle: string, 
   await page.getByTestId('auth-submit').click()
   await page.getByTestId('current-user').filter({ hasText: handle }).waitFor()
 }
+
+/** a finds b in People and asks; b accepts. Both end on the Chats tab. */
+export async function befriendInUi(a: Page, b: Page, handleB: string) {
+  await a.getByTestId('tab-people').click()
+  await a.getByTestId('people-search').fill(handleB)
+  await a.getByTestId('people-search').press('Enter')
+  await a.getByTestId('search-result').filter({ hasText: `@${handleB}` }).getByTestId('send-request').click()
+  await a.getByRole('status').filter({ hasText: 'Request sent' }).waitFor()
+  await b.getByTestId('tab-people').click()
+  await b.getByTestId('incoming-request').first().getByTestId('accept-request').click()
+  await b.getByTestId('friend').first().waitFor()
+  await a.getByTestId('friend').first().waitFor()
+  await a.getByTestId('tab-chats').click()
+  await b.getByTestId('tab-chats').click()
+}

@@ -1,6 +1,6 @@
 import type { Browser, Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, it } from 'vitest'
-import { launchBrowser, registerInUi } from './browser'
+import { befriendInUi, launchBrowser, registerInUi } from './browser'
 import { startServer, type LocalServer } from './server'
 
 let server: LocalServer
@@ -29,6 +29,7 @@ describe('two people chat in two browsers', () => {
     const b = await bob.newPage()
     await registerInUi(a, server.url, `alice_${suffix}`, 'Alice')
     await registerInUi(b, server.url, `bob_${suffix}`, 'Bob')
+    await befriendInUi(a, b, `bob_${suffix}`)
 
     await a.getByTestId('new-chat-handle').fill(`bob_${suffix}`)
     await a.getByTestId('new-chat-submit').click()

@@ -1,6 +1,6 @@
 import type { Browser, Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, it } from 'vitest'
-import { launchBrowser, registerInUi } from './browser'
+import { befriendInUi, launchBrowser, registerInUi } from './browser'
 import { startServer, type LocalServer } from './server'
 
 let server: LocalServer
@@ -46,6 +46,7 @@ describe('ticks, recall and the local cache', () => {
     const b = await (await browser.newContext()).newPage()
     await registerInUi(a, server.url, `ann_${suffix}`, 'Ann')
     await registerInUi(b, server.url, `ben_${suffix}`, 'Ben')
+    await befriendInUi(a, b, `ben_${suffix}`)
     await a.getByTestId('new-chat-handle').fill(`ben_${suffix}`)
     await a.getByTestId('new-chat-submit').click()
 
@@ -73,7 +74,9 @@ describe('ticks, recall and the local cache', () => {
     const suffix = Date.now().toString(36)
     const a = await (await browser.newContext()).newPage()
     await registerInUi(a, server.url, `ime_${suffix}`, 'Ime')
-    await registerInUi(await (await browser.newContext()).newPage(), server.url, `pal_${suffix}`, 'Pal')
+    const pal = await (await browser.newContext()).newPage()
+    await registerInUi(pal, server.url, `pal_${suffix}`, 'Pal')
+    await befriendInUi(a, pal, `pal_${suffix}`)
     await a.getByTestId('new-chat-handle').fill(`pal_${suffix}`)
     await a.getByTestId('new-chat-submit').click()
     const input = a.getByTestId('composer-input')

@@ -25,7 +25,7 @@ export function useTokens(store: TokenStore) {
 
 async function send(path: string, init: RequestInit, token: string | null): Promise<Response> {
   const headers = new Headers(init.headers)
-  if (init.body !== undefined) headers.set('content-type', 'application/json')
+  if (typeof init.body === 'string') headers.set('content-type', 'application/json')
   if (token) headers.set('authorization', `Bearer ${token}`)
   try {
     return await fetch(path, { ...init, headers })
@@ -36,9 +36,10 @@ async function send(path: string, init: RequestInit, token: string | null): Prom
 
 /** JSON API call with the access token; a 401 refreshes once and retries. */
 export async function api<T>(path: string, init: { method?: string; body?: unknown; auth?: boolean } = {}): Promise<T> {
+  const blob = init.body instanceof Blob
   const req: RequestInit = {
     method: init.method ?? (init.body === undefined ? 'GET' : 'POST'),
-    body: init.body === undefined ? undefined : JSON.stringify(init.body),
+    body: init.body === undefined ? undefined : blob ? (init.body as Blob) : JSON.stringify(init.body),
   }
   const useAuth = init.auth !== false
   let res = await send(path, req, useAuth ? (tokens?.accessToken() ?? null) : null)

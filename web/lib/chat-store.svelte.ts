@@ -4,9 +4,13 @@ import type {
   ConversationEvent,
   ConversationSummary,
   HistoryPage,
+  MemberEvent,
   MessageBody,
   MessageEvent,
+  Presence,
   Receipt,
+  RenameEvent,
+  SearchHit,
   ServerMessage,
 } from '../../worker/shared/protocol'
 import { TYPING_TTL_MS } from '../../worker/shared/protocol'
@@ -19,6 +23,8 @@ export type SendState = 'pending' | 'failed' | 'sent' | 'delivered' | 'read'
 /** What the chat view renders: a message as it stands now, or one still in the outbox. */
 export interface DisplayMessage {
   key: string
+  /** Membership and rename events show as a line of their own. */
+  system?: MemberEvent | RenameEvent
   seq: number | null
   senderId: string
   body: MessageBody | null
@@ -63,7 +69,10 @@ export class ChatStore {
   #activeId = $state<string | null>(null)
   #error = $state<string | null>(null)
 
-  constructor(readonly userId: string) {
+  constructor(
+    readonly userId: string,
+    private readonly hooks: { presence?: (userId: string, p: Presence) => void; friendsChanged?: () => void } = {},
+  ) {
     this.#cache = new ChatCache(userId)
     this.#socket = new ChatSocket(
       (m) => this.#onMessage(m),
@@ -117,6 +126,44 @@ export class ChatStore {
     return conversation.id
   }
 
+  // ---- groups ----
+
+  async createGroup(title: string, memberIds: string[]): Promise<string> {
+    const { conversation } = await api<{ conversation: ConversationSummary }>('/api/conversations/groups', { body: { title, memberIds } })
+    await this.refreshConversations()
+    return conversation.id
+  }
+  async addMembers(id: string, userIds: string[]) {
+    await api(`/api/conversations/${id}/members`, { body: { userIds } })
+    await this.refreshConversations()
+  }
+  async removeMember(id: string, userId: string) {
+    await api(`/api/conversations/${id}/members/${userId}`, { method: 'DELETE' })
+    await this.refreshConversations()
+  }
+  async setRole(id: string, userId: string, role: 'admin' | 'member') {
+    await api(`/api/conversations/${id}/members/${userId}/role`, { body: { role } })
+    await this.refreshConversations()
+  }
+  async transfer(id: string, userId: string) {
+    await api(`/api/conversations/${id}/transfer`, { body: { userId } })
+    await this.refreshConversations()
+  }
+  async rename(id: string, title: string) {
+    await api(`/api/conversations/${id}`, { method: 'PATCH', body: { title } })
+    await this.refreshConversations()
+  }
+
+  searchMessages(q: string, conversationId?: string) {
+    const params = new URLSearchParams({ q })
+    if (conversationId) params.set('conversationId', conversationId)
+    return api<{ hits: SearchHit[]; nextCursor: string | null }>(`/api/search?${params}`)
+  }
+
+  get totalUnread() {
+    return this.#conversations.reduce((n, c) => n + c.unread, 0)
+  }
+
   conversation(id: string) {
     return this.#conversations.find((c) => c.id === id) ?? null
   }
@@ -134,6 +181,7 @@ export class ChatStore {
   async open(id: string | null) {
     this.#activeId = id
     if (!id) return
+    this.#conversations = this.#conversations.map((c) => (c.id === id && c.unread ? { ...c, unread: 0 } : c))
     const s = this.#state(id)
     if (!s.loaded) {
       const cached = await this.#cache.conversation(id)
@@ -175,6 +223,10 @@ export class ChatStore {
       const seqs = [...s.events.keys()].sort((a, b) => a - b)
       for (const seq of seqs) {
         const e = s.events.get(seq)!
+        if (e.type === 'member' || e.type === 'renamed') {
+          out.push({ key: `sys-${e.seq}`, system: e, seq: e.seq, senderId: e.senderId, body: null, serverTs: e.serverTs, state: null, readBy: 0 })
+          continue
+        }
         if (e.type !== 'message') continue
         out.push(this.#display(e, s, others.map((o) => o.id)))
       }
@@ -309,7 +361,9 @@ export class ChatStore {
           const event: MessageEvent = { type: 'message', conversationId: msg.conversationId, seq: msg.seq, senderId: this.userId, clientMsgId: msg.clientMsgId, serverTs: msg.serverTs, body: item.body }
           this.#outbox = this.#outbox.filter((o) => o.clientMsgId !== msg.clientMsgId)
           void this.#cache.saveOutbox($state.snapshot(this.#outbox))
+          const fresh = !this.#state(msg.conversationId).events.has(msg.seq)
           this.#ingest(msg.conversationId, [event], true)
+          if (fresh) this.#bump(event)
         }
         this.#pump(msg.conversationId)
         return
@@ -318,7 +372,9 @@ export class ChatStore {
         const id = msg.event.conversationId
         if (!this.conversation(id)) void this.refreshConversations()
         const s = this.#state(id)
+        const fresh = !s.events.has(msg.event.seq)
         this.#ingest(id, [msg.event], true)
+        if (fresh && msg.event.type === 'message') this.#bump(msg.event)
         if (msg.event.seq > s.contiguous + 1 && s.loaded) this.#sync(id)
         if (msg.event.type === 'member' || msg.event.type === 'renamed') void this.refreshConversations()
         return
@@ -338,6 +394,10 @@ export class ChatStore {
         this.#state(msg.conversationId).typing.set(msg.userId, Date.now() + TYPING_TTL_MS)
         return
       case 'presence':
+        this.hooks.presence?.(msg.userId, { online: msg.online, lastSeenAt: msg.lastSeenAt })
+        return
+      case 'friends-changed':
+        this.hooks.friendsChanged?.()
         return
       case 'conversations-changed':
         void this.refreshConversations()
@@ -362,6 +422,16 @@ export class ChatStore {
       case 'hello':
         return
     }
+  }
+
+  /** Moves a conversation to the top with the new message as preview, counting it unread unless open. */
+  #bump(e: MessageEvent) {
+    const c = this.conversation(e.conversationId)
+    if (!c) return
+    const unread = e.senderId !== this.userId && e.conversationId !== this.#activeId ? c.unread + 1 : c.unread
+    const text = e.body?.kind === 'text' ? e.body.text : 'Message recalled'
+    const updated = { ...c, unread, lastSeq: e.seq, lastActivityAt: e.serverTs, preview: { senderId: e.senderId, text, serverTs: e.serverTs } }
+    this.#conversations = [updated, ...this.#conversations.filter((x) => x.id !== c.id)]
   }
 
   /** Applies events idempotently by seq; edits and recalls rewrite their target in place. */

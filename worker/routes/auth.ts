@@ -9,6 +9,7 @@ import type { AppEnv } from '../env'
 import { fail, requireAuth, validate } from '../http'
 import { newId } from '../ids'
 import { ErrorCode } from '../shared/errors'
+import { profileOf } from '../social/policy'
 import { LoginBody, RefreshBody, RegisterBody, SettingsBody } from '../shared/protocol'
 
 function deviceFrom(name: string | undefined, userAgent: string | undefined): string {
@@ -75,7 +76,7 @@ export const meRoutes = new Hono<AppEnv>()
   .get('/', async (c) => {
     const user = await getDb(c.env).select().from(users).where(eq(users.id, c.get('auth').userId)).get()
     if (!user) fail(404, ErrorCode.NOT_FOUND, 'user not found')
-    return c.json({ user: publicUser(user), settings: { pushPreviews: user.pushPreviews } })
+    return c.json({ user: publicUser(user), profile: profileOf(user), settings: { pushPreviews: user.pushPreviews, presenceVisibility: user.presenceVisibility } })
   })
   .patch('/settings', validate('json', SettingsBody), async (c) => {
     const { pushPreviews } = c.req.valid('json')
