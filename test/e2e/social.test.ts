@@ -1,0 +1,101 @@
+import type { Browser, Page } from 'playwright-core'
+import { afterAll, beforeAll, describe, it } from 'vitest'
+import { befriendInUi, launchBrowser, registerInUi } from './browser'
+import { startServer, type LocalServer } from './server'
+
+let server: LocalServer
+let browser: Browser
+
+beforeAll(async () => {
+  server = await startServer()
+  browser = await launchBrowser()
+})
+
+afterAll(async () => {
+  await browser?.close()
+  await server?.stop()
+})
+
+async function person(handle: string, name: string): Promise<Page> {
+  const page = await (await browser.newContext()).newPage()
+  await registerInUi(page, server.url, handle, name)
+  return page
+}
+
+/** A conversation in the list by its exact title. */
+function conv(page: Page, title: string) {
+  return page.getByTestId('conversation-item').filter({ has: page.locator('.title').getByText(title, { exact: true }) })
+}
+
+async function say(page: Page, text: string) {
+  await page.getByTestId('composer-input').fill(text)
+  await page.getByTestId('composer-input').press('Enter')
+  await page.getByTestId('message').filter({ hasText: text }).and(page.locator('[data-seq]')).waitFor()
+}
+
+describe('people, groups, unread, presence and search in the PWA', () => {
+  it('befriends, sees presence and typing, runs a group, counts unread, searches, removes and blocks', async ({ expect }) => {
+    const s = Date.now().toString(36)
+    const ann = await person(`ann_${s}`, 'Ann')
+    const bo = await person(`bo_${s}`, 'Bo')
+    const cy = await person(`cy_${s}`, 'Cy')
+    await befriendInUi(ann, bo, `bo_${s}`)
+    await befriendInUi(ann, cy, `cy_${s}`)
+
+    // Presence: Bo is online, as Ann's friend list shows.
+    await ann.getByTestId('tab-people').click()
+    await expect.poll(() => ann.getByTestId('friend').filter({ hasText: 'Bo' }).getByTestId('presence').textContent()).toBe('online')
+    await ann.getByTestId('tab-chats').click()
+
+    // Typing in a direct chat.
+    await ann.getByTestId('new-chat-handle').fill(`bo_${s}`)
+    await ann.getByTestId('new-chat-submit').click()
+    await expect.poll(() => ann.getByTestId('chat-subtitle').textContent()).toBe('online')
+    await conv(bo, 'Ann').click()
+    await bo.getByTestId('composer-input').pressSequentially('hel')
+    await ann.getByTestId('typing').filter({ hasText: 'Bo typing' }).waitFor()
+
+    // A group: created by Ann, appears live for Bo and Cy with a system line.
+    await ann.getByTestId('new-group').click()
+    await ann.getByTestId('group-title').fill('Trip to Lisbon')
+    await ann.getByTestId('group-member').nth(0).check()
+    await ann.getByTestId('group-member').nth(1).check()
+    await ann.getByTestId('group-create').click()
+    await ann.getByTestId('system-line').filter({ hasText: 'You added' }).waitFor()
+    await conv(cy, 'Trip to Lisbon').waitFor()
+
+    // Unread: Cy writes while Ann reads the direct chat; the group shows a badge until opened.
+    await conv(ann, 'Bo').click()
+    await conv(cy, 'Trip to Lisbon').click()
+    await say(cy, 'Do not forget your passport')
+    const groupItem = conv(ann, 'Trip to Lisbon')
+    await expect.poll(() => groupItem.getByTestId('unread-badge').textContent()).toBe('1')
+    await groupItem.click()
+    await ann.getByTestId('message').filter({ hasText: 'passport' }).waitFor()
+    await expect.poll(() => groupItem.getByTestId('unread-badge').count()).toBe(0)
+
+    // Search finds the message and opens its conversation.
+    await conv(ann, 'Bo').click()
+    await ann.getByTestId('message-search').fill('passport')
+    await ann.getByTestId('message-search').press('Enter')
+    await ann.getByTestId('search-hit').filter({ hasText: 'Do not forget your passport' }).click()
+    await expect.poll(() => ann.locator('.chat-head h2').textContent()).toBe('Trip to Lisbon')
+
+    // Ann removes Cy; the group leaves Cy's list.
+    await ann.getByTestId('group-info-toggle').click()
+    await ann.getByTestId('group-member-row').filter({ hasText: 'Cy' }).getByTestId('remove-member').click()
+    await ann.getByTestId('system-line').filter({ hasText: 'removed Cy' }).waitFor()
+    await cy.getByTestId('system-line').filter({ hasText: 'removed You' }).waitFor()
+    await expect.poll(() => conv(cy, 'Trip to Lisbon').count()).toBe(0)
+
+    // Bo blocks Ann: she is gone from Bo's friends, and Ann's next message is refused.
+    await bo.getByTestId('tab-people').click()
+    bo.once('dialog', (d) => void d.accept())
+    await bo.getByTestId('friend').filter({ hasText: 'Ann' }).getByTestId('block').click()
+    await expect.poll(() => bo.getByTestId('friend').count()).toBe(0)
+    await conv(ann, 'Bo').click()
+    await ann.getByTestId('composer-input').fill('hello?')
+    await ann.getByTestId('composer-input').press('Enter')
+    await expect.poll(() => ann.getByTestId('message').filter({ hasText: 'hello?' }).getAttribute('data-state')).toBe('failed')
+  })
+})
