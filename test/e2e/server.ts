@@ -25,13 +25,17 @@ export interface LocalServer {
   port: number
   stateDir: string
   stop(): Promise<void>
+  /** kill -9 of the whole runtime (wrangler and workerd), as a crash would. */
+  crash(): Promise<void>
+  /** Starts the runtime again on the same port and state directory. */
+  restart(): Promise<void>
 }
 
 /**
  * The real product as `npm run dev` runs it: wrangler dev (workerd) serving the built PWA,
  * with migrations applied to a fresh local state directory.
  */
-export async function startServer(opts: { stateDir?: string; port?: number } = {}): Promise<LocalServer> {
+export async function startServer(opts: { stateDir?: string; port?: number; vars?: Record<string, string> } = {}): Promise<LocalServer> {
   const stateDir = opts.stateDir ?? mkdtempSync(path.join(tmpdir(), 'echovalley-e2e-'))
   const port = opts.port ?? (await freePort())
   const env = { ...process.env, CI: 'true', WRANGLER_SEND_METRICS: 'false' }
@@ -39,7 +43,28 @@ export async function startServer(opts: { stateDir?: string; port?: number } = {
   if (migrate.status !== 0) throw new Error(`migrations failed: ${migrate.stderr}\n${migrate.stdout}`)
 
   const vapid = generateVapidKeys()
-  const vars = { JWT_SECRET: 'e2e-secret-that-is-long-enough-0123456789', VAPID_PUBLIC_KEY: vapid.publicKey, VAPID_PRIVATE_KEY: vapid.privateKey }
+  const vars = { JWT_SECRET: 'e2e-secret-that-is-long-enough-0123456789', VAPID_PUBLIC_KEY: vapid.publicKey, VAPID_PRIVATE_KEY: vapid.privateKey, ...opts.vars }
+  let child = await launch(port, stateDir, vars, env)
+  const url = `http://127.0.0.1:${port}`
+  return {
+    url,
+    port,
+    stateDir,
+    async stop() {
+      await kill(child)
+      if (!opts.stateDir) rmSync(stateDir, { recursive: true, force: true })
+    },
+    async crash() {
+      await kill(child, 'SIGKILL')
+    },
+    async restart() {
+      await kill(child)
+      child = await launch(port, stateDir, vars, env)
+    },
+  }
+}
+
+async function launch(port: number, stateDir: string, vars: Record<string, string>, env: NodeJS.ProcessEnv): Promise<ChildProcess> {
   const child: ChildProcess = spawn(
     'npx',
     ['wrangler', 'dev', '--port', String(port), '--ip', '127.0.0.1', '--persist-to', stateDir, '--show-interactive-dev-session=false',
@@ -49,8 +74,9 @@ export async function startServer(opts: { stateDir?: string; port?: number } = {
   let log = ''
   child.stdout?.on('data', (d) => (log += d))
   child.stderr?.on('data', (d) => (log += d))
-  const killTimer = setTimeout(() => kill(child), MAX_LIFETIME_MS)
+  const killTimer = setTimeout(() => void kill(child, 'SIGKILL'), MAX_LIFETIME_MS)
   killTimer.unref()
+  child.once('exit', () => clearTimeout(killTimer))
 
   const url = `http://127.0.0.1:${port}`
   const deadline = Date.now() + 60_000
@@ -58,36 +84,25 @@ export async function startServer(opts: { stateDir?: string; port?: number } = {
     if (child.exitCode !== null) throw new Error(`wrangler dev exited early:\n${log}`)
     try {
       const res = await fetch(`${url}/api/health`)
-      if (res.ok) break
+      if (res.ok) return child
     } catch {
       // not listening yet
     }
     if (Date.now() > deadline) {
-      kill(child)
+      await kill(child, 'SIGKILL')
       throw new Error(`wrangler dev did not become ready:\n${log}`)
     }
-    await new Promise((r) => setTimeout(r, 250))
-  }
-
-  return {
-    url,
-    port,
-    stateDir,
-    async stop() {
-      clearTimeout(killTimer)
-      await kill(child)
-      if (!opts.stateDir) rmSync(stateDir, { recursive: true, force: true })
-    },
+    await new Promise((r) => setTimeout(r, 100))
   }
 }
 
 /** Kills the whole process group (npx → wrangler → workerd). */
-function kill(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.pid === undefined) return Promise.resolve()
+function kill(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return Promise.resolve()
   return new Promise((resolve) => {
     child.once('exit', () => resolve())
     try {
-      process.kill(-child.pid!, 'SIGTERM')
+      process.kill(-child.pid!, signal)
     } catch {
       resolve()
     }
