@@ -81,6 +81,13 @@ describe('people, groups, unread, presence and search in the PWA', () => {
     await ann.getByTestId('search-hit').filter({ hasText: 'Do not forget your passport' }).click()
     await expect.poll(() => ann.locator('.chat-head h2').textContent()).toBe('Trip to Lisbon')
 
+    // History by date: today's messages of this conversation.
+    await ann.getByTestId('history-date-toggle').click()
+    await ann.getByTestId('history-day').fill(await ann.evaluate(() => new Date().toLocaleDateString('en-CA')))
+    await ann.getByTestId('history-day').press('Enter')
+    await ann.getByTestId('history-results').filter({ hasText: 'Do not forget your passport' }).waitFor()
+    await ann.getByTestId('history-date-toggle').click()
+
     // Ann removes Cy; the group leaves Cy's list.
     await ann.getByTestId('group-info-toggle').click()
     await ann.getByTestId('group-member-row').filter({ hasText: 'Cy' }).getByTestId('remove-member').click()
