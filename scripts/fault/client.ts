@@ -350,3 +350,25 @@ async function compareWithD1(baseUrl: string, auth: AuthResult, conversationId: 
   if (rows.size !== log.size) problems.push(`${conversationId}: D1 has ${rows.size} messages, the room ${log.size}`)
   return problems
 }
+
+/** Keeps every client's outboxes topped up until stopped; returns the stopper. */
+export function keepWriting(clients: FaultClient[], everyMs: number): () => Promise<void> {
+  let on = true
+  const loop = (async () => {
+    while (on) {
+      for (const c of clients) for (const id of c.convs.keys()) if (c.convs.get(id)!.outbox.length < 3) c.write(id)
+      await new Promise((r) => setTimeout(r, everyMs))
+    }
+  })()
+  return async () => {
+    on = false
+    await loop
+  }
+}
+
+/** Waits until every outbox is empty (or a minute has passed), then lets last events land. */
+export async function drain(clients: FaultClient[], settleMs: number) {
+  const deadline = Date.now() + 60_000
+  while (clients.some((c) => c.pending() > 0) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200))
+  await new Promise((r) => setTimeout(r, settleMs))
+}

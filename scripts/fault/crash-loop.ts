@@ -4,7 +4,7 @@
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import { startServer } from '../../test/e2e/server'
-import { directChat, FaultClient, registerUser, verify, type Verdict } from './client'
+import { directChat, drain, FaultClient, keepWriting, registerUser, verify, type Verdict } from './client'
 
 export interface CrashLoopResult extends Verdict {
   cycles: number
@@ -22,7 +22,7 @@ export async function crashLoop(opts: { cycles: number; clients: number; log?: (
   // Clients send as fast as acks allow; lift the per-member limit so the run measures durability.
   const server = await startServer({ vars: { WRITE_RATE: '100000/100000' } })
   const clients: FaultClient[] = []
-  let sending = true
+  let stopWriting: () => Promise<void> = async () => {}
   const restarts: number[] = []
   try {
     const tag = Date.now().toString(36)
@@ -32,12 +32,7 @@ export async function crashLoop(opts: { cycles: number; clients: number; log?: (
     for (let i = 0; i + 1 < users.length; i += 2) convs.push(await directChat(server.url, users[i]!, users[i + 1]!))
     users.forEach((u, i) => clients.push(new FaultClient(server.url, u, [convs[Math.floor(i / 2)]!])))
     for (const c of clients) c.start()
-    const writer = (async () => {
-      while (sending) {
-        for (const c of clients) for (const id of c.convs.keys()) if (c.convs.get(id)!.outbox.length < 3) c.write(id)
-        await sleep(15)
-      }
-    })()
+    stopWriting = keepWriting(clients, 15)
 
     for (let cycle = 1; cycle <= opts.cycles; cycle++) {
       await sleep(700 + Math.random() * 2300)
@@ -48,12 +43,8 @@ export async function crashLoop(opts: { cycles: number; clients: number; log?: (
       const acked = clients.reduce((n, c) => n + c.acked.size, 0)
       log(`cycle ${cycle}/${opts.cycles}: killed -9 and restarted in ${restarts[restarts.length - 1]} ms; ${acked} acknowledged so far`)
     }
-    sending = false
-    await writer
-    // Let every outbox drain through the last restart.
-    const deadline = Date.now() + 60_000
-    while (clients.some((c) => c.pending() > 0) && Date.now() < deadline) await sleep(200)
-    await sleep(1500)
+    await stopWriting()
+    await drain(clients, 1500)
     const verdict = await verify(server.url, clients, { checkD1: true })
     const sorted = [...restarts].sort((a, b) => a - b)
     return {
@@ -64,7 +55,7 @@ export async function crashLoop(opts: { cycles: number; clients: number; log?: (
       seconds: Math.round((Date.now() - started) / 1000),
     }
   } finally {
-    sending = false
+    await stopWriting()
     for (const c of clients) c.stop()
     await server.stop()
   }

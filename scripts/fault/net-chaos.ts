@@ -5,7 +5,7 @@ import net from 'node:net'
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import { freePort, startServer } from '../../test/e2e/server'
-import { directChat, FaultClient, registerUser, verify, type Verdict } from './client'
+import { directChat, drain, FaultClient, keepWriting, registerUser, verify, type Verdict } from './client'
 import { report } from './crash-loop'
 
 type Mode = 'pass' | 'stall' | 'cut'
@@ -98,7 +98,7 @@ export async function netChaos(opts: { rounds: number; clients: number; log?: (s
   const viaProxy = `http://127.0.0.1:${await proxy.listen()}`
   const clients: FaultClient[] = []
   const faults = { reset: 0, stall: 0, cut: 0 }
-  let sending = true
+  let stopWriting: () => Promise<void> = async () => {}
   try {
     const tag = Date.now().toString(36)
     const users = []
@@ -109,12 +109,7 @@ export async function netChaos(opts: { rounds: number; clients: number; log?: (s
     for (let i = 0; i + 2 < users.length; i += 2) convs.push([await directChat(server.url, users[i]!, users[i + 2]!), [i, i + 2]])
     users.forEach((u, i) => clients.push(new FaultClient(viaProxy, u, convs.filter(([, who]) => who.includes(i)).map(([id]) => id))))
     for (const c of clients) c.start()
-    const writer = (async () => {
-      while (sending) {
-        for (const c of clients) for (const id of c.convs.keys()) if (c.convs.get(id)!.outbox.length < 3) c.write(id)
-        await sleep(20)
-      }
-    })()
+    stopWriting = keepWriting(clients, 20)
 
     for (let round = 1; round <= opts.rounds; round++) {
       await sleep(1500)
@@ -131,16 +126,13 @@ export async function netChaos(opts: { rounds: number; clients: number; log?: (s
       log(`round ${round}: cut the next frame mid-way`)
     }
     await sleep(1500)
-    sending = false
-    await writer
-    const deadline = Date.now() + 60_000
-    while (clients.some((c) => c.pending() > 0) && Date.now() < deadline) await sleep(200)
+    await stopWriting()
     // Give the last live events and syncs time to land on every client.
-    await sleep(3000)
+    await drain(clients, 3000)
     const verdict = await verify(server.url, clients, { checkD1: false })
     return { ...verdict, rounds: opts.rounds, faults, reconnects: clients.reduce((n, c) => n + c.reconnects, 0), seconds: Math.round((Date.now() - started) / 1000) }
   } finally {
-    sending = false
+    await stopWriting()
     for (const c of clients) c.stop()
     proxy.close()
     await server.stop()

@@ -1,4 +1,6 @@
 import { chromium, type Browser, type Page } from 'playwright-core'
+import { afterAll, beforeAll } from 'vitest'
+import { startServer, type LocalServer } from './server'
 
 export const CHROMIUM_PATH = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 
@@ -44,4 +46,18 @@ export async function befriendInUi(a: Page, b: Page, handleB: string) {
   await a.getByTestId('friend').first().waitFor()
   await a.getByTestId('tab-chats').click()
   await b.getByTestId('tab-chats').click()
+}
+
+/** One product server and one browser for a test file, started before and stopped after it. */
+export function useProduct() {
+  const ctx = {} as { server: LocalServer; browser: Browser }
+  beforeAll(async () => {
+    ctx.server = await startServer()
+    ctx.browser = await launchBrowser()
+  })
+  afterAll(async () => {
+    await ctx.browser?.close()
+    await ctx.server?.stop()
+  })
+  return ctx
 }

@@ -1,20 +1,8 @@
-import type { Browser, Page } from 'playwright-core'
-import { afterAll, beforeAll, describe, it } from 'vitest'
-import { befriendInUi, launchBrowser, registerInUi } from './browser'
-import { startServer, type LocalServer } from './server'
+import type { Page } from 'playwright-core'
+import { describe, it } from 'vitest'
+import { befriendInUi, registerInUi, useProduct } from './browser'
 
-let server: LocalServer
-let browser: Browser
-
-beforeAll(async () => {
-  server = await startServer()
-  browser = await launchBrowser()
-})
-
-afterAll(async () => {
-  await browser?.close()
-  await server?.stop()
-})
+const product = useProduct()
 
 async function openConversationWith(page: Page, title: string) {
   await page.getByTestId('conversation-item').filter({ hasText: title }).click()
@@ -23,12 +11,12 @@ async function openConversationWith(page: Page, title: string) {
 describe('two people chat in two browsers', () => {
   it('registers, starts a chat by handle, exchanges live messages and reloads history', async ({ expect }) => {
     const suffix = Date.now().toString(36)
-    const alice = await browser.newContext()
-    const bob = await browser.newContext()
+    const alice = await product.browser.newContext()
+    const bob = await product.browser.newContext()
     const a = await alice.newPage()
     const b = await bob.newPage()
-    await registerInUi(a, server.url, `alice_${suffix}`, 'Alice')
-    await registerInUi(b, server.url, `bob_${suffix}`, 'Bob')
+    await registerInUi(a, product.server.url, `alice_${suffix}`, 'Alice')
+    await registerInUi(b, product.server.url, `bob_${suffix}`, 'Bob')
     await befriendInUi(a, b, `bob_${suffix}`)
 
     await a.getByTestId('new-chat-handle').fill(`bob_${suffix}`)
@@ -62,9 +50,9 @@ describe('two people chat in two browsers', () => {
   })
 
   it('shows a clear error for a wrong password and an unknown handle', async ({ expect }) => {
-    const ctx = await browser.newContext()
+    const ctx = await product.browser.newContext()
     const page = await ctx.newPage()
-    await page.goto(server.url)
+    await page.goto(product.server.url)
     if (await page.getByTestId('auth-display-name').isVisible()) await page.getByTestId('auth-toggle').click()
     await page.getByTestId('auth-handle').fill('nobody_at_all')
     await page.getByTestId('auth-password').fill('wrong-password')

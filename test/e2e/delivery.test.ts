@@ -1,20 +1,8 @@
-import type { Browser, Page } from 'playwright-core'
-import { afterAll, beforeAll, describe, it } from 'vitest'
-import { befriendInUi, launchBrowser, registerInUi } from './browser'
-import { startServer, type LocalServer } from './server'
+import type { Page } from 'playwright-core'
+import { describe, it } from 'vitest'
+import { befriendInUi, registerInUi, useProduct } from './browser'
 
-let server: LocalServer
-let browser: Browser
-
-beforeAll(async () => {
-  server = await startServer()
-  browser = await launchBrowser()
-})
-
-afterAll(async () => {
-  await browser?.close()
-  await server?.stop()
-})
+const product = useProduct()
 
 /** Everything this origin's IndexedDB databases hold, as one string. */
 async function indexedDbDump(page: Page): Promise<string> {
@@ -42,10 +30,10 @@ async function indexedDbDump(page: Page): Promise<string> {
 describe('ticks, recall and the local cache', () => {
   it('shows pending → sent → delivered → read, and a recall erases the text on both sides', async ({ expect }) => {
     const suffix = Date.now().toString(36)
-    const a = await (await browser.newContext()).newPage()
-    const b = await (await browser.newContext()).newPage()
-    await registerInUi(a, server.url, `ann_${suffix}`, 'Ann')
-    await registerInUi(b, server.url, `ben_${suffix}`, 'Ben')
+    const a = await (await product.browser.newContext()).newPage()
+    const b = await (await product.browser.newContext()).newPage()
+    await registerInUi(a, product.server.url, `ann_${suffix}`, 'Ann')
+    await registerInUi(b, product.server.url, `ben_${suffix}`, 'Ben')
     await befriendInUi(a, b, `ben_${suffix}`)
     await a.getByTestId('new-chat-handle').fill(`ben_${suffix}`)
     await a.getByTestId('new-chat-submit').click()
@@ -72,10 +60,10 @@ describe('ticks, recall and the local cache', () => {
 
   it('does not send on Enter while an IME composition is open', async ({ expect }) => {
     const suffix = Date.now().toString(36)
-    const a = await (await browser.newContext()).newPage()
-    await registerInUi(a, server.url, `ime_${suffix}`, 'Ime')
-    const pal = await (await browser.newContext()).newPage()
-    await registerInUi(pal, server.url, `pal_${suffix}`, 'Pal')
+    const a = await (await product.browser.newContext()).newPage()
+    await registerInUi(a, product.server.url, `ime_${suffix}`, 'Ime')
+    const pal = await (await product.browser.newContext()).newPage()
+    await registerInUi(pal, product.server.url, `pal_${suffix}`, 'Pal')
     await befriendInUi(a, pal, `pal_${suffix}`)
     await a.getByTestId('new-chat-handle').fill(`pal_${suffix}`)
     await a.getByTestId('new-chat-submit').click()

@@ -1,24 +1,12 @@
-import type { Browser, Page } from 'playwright-core'
-import { afterAll, beforeAll, describe, it } from 'vitest'
-import { befriendInUi, launchBrowser, registerInUi } from './browser'
-import { startServer, type LocalServer } from './server'
+import type { Page } from 'playwright-core'
+import { describe, it } from 'vitest'
+import { befriendInUi, registerInUi, useProduct } from './browser'
 
-let server: LocalServer
-let browser: Browser
-
-beforeAll(async () => {
-  server = await startServer()
-  browser = await launchBrowser()
-})
-
-afterAll(async () => {
-  await browser?.close()
-  await server?.stop()
-})
+const product = useProduct()
 
 async function person(handle: string, name: string): Promise<Page> {
-  const page = await (await browser.newContext()).newPage()
-  await registerInUi(page, server.url, handle, name)
+  const page = await (await product.browser.newContext()).newPage()
+  await registerInUi(page, product.server.url, handle, name)
   return page
 }
 
