@@ -136,6 +136,28 @@ export class ConversationRoom extends DurableObject<Env> {
     return member ? ok(member) : fail(ErrorCode.NOT_MEMBER, 'not a member of this conversation')
   }
 
+  /**
+   * Every write: check the actor may, answer a retry with its first ack, then `act`. `act` is
+   * synchronous, so nothing interleaves between reading lastSeq and the commit: seq stays gapless.
+   */
+  private async write(
+    conversationId: string,
+    actorId: string,
+    clientMsgId: string,
+    need: 'member' | 'admin' | 'owner',
+    act: (member: Member) => RoomResult<Ack>,
+  ): Promise<RoomResult<Ack>> {
+    const auth = await this.authorizeWrite(conversationId, actorId, clientMsgId)
+    if (auth.ok === 'dup') return ok(auth.ack)
+    if (!auth.ok) return auth
+    if (need !== 'member') {
+      if (this.kind !== 'group') return fail(ErrorCode.NOT_ALLOWED, 'only groups have members to manage')
+      const allowed = need === 'owner' ? auth.value.role === 'owner' : auth.value.role === 'owner' || auth.value.role === 'admin'
+      if (!allowed) return fail(ErrorCode.NOT_ALLOWED, need === 'owner' ? 'only the owner can do that' : 'only admins can do that')
+    }
+    return act(auth.value)
+  }
+
   /** Members who may write, within their rate; a retry of an acked write is never limited. */
   private async authorizeWrite(conversationId: string, userId: string, clientMsgId: string): Promise<RoomResult<Member> | { ok: 'dup'; ack: Ack }> {
     const auth = await this.authorize(conversationId, userId)
@@ -193,59 +215,55 @@ export class ConversationRoom extends DurableObject<Env> {
   async appendMessage(conversationId: string, senderId: string, clientMsgId: string, body: unknown): Promise<RoomResult<Ack>> {
     const parsed = MessageBody.safeParse(body)
     if (!parsed.success) return fail(ErrorCode.BAD_REQUEST, parsed.error.issues[0]?.message ?? 'invalid body')
-    const auth = await this.authorizeWrite(conversationId, senderId, clientMsgId)
-    if (auth.ok === 'dup') return ok(auth.ack)
-    if (!auth.ok) return auth
-    // No await between reading lastSeq and the write, so seq stays gapless and unique.
-    return ok(this.commit({ type: 'message', conversationId, seq: this.lastSeq + 1, senderId, clientMsgId, serverTs: this.now(), body: parsed.data }))
+    return this.write(conversationId, senderId, clientMsgId, 'member', () =>
+      ok(this.commit({ type: 'message', conversationId, seq: this.lastSeq + 1, senderId, clientMsgId, serverTs: this.now(), body: parsed.data })),
+    )
   }
 
   async edit(conversationId: string, userId: string, clientMsgId: string, targetSeq: number, body: unknown): Promise<RoomResult<Ack>> {
     const parsed = TextBody.safeParse(body)
     if (!parsed.success) return fail(ErrorCode.BAD_REQUEST, parsed.error.issues[0]?.message ?? 'invalid body')
-    const auth = await this.authorizeWrite(conversationId, userId, clientMsgId)
-    if (auth.ok === 'dup') return ok(auth.ack)
-    if (!auth.ok) return auth
-    const target = this.eventRow(targetSeq)
-    if (!target || target.type !== 'message') return fail(ErrorCode.NOT_FOUND, 'no such message')
-    if (target.sender_id !== userId) return fail(ErrorCode.NOT_ALLOWED, 'only the sender can edit a message')
-    if (target.recalled_by !== null) return fail(ErrorCode.NOT_ALLOWED, 'the message was recalled')
-    if (target.kind !== 'text') return fail(ErrorCode.NOT_ALLOWED, 'only text messages can be edited')
-    const now = this.now()
-    if (now - target.created_at > EDIT_WINDOW_MS) return fail(ErrorCode.TOO_LATE, 'the message is too old to edit')
-    const text = JSON.stringify(parsed.data)
-    return ok(
-      this.commit({ type: 'edit', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: now, targetSeq, body: parsed.data }, () => {
-        this.sql.exec('UPDATE events SET body = ?, edited_at = ? WHERE seq = ?', text, now, targetSeq)
-        return [targetSeq]
-      }),
-    )
+    return this.write(conversationId, userId, clientMsgId, 'member', () => {
+      const target = this.eventRow(targetSeq)
+      if (!target || target.type !== 'message') return fail(ErrorCode.NOT_FOUND, 'no such message')
+      if (target.sender_id !== userId) return fail(ErrorCode.NOT_ALLOWED, 'only the sender can edit a message')
+      if (target.recalled_by !== null) return fail(ErrorCode.NOT_ALLOWED, 'the message was recalled')
+      if (target.kind !== 'text') return fail(ErrorCode.NOT_ALLOWED, 'only text messages can be edited')
+      const now = this.now()
+      if (now - target.created_at > EDIT_WINDOW_MS) return fail(ErrorCode.TOO_LATE, 'the message is too old to edit')
+      const text = JSON.stringify(parsed.data)
+      return ok(
+        this.commit({ type: 'edit', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: now, targetSeq, body: parsed.data }, () => {
+          this.sql.exec('UPDATE events SET body = ?, edited_at = ? WHERE seq = ?', text, now, targetSeq)
+          return [targetSeq]
+        }),
+      )
+    })
   }
 
   /** Erases a message's content from the log (and so from D1 and every device): the sender within the window, or a group admin. */
   async recall(conversationId: string, userId: string, clientMsgId: string, targetSeq: number): Promise<RoomResult<Ack>> {
-    const auth = await this.authorizeWrite(conversationId, userId, clientMsgId)
-    if (auth.ok === 'dup') return ok(auth.ack)
-    if (!auth.ok) return auth
-    const target = this.eventRow(targetSeq)
-    if (!target || target.type !== 'message') return fail(ErrorCode.NOT_FOUND, 'no such message')
-    if (target.recalled_by !== null) return fail(ErrorCode.NOT_ALLOWED, 'the message was already recalled')
-    const now = this.now()
-    const isSender = target.sender_id === userId
-    const isModerator = this.kind === 'group' && (auth.value.role === 'owner' || auth.value.role === 'admin')
-    if (!isSender && !isModerator) return fail(ErrorCode.NOT_ALLOWED, 'only the sender or a group admin can recall a message')
-    if (isSender && !isModerator && now - target.created_at > RECALL_WINDOW_MS) {
-      return fail(ErrorCode.TOO_LATE, `messages can be recalled for ${RECALL_WINDOW_MS / 1000} seconds`)
-    }
-    const byAdmin = !isSender
-    return ok(
-      this.commit({ type: 'recall', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: now, targetSeq, byAdmin }, () => {
-        this.sql.exec('UPDATE events SET body = NULL, kind = NULL, recalled_by = ?, recalled_by_admin = ? WHERE seq = ?', userId, Number(byAdmin), targetSeq)
-        const edits = this.sql.exec<{ seq: number }>(`SELECT seq FROM events WHERE type = 'edit' AND target_seq = ?`, targetSeq).toArray().map((r) => r.seq)
-        this.sql.exec(`UPDATE events SET body = NULL WHERE type = 'edit' AND target_seq = ?`, targetSeq)
-        return [targetSeq, ...edits]
-      }),
-    )
+    return this.write(conversationId, userId, clientMsgId, 'member', (member) => {
+      const target = this.eventRow(targetSeq)
+      if (!target || target.type !== 'message') return fail(ErrorCode.NOT_FOUND, 'no such message')
+      if (target.recalled_by !== null) return fail(ErrorCode.NOT_ALLOWED, 'the message was already recalled')
+      const now = this.now()
+      const isSender = target.sender_id === userId
+      const isModerator = this.kind === 'group' && (member.role === 'owner' || member.role === 'admin')
+      if (!isSender && !isModerator) return fail(ErrorCode.NOT_ALLOWED, 'only the sender or a group admin can recall a message')
+      if (isSender && !isModerator && now - target.created_at > RECALL_WINDOW_MS) {
+        return fail(ErrorCode.TOO_LATE, `messages can be recalled for ${RECALL_WINDOW_MS / 1000} seconds`)
+      }
+      const byAdmin = !isSender
+      return ok(
+        this.commit({ type: 'recall', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: now, targetSeq, byAdmin }, () => {
+          this.sql.exec('UPDATE events SET body = NULL, kind = NULL, recalled_by = ?, recalled_by_admin = ? WHERE seq = ?', userId, Number(byAdmin), targetSeq)
+          const edits = this.sql.exec<{ seq: number }>(`SELECT seq FROM events WHERE type = 'edit' AND target_seq = ?`, targetSeq).toArray().map((r) => r.seq)
+          this.sql.exec(`UPDATE events SET body = NULL WHERE type = 'edit' AND target_seq = ?`, targetSeq)
+          return [targetSeq, ...edits]
+        }),
+      )
+    })
   }
 
   // ---- membership (groups) ----
@@ -256,13 +274,6 @@ export class ConversationRoom extends DurableObject<Env> {
     this.blocked = blocked
   }
 
-  private async authorizeAdmin(conversationId: string, actorId: string, clientMsgId: string, ownerOnly = false): Promise<RoomResult<Member> | { ok: 'dup'; ack: Ack }> {
-    const auth = await this.authorizeWrite(conversationId, actorId, clientMsgId)
-    if (auth.ok !== true) return auth
-    if (this.kind !== 'group') return fail(ErrorCode.NOT_ALLOWED, 'only groups have members to manage')
-    const allowed = ownerOnly ? auth.value.role === 'owner' : auth.value.role === 'owner' || auth.value.role === 'admin'
-    return allowed ? auth : fail(ErrorCode.NOT_ALLOWED, ownerOnly ? 'only the owner can do that' : 'only admins can do that')
-  }
 
   private memberEvent(conversationId: string, actorId: string, clientMsgId: string, action: MemberEvent['action'], userIds: string[], role?: Role): MemberEvent {
     return { type: 'member', conversationId, seq: this.lastSeq + 1, senderId: actorId, clientMsgId, serverTs: this.now(), action, userIds, ...(role ? { role } : {}) }
@@ -270,84 +281,77 @@ export class ConversationRoom extends DurableObject<Env> {
 
   /** Records a new group's first members (already in D1 and loaded) as the log's first event. */
   async announceMembers(conversationId: string, actorId: string, clientMsgId: string): Promise<RoomResult<Ack>> {
-    const auth = await this.authorizeAdmin(conversationId, actorId, clientMsgId, true)
-    if (auth.ok === 'dup') return ok(auth.ack)
-    if (!auth.ok) return auth
-    if (this.lastSeq > 0) return fail(ErrorCode.CONFLICT, 'the group already has history')
-    const others = [...this.members.keys()].filter((id) => id !== actorId)
-    return ok(this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'added', others)))
+    return this.write(conversationId, actorId, clientMsgId, 'owner', () => {
+      if (this.lastSeq > 0) return fail(ErrorCode.CONFLICT, 'the group already has history')
+      const others = [...this.members.keys()].filter((id) => id !== actorId)
+      return ok(this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'added', others)))
+    })
   }
 
   /** Adds people (the Worker has checked they exist and may be added by this actor). */
   async addMembers(conversationId: string, actorId: string, clientMsgId: string, userIds: string[]): Promise<RoomResult<Ack>> {
-    const auth = await this.authorizeAdmin(conversationId, actorId, clientMsgId)
-    if (auth.ok === 'dup') return ok(auth.ack)
-    if (!auth.ok) return auth
-    const fresh = [...new Set(userIds)].filter((id) => !this.members.has(id))
-    if (fresh.length === 0) return fail(ErrorCode.CONFLICT, 'they are already members')
-    if (this.members.size + fresh.length > MAX_GROUP_MEMBERS) return fail(ErrorCode.NOT_ALLOWED, `a group holds at most ${MAX_GROUP_MEMBERS} people`)
-    const event = this.memberEvent(conversationId, actorId, clientMsgId, 'added', fresh)
-    return ok(
-      this.commit(event, () => {
-        for (const id of fresh) this.sql.exec(`INSERT INTO members (user_id, role, joined_seq) VALUES (?, 'member', ?)`, id, event.seq)
-        return []
-      }),
-    )
+    return this.write(conversationId, actorId, clientMsgId, 'admin', () => {
+      const fresh = [...new Set(userIds)].filter((id) => !this.members.has(id))
+      if (fresh.length === 0) return fail(ErrorCode.CONFLICT, 'they are already members')
+      if (this.members.size + fresh.length > MAX_GROUP_MEMBERS) return fail(ErrorCode.NOT_ALLOWED, `a group holds at most ${MAX_GROUP_MEMBERS} people`)
+      const event = this.memberEvent(conversationId, actorId, clientMsgId, 'added', fresh)
+      return ok(
+        this.commit(event, () => {
+          for (const id of fresh) this.sql.exec(`INSERT INTO members (user_id, role, joined_seq) VALUES (?, 'member', ?)`, id, event.seq)
+          return []
+        }),
+      )
+    })
   }
 
   /** An admin removes a member; only the owner removes admins; nobody removes the owner. */
   async removeMember(conversationId: string, actorId: string, clientMsgId: string, targetId: string): Promise<RoomResult<Ack>> {
-    const auth = await this.authorizeAdmin(conversationId, actorId, clientMsgId)
-    if (auth.ok === 'dup') return ok(auth.ack)
-    if (!auth.ok) return auth
-    const target = this.members.get(targetId)
-    if (!target) return fail(ErrorCode.NOT_FOUND, 'not a member')
-    if (targetId === actorId) return fail(ErrorCode.BAD_REQUEST, 'use leave to leave a group')
-    if (target.role === 'owner' || (target.role === 'admin' && auth.value.role !== 'owner')) {
-      return fail(ErrorCode.NOT_ALLOWED, 'only the owner can remove an admin, and nobody can remove the owner')
-    }
-    return ok(this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'removed', [targetId]), () => this.dropMember(targetId), [targetId]))
+    return this.write(conversationId, actorId, clientMsgId, 'admin', (member) => {
+      const target = this.members.get(targetId)
+      if (!target) return fail(ErrorCode.NOT_FOUND, 'not a member')
+      if (targetId === actorId) return fail(ErrorCode.BAD_REQUEST, 'use leave to leave a group')
+      if (target.role === 'owner' || (target.role === 'admin' && member.role !== 'owner')) {
+        return fail(ErrorCode.NOT_ALLOWED, 'only the owner can remove an admin, and nobody can remove the owner')
+      }
+      return ok(this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'removed', [targetId]), () => this.dropMember(targetId), [targetId]))
+    })
   }
 
   /** Leaving as owner hands the group to the longest-standing admin, else member. */
   async leave(conversationId: string, userId: string, clientMsgId: string): Promise<RoomResult<Ack>> {
-    const auth = await this.authorizeWrite(conversationId, userId, clientMsgId)
-    if (auth.ok === 'dup') return ok(auth.ack)
-    if (!auth.ok) return auth
-    if (this.kind !== 'group') return fail(ErrorCode.NOT_ALLOWED, 'you can leave groups, not direct chats')
-    const ack = this.commit(this.memberEvent(conversationId, userId, clientMsgId, 'left', [userId]), () => this.dropMember(userId), [userId])
-    if (auth.value.role === 'owner' && this.members.size > 0) {
-      const heir = [...this.members].sort(([, a], [, b]) => (a.role === 'admin' ? 0 : 1) - (b.role === 'admin' ? 0 : 1) || a.joinedSeq - b.joinedSeq)[0]![0]
-      this.commit(this.memberEvent(conversationId, userId, `${clientMsgId}:heir`, 'role', [heir], 'owner'), () => this.setRoleRow(heir, 'owner'))
-    }
-    return ok(ack)
+    return this.write(conversationId, userId, clientMsgId, 'member', (member) => {
+      if (this.kind !== 'group') return fail(ErrorCode.NOT_ALLOWED, 'you can leave groups, not direct chats')
+      const ack = this.commit(this.memberEvent(conversationId, userId, clientMsgId, 'left', [userId]), () => this.dropMember(userId), [userId])
+      if (member.role === 'owner' && this.members.size > 0) {
+        const heir = [...this.members].sort(([, a], [, b]) => (a.role === 'admin' ? 0 : 1) - (b.role === 'admin' ? 0 : 1) || a.joinedSeq - b.joinedSeq)[0]![0]
+        this.commit(this.memberEvent(conversationId, userId, `${clientMsgId}:heir`, 'role', [heir], 'owner'), () => this.setRoleRow(heir, 'owner'))
+      }
+      return ok(ack)
+    })
   }
 
   async setRole(conversationId: string, actorId: string, clientMsgId: string, targetId: string, role: 'admin' | 'member'): Promise<RoomResult<Ack>> {
-    const auth = await this.authorizeAdmin(conversationId, actorId, clientMsgId, true)
-    if (auth.ok === 'dup') return ok(auth.ack)
-    if (!auth.ok) return auth
-    const target = this.members.get(targetId)
-    if (!target || targetId === actorId) return fail(ErrorCode.NOT_FOUND, 'not another member')
-    return ok(this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'role', [targetId], role), () => this.setRoleRow(targetId, role)))
+    return this.write(conversationId, actorId, clientMsgId, 'owner', () => {
+      const target = this.members.get(targetId)
+      if (!target || targetId === actorId) return fail(ErrorCode.NOT_FOUND, 'not another member')
+      return ok(this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'role', [targetId], role), () => this.setRoleRow(targetId, role)))
+    })
   }
 
   /** The owner makes another member owner and becomes an admin. */
   async transferOwnership(conversationId: string, actorId: string, clientMsgId: string, targetId: string): Promise<RoomResult<Ack>> {
-    const auth = await this.authorizeAdmin(conversationId, actorId, clientMsgId, true)
-    if (auth.ok === 'dup') return ok(auth.ack)
-    if (!auth.ok) return auth
-    if (!this.members.has(targetId) || targetId === actorId) return fail(ErrorCode.NOT_FOUND, 'not another member')
-    const ack = this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'role', [targetId], 'owner'), () => this.setRoleRow(targetId, 'owner'))
-    this.commit(this.memberEvent(conversationId, actorId, `${clientMsgId}:demote`, 'role', [actorId], 'admin'), () => this.setRoleRow(actorId, 'admin'))
-    return ok(ack)
+    return this.write(conversationId, actorId, clientMsgId, 'owner', () => {
+      if (!this.members.has(targetId) || targetId === actorId) return fail(ErrorCode.NOT_FOUND, 'not another member')
+      const ack = this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'role', [targetId], 'owner'), () => this.setRoleRow(targetId, 'owner'))
+      this.commit(this.memberEvent(conversationId, actorId, `${clientMsgId}:demote`, 'role', [actorId], 'admin'), () => this.setRoleRow(actorId, 'admin'))
+      return ok(ack)
+    })
   }
 
   async rename(conversationId: string, actorId: string, clientMsgId: string, title: string): Promise<RoomResult<Ack>> {
-    const auth = await this.authorizeAdmin(conversationId, actorId, clientMsgId)
-    if (auth.ok === 'dup') return ok(auth.ack)
-    if (!auth.ok) return auth
-    return ok(this.commit({ type: 'renamed', conversationId, seq: this.lastSeq + 1, senderId: actorId, clientMsgId, serverTs: this.now(), title }))
+    return this.write(conversationId, actorId, clientMsgId, 'admin', () =>
+      ok(this.commit({ type: 'renamed', conversationId, seq: this.lastSeq + 1, senderId: actorId, clientMsgId, serverTs: this.now(), title })),
+    )
   }
 
   private dropMember(userId: string): number[] {
