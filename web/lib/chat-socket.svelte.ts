@@ -39,12 +39,14 @@ export class ChatSocket {
     if (!this.#stopped) return
     this.#stopped = false
     window.addEventListener('online', this.#nudge)
+    window.addEventListener('offline', this.#drop)
     void this.#connect()
   }
 
   stop() {
     this.#stopped = true
     window.removeEventListener('online', this.#nudge)
+    window.removeEventListener('offline', this.#drop)
     if (this.#timer) clearTimeout(this.#timer)
     this.#teardown()
     this.#status = 'offline'
@@ -55,6 +57,14 @@ export class ChatSocket {
     if (this.#ws?.readyState !== WebSocket.OPEN) return false
     this.#ws.send(JSON.stringify(msg))
     return true
+  }
+
+  /** The browser says the network is gone: stop pretending; writes wait in the outbox. */
+  #drop = () => {
+    if (this.#stopped) return
+    if (this.#timer) clearTimeout(this.#timer)
+    this.#teardown()
+    this.#status = 'offline'
   }
 
   #nudge = () => {

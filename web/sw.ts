@@ -1,0 +1,53 @@
+/// <reference lib="webworker" />
+import { cleanupOutdatedCaches, createHandlerBoundToURL, precacheAndRoute } from 'workbox-precaching'
+import { NavigationRoute, registerRoute } from 'workbox-routing'
+import type { PushPayload } from '../worker/shared/protocol'
+
+declare const self: ServiceWorkerGlobalScope & { __WB_MANIFEST: { url: string; revision: string | null }[] }
+
+// The app shell is precached, so the app opens offline; the API is never cached here.
+precacheAndRoute(self.__WB_MANIFEST)
+cleanupOutdatedCaches()
+registerRoute(new NavigationRoute(createHandlerBoundToURL('index.html'), { denylist: [/^\/api\//] }))
+
+// The page asks the waiting worker to take over when the user accepts the update prompt.
+self.addEventListener('message', (event) => {
+  if ((event.data as { type?: string } | null)?.type === 'SKIP_WAITING') void self.skipWaiting()
+})
+
+self.addEventListener('push', (event) => {
+  let data: PushPayload
+  try {
+    data = event.data!.json() as PushPayload
+  } catch {
+    data = { conversationId: '', seq: 0, title: 'echovalley', body: 'New message' }
+  }
+  event.waitUntil(
+    self.registration.showNotification(data.title, {
+      body: data.body,
+      // One notification per conversation: a newer message replaces the older one.
+      tag: data.conversationId || undefined,
+      data: { conversationId: data.conversationId },
+      icon: '/icons/icon-192.png',
+      badge: '/icons/icon-192.png',
+    }),
+  )
+})
+
+self.addEventListener('notificationclick', (event) => {
+  event.notification.close()
+  const id = (event.notification.data as { conversationId?: string } | null)?.conversationId
+  const target = new URL(id ? `/#/c/${id}` : '/', self.location.origin).href
+  event.waitUntil(
+    (async () => {
+      const windows = await self.clients.matchAll({ type: 'window', includeUncontrolled: true })
+      const open = windows.find((w) => new URL(w.url).origin === self.location.origin)
+      if (open) {
+        await open.navigate(target).catch(() => undefined)
+        await open.focus()
+        return
+      }
+      await self.clients.openWindow(target)
+    })(),
+  )
+})
