@@ -10,6 +10,9 @@ precacheAndRoute(self.__WB_MANIFEST)
 cleanupOutdatedCaches()
 registerRoute(new NavigationRoute(createHandlerBoundToURL('index.html'), { denylist: [/^\/api\//] }))
 
+// The first install takes the open page at once, so push clicks can reach it.
+self.addEventListener('activate', (event) => event.waitUntil(self.clients.claim()))
+
 // The page asks the waiting worker to take over when the user accepts the update prompt.
 self.addEventListener('message', (event) => {
   if ((event.data as { type?: string } | null)?.type === 'SKIP_WAITING') void self.skipWaiting()
@@ -43,7 +46,8 @@ self.addEventListener('notificationclick', (event) => {
       const windows = await self.clients.matchAll({ type: 'window', includeUncontrolled: true })
       const open = windows.find((w) => new URL(w.url).origin === self.location.origin)
       if (open) {
-        await open.navigate(target).catch(() => undefined)
+        // The app routes by hash, so telling the page is enough and keeps its state.
+        open.postMessage({ type: 'open-conversation', conversationId: id })
         await open.focus()
         return
       }

@@ -36,6 +36,11 @@ export class AppShell {
     this.#installed = matchMedia('(display-mode: standalone)').matches || (navigator as { standalone?: boolean }).standalone === true
     if ('serviceWorker' in navigator) {
       this.#update = registerSW({ onNeedRefresh: () => (this.#needRefresh = true) })
+      // A notification click on an open window arrives as a message: go to that conversation.
+      navigator.serviceWorker.addEventListener('message', (e) => {
+        const data = e.data as { type?: string; conversationId?: string } | null
+        if (data?.type === 'open-conversation' && data.conversationId) location.hash = `#/c/${data.conversationId}`
+      })
     }
     void this.#readPushState()
   }

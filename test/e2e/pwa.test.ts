@@ -1,0 +1,141 @@
+import AxeBuilder from '@axe-core/playwright'
+import type { Page } from 'playwright-core'
+import { describe, it } from 'vitest'
+import { befriendInUi, persistentContext, registerInUi, useProduct } from './browser'
+
+const product = useProduct()
+
+/** The parts of a service worker's global scope these tests touch. */
+interface SwScope {
+  PushEvent: new (type: string, init: object) => Event
+  NotificationEvent: new (type: string, init: object) => Event
+  registration: { getNotifications(): Promise<{ title: string; body: string; tag: string }[]> }
+  dispatchEvent(e: Event): boolean
+}
+
+async function serviceWorkerReady(page: Page) {
+  await page.evaluate(async () => {
+    await navigator.serviceWorker.ready
+  })
+}
+
+async function seriousViolations(page: Page) {
+  const result = await new AxeBuilder({ page: page as never }).analyze()
+  return result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical').map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`)
+}
+
+describe('the installable app', () => {
+  it('meets the browser’s install criteria with a service worker in control', async ({ expect }) => {
+    // Installability needs a profile on disk: incognito contexts never qualify.
+    const context = await persistentContext()
+    const page = context.pages()[0] ?? (await context.newPage())
+    await page.goto(product.server.url)
+    await serviceWorkerReady(page)
+    const cdp = await page.context().newCDPSession(page)
+    const { installabilityErrors } = (await cdp.send('Page.getInstallabilityErrors')) as { installabilityErrors: { errorId: string }[] }
+    expect(installabilityErrors).toEqual([])
+    const manifest = await (await page.request.get(`${product.server.url}/manifest.webmanifest`)).json()
+    expect(manifest).toMatchObject({ name: 'echovalley', display: 'standalone', start_url: '/' })
+    expect(manifest.icons.map((i: { sizes: string; purpose?: string }) => `${i.sizes}${i.purpose ? ` ${i.purpose}` : ''}`)).toEqual(['192x192', '512x512', '512x512 maskable'])
+    await context.close()
+  })
+
+  it('keeps messages written offline in order, sends them exactly once on reconnect, and opens offline', async ({ expect }) => {
+    const s = Date.now().toString(36)
+    const aCtx = await product.browser.newContext()
+    const a = await aCtx.newPage()
+    const b = await (await product.browser.newContext()).newPage()
+    await registerInUi(a, product.server.url, `off_${s}`, 'Offline Olga')
+    await registerInUi(b, product.server.url, `on_${s}`, 'Online Oscar')
+    await befriendInUi(a, b, `on_${s}`)
+    await serviceWorkerReady(a)
+    await a.getByTestId('new-chat-handle').fill(`on_${s}`)
+    await a.getByTestId('new-chat-submit').click()
+    await a.getByTestId('composer-input').fill('written online')
+    await a.getByTestId('composer-input').press('Enter')
+    await a.getByTestId('message').filter({ hasText: 'written online' }).and(a.locator('[data-seq]')).waitFor()
+
+    await aCtx.setOffline(true)
+    await a.getByTestId('offline-banner').waitFor()
+    for (const text of ['first while offline', 'second while offline', 'third while offline']) {
+      await a.getByTestId('composer-input').fill(text)
+      await a.getByTestId('composer-input').press('Enter')
+    }
+    await expect.poll(() => a.locator('[data-testid="message"][data-state="pending"]').count()).toBe(3)
+
+    // A reload while offline: the shell comes from the service worker, the chat from IndexedDB.
+    await a.reload()
+    await a.getByTestId('message').filter({ hasText: 'written online' }).waitFor()
+    await expect.poll(() => a.locator('[data-testid="message"][data-state="pending"]').count()).toBe(3)
+
+    await aCtx.setOffline(false)
+    await expect.poll(() => a.locator('[data-testid="message"][data-state="pending"]').count(), { timeout: 20_000 }).toBe(0)
+    await b.getByTestId('conversation-item').first().click()
+    await b.getByTestId('message').filter({ hasText: 'third while offline' }).waitFor()
+    const seen = (await b.getByTestId('message-text').allTextContents()).map((x) => x.trim())
+    expect(seen).toEqual(['written online', 'first while offline', 'second while offline', 'third while offline'])
+  })
+
+  it('shows a pushed message as a notification and a click opens its conversation', async ({ expect }) => {
+    const ctx = await product.browser.newContext()
+    await ctx.grantPermissions(['notifications'], { origin: product.server.url })
+    const page = await ctx.newPage()
+    await registerInUi(page, product.server.url, `push_${Date.now().toString(36)}`, 'Push Pat')
+    await serviceWorkerReady(page)
+    const sw = ctx.serviceWorkers()[0] ?? (await ctx.waitForEvent('serviceworker'))
+    const payload = { conversationId: 'conv_from_push_01', seq: 7, title: 'Ann', body: 'see you at 8' }
+    // The push service itself is out of reach here, so the test delivers the push event the browser would.
+    const shown = await sw.evaluate(async (data) => {
+      const g = self as unknown as SwScope
+      g.dispatchEvent(new g.PushEvent('push', { data: JSON.stringify(data) }))
+      await new Promise((r) => setTimeout(r, 300))
+      const list = await g.registration.getNotifications()
+      return list.map((n) => ({ title: n.title, body: n.body, tag: n.tag }))
+    }, payload)
+    expect(shown).toEqual([{ title: 'Ann', body: 'see you at 8', tag: 'conv_from_push_01' }])
+    await sw.evaluate(async () => {
+      const g = self as unknown as SwScope
+      const [notification] = await g.registration.getNotifications()
+      g.dispatchEvent(new g.NotificationEvent('notificationclick', { notification }))
+    })
+    await expect.poll(() => new URL(page.url()).hash).toBe('#/c/conv_from_push_01')
+  })
+
+  it('speaks English or Simplified Chinese: from the browser first, then as chosen', async ({ expect }) => {
+    const zh = await (await product.browser.newContext({ locale: 'zh-CN' })).newPage()
+    await zh.goto(product.server.url)
+    await expect.poll(() => zh.locator('.card .muted').textContent()).toBe('登录你的账户')
+    expect(await zh.evaluate(() => document.documentElement.lang)).toBe('zh-CN')
+
+    const page = await (await product.browser.newContext({ locale: 'en-US' })).newPage()
+    await registerInUi(page, product.server.url, `lang_${Date.now().toString(36)}`, 'Lang Lee')
+    await expect.poll(() => page.getByTestId('tab-chats').textContent()).toBe('Chats')
+    await page.getByTestId('tab-me').click()
+    await page.getByTestId('language').selectOption('zh-CN')
+    await expect.poll(() => page.getByTestId('tab-chats').textContent()).toBe('聊天')
+    await page.reload()
+    await expect.poll(() => page.getByTestId('tab-chats').textContent()).toBe('聊天')
+  })
+
+  it('has no serious or critical accessibility violations on the main screens', async ({ expect }) => {
+    const s = Date.now().toString(36)
+    const page = await (await product.browser.newContext()).newPage()
+    const friend = await (await product.browser.newContext()).newPage()
+    await page.goto(product.server.url)
+    await page.getByTestId('auth-handle').waitFor()
+    expect(await seriousViolations(page)).toEqual([])
+    await registerInUi(page, product.server.url, `a11y_${s}`, 'Ally')
+    await registerInUi(friend, product.server.url, `pal_${s}`, 'Pal')
+    await befriendInUi(page, friend, `pal_${s}`)
+    await page.getByTestId('new-chat-handle').fill(`pal_${s}`)
+    await page.getByTestId('new-chat-submit').click()
+    await page.getByTestId('composer-input').fill('hello there')
+    await page.getByTestId('composer-input').press('Enter')
+    await page.getByTestId('message').filter({ hasText: 'hello there' }).waitFor()
+    expect(await seriousViolations(page)).toEqual([])
+    await page.getByTestId('tab-people').click()
+    expect(await seriousViolations(page)).toEqual([])
+    await page.getByTestId('tab-me').click()
+    expect(await seriousViolations(page)).toEqual([])
+  })
+})
