@@ -302,3 +302,31 @@ describe('sync after reconnect', () => {
     b.close()
   })
 })
+
+describe('replies and reactions', () => {
+  it('a reply quotes an existing message; reactions are events; bad targets and non-emoji are refused', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const a = await Device.connect(alice)
+    const b = await Device.connect(bob)
+    const first = await a.sendAndAck(textSend(conv.id, 'lunch?'))
+    const reply = await b.sendAndAck({ type: 'send', conversationId: conv.id, clientMsgId: crypto.randomUUID(), body: { kind: 'text', text: 'yes!', replyTo: { seq: first.seq } } })
+    const seen = await a.next((m) => m.type === 'event' && m.event.seq === reply.seq)
+    expect(seen.type === 'event' && seen.event.type === 'message' && seen.event.body).toEqual({ kind: 'text', text: 'yes!', replyTo: { seq: first.seq } })
+
+    const bogus = textSend(conv.id, 'to nowhere')
+    ;(bogus as { body: { replyTo?: { seq: number } } }).body.replyTo = { seq: 999 }
+    b.send(bogus)
+    expect((await b.next('error')).code).toBe('BAD_REQUEST')
+
+    const r = await b.sendAndAck({ type: 'react', conversationId: conv.id, clientMsgId: crypto.randomUUID(), targetSeq: first.seq, emoji: '👍', on: true })
+    const ev = await a.next((m) => m.type === 'event' && m.event.type === 'reaction')
+    expect(ev.type === 'event' && ev.event).toMatchObject({ type: 'reaction', seq: r.seq, targetSeq: first.seq, emoji: '👍', on: true, senderId: bob.user.id })
+    b.send({ type: 'react', conversationId: conv.id, clientMsgId: crypto.randomUUID(), targetSeq: first.seq, emoji: 'lol', on: true } as never)
+    expect((await b.next('error')).code).toBe('BAD_REQUEST')
+    await a.sendAndAck({ type: 'recall', conversationId: conv.id, clientMsgId: crypto.randomUUID(), targetSeq: first.seq })
+    b.send({ type: 'react', conversationId: conv.id, clientMsgId: crypto.randomUUID(), targetSeq: first.seq, emoji: '❤️', on: true })
+    expect((await b.next('error')).code).toBe('NOT_FOUND')
+    a.close()
+    b.close()
+  })
+})

@@ -34,6 +34,9 @@ export interface DisplayMessage {
   state: SendState | null
   readBy: number
   failed?: string
+  reactions?: { emoji: string; count: number; mine: boolean }[]
+  /** The quoted message, as it stands now. */
+  quote?: { seq: number; senderId: string; text: string | null }
 }
 
 /** Codes after which resending the same write cannot succeed. */
@@ -67,6 +70,7 @@ export class ChatStore {
   #cache: ChatCache
   #socket: ChatSocket
   #activeId = $state<string | null>(null)
+  #unreadAtOpen = new SvelteMap<string, number>()
   #error = $state<string | null>(null)
 
   constructor(
@@ -181,6 +185,7 @@ export class ChatStore {
   async open(id: string | null) {
     this.#activeId = id
     if (!id) return
+    this.#unreadAtOpen.set(id, this.conversation(id)?.unread ?? 0)
     this.#conversations = this.#conversations.map((c) => (c.id === id && c.unread ? { ...c, unread: 0 } : c))
     const s = this.#state(id)
     if (!s.loaded) {
@@ -221,6 +226,7 @@ export class ChatStore {
     const others = (this.conversation(id)?.members ?? []).filter((m) => m.id !== this.userId)
     if (s) {
       const seqs = [...s.events.keys()].sort((a, b) => a - b)
+      const reactions = this.#reactions(s, seqs)
       for (const seq of seqs) {
         const e = s.events.get(seq)!
         if (e.type === 'member' || e.type === 'renamed') {
@@ -228,7 +234,14 @@ export class ChatStore {
           continue
         }
         if (e.type !== 'message') continue
-        out.push(this.#display(e, s, others.map((o) => o.id)))
+        const shown = this.#display(e, s, others.map((o) => o.id))
+        shown.reactions = reactions.get(seq)
+        const replyTo = e.body?.kind === 'text' ? e.body.replyTo?.seq : undefined
+        if (replyTo !== undefined) {
+          const q = s.events.get(replyTo)
+          shown.quote = { seq: replyTo, senderId: q?.senderId ?? '', text: q?.type === 'message' && q.body?.kind === 'text' ? q.body.text : null }
+        }
+        out.push(shown)
       }
     }
     for (const item of this.#outbox) {
@@ -243,6 +256,25 @@ export class ChatStore {
         readBy: 0,
         failed: item.failed,
       })
+    }
+    return out
+  }
+
+  /** Folds reaction events into per-message counts: each person's latest word on an emoji counts. */
+  #reactions(s: ConversationState, seqs: number[]) {
+    const latest = new Map<string, { target: number; emoji: string; user: string; on: boolean }>()
+    for (const seq of seqs) {
+      const e = s.events.get(seq)!
+      if (e.type === 'reaction') latest.set(`${e.targetSeq}|${e.emoji}|${e.senderId}`, { target: e.targetSeq, emoji: e.emoji, user: e.senderId, on: e.on })
+    }
+    const out = new Map<number, { emoji: string; count: number; mine: boolean }[]>()
+    for (const r of latest.values()) {
+      if (!r.on) continue
+      const list = out.get(r.target) ?? []
+      const chip = list.find((c) => c.emoji === r.emoji) ?? (list.push({ emoji: r.emoji, count: 0, mine: false }), list[list.length - 1]!)
+      chip.count++
+      chip.mine ||= r.user === this.userId
+      out.set(r.target, list)
     }
     return out
   }
@@ -282,8 +314,9 @@ export class ChatStore {
 
   // ---- writes ----
 
-  send(conversationId: string, text: string) {
-    const item: OutboxItem = { conversationId, clientMsgId: crypto.randomUUID(), body: { kind: 'text', text }, createdAt: Date.now() }
+  send(conversationId: string, text: string, replyTo?: number) {
+    const body: MessageBody = replyTo ? { kind: 'text', text, replyTo: { seq: replyTo } } : { kind: 'text', text }
+    const item: OutboxItem = { conversationId, clientMsgId: crypto.randomUUID(), body, createdAt: Date.now() }
     this.#outbox = [...this.#outbox, item]
     void this.#cache.saveOutbox($state.snapshot(this.#outbox))
     this.#pump(conversationId)
@@ -303,7 +336,19 @@ export class ChatStore {
   }
 
   edit(conversationId: string, targetSeq: number, text: string) {
-    this.#socket.send({ type: 'edit', conversationId, clientMsgId: crypto.randomUUID(), targetSeq, body: { kind: 'text', text } })
+    // An edit replaces the body, so it carries the quote along.
+    const target = this.#byId.get(conversationId)?.events.get(targetSeq)
+    const replyTo = target?.type === 'message' && target.body?.kind === 'text' ? target.body.replyTo : undefined
+    this.#socket.send({ type: 'edit', conversationId, clientMsgId: crypto.randomUUID(), targetSeq, body: { kind: 'text', text, ...(replyTo ? { replyTo } : {}) } })
+  }
+
+  react(conversationId: string, targetSeq: number, emoji: string, on: boolean) {
+    this.#socket.send({ type: 'react', conversationId, clientMsgId: crypto.randomUUID(), targetSeq, emoji, on })
+  }
+
+  /** How many were unread when the conversation was last opened, for the "new messages" line. */
+  unreadAtOpen(id: string): number {
+    return this.#unreadAtOpen.get(id) ?? 0
   }
 
   recall(conversationId: string, targetSeq: number) {

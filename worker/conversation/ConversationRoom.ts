@@ -215,9 +215,20 @@ export class ConversationRoom extends DurableObject<Env> {
   async appendMessage(conversationId: string, senderId: string, clientMsgId: string, body: unknown): Promise<RoomResult<Ack>> {
     const parsed = MessageBody.safeParse(body)
     if (!parsed.success) return fail(ErrorCode.BAD_REQUEST, parsed.error.issues[0]?.message ?? 'invalid body')
-    return this.write(conversationId, senderId, clientMsgId, 'member', () =>
-      ok(this.commit({ type: 'message', conversationId, seq: this.lastSeq + 1, senderId, clientMsgId, serverTs: this.now(), body: parsed.data })),
-    )
+    const replyTo = parsed.data.kind === 'text' ? parsed.data.replyTo?.seq : undefined
+    return this.write(conversationId, senderId, clientMsgId, 'member', (member) => {
+      if (replyTo !== undefined && (replyTo < member.joinedSeq || this.eventRow(replyTo)?.type !== 'message')) return fail(ErrorCode.BAD_REQUEST, 'replyTo: no such message')
+      return ok(this.commit({ type: 'message', conversationId, seq: this.lastSeq + 1, senderId, clientMsgId, serverTs: this.now(), body: parsed.data }))
+    })
+  }
+
+  /** A reaction is an event of its own; clients fold it into the message it points at. */
+  async react(conversationId: string, userId: string, clientMsgId: string, targetSeq: number, emoji: string, on: boolean): Promise<RoomResult<Ack>> {
+    return this.write(conversationId, userId, clientMsgId, 'member', () => {
+      const target = this.eventRow(targetSeq)
+      if (!target || target.type !== 'message' || target.recalled_by !== null) return fail(ErrorCode.NOT_FOUND, 'no such message')
+      return ok(this.commit({ type: 'reaction', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: this.now(), targetSeq, emoji, on }))
+    })
   }
 
   async edit(conversationId: string, userId: string, clientMsgId: string, targetSeq: number, body: unknown): Promise<RoomResult<Ack>> {

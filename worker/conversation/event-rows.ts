@@ -30,6 +30,8 @@ export function rowToEvent(conversationId: string, r: EventRow): ConversationEve
       return { ...base, type: 'member', ...(body as Pick<MemberEvent, 'action' | 'userIds' | 'role'>) }
     case 'renamed':
       return { ...base, type: 'renamed', title: (body as { title: string }).title }
+    case 'reaction':
+      return { ...base, type: 'reaction', targetSeq: r.target_seq!, ...(body as { emoji: string; on: boolean }) }
     default:
       return {
         ...base,
@@ -52,6 +54,8 @@ function payloadOf(e: ConversationEvent): unknown {
       return { action: e.action, userIds: e.userIds, ...(e.role ? { role: e.role } : {}) }
     case 'renamed':
       return { title: e.title }
+    case 'reaction':
+      return { emoji: e.emoji, on: e.on }
   }
 }
 
@@ -64,7 +68,7 @@ export function eventToRow(e: ConversationEvent): EventRow {
     client_msg_id: e.clientMsgId,
     kind: e.type === 'message' && e.body ? e.body.kind : null,
     body: payload === null ? null : JSON.stringify(payload),
-    target_seq: e.type === 'edit' || e.type === 'recall' ? e.targetSeq : null,
+    target_seq: e.type === 'edit' || e.type === 'recall' || e.type === 'reaction' ? e.targetSeq : null,
     edited_at: e.type === 'message' ? (e.editedAt ?? null) : null,
     recalled_by: e.type === 'message' ? (e.recalled?.by ?? null) : null,
     recalled_by_admin: e.type === 'recall' ? Number(e.byAdmin) : e.type === 'message' && e.recalled ? Number(e.recalled.byAdmin) : null,

@@ -22,6 +22,8 @@ export const Seq = z.number().int().nonnegative()
 
 export const TextBody = z.object({
   kind: z.literal('text'),
+  /** The message this one answers; shown as a quote. */
+  replyTo: z.object({ seq: z.number().int().min(1) }).optional(),
   text: z
     .string()
     .max(MAX_TEXT_LENGTH, `at most ${MAX_TEXT_LENGTH} characters`)
@@ -54,6 +56,15 @@ export const ClientMessage = z.discriminatedUnion('type', [
     conversationId: Id,
     clientMsgId: ClientMsgId,
     targetSeq: Seq.min(1),
+  }),
+  /** Add or take back an emoji reaction to a message. */
+  z.object({
+    type: z.literal('react'),
+    conversationId: Id,
+    clientMsgId: ClientMsgId,
+    targetSeq: Seq.min(1),
+    emoji: z.string().min(1).max(16).refine((e) => /\p{Extended_Pictographic}/u.test(e), 'not an emoji'),
+    on: z.boolean(),
   }),
   /** This device holds every event up to seq. */
   z.object({ type: z.literal('delivered'), conversationId: Id, seq: Seq }),
@@ -111,8 +122,14 @@ export interface RenameEvent extends EventBase {
   type: 'renamed'
   title: string
 }
+export interface ReactionEvent extends EventBase {
+  type: 'reaction'
+  targetSeq: number
+  emoji: string
+  on: boolean
+}
 /** Everything that happens in a conversation, in seq order. */
-export type ConversationEvent = MessageEvent | EditEvent | RecallEvent | MemberEvent | RenameEvent
+export type ConversationEvent = MessageEvent | EditEvent | RecallEvent | MemberEvent | RenameEvent | ReactionEvent
 
 /** A member's receipt cursors; ticks and unread counts derive from them. */
 export interface Receipt {
@@ -125,7 +142,7 @@ export interface Receipt {
 export type ServerMessage =
   /** First frame after the socket opens. */
   | { type: 'hello'; protocol: number; userId: string; sessionId: string }
-  /** The send, edit or recall is durably stored under seq. */
+  /** The send, edit, recall or reaction is durably stored under seq. */
   | { type: 'ack'; conversationId: string; clientMsgId: string; seq: number; serverTs: number }
   /** One live event; answer with a delivered cursor. */
   | { type: 'event'; event: ConversationEvent }

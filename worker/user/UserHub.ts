@@ -133,6 +133,8 @@ export class UserHub extends DurableObject<Env> {
         return this.reply(ws, msg.clientMsgId, () => room.edit(msg.conversationId, userId, msg.clientMsgId, msg.targetSeq, msg.body), msg.conversationId)
       case 'recall':
         return this.reply(ws, msg.clientMsgId, () => room.recall(msg.conversationId, userId, msg.clientMsgId, msg.targetSeq), msg.conversationId)
+      case 'react':
+        return this.reply(ws, msg.clientMsgId, () => room.react(msg.conversationId, userId, msg.clientMsgId, msg.targetSeq, msg.emoji, msg.on), msg.conversationId)
       case 'delivered':
       case 'read': {
         if (msg.type === 'delivered') this.confirm(device.sessionId, msg.conversationId, msg.seq)
