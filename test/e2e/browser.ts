@@ -58,3 +58,10 @@ export function useProduct() {
   })
   return ctx
 }
+
+/** Sends a message from the open chat and waits until the server has acknowledged it. */
+export async function say(page: Page, text: string) {
+  await page.getByTestId('composer-input').fill(text)
+  await page.getByTestId('composer-input').press('Enter')
+  await page.getByTestId('message').filter({ hasText: text }).and(page.locator('[data-seq]')).waitFor()
+}

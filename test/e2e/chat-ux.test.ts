@@ -1,14 +1,7 @@
-import type { Page } from 'playwright-core'
 import { describe, it } from 'vitest'
-import { befriendInUi, registerInUi, useProduct } from './browser'
+import { befriendInUi, registerInUi, say, useProduct } from './browser'
 
 const product = useProduct()
-
-async function say(page: Page, text: string) {
-  await page.getByTestId('composer-input').fill(text)
-  await page.getByTestId('composer-input').press('Enter')
-  await page.getByTestId('message').filter({ hasText: text }).and(page.locator('[data-seq]')).waitFor()
-}
 
 describe('chat as people expect it', () => {
   it('marks new messages, separates days, replies with a quote, reacts, copies, and answers to shortcuts', async ({ expect }) => {

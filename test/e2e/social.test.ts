@@ -1,6 +1,6 @@
 import type { Page } from 'playwright-core'
 import { describe, it } from 'vitest'
-import { befriendInUi, registerInUi, useProduct } from './browser'
+import { befriendInUi, registerInUi, say, useProduct } from './browser'
 
 const product = useProduct()
 
@@ -13,12 +13,6 @@ async function person(handle: string, name: string): Promise<Page> {
 /** A conversation in the list by its exact title. */
 function conv(page: Page, title: string) {
   return page.getByTestId('conversation-item').filter({ has: page.locator('.title').getByText(title, { exact: true }) })
-}
-
-async function say(page: Page, text: string) {
-  await page.getByTestId('composer-input').fill(text)
-  await page.getByTestId('composer-input').press('Enter')
-  await page.getByTestId('message').filter({ hasText: text }).and(page.locator('[data-seq]')).waitFor()
 }
 
 describe('people, groups, unread, presence and search in the PWA', () => {

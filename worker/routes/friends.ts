@@ -43,12 +43,18 @@ export async function closeRequestsBetween(db: Db, a: string, b: string, status:
     )
 }
 
-async function pendingRequest(db: Db, id: string) {
+/** The pending request `id` as seen by one of its two parties; anyone else gets a 404. */
+async function pendingRequest(db: Db, id: string, party: 'fromId' | 'toId', userId: string) {
   const parsed = Id.safeParse(id)
   if (!parsed.success) fail(404, ErrorCode.NOT_FOUND, 'no such request')
   const row = await db.select().from(friendRequests).where(and(eq(friendRequests.id, parsed.data), eq(friendRequests.status, 'pending'))).get()
-  if (!row) fail(404, ErrorCode.NOT_FOUND, 'no such pending request')
+  if (!row || row[party] !== userId) fail(404, ErrorCode.NOT_FOUND, 'no such pending request')
   return row
+}
+
+async function settleRequest(env: Env, db: Db, req: { id: string; fromId: string; toId: string }, status: 'declined' | 'cancelled') {
+  await db.update(friendRequests).set({ status, pendingKey: null, respondedAt: Date.now() }).where(eq(friendRequests.id, req.id))
+  await notifyFriendsChanged(env, req.fromId, req.toId)
 }
 
 const fromUser = aliasedTable(users, 'from_user')
@@ -131,8 +137,7 @@ export const friendRoutes = new Hono<AppEnv>()
   .post('/requests/:id/accept', async (c) => {
     const { userId } = c.get('auth')
     const db = getDb(c.env)
-    const req = await pendingRequest(db, c.req.param('id'))
-    if (req.toId !== userId) fail(404, ErrorCode.NOT_FOUND, 'no such pending request')
+    const req = await pendingRequest(db, c.req.param('id'), 'toId', userId)
     if (await blockedEitherWay(db, req.fromId, req.toId)) fail(403, ErrorCode.FORBIDDEN, 'you cannot befriend this user')
     await befriend(db, req.fromId, req.toId)
     await closeRequestsBetween(db, req.fromId, req.toId, 'accepted')
@@ -142,18 +147,12 @@ export const friendRoutes = new Hono<AppEnv>()
   .post('/requests/:id/decline', async (c) => {
     const { userId } = c.get('auth')
     const db = getDb(c.env)
-    const req = await pendingRequest(db, c.req.param('id'))
-    if (req.toId !== userId) fail(404, ErrorCode.NOT_FOUND, 'no such pending request')
-    await db.update(friendRequests).set({ status: 'declined', pendingKey: null, respondedAt: Date.now() }).where(eq(friendRequests.id, req.id))
-    await notifyFriendsChanged(c.env, req.fromId, req.toId)
+    await settleRequest(c.env, db, await pendingRequest(db, c.req.param('id'), 'toId', userId), 'declined')
     return c.json({ status: 'declined' as const })
   })
   .delete('/requests/:id', async (c) => {
     const { userId } = c.get('auth')
     const db = getDb(c.env)
-    const req = await pendingRequest(db, c.req.param('id'))
-    if (req.fromId !== userId) fail(404, ErrorCode.NOT_FOUND, 'no such pending request')
-    await db.update(friendRequests).set({ status: 'cancelled', pendingKey: null, respondedAt: Date.now() }).where(eq(friendRequests.id, req.id))
-    await notifyFriendsChanged(c.env, req.fromId, req.toId)
+    await settleRequest(c.env, db, await pendingRequest(db, c.req.param('id'), 'fromId', userId), 'cancelled')
     return c.body(null, 204)
   })
