@@ -1,0 +1,110 @@
+import { runInDurableObject } from 'cloudflare:test'
+import { env } from 'cloudflare:workers'
+import fc from 'fast-check'
+import { describe, it } from 'vitest'
+import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
+import { getConversationRoom } from '../worker/durable-objects'
+import { api, Device, json, openChat, register, textSend } from './helpers'
+
+/** Marks the live room instance, so a reset (a new instance) is noticed. */
+async function tagRoom(conversationId: string, tag?: string): Promise<string | undefined> {
+  return runInDurableObject<ConversationRoom, string | undefined>(getConversationRoom(env, conversationId), (room) => {
+    const r = room as unknown as { fuzzTag?: string }
+    if (tag) r.fuzzTag = tag
+    return r.fuzzTag
+  })
+}
+
+const validish = (conversationId: string) =>
+  fc.oneof(
+    fc.jsonValue(),
+    fc.record({ type: fc.constantFrom('send', 'edit', 'recall', 'react', 'delivered', 'read', 'typing', 'sync', 'nope'), conversationId: fc.oneof(fc.constant(conversationId), fc.string()) }, { requiredKeys: [] }),
+    fc.record({
+      type: fc.constant('send'),
+      conversationId: fc.oneof(fc.constant(conversationId), fc.string(), fc.integer()),
+      clientMsgId: fc.oneof(fc.uuid(), fc.string(), fc.constant(null)),
+      body: fc.oneof(fc.record({ kind: fc.constant('text'), text: fc.oneof(fc.constant(''), fc.constant('   '), fc.string({ minLength: 4001, maxLength: 5000 })) }), fc.jsonValue()),
+    }),
+    fc.record({ type: fc.constantFrom('sync', 'read', 'delivered'), conversationId: fc.constant(conversationId), afterSeq: fc.oneof(fc.integer({ max: -1 }), fc.double(), fc.string()), seq: fc.oneof(fc.integer({ max: -1 }), fc.string()) }),
+  )
+
+describe('hostile WebSocket frames', () => {
+  it('no malformed frame is accepted: no crash, no room reset, no state change, the socket keeps working', { timeout: 120_000 }, async ({ expect }) => {
+    const alice = await register()
+    const bob = await register()
+    const conv = await openChat(alice, bob)
+    const a = await Device.connect(alice)
+    await a.sendAndAck(textSend(conv.id, 'before the storm'))
+    await tagRoom(conv.id, 'original-instance')
+    const before = await getConversationRoom(env, conv.id).stats()
+
+    await fc.assert(
+      fc.asyncProperty(validish(conv.id), async (frame) => {
+        a.send(typeof frame === 'string' ? frame : JSON.stringify(frame))
+        const reply = await a.next((m) => m.type === 'error' || m.type === 'ack' || m.type === 'events', 3000).catch(() => null)
+        // Harmless frames that happen to be valid (a sync, a cursor) may be answered or silent;
+        // nothing the generator makes is a valid write, so no ack may ever appear.
+        expect(reply?.type).not.toBe('ack')
+      }),
+      { numRuns: 150 },
+    )
+    for (const raw of ['', '{', 'null', '[]', '"x"', 'x'.repeat(17_000), JSON.stringify({ type: 'send', __proto__: { polluted: true } })]) {
+      a.send(raw)
+      expect((await a.next('error')).code).toMatch(/BAD_REQUEST|PAYLOAD_TOO_LARGE/)
+    }
+    a.ws.send(new Uint8Array(2048))
+    expect((await a.next('error')).code).toBe('BAD_REQUEST')
+
+    const after = await getConversationRoom(env, conv.id).stats()
+    expect(after.lastSeq).toBe(before.lastSeq)
+    expect(await tagRoom(conv.id)).toBe('original-instance')
+    expect(({} as { polluted?: boolean }).polluted).toBeUndefined()
+    // The socket still works.
+    expect((await a.sendAndAck(textSend(conv.id, 'after the storm'))).seq).toBe(before.lastSeq + 1)
+    a.close()
+  })
+})
+
+describe('hostile HTTP bodies', () => {
+  it('every route answers arbitrary bodies with a 4xx in the one error shape and writes nothing', { timeout: 120_000 }, async ({ expect }) => {
+    const me = await register()
+    const count = async () => (await env.DB.prepare('SELECT (SELECT count(*) FROM users) + (SELECT count(*) FROM conversations) + (SELECT count(*) FROM friend_requests) + (SELECT count(*) FROM push_subscriptions) AS n').first<{ n: number }>())!.n
+    const routes: [string, string, boolean][] = [
+      ['POST', '/api/auth/register', false],
+      ['POST', '/api/auth/login', false],
+      ['POST', '/api/auth/refresh', false],
+      ['POST', '/api/conversations', true],
+      ['POST', '/api/conversations/groups', true],
+      ['POST', '/api/friends/requests', true],
+      ['PATCH', '/api/me/profile', true],
+      ['PATCH', '/api/me/settings', true],
+      ['POST', '/api/push/subscriptions', true],
+      ['POST', '/api/blocks', true],
+    ]
+    const before = await count()
+    const body = fc.oneof(
+      fc.jsonValue().map((v) => JSON.stringify(v)),
+      fc.string(),
+      fc.constantFrom('{"handle":', '{"handle": "a", "password": null}', '[1,2', '\u0000\u0001', '{"endpoint":"javascript:alert(1)","keys":{}}'),
+      fc.string({ minLength: 70_000, maxLength: 70_000 }),
+    )
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom(...routes), body, async ([method, path, auth], raw) => {
+        const res = await api(path, { method, body: raw, token: auth ? me.accessToken : undefined, headers: { 'content-type': 'application/json' } })
+        expect(res.status).toBeGreaterThanOrEqual(400)
+        expect(res.status).toBeLessThan(500)
+        const b = await json<{ error: { code: string; message: string } }>(res)
+        expect(Object.keys(b)).toEqual(['error'])
+        expect(typeof b.error.code).toBe('string')
+        expect(typeof b.error.message).toBe('string')
+      }),
+      { numRuns: 200 },
+    )
+    expect(await count()).toBe(before)
+    const queries = ['/api/users/search?q=', '/api/users/search?q=a&limit=9999', '/api/search?q=', '/api/conversations/x/messages', '/api/conversations/aaaaaaaaaaaaaaaa/messages?before=-1']
+    for (const q of queries) {
+      const res = await api(q, { token: me.accessToken })
+      expect([400, 404]).toContain(res.status)
+    }
+  })
+})
