@@ -330,3 +330,27 @@ describe('replies and reactions', () => {
     b.close()
   })
 })
+
+describe('receipt fan-out', () => {
+  it('tells the writers whose ticks change and the reader’s own devices, not every member', async ({ expect }) => {
+    const { befriend } = await import('./helpers')
+    const owner = await register()
+    const writer = await register()
+    const lurker = await register()
+    for (const u of [writer, lurker]) await befriend(owner, u)
+    const res = await api('/api/conversations/groups', { token: owner.accessToken, body: { title: 'receipts', memberIds: [writer.user.id, lurker.user.id] } })
+    const g = (await json<{ conversation: { id: string } }>(res)).conversation
+    const dw = await Device.connect(writer)
+    const dl = await Device.connect(lurker)
+    const dOwner = await Device.connect(owner)
+    const dOwner2 = await Device.connect(owner)
+    const m = await dw.sendAndAck(textSend(g.id, 'did you read this?'))
+    dOwner.send({ type: 'read', conversationId: g.id, seq: m.seq })
+    const toWriter = await dw.next((f) => f.type === 'receipt' && f.receipt.userId === owner.user.id)
+    expect(toWriter.type === 'receipt' && toWriter.receipt.readSeq).toBe(m.seq)
+    await dOwner2.next((f) => f.type === 'receipt' && f.receipt.userId === owner.user.id)
+    await new Promise((r) => setTimeout(r, 150))
+    expect(dl.frames.some((f) => f.type === 'receipt' && f.receipt.userId === owner.user.id)).toBe(false)
+    for (const d of [dw, dl, dOwner, dOwner2]) d.close()
+  })
+})

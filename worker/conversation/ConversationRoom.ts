@@ -70,6 +70,8 @@ export class ConversationRoom extends DurableObject<Env> {
   private lastSeq = 0
   private flushing: Promise<void> | null = null
   private lastTyping = new Map<string, number>()
+  /** Each member's newest message seq: who a receipt can matter to. */
+  private lastSent = new Map<string, number>()
   /** Replaceable so load tests and benchmarks can lift the per-member limit. */
   limiter: RateLimiter
   /** Injectable clock so time boundaries are testable. */
@@ -97,6 +99,12 @@ export class ConversationRoom extends DurableObject<Env> {
         .map((m) => [m.user_id, { role: m.role, deliveredSeq: m.delivered_seq, readSeq: m.read_seq, joinedSeq: m.joined_seq }]),
     )
     this.lastSeq = this.sql.exec<{ s: number | null }>('SELECT max(seq) AS s FROM events').one().s ?? 0
+    this.lastSent = new Map(
+      this.sql
+        .exec<{ sender_id: string; s: number }>(`SELECT sender_id, max(seq) AS s FROM events WHERE type = 'message' GROUP BY sender_id`)
+        .toArray()
+        .map((r) => [r.sender_id, r.s]),
+    )
   }
 
   /** The first call for a conversation copies its membership from D1, where the Worker created it. */
@@ -200,6 +208,7 @@ export class ConversationRoom extends DurableObject<Env> {
       this.sql.exec('INSERT OR REPLACE INTO cursor_outbox (user_id, read_seq) VALUES (?, ?)', event.senderId, event.seq)
     })
     this.lastSeq = event.seq
+    if (event.type === 'message') this.lastSent.set(event.senderId, event.seq)
     if (event.type === 'member') this.loadState()
     const sender = this.members.get(event.senderId)
     if (sender) {
@@ -386,6 +395,7 @@ export class ConversationRoom extends DurableObject<Env> {
     const deliveredSeq = Math.max(m.deliveredSeq, readSeq, kind === 'delivered' ? target : 0)
     const receipt: Receipt = { userId, deliveredSeq, readSeq }
     if (readSeq === m.readSeq && deliveredSeq === m.deliveredSeq) return ok(receipt)
+    const previousRead = m.readSeq
     this.sql.exec('UPDATE members SET delivered_seq = ?, read_seq = ? WHERE user_id = ?', deliveredSeq, readSeq, userId)
     if (readSeq !== m.readSeq) {
       this.sql.exec('INSERT OR REPLACE INTO cursor_outbox (user_id, read_seq) VALUES (?, ?)', userId, readSeq)
@@ -393,7 +403,10 @@ export class ConversationRoom extends DurableObject<Env> {
     }
     m.deliveredSeq = deliveredSeq
     m.readSeq = readSeq
+    // Only people whose ticks can change hear of it (those who wrote after the old cursor), plus
+    // the reader's own other devices: in a big group most members never need this receipt.
     for (const memberId of this.members.keys()) {
+      if (memberId !== userId && (this.lastSent.get(memberId) ?? 0) <= previousRead) continue
       getUserHub(this.env, memberId)
         .notify({ type: 'receipt', conversationId, receipt })
         .catch((e: unknown) => console.warn('receipt fan-out failed', memberId, String(e)))
