@@ -108,3 +108,49 @@ describe('hostile HTTP bodies', () => {
     }
   })
 })
+
+describe('flood fairness', () => {
+  it('a flood from one member is refused with RATE_LIMITED and does not slow another member beyond twice their baseline', { timeout: 120_000 }, async ({ expect }) => {
+    const { befriend } = await import('./helpers')
+    const owner = await register()
+    const flooder = await register()
+    const bystander = await register()
+    for (const u of [flooder, bystander]) await befriend(owner, u)
+    const res = await api('/api/conversations/groups', { token: owner.accessToken, body: { title: 'flood', memberIds: [flooder.user.id, bystander.user.id] } })
+    const g = (await json<{ conversation: { id: string } }>(res)).conversation
+    const fl = await Device.connect(flooder)
+    const by = await Device.connect(bystander)
+    const median = async (n: number) => {
+      const times: number[] = []
+      for (let i = 0; i < n; i++) {
+        const t = performance.now()
+        await by.sendAndAck(textSend(g.id, `normal ${i}`))
+        times.push(performance.now() - t)
+        // Stay inside the bystander's own rate limit (10 per second).
+        await new Promise((r) => setTimeout(r, 110))
+      }
+      times.sort((a, b) => a - b)
+      return times[Math.floor(n / 2)]!
+    }
+    const baseline = await median(15)
+    const frames = 1500
+    const floodStart = performance.now()
+    for (let i = 0; i < frames; i++) fl.send(textSend(g.id, `flood ${i}`))
+    const during = await median(15)
+    let limited = 0
+    let accepted = 0
+    while (limited + accepted < frames) {
+      const r = await fl.next((m) => m.type === 'ack' || (m.type === 'error' && m.code === 'RATE_LIMITED'), 20_000)
+      if (r.type === 'ack') accepted++
+      else limited++
+    }
+    console.log(`send→ack median: baseline ${baseline.toFixed(2)} ms, during a ${frames}-frame flood ${during.toFixed(2)} ms; flood accepted ${accepted}, refused ${limited}`)
+    // The bucket: a burst of 30, then 10 a second for as long as the flood lasted.
+    const seconds = (performance.now() - floodStart) / 1000
+    expect(accepted).toBeLessThanOrEqual(30 + Math.ceil(10 * seconds) + 1)
+    expect(limited).toBe(frames - accepted)
+    expect(during).toBeLessThanOrEqual(2 * baseline)
+    fl.close()
+    by.close()
+  })
+})
