@@ -106,6 +106,11 @@ describe('the installable app', () => {
     await zh.goto(product.server.url)
     await expect.poll(() => zh.locator('.card .muted').textContent()).toBe('登录你的账户')
     expect(await zh.evaluate(() => document.documentElement.lang)).toBe('zh-CN')
+    // Errors from the server read in Chinese too.
+    await zh.getByTestId('auth-handle').fill('nobody_here')
+    await zh.getByTestId('auth-password').fill('wrong-password')
+    await zh.getByTestId('auth-submit').click()
+    await expect.poll(() => zh.getByRole('alert').textContent()).toBe('用户名或密码错误')
 
     const page = await (await product.browser.newContext({ locale: 'en-US' })).newPage()
     await registerInUi(page, product.server.url, `lang_${Date.now().toString(36)}`, 'Lang Lee')

@@ -1,5 +1,6 @@
 import type { ErrorBody, ErrorCode } from '../../worker/shared/errors'
 import type { AuthResult } from '../../worker/shared/protocol'
+import { localizeError } from './i18n.svelte'
 
 /** Every failed call surfaces as this, with the server's code and message. */
 export class ApiError extends Error {
@@ -8,7 +9,7 @@ export class ApiError extends Error {
     readonly code: ErrorCode | 'NETWORK',
     message: string,
   ) {
-    super(message)
+    super(localizeError(code, message))
   }
 }
 

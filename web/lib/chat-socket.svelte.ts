@@ -1,4 +1,5 @@
-import { PROTOCOL_VERSION, type ClientMessage, type ServerMessage } from '../../worker/shared/protocol'
+import { PROTOCOL_VERSION } from '../../worker/shared/limits'
+import type { ClientMessage, ServerMessage } from '../../worker/shared/protocol'
 import { api } from './api'
 
 export type SocketStatus = 'connecting' | 'online' | 'offline'

@@ -13,10 +13,11 @@ import type {
   SearchHit,
   ServerMessage,
 } from '../../worker/shared/protocol'
-import { TYPING_TTL_MS } from '../../worker/shared/protocol'
+import { TYPING_TTL_MS } from '../../worker/shared/limits'
 import { api } from './api'
 import { ChatCache, type OutboxItem } from './cache'
 import { ChatSocket } from './chat-socket.svelte'
+import { localizeError } from './i18n.svelte'
 
 export type SendState = 'pending' | 'failed' | 'sent' | 'delivered' | 'read'
 
@@ -451,12 +452,12 @@ export class ChatStore {
         if (!msg.ref) return
         const item = this.#outbox.find((o) => o.clientMsgId === msg.ref)
         if (!item) {
-          this.#error = msg.message
+          this.#error = localizeError(msg.code, msg.message)
           return
         }
         this.#settle(item.conversationId, item.clientMsgId)
         if (FINAL_ERRORS.has(msg.code)) {
-          this.#outbox = this.#outbox.map((o) => (o.clientMsgId === msg.ref ? { ...o, failed: msg.message } : o))
+          this.#outbox = this.#outbox.map((o) => (o.clientMsgId === msg.ref ? { ...o, failed: localizeError(msg.code, msg.message) } : o))
           void this.#cache.saveOutbox($state.snapshot(this.#outbox))
           this.#pump(item.conversationId)
         } else {

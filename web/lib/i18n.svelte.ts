@@ -304,6 +304,33 @@ class I18n {
     dictionaries[this.#locale][key].replace(/\{(\w+)\}/g, (_, k: string) => String(params[k] ?? ''))
 }
 
+const zhErrors: Record<string, string> = {
+  BAD_REQUEST: '请求无效',
+  UNAUTHORIZED: '请重新登录',
+  FORBIDDEN: '没有权限这样做',
+  NOT_FOUND: '没有找到',
+  CONFLICT: '已经存在',
+  HANDLE_TAKEN: '该用户名已被占用',
+  INVALID_CREDENTIALS: '用户名或密码错误',
+  TOKEN_REUSED: '登录已失效，请重新登录',
+  NOT_MEMBER: '你不是该会话的成员',
+  NOT_ALLOWED: '不允许此操作',
+  TOO_LATE: '已超过可操作的时间',
+  RATE_LIMITED: '发送太快，请稍后再试',
+  PAYLOAD_TOO_LARGE: '内容太大',
+  UNSUPPORTED_TYPE: '不支持的文件类型',
+  NETWORK: '网络不可用，请检查连接',
+  INTERNAL: '服务器出错，请稍后再试',
+}
+
+/** Server messages are English; in Chinese the error code picks the sentence (details kept for bad input). */
+export function localizeError(code: string, message: string): string {
+  if (i18n.locale !== 'zh-CN') return message
+  const zhText = zhErrors[code]
+  if (!zhText) return message
+  return code === 'BAD_REQUEST' ? `${zhText}（${message}）` : zhText
+}
+
 /** The app's language: from the browser at first, then whatever the user picked. */
 export const i18n = new I18n()
 export const t = i18n.t
