@@ -6,7 +6,7 @@ import type { ClientMessage, HistoryPage, MessageEvent } from '../worker/shared/
 import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
 import { RateLimiter } from '../worker/conversation/rate-limit'
 import { DELIVERY_TIMEOUT_MS, MAX_DELIVERY_RETRIES, type UserHub } from '../worker/user/UserHub'
-import { api, Device, json, openChat, register, textSend } from './helpers'
+import { api, createGroup, Device, json, openChat, register, textSend } from './helpers'
 import { drainOutbox, newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
 
 async function pair() {
@@ -333,13 +333,10 @@ describe('replies and reactions', () => {
 
 describe('receipt fan-out', () => {
   it('tells the writers whose ticks change and the reader’s own devices, not every member', async ({ expect }) => {
-    const { befriend } = await import('./helpers')
     const owner = await register()
     const writer = await register()
     const lurker = await register()
-    for (const u of [writer, lurker]) await befriend(owner, u)
-    const res = await api('/api/conversations/groups', { token: owner.accessToken, body: { title: 'receipts', memberIds: [writer.user.id, lurker.user.id] } })
-    const g = (await json<{ conversation: { id: string } }>(res)).conversation
+    const g = await createGroup(owner, [writer, lurker], 'receipts')
     const dw = await Device.connect(writer)
     const dl = await Device.connect(lurker)
     const dOwner = await Device.connect(owner)

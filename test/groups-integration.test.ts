@@ -2,15 +2,8 @@ import { env } from 'cloudflare:workers'
 import { describe, it } from 'vitest'
 import { getConversationRoom } from '../worker/durable-objects'
 import type { AuthResult, ConversationSummary, HistoryPage, MemberEvent } from '../worker/shared/protocol'
-import { api, befriend, Device, json, register, textSend } from './helpers'
+import { api, befriend, createGroup, Device, json, register, textSend } from './helpers'
 import { drainOutbox } from './push-helpers'
-
-async function createGroup(owner: AuthResult, others: AuthResult[], title = 'Book club') {
-  for (const o of others) await befriend(owner, o)
-  const res = await api('/api/conversations/groups', { token: owner.accessToken, body: { title, memberIds: others.map((o) => o.user.id) } })
-  if (res.status !== 201) throw new Error(`group: ${res.status} ${await res.text()}`)
-  return (await json<{ conversation: ConversationSummary }>(res)).conversation
-}
 
 const call = (user: AuthResult, method: string, path: string, body?: unknown) => api(path, { method, token: user.accessToken, body })
 

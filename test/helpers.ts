@@ -130,3 +130,11 @@ export class Device {
 export function textSend(conversationId: string, text: string, clientMsgId: string = crypto.randomUUID()): ClientMessage {
   return { type: 'send', conversationId, clientMsgId, body: { kind: 'text', text } }
 }
+
+/** The owner befriends everyone and creates a group with them. */
+export async function createGroup(owner: AuthResult, others: AuthResult[], title = 'Book club'): Promise<ConversationSummary> {
+  for (const o of others) await befriend(owner, o)
+  const res = await api('/api/conversations/groups', { token: owner.accessToken, body: { title, memberIds: others.map((o) => o.user.id) } })
+  if (res.status !== 201) throw new Error(`group: ${res.status} ${await res.text()}`)
+  return (await json<{ conversation: ConversationSummary }>(res)).conversation
+}

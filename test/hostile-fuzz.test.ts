@@ -4,7 +4,7 @@ import fc from 'fast-check'
 import { describe, it } from 'vitest'
 import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
 import { getConversationRoom } from '../worker/durable-objects'
-import { api, Device, json, openChat, register, textSend } from './helpers'
+import { api, createGroup, Device, json, openChat, register, textSend } from './helpers'
 
 /** Marks the live room instance, so a reset (a new instance) is noticed. */
 async function tagRoom(conversationId: string, tag?: string): Promise<string | undefined> {
@@ -111,13 +111,10 @@ describe('hostile HTTP bodies', () => {
 
 describe('flood fairness', () => {
   it('a flood from one member is refused with RATE_LIMITED and does not slow another member beyond twice their baseline', { timeout: 120_000 }, async ({ expect }) => {
-    const { befriend } = await import('./helpers')
     const owner = await register()
     const flooder = await register()
     const bystander = await register()
-    for (const u of [flooder, bystander]) await befriend(owner, u)
-    const res = await api('/api/conversations/groups', { token: owner.accessToken, body: { title: 'flood', memberIds: [flooder.user.id, bystander.user.id] } })
-    const g = (await json<{ conversation: { id: string } }>(res)).conversation
+    const g = await createGroup(owner, [flooder, bystander], 'flood')
     const fl = await Device.connect(flooder)
     const by = await Device.connect(bystander)
     const median = async (n: number) => {
