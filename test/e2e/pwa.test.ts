@@ -144,3 +144,40 @@ describe('the installable app', () => {
     expect(await seriousViolations(page)).toEqual([])
   })
 })
+
+describe('one account in two tabs', () => {
+  it('both tabs refreshing at once keep the session (a refresh token is used only once)', async ({ expect }) => {
+    const ctx = await product.browser.newContext()
+    const one = await ctx.newPage()
+    await registerInUi(one, product.server.url, `tabs_${Date.now().toString(36)}`, 'Two Tabs')
+    const two = await ctx.newPage()
+    await two.goto(product.server.url)
+    await two.getByTestId('current-user').waitFor()
+    // Each tab's next list request is refused as if its access token had expired, so both refresh together.
+    for (const page of [one, two]) {
+      let refused = false
+      await page.route('**/api/conversations', async (route) => {
+        if (!refused && route.request().method() === 'GET') {
+          refused = true
+          return route.fulfill({ status: 401, contentType: 'application/json', body: JSON.stringify({ error: { code: 'UNAUTHORIZED', message: 'expired' } }) })
+        }
+        return route.continue()
+      })
+    }
+    await Promise.all([one.reload(), two.reload()])
+    await one.waitForTimeout(1500)
+    for (const page of [one, two]) {
+      await page.getByTestId('current-user').waitFor()
+      const status = await page.evaluate(async () => {
+        const { accessToken } = JSON.parse(localStorage.getItem('echovalley.session')!) as { accessToken: string }
+        return (await fetch('/api/me', { headers: { authorization: `Bearer ${accessToken}` } })).status
+      })
+      expect(status).toBe(200)
+    }
+    const refresh = await one.evaluate(async () => {
+      const { refreshToken } = JSON.parse(localStorage.getItem('echovalley.session')!) as { refreshToken: string }
+      return (await fetch('/api/auth/refresh', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refreshToken }) })).status
+    })
+    expect(refresh).toBe(200)
+  })
+})

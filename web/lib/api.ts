@@ -15,8 +15,8 @@ export class ApiError extends Error {
 
 export interface TokenStore {
   accessToken(): string | null
-  /** Called on a 401: refresh once and return the new access token, or null when signed out. */
-  refresh(): Promise<string | null>
+  /** Called on a 401 with the refused token: refresh once and return the new access token, or null when signed out. */
+  refresh(stale: string | null): Promise<string | null>
 }
 
 let tokens: TokenStore | null = null
@@ -43,9 +43,10 @@ export async function api<T>(path: string, init: { method?: string; body?: unkno
     body: init.body === undefined ? undefined : blob ? (init.body as Blob) : JSON.stringify(init.body),
   }
   const useAuth = init.auth !== false
-  let res = await send(path, req, useAuth ? (tokens?.accessToken() ?? null) : null)
+  const token = useAuth ? (tokens?.accessToken() ?? null) : null
+  let res = await send(path, req, token)
   if (res.status === 401 && useAuth && tokens) {
-    const fresh = await tokens.refresh()
+    const fresh = await tokens.refresh(token)
     if (fresh) res = await send(path, req, fresh)
   }
   if (res.status === 204) return undefined as T

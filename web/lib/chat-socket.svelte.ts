@@ -26,6 +26,8 @@ export class ChatSocket {
   #heartbeat: ReturnType<typeof setInterval> | null = null
   #lastFrameAt = 0
   #stopped = true
+  /** Bumped by every connect, drop and stop, so an attempt that was overtaken while awaiting its ticket gives up. */
+  #generation = 0
 
   constructor(
     private readonly onMessage: (msg: ServerMessage) => void,
@@ -46,6 +48,7 @@ export class ChatSocket {
 
   stop() {
     this.#stopped = true
+    this.#generation++
     window.removeEventListener('online', this.#nudge)
     window.removeEventListener('offline', this.#drop)
     if (this.#timer) clearTimeout(this.#timer)
@@ -63,6 +66,7 @@ export class ChatSocket {
   /** The browser says the network is gone: stop pretending; writes wait in the outbox. */
   #drop = () => {
     if (this.#stopped) return
+    this.#generation++
     if (this.#timer) clearTimeout(this.#timer)
     this.#teardown()
     this.#status = 'offline'
@@ -78,14 +82,17 @@ export class ChatSocket {
 
   async #connect() {
     if (this.#stopped) return
+    const generation = ++this.#generation
     this.#status = 'connecting'
     let ticket: string
     try {
       ticket = (await api<{ ticket: string }>('/api/ws/ticket', { method: 'POST' })).ticket
     } catch {
-      return this.#retry()
+      if (generation === this.#generation) this.#retry()
+      return
     }
-    if (this.#stopped) return
+    if (this.#stopped || generation !== this.#generation) return
+    this.#teardown()
     const url = new URL('/api/ws', location.href)
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
     url.searchParams.set('ticket', ticket)
@@ -141,6 +148,7 @@ export class ChatSocket {
   #retry() {
     if (this.#stopped) return
     this.#status = 'offline'
+    if (this.#timer) clearTimeout(this.#timer)
     const delay = backoffDelay(this.#attempt++)
     this.#timer = setTimeout(() => void this.#connect(), delay)
   }

@@ -17,7 +17,7 @@ import { TYPING_TTL_MS } from '../../worker/shared/limits'
 import { api } from './api'
 import { ChatCache, type OutboxItem } from './cache'
 import { ChatSocket } from './chat-socket.svelte'
-import { localizeError } from './i18n.svelte'
+import { localizeError, t } from './i18n.svelte'
 
 export type SendState = 'pending' | 'failed' | 'sent' | 'delivered' | 'read'
 
@@ -72,6 +72,7 @@ export class ChatStore {
   #socket: ChatSocket
   #activeId = $state<string | null>(null)
   #unreadAtOpen = new SvelteMap<string, number>()
+  #olderLoads = new Map<string, Promise<void>>()
   #error = $state<string | null>(null)
 
   constructor(
@@ -212,12 +213,26 @@ export class ChatStore {
     }
   }
 
-  async loadOlder(id: string) {
+  /** Loads the page before the oldest held event; the scroll trigger and the button share one load. */
+  loadOlder(id: string): Promise<void> {
+    let load = this.#olderLoads.get(id)
+    if (!load) {
+      load = this.#fetchOlder(id).finally(() => this.#olderLoads.delete(id))
+      this.#olderLoads.set(id, load)
+    }
+    return load
+  }
+
+  async #fetchOlder(id: string) {
     const s = this.#state(id)
     if (!s.hasOlder || s.base <= 1) return
-    const page = await api<HistoryPage>(`/api/conversations/${id}/messages?limit=${HISTORY_PAGE}&before=${s.base}`)
-    this.#ingest(id, page.events, false)
-    s.hasOlder = page.nextBefore !== null
+    try {
+      const page = await api<HistoryPage>(`/api/conversations/${id}/messages?limit=${HISTORY_PAGE}&before=${s.base}`)
+      this.#ingest(id, page.events, false)
+      s.hasOlder = page.nextBefore !== null
+    } catch {
+      // Offline: the button stays for another try.
+    }
   }
 
   /** Events in seq order plus the outbox, as the chat view shows them. */
@@ -475,7 +490,7 @@ export class ChatStore {
     const c = this.conversation(e.conversationId)
     if (!c) return
     const unread = e.senderId !== this.userId && e.conversationId !== this.#activeId ? c.unread + 1 : c.unread
-    const text = e.body?.kind === 'text' ? e.body.text : 'Message recalled'
+    const text = e.body?.kind === 'text' ? e.body.text : t('msg.recalled')
     const updated = { ...c, unread, lastSeq: e.seq, lastActivityAt: e.serverTs, preview: { senderId: e.senderId, text, serverTs: e.serverTs } }
     this.#conversations = [updated, ...this.#conversations.filter((x) => x.id !== c.id)]
   }

@@ -17,19 +17,33 @@ function deviceName(): string {
   return `${browser}${os ? ` on ${os}` : ''}`
 }
 
+function readStored(): Stored | null {
+  try {
+    const raw = localStorage.getItem(STORAGE_KEY)
+    return raw ? (JSON.parse(raw) as Stored) : null
+  } catch {
+    return null
+  }
+}
+
+/** Tabs take turns refreshing (Web Locks), so no tab presents a token another tab just used. */
+async function withRefreshLock(fn: () => Promise<string | null>): Promise<string | null> {
+  if (typeof navigator === 'undefined' || !navigator.locks) return fn()
+  return navigator.locks.request('echovalley.refresh', fn)
+}
+
 /** The signed-in user and their tokens, kept in localStorage so a reload stays signed in. */
 export class Session {
   #stored = $state<Stored | null>(null)
   #refreshing: Promise<string | null> | null = null
 
   constructor() {
-    try {
-      const raw = localStorage.getItem(STORAGE_KEY)
-      this.#stored = raw ? (JSON.parse(raw) as Stored) : null
-    } catch {
-      this.#stored = null
-    }
-    useTokens({ accessToken: () => this.#stored?.accessToken ?? null, refresh: () => this.refresh() })
+    this.#stored = readStored()
+    useTokens({ accessToken: () => this.#stored?.accessToken ?? null, refresh: (stale) => this.refresh(stale) })
+    // Tabs share one session: follow another tab's refresh, sign-in and sign-out.
+    window.addEventListener('storage', (e) => {
+      if (e.key === STORAGE_KEY || e.key === null) this.#stored = readStored()
+    })
   }
 
   get user() {
@@ -55,23 +69,29 @@ export class Session {
     this.#save(await authApi.login({ handle, password, deviceName: deviceName() }))
   }
 
-  /** One refresh at a time: concurrent 401s share it, since a refresh token works only once. */
-  refresh(): Promise<string | null> {
-    this.#refreshing ??= (async () => {
-      const token = this.#stored?.refreshToken
-      if (!token) return null
+  /**
+   * One refresh at a time, across tabs too: a refresh token works only once, and presenting a
+   * used one revokes the session. `stale` is the access token that was refused; if another call
+   * or tab has replaced it meanwhile, the replacement is the answer.
+   */
+  refresh(stale?: string | null): Promise<string | null> {
+    this.#refreshing ??= withRefreshLock(async () => {
+      const latest = readStored() ?? this.#stored
+      if (latest?.accessToken !== this.#stored?.accessToken) this.#stored = latest
+      if (!latest) return null
+      if (stale !== undefined && latest.accessToken !== stale) return latest.accessToken
       try {
-        const result = await authApi.refresh(token)
+        const result = await authApi.refresh(latest.refreshToken)
         this.#save(result)
         return result.accessToken
       } catch (e) {
-        // Offline is not signed out; a rejected token is.
-        if (e instanceof ApiError && e.status === 401) this.#save(null)
+        // Offline or overloaded is not signed out; a refused token is.
+        if (e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429) this.#save(null)
         return null
-      } finally {
-        this.#refreshing = null
       }
-    })()
+    }).finally(() => {
+      this.#refreshing = null
+    })
     return this.#refreshing
   }
 
