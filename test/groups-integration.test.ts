@@ -128,7 +128,16 @@ describe('authorisation matrix', () => {
     await call(owner, 'DELETE', `/api/conversations/${g.id}/members/${removed.user.id}`)
     const od = await Device.connect(owner)
     const target = await od.sendAndAck(textSend(g.id, 'a message to recall'))
+    const findable = await od.sendAndAck(textSend(g.id, 'zebracrossing'))
     await drainOutbox(g.id)
+    // People the owner and the admin may add, one per attempt.
+    const newcomers = await Promise.all(Array.from({ length: 5 }, () => register()))
+    for (const n of newcomers) {
+      await befriend(owner, n)
+      await befriend(admin, n)
+      await befriend(member, n)
+    }
+    let newcomer = 0
 
     const people = { owner, admin, member, removed, outsider } as const
     type Who = keyof typeof people
@@ -136,7 +145,7 @@ describe('authorisation matrix', () => {
       const d = await Device.connect(people[who])
       const msg = build() as { clientMsgId?: string; type: string }
       d.send(msg as never)
-      const reply = await d.next((m) => m.type === 'error' || m.type === 'ack' || m.type === 'events', 3000).catch(() => null)
+      const reply = await d.next((m) => m.type === 'error' || m.type === 'ack' || m.type === 'events' || m.type === 'receipt', 1500).catch(() => null)
       d.close()
       if (!reply) return 'silent'
       return reply.type === 'error' ? reply.code : 'ok'
@@ -151,6 +160,13 @@ describe('authorisation matrix', () => {
       'frame send': (w) => frame(w, () => textSend(g.id, `hi from ${w}`)),
       'frame sync': (w) => frame(w, () => ({ type: 'sync', conversationId: g.id, afterSeq: 0 })),
       'frame recall other': (w) => frame(w, () => ({ type: 'recall', conversationId: g.id, clientMsgId: crypto.randomUUID(), targetSeq: target.seq })),
+      'frame read': (w) => frame(w, () => ({ type: 'read', conversationId: g.id, seq: findable.seq })),
+      'frame typing': (w) => frame(w, () => ({ type: 'typing', conversationId: g.id })),
+      'frame react': (w) => frame(w, () => ({ type: 'react', conversationId: g.id, clientMsgId: crypto.randomUUID(), targetSeq: findable.seq, emoji: '👍', on: true })),
+      'POST add member': async (w) => (await call(people[w], 'POST', `/api/conversations/${g.id}/members`, { userIds: [newcomers[newcomer++]!.user.id] })).status,
+      'GET search hits': async (w) =>
+        (await json<{ hits: unknown[] }>(await call(people[w], 'GET', `/api/search?q=zebracrossing&conversationId=${g.id}`))).hits.length,
+      'POST transfer': async (w) => (await call(people[w], 'POST', `/api/conversations/${g.id}/transfer`, { userId: member.user.id })).status,
     }
     const expected: Record<string, Record<Who, number | string>> = {
       'GET history': { owner: 200, admin: 200, member: 200, removed: 404, outsider: 404 },
@@ -162,6 +178,15 @@ describe('authorisation matrix', () => {
       'frame sync': { owner: 'ok', admin: 'ok', member: 'ok', removed: 'NOT_MEMBER', outsider: 'NOT_MEMBER' },
       // Recall runs last per row: the member and the others fail first, then an admin succeeds.
       'frame recall other': { member: 'NOT_ALLOWED', removed: 'NOT_MEMBER', outsider: 'NOT_MEMBER', admin: 'ok', owner: 'NOT_ALLOWED' },
+      // Members have read past it already by writing, so the cursor stays and nothing is said.
+      'frame read': { owner: 'silent', admin: 'silent', member: 'silent', removed: 'NOT_MEMBER', outsider: 'NOT_MEMBER' },
+      // Typing is relayed to the others and answers nobody; only a refusal comes back.
+      'frame typing': { owner: 'silent', admin: 'silent', member: 'silent', removed: 'NOT_MEMBER', outsider: 'NOT_MEMBER' },
+      'frame react': { owner: 'ok', admin: 'ok', member: 'ok', removed: 'NOT_MEMBER', outsider: 'NOT_MEMBER' },
+      'POST add member': { owner: 201, admin: 201, member: 403, removed: 404, outsider: 404 },
+      'GET search hits': { owner: 1, admin: 1, member: 1, removed: 0, outsider: 0 },
+      // Transfer runs last: everyone else is refused before the owner hands over.
+      'POST transfer': { admin: 403, member: 403, removed: 404, outsider: 404, owner: 200 },
     }
     const actual: Record<string, Record<string, number | string>> = {}
     for (const [row, run] of Object.entries(rows)) {
