@@ -69,7 +69,7 @@ describe('the installable app', () => {
     await expect.poll(() => a.locator('[data-testid="message"][data-state="pending"]').count()).toBe(3)
 
     await aCtx.setOffline(false)
-    await expect.poll(() => a.locator('[data-testid="message"][data-state="pending"]').count(), { timeout: 20_000 }).toBe(0)
+    await expect.poll(() => a.locator('[data-testid="message"]:is([data-state="pending"], [data-state="saving"])').count(), { timeout: 20_000 }).toBe(0)
     await b.getByTestId('conversation-item').first().click()
     await b.getByTestId('message').filter({ hasText: 'third while offline' }).waitFor()
     const seen = (await b.getByTestId('message-text').allTextContents()).map((x) => x.trim())
@@ -167,7 +167,10 @@ describe('one account in two tabs', () => {
     await Promise.all([one.reload(), two.reload()])
     await one.waitForTimeout(1500)
     for (const page of [one, two]) {
-      await page.getByTestId('current-user').waitFor()
+      // On failure, say what the tab shows instead (signed out, or stuck loading).
+      await page.getByTestId('current-user').waitFor({ timeout: 15_000 }).catch(async (e: Error) => {
+        throw new Error(`${e.message}\ntab shows: ${await page.evaluate(() => document.body.innerText.slice(0, 300))}`)
+      })
       const status = await page.evaluate(async () => {
         const { accessToken } = JSON.parse(localStorage.getItem('echovalley.session')!) as { accessToken: string }
         return (await fetch('/api/me', { headers: { authorization: `Bearer ${accessToken}` } })).status

@@ -1,4 +1,4 @@
-import { SvelteMap } from 'svelte/reactivity'
+import { SvelteMap, SvelteSet } from 'svelte/reactivity'
 import type {
   ClientMessage,
   ConversationEvent,
@@ -19,7 +19,8 @@ import { ChatCache, type OutboxItem } from './cache'
 import { ChatSocket } from './chat-socket.svelte'
 import { localizeError, t } from './i18n.svelte'
 
-export type SendState = 'pending' | 'failed' | 'sent' | 'delivered' | 'read'
+/** `saving`: shown at once, not yet committed to IndexedDB; `pending`: safe on the device, not yet acked. */
+export type SendState = 'saving' | 'pending' | 'failed' | 'sent' | 'delivered' | 'read'
 
 /** What the chat view renders: a message as it stands now, or one still in the outbox. */
 export interface DisplayMessage {
@@ -65,6 +66,9 @@ class ConversationState {
 export class ChatStore {
   #conversations = $state<ConversationSummary[]>([])
   #outbox = $state<OutboxItem[]>([])
+  /** Outbox items whose IndexedDB write has not committed yet: a reload now would lose them. */
+  #unsaved = new SvelteSet<string>()
+  #saving: Promise<void> = Promise.resolve()
   #byId = new SvelteMap<string, ConversationState>()
   #inFlight = new Map<string, { clientMsgId: string; timer: ReturnType<typeof setTimeout> }>()
   #deliveredTimers = new Map<string, ReturnType<typeof setTimeout>>()
@@ -268,7 +272,7 @@ export class ChatStore {
         senderId: this.userId,
         body: item.body,
         serverTs: item.createdAt,
-        state: item.failed ? 'failed' : 'pending',
+        state: item.failed ? 'failed' : this.#unsaved.has(item.clientMsgId) ? 'saving' : 'pending',
         readBy: 0,
         failed: item.failed,
       })
@@ -334,7 +338,8 @@ export class ChatStore {
     const body: MessageBody = replyTo ? { kind: 'text', text, replyTo: { seq: replyTo } } : { kind: 'text', text }
     const item: OutboxItem = { conversationId, clientMsgId: crypto.randomUUID(), body, createdAt: Date.now() }
     this.#outbox = [...this.#outbox, item]
-    void this.#cache.saveOutbox($state.snapshot(this.#outbox))
+    this.#unsaved.add(item.clientMsgId)
+    this.#saveOutbox()
     this.#pump(conversationId)
   }
 
@@ -342,13 +347,13 @@ export class ChatStore {
     const item = this.#outbox.find((o) => o.clientMsgId === clientMsgId)
     if (!item) return
     this.#outbox = this.#outbox.map((o) => (o.clientMsgId === clientMsgId ? { ...o, failed: undefined } : o))
-    void this.#cache.saveOutbox($state.snapshot(this.#outbox))
+    this.#saveOutbox()
     this.#pump(item.conversationId)
   }
 
   discard(clientMsgId: string) {
     this.#outbox = this.#outbox.filter((o) => o.clientMsgId !== clientMsgId)
-    void this.#cache.saveOutbox($state.snapshot(this.#outbox))
+    this.#saveOutbox()
   }
 
   edit(conversationId: string, targetSeq: number, text: string) {
@@ -373,6 +378,24 @@ export class ChatStore {
 
   typing(conversationId: string) {
     this.#socket.send({ type: 'typing', conversationId })
+  }
+
+  /**
+   * Writes the outbox as it stands once the previous write has committed, so writes land in order
+   * and a slow one never overwrites a newer list; items count as saved only after the commit.
+   */
+  #saveOutbox() {
+    this.#saving = this.#saving.then(async () => {
+      const items = $state.snapshot(this.#outbox) as OutboxItem[]
+      try {
+        await this.#cache.saveOutbox(items)
+        const saved = new Set(items.map((i) => i.clientMsgId))
+        const current = new Set(this.#outbox.map((o) => o.clientMsgId))
+        for (const id of [...this.#unsaved]) if (saved.has(id) || !current.has(id)) this.#unsaved.delete(id)
+      } catch (e) {
+        console.warn('outbox not saved', e)
+      }
+    })
   }
 
   /** Sends the oldest unsent write of a conversation, if none is in flight. */
@@ -421,7 +444,7 @@ export class ChatStore {
         if (item) {
           const event: MessageEvent = { type: 'message', conversationId: msg.conversationId, seq: msg.seq, senderId: this.userId, clientMsgId: msg.clientMsgId, serverTs: msg.serverTs, body: item.body }
           this.#outbox = this.#outbox.filter((o) => o.clientMsgId !== msg.clientMsgId)
-          void this.#cache.saveOutbox($state.snapshot(this.#outbox))
+          this.#saveOutbox()
           const fresh = !this.#state(msg.conversationId).events.has(msg.seq)
           this.#ingest(msg.conversationId, [event], true)
           if (fresh) this.#bump(event)
@@ -473,7 +496,7 @@ export class ChatStore {
         this.#settle(item.conversationId, item.clientMsgId)
         if (FINAL_ERRORS.has(msg.code)) {
           this.#outbox = this.#outbox.map((o) => (o.clientMsgId === msg.ref ? { ...o, failed: localizeError(msg.code, msg.message) } : o))
-          void this.#cache.saveOutbox($state.snapshot(this.#outbox))
+          this.#saveOutbox()
           this.#pump(item.conversationId)
         } else {
           setTimeout(() => this.#pump(item.conversationId), RATE_LIMIT_BACKOFF_MS)

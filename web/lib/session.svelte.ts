@@ -1,4 +1,5 @@
 import type { AuthResult, PublicUser } from '../../worker/shared/protocol'
+import { createStore, del, get, set } from 'idb-keyval'
 import { ApiError, authApi, useTokens } from './api'
 
 const STORAGE_KEY = 'echovalley.session'
@@ -23,6 +24,31 @@ function readStored(): Stored | null {
     return raw ? (JSON.parse(raw) as Stored) : null
   } catch {
     return null
+  }
+}
+
+/**
+ * Chromium propagates localStorage between tab processes asynchronously, so a tab that takes the
+ * refresh lock right after another may still read the spent refresh token there. IndexedDB is
+ * consistent across tabs, so the refresh path reads and writes the tokens there.
+ */
+const tokenStore = typeof indexedDB === 'undefined' ? null : createStore('echovalley-session', 'kv')
+
+async function readShared(): Promise<Stored | null> {
+  if (!tokenStore) return readStored()
+  try {
+    return (await get<Stored>(STORAGE_KEY, tokenStore)) ?? readStored()
+  } catch {
+    return readStored()
+  }
+}
+
+async function writeShared(value: Stored | null) {
+  if (!tokenStore) return
+  try {
+    await (value ? set(STORAGE_KEY, value, tokenStore) : del(STORAGE_KEY, tokenStore))
+  } catch {
+    // localStorage still holds it; only the cross-tab race is less well guarded.
   }
 }
 
@@ -53,20 +79,22 @@ export class Session {
     return this.#stored?.sessionId ?? null
   }
 
-  #save(result: AuthResult | null) {
+  /** Resolves once the tokens are where the next tab to refresh will look. */
+  #save(result: AuthResult | null): Promise<void> {
     this.#stored = result
       ? { user: result.user, sessionId: result.sessionId, accessToken: result.accessToken, refreshToken: result.refreshToken }
       : null
     if (this.#stored) localStorage.setItem(STORAGE_KEY, JSON.stringify(this.#stored))
     else localStorage.removeItem(STORAGE_KEY)
+    return writeShared($state.snapshot(this.#stored) as Stored | null)
   }
 
   async register(handle: string, password: string, displayName: string) {
-    this.#save(await authApi.register({ handle, password, displayName, deviceName: deviceName() }))
+    await this.#save(await authApi.register({ handle, password, displayName, deviceName: deviceName() }))
   }
 
   async login(handle: string, password: string) {
-    this.#save(await authApi.login({ handle, password, deviceName: deviceName() }))
+    await this.#save(await authApi.login({ handle, password, deviceName: deviceName() }))
   }
 
   /**
@@ -76,17 +104,17 @@ export class Session {
    */
   refresh(stale?: string | null): Promise<string | null> {
     this.#refreshing ??= withRefreshLock(async () => {
-      const latest = readStored() ?? this.#stored
+      const latest = (await readShared()) ?? this.#stored
       if (latest?.accessToken !== this.#stored?.accessToken) this.#stored = latest
       if (!latest) return null
       if (stale !== undefined && latest.accessToken !== stale) return latest.accessToken
       try {
         const result = await authApi.refresh(latest.refreshToken)
-        this.#save(result)
+        await this.#save(result)
         return result.accessToken
       } catch (e) {
         // Offline or overloaded is not signed out; a refused token is.
-        if (e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429) this.#save(null)
+        if (e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429) await this.#save(null)
         return null
       }
     }).finally(() => {
@@ -101,6 +129,6 @@ export class Session {
     } catch {
       // Signing out locally still counts when the server is unreachable.
     }
-    this.#save(null)
+    await this.#save(null)
   }
 }
