@@ -189,3 +189,29 @@ export const blocks = sqliteTable(
   },
   (t) => [primaryKey({ columns: [t.blockerId, t.blockedId] }), index('blocks_blocked_idx').on(t.blockedId)],
 )
+
+/**
+ * A finished upload. Fields other than the client's file name come from the server's reading of
+ * the bytes. It belongs to its uploader until a message claims it for one conversation; from
+ * then on members of that conversation may download it.
+ */
+export const media = sqliteTable(
+  'media',
+  {
+    id: text('id').primaryKey(),
+    ownerId: text('owner_id').notNull().references(() => users.id),
+    kind: text('kind', { enum: ['voice', 'image', 'file'] }).notNull(),
+    mime: text('mime').notNull(),
+    size: integer('size').notNull(),
+    name: text('name'),
+    durationMs: integer('duration_ms'),
+    width: integer('width'),
+    height: integer('height'),
+    conversationId: text('conversation_id').references(() => conversations.id),
+    /** 'ready' until a recall purges the blob ('deleted'). */
+    status: text('status', { enum: ['ready', 'deleted'] }).notNull().default('ready'),
+    transcript: text('transcript'),
+    createdAt: integer('created_at').notNull().default(now),
+  },
+  (t) => [index('media_owner_idx').on(t.ownerId), index('media_conversation_idx').on(t.conversationId)],
+)

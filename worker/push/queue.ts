@@ -1,7 +1,7 @@
 import { getConversationRoom } from '../durable-objects'
 import type { Env } from '../env'
 import { QueueMessage, type PushJob } from '../shared/jobs'
-import type { PushPayload } from '../shared/protocol'
+import { previewOf, type PushPayload } from '../shared/protocol'
 import { sendWebPush } from './web-push'
 
 export const PUSH_QUEUE = 'echovalley-push'
@@ -20,7 +20,7 @@ export function retryDelaySeconds(env: Env, attempts: number): number {
   return Math.min(60, base * 2 ** Math.max(0, attempts - 1))
 }
 
-function previewOf(job: PushJob, sender: string | null, text: string | null, previews: boolean): PushPayload {
+function pushPayload(job: PushJob, sender: string | null, text: string | null, previews: boolean): PushPayload {
   const base = { conversationId: job.conversationId, seq: job.seq }
   if (!previews || !sender) return { ...base, title: 'echovalley', body: 'New message' }
   return { ...base, title: sender, body: text ? text.slice(0, PREVIEW_CHARS) : 'New message' }
@@ -43,8 +43,8 @@ async function deliverPush(env: Env, job: PushJob): Promise<boolean> {
   const users = people!.results as { id: string; display_name: string; push_previews: number }[]
   const recipient = users.find((u) => u.id === job.userId)
   const sender = users.find((u) => u.id === event.senderId)?.display_name ?? null
-  const text = event.body.kind === 'text' ? event.body.text : null
-  const payload = previewOf(job, sender, text, !!recipient?.push_previews)
+  const text = previewOf(event.body, false)
+  const payload = pushPayload(job, sender, text, !!recipient?.push_previews)
 
   let allDone = true
   for (const sub of subscriptions) {

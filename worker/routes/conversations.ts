@@ -24,6 +24,7 @@ import {
   type HistoryPage,
   type MessageBody,
   type Role,
+  previewOf,
 } from '../shared/protocol'
 import { areFriends, blockedEitherWay } from '../social/policy'
 import { directKey } from './blocks'
@@ -39,11 +40,7 @@ interface ListRow {
 }
 
 export function previewText(body: MessageBody | null, recalled: boolean): string {
-  if (recalled || !body) return 'Message recalled'
-  switch (body.kind) {
-    case 'text':
-      return body.text.slice(0, 120)
-  }
+  return previewOf(body, recalled)
 }
 
 /** The viewer's conversations with members, unread counts and a preview, newest activity first. */

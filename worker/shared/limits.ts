@@ -13,3 +13,38 @@ export const RECALL_WINDOW_MS = 120_000
 export const TYPING_TTL_MS = 6_000
 /** The sender may edit a text message this long after sending it. */
 export const EDIT_WINDOW_MS = 48 * 3600 * 1000
+
+/** Bars in a voice note's waveform. */
+export const MAX_WAVEFORM_BARS = 100
+export const MAX_CAPTION_LENGTH = 1000
+
+/** What each kind of upload may be; the type is sniffed from the bytes, never taken from the client. */
+export const UPLOAD_LIMITS = {
+  voice: { maxBytes: 16 * 1024 * 1024, maxDurationMs: 15 * 60 * 1000 },
+  image: { maxBytes: 20 * 1024 * 1024, maxPixels: 50_000_000 },
+  file: { maxBytes: 100 * 1024 * 1024 },
+} as const
+export type UploadKind = keyof typeof UPLOAD_LIMITS
+/** Largest body of one tus PATCH; clients send files in chunks of at most this. */
+export const MAX_UPLOAD_CHUNK = 8 * 1024 * 1024
+/** R2 multipart parts must be at least 5 MiB, except the last. */
+export const R2_MIN_PART = 5 * 1024 * 1024
+/** An upload not finished within this long is deleted with everything staged for it. */
+export const UPLOAD_TTL_MS = 24 * 3600 * 1000
+
+/** One line for lists and notifications. */
+export function previewOf(body: { kind: string; text?: string; name?: string; caption?: string; durationMs?: number } | null, recalled: boolean): string {
+  if (recalled || !body) return 'Message recalled'
+  switch (body.kind) {
+    case 'text':
+      return (body.text ?? '').slice(0, 120)
+    case 'voice':
+      return `🎤 Voice message${body.durationMs ? ` (${Math.round(body.durationMs / 1000)} s)` : ''}`
+    case 'image':
+      return body.caption ? `📷 ${body.caption.slice(0, 100)}` : '📷 Photo'
+    case 'file':
+      return `📎 ${(body.name ?? 'File').slice(0, 100)}`
+    default:
+      return 'Message'
+  }
+}

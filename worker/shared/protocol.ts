@@ -1,6 +1,6 @@
 import { z } from 'zod'
 import type { ErrorCode } from './errors'
-import { MAX_TEXT_LENGTH, SYNC_PAGE_LIMIT } from './limits'
+import { MAX_CAPTION_LENGTH, MAX_TEXT_LENGTH, MAX_WAVEFORM_BARS, SYNC_PAGE_LIMIT } from './limits'
 
 export * from './limits'
 
@@ -17,9 +17,53 @@ export const TextBody = z.object({
     .max(MAX_TEXT_LENGTH, `at most ${MAX_TEXT_LENGTH} characters`)
     .refine((s) => s.trim().length > 0, 'message is empty'),
 })
-/** What a message carries; media kinds join this union later. */
-export const MessageBody = z.discriminatedUnion('kind', [TextBody])
+/*
+ * Media bodies point at an upload by id. The client names the upload and adds what only it knows
+ * (waveform, file name, caption); the room fills mime, size, duration and pixel size from the
+ * server's own reading of the bytes, so those fields are never taken from the sender.
+ */
+const ServerFilled = {
+  mime: z.string().max(100).optional(),
+  size: z.number().int().nonnegative().optional(),
+}
+export const VoiceBody = z.object({
+  kind: z.literal('voice'),
+  mediaId: Id,
+  ...ServerFilled,
+  durationMs: z.number().int().nonnegative().optional(),
+  /** Loudness bars for the player, 0–255 each; drawn, never trusted for anything else. */
+  waveform: z.array(z.number().int().min(0).max(255)).max(MAX_WAVEFORM_BARS).default([]),
+})
+export const ImageBody = z.object({
+  kind: z.literal('image'),
+  mediaId: Id,
+  /** A small version for the chat list, uploaded separately. */
+  thumbId: Id.optional(),
+  ...ServerFilled,
+  width: z.number().int().positive().optional(),
+  height: z.number().int().positive().optional(),
+  caption: z.string().max(MAX_CAPTION_LENGTH).optional(),
+})
+export const FileBody = z.object({
+  kind: z.literal('file'),
+  mediaId: Id,
+  ...ServerFilled,
+  name: z
+    .string()
+    .min(1)
+    .max(255)
+    .refine((n) => !/[\u0000-\u001f/\\]/.test(n), 'file name has control characters or slashes'),
+})
+/** What a message carries. */
+export const MessageBody = z.discriminatedUnion('kind', [TextBody, VoiceBody, ImageBody, FileBody])
 export type MessageBody = z.infer<typeof MessageBody>
+export type MediaBody = Exclude<MessageBody, { kind: 'text' }>
+
+/** Every upload a body refers to. */
+export function mediaIdsOf(body: MessageBody | null): string[] {
+  if (!body || body.kind === 'text') return []
+  return body.kind === 'image' && body.thumbId ? [body.mediaId, body.thumbId] : [body.mediaId]
+}
 
 /** Frames a device sends over its socket. */
 export const ClientMessage = z.discriminatedUnion('type', [
