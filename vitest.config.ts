@@ -2,12 +2,18 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { cloudflareTest, readD1Migrations } from '@cloudflare/vitest-pool-workers'
 import { defineConfig } from 'vitest/config'
-import { createPushService, generateVapidKeys } from './test/support/push-service'
+import { createPushService, generateVapidKeys } from './test/support/push-service.ts'
+import { makeVoiceFixtures } from './test/support/voice-fixtures.ts'
+import { startTranscriber } from './scripts/transcriber.ts'
 
 // wrangler.toml names dist/ as the assets folder; worker tests need it to exist, not to be built.
 fs.mkdirSync(path.join(import.meta.dirname, 'dist'), { recursive: true })
 const vapid = generateVapidKeys()
 const migrations = await readD1Migrations(path.join(import.meta.dirname, 'migrations'))
+const pushService = createPushService(vapid.publicKey)
+// The real recogniser on loopback; it stops by itself when idle.
+const transcriber = await startTranscriber()
+const voice = makeVoiceFixtures()
 
 export default defineConfig({
   test: {
@@ -23,9 +29,14 @@ export default defineConfig({
                 VAPID_PUBLIC_KEY: vapid.publicKey,
                 VAPID_PRIVATE_KEY: vapid.privateKey,
                 PUSH_RETRY_BASE_S: '0',
+                TRANSCRIBER_URL: transcriber.url,
+                TEST_VOICE: JSON.stringify(voice),
               },
-              // Outbound fetches (Web Push) reach a push service in Node instead of the internet.
-              outboundService: createPushService(vapid.publicKey),
+              // Outbound fetches reach the transcriber on loopback or a push service in Node, never the internet.
+              outboundService: async (request: Request) =>
+                request.url.startsWith(transcriber.url)
+                  ? fetch(request.url, { method: request.method, headers: request.headers, body: await request.arrayBuffer() })
+                  : pushService(request),
             },
           }),
         ],

@@ -9,7 +9,7 @@ export function uniqueHandle(prefix = 'user'): string {
 }
 
 export async function api(path: string, init: { method?: string; body?: unknown; token?: string; headers?: Record<string, string> } = {}) {
-  const raw = init.body instanceof Uint8Array || typeof init.body === 'string'
+  const raw = init.body instanceof Uint8Array || init.body instanceof ReadableStream || typeof init.body === 'string'
   const headers: Record<string, string> = { ...init.headers }
   if (init.body !== undefined) headers['content-type'] ??= 'application/json'
   if (init.token) headers.authorization = `Bearer ${init.token}`

@@ -8,7 +8,9 @@ import { conversationRoutes } from './routes/conversations'
 import { blockRoutes } from './routes/blocks'
 import { friendRoutes } from './routes/friends'
 import { pushRoutes } from './routes/push'
+import { mediaRoutes } from './routes/media'
 import { searchRoutes } from './routes/search'
+import { uploadRoutes } from './routes/uploads'
 import { profileRoutes, userRoutes } from './routes/users'
 import { wsRoutes } from './routes/ws'
 import { ErrorCode } from './shared/errors'
@@ -19,7 +21,12 @@ export const app = new Hono<AppEnv>()
   .basePath('/api')
   // A 101 response's headers are immutable, so upgrades skip the header middleware.
   .use((c, next) => (c.req.header('upgrade') ? next() : secureHeaders()(c, next)))
-  .use(bodyLimit({ maxSize: MAX_JSON_BODY, onError: () => fail(413, ErrorCode.PAYLOAD_TOO_LARGE, `request bodies are limited to ${MAX_JSON_BODY} bytes`) }))
+  // Upload chunks have their own, larger limit (routes/uploads.ts).
+  .use((c, next) =>
+    c.req.path.startsWith('/api/uploads')
+      ? next()
+      : bodyLimit({ maxSize: MAX_JSON_BODY, onError: () => fail(413, ErrorCode.PAYLOAD_TOO_LARGE, `request bodies are limited to ${MAX_JSON_BODY} bytes`) })(c, next),
+  )
   .get('/health', (c) => c.json({ ok: true }))
   .route('/auth', authRoutes)
   .route('/me', meRoutes)
@@ -31,6 +38,8 @@ export const app = new Hono<AppEnv>()
   .route('/ws', wsRoutes)
   .route('/conversations', conversationRoutes)
   .route('/push', pushRoutes)
+  .route('/uploads', uploadRoutes)
+  .route('/media', mediaRoutes)
 
 app.notFound((c) => c.json(errorBody(ErrorCode.NOT_FOUND, 'no such endpoint'), 404))
 app.onError(renderError)

@@ -7,3 +7,7 @@ export function getConversationRoom(env: Env, conversationId: string) {
 export function getUserHub(env: Env, userId: string) {
   return env.USER.get(env.USER.idFromName(userId))
 }
+
+export function getUploadSession(env: Env, uploadId: string) {
+  return env.UPLOAD.get(env.UPLOAD.idFromName(uploadId))
+}

@@ -1,5 +1,6 @@
 import type { ConversationRoom } from './conversation/ConversationRoom'
 import type { QueueMessage } from './shared/jobs'
+import type { UploadSession } from './media/UploadSession'
 import type { UserHub } from './user/UserHub'
 
 export interface Env {
@@ -9,6 +10,11 @@ export interface Env {
   USER: DurableObjectNamespace<UserHub>
   PUSH_QUEUE: Queue<QueueMessage>
   MEDIA: R2Bucket
+  UPLOAD: DurableObjectNamespace<UploadSession>
+  /** Workers AI, for speech to text in production (optional). */
+  AI?: Ai
+  /** Local transcriber service (scripts/transcriber.ts) when there is no AI binding. */
+  TRANSCRIBER_URL?: string
   JWT_SECRET: string
   JWT_ISSUER: string
   JWT_AUDIENCE: string

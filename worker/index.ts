@@ -4,6 +4,7 @@ import { handleQueue } from './push/queue'
 
 export { ConversationRoom } from './conversation/ConversationRoom'
 export { UserHub } from './user/UserHub'
+export { UploadSession } from './media/UploadSession'
 
 export default {
   fetch: app.fetch,

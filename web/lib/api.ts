@@ -35,6 +35,23 @@ async function send(path: string, init: RequestInit, token: string | null): Prom
   }
 }
 
+/** A raw request with the access token (uploads, media); a 401 refreshes once and retries. */
+export async function authedFetch(path: string, init: RequestInit): Promise<Response> {
+  const token = tokens?.accessToken() ?? null
+  let res = await send(path, init, token)
+  if (res.status === 401 && tokens) {
+    const fresh = await tokens.refresh(token)
+    if (fresh) res = await send(path, init, fresh)
+  }
+  return res
+}
+
+/** The error a failed raw response carries. */
+export async function errorOf(res: Response): Promise<ApiError> {
+  const data = (await res.json().catch(() => undefined)) as ErrorBody | undefined
+  return new ApiError(res.status, data?.error?.code ?? 'INTERNAL', data?.error?.message ?? `request failed (${res.status})`)
+}
+
 /** JSON API call with the access token; a 401 refreshes once and retries. */
 export async function api<T>(path: string, init: { method?: string; body?: unknown; auth?: boolean } = {}): Promise<T> {
   const blob = init.body instanceof Blob

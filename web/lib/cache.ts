@@ -1,5 +1,18 @@
 import { clear, createStore, get, set, type UseStore } from 'idb-keyval'
 import type { ConversationEvent, ConversationSummary, MessageBody } from '../../worker/shared/protocol'
+import type { UploadKind } from '../../worker/shared/limits'
+
+/** A file a queued message still has to upload; the Blob itself is kept in IndexedDB. */
+export interface PendingUpload {
+  field: 'mediaId' | 'thumbId'
+  kind: UploadKind
+  blob: Blob
+  filename?: string
+  /** The tus upload URL once created, so a restart resumes instead of starting over. */
+  url?: string
+  /** Set when the server has every byte. */
+  mediaId?: string
+}
 
 /** A message written on this device and not yet acknowledged. */
 export interface OutboxItem {
@@ -9,6 +22,8 @@ export interface OutboxItem {
   createdAt: number
   /** Set when the server refused it for good; the user may retry or delete it. */
   failed?: string
+  /** Media to upload before the message can be sent. */
+  uploads?: PendingUpload[]
 }
 
 export interface CachedConversation {

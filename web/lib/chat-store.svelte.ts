@@ -15,7 +15,9 @@ import type {
 } from '../../worker/shared/protocol'
 import { TYPING_TTL_MS } from '../../worker/shared/limits'
 import { api } from './api'
-import { ChatCache, type OutboxItem } from './cache'
+import { ChatCache, type OutboxItem, type PendingUpload } from './cache'
+import { completeUpload, createUpload, finalUploadError } from './tus'
+import { bodyText } from './media.svelte'
 import { ChatSocket } from './chat-socket.svelte'
 import { localizeError, t } from './i18n.svelte'
 
@@ -39,6 +41,10 @@ export interface DisplayMessage {
   reactions?: { emoji: string; count: number; mine: boolean }[]
   /** The quoted message, as it stands now. */
   quote?: { seq: number; senderId: string; text: string | null }
+  /** Media of an unsent message, shown from the device until the server has it. */
+  local?: { main: Blob; thumb?: Blob }
+  /** 0–1 while the media uploads. */
+  progress?: number
 }
 
 /** Codes after which resending the same write cannot succeed. */
@@ -68,6 +74,9 @@ export class ChatStore {
   #outbox = $state<OutboxItem[]>([])
   /** Outbox items whose IndexedDB write has not committed yet: a reload now would lose them. */
   #unsaved = new SvelteSet<string>()
+  /** Upload progress of queued media messages, by clientMsgId. */
+  #progress = new SvelteMap<string, number>()
+  #uploading = new Set<string>()
   #saving: Promise<void> = Promise.resolve()
   #byId = new SvelteMap<string, ConversationState>()
   #inFlight = new Map<string, { clientMsgId: string; timer: ReturnType<typeof setTimeout> }>()
@@ -259,7 +268,7 @@ export class ChatStore {
         const replyTo = e.body?.kind === 'text' ? e.body.replyTo?.seq : undefined
         if (replyTo !== undefined) {
           const q = s.events.get(replyTo)
-          shown.quote = { seq: replyTo, senderId: q?.senderId ?? '', text: q?.type === 'message' && q.body?.kind === 'text' ? q.body.text : null }
+          shown.quote = { seq: replyTo, senderId: q?.senderId ?? '', text: q?.type === 'message' ? bodyText(q.body) : null }
         }
         out.push(shown)
       }
@@ -275,6 +284,8 @@ export class ChatStore {
         state: item.failed ? 'failed' : this.#unsaved.has(item.clientMsgId) ? 'saving' : 'pending',
         readBy: 0,
         failed: item.failed,
+        ...(item.uploads ? { local: { main: item.uploads.find((u) => u.field === 'mediaId')!.blob, thumb: item.uploads.find((u) => u.field === 'thumbId')?.blob } } : {}),
+        progress: this.#progress.get(item.clientMsgId),
       })
     }
     return out
@@ -343,6 +354,61 @@ export class ChatStore {
     this.#pump(conversationId)
   }
 
+  /**
+   * Queues a voice note, image or file. The message goes through the outbox like text: its media
+   * is uploaded first (resuming after a cut connection or a restart), then the message is sent.
+   */
+  sendMedia(conversationId: string, body: MessageBody, uploads: PendingUpload[]) {
+    const item: OutboxItem = { conversationId, clientMsgId: crypto.randomUUID(), body, createdAt: Date.now(), uploads }
+    this.#outbox = [...this.#outbox, item]
+    this.#unsaved.add(item.clientMsgId)
+    this.#saveOutbox()
+    this.#pump(conversationId)
+  }
+
+  #updateItem(clientMsgId: string, change: (o: OutboxItem) => OutboxItem) {
+    this.#outbox = this.#outbox.map((o) => (o.clientMsgId === clientMsgId ? change(o) : o))
+    this.#saveOutbox()
+  }
+
+  /** Uploads what a queued message needs, then fills the ids into its body and pumps again. */
+  async #upload(item: OutboxItem) {
+    if (this.#uploading.has(item.clientMsgId)) return
+    this.#uploading.add(item.clientMsgId)
+    const id = item.clientMsgId
+    const current = () => this.#outbox.find((o) => o.clientMsgId === id)
+    try {
+      const total = item.uploads!.reduce((n, u) => n + u.blob.size, 0)
+      let before = 0
+      for (const u of item.uploads!) {
+        if (!current()) return
+        if (!u.mediaId) {
+          const url = u.url ?? (await createUpload(u.kind, { length: u.blob.size, filename: u.filename }))
+          if (!u.url) this.#updateItem(id, (o) => ({ ...o, uploads: o.uploads!.map((x) => (x.field === u.field ? { ...x, url } : x)) }))
+          const media = await completeUpload(url, u.blob, (sent) => this.#progress.set(id, (before + sent) / total)).catch(async (e) => {
+            // The upload expired or was refused before the bytes were checked: start it again once.
+            if (finalUploadError(e) && (e as { status: number }).status === 404) return completeUpload(await createUpload(u.kind, { length: u.blob.size, filename: u.filename }), u.blob)
+            throw e
+          })
+          this.#updateItem(id, (o) => ({ ...o, uploads: o.uploads!.map((x) => (x.field === u.field ? { ...x, url, mediaId: media.id } : x)) }))
+        }
+        before += u.blob.size
+      }
+      this.#updateItem(id, (o) => {
+        const ids = Object.fromEntries(o.uploads!.map((u) => [u.field, u.mediaId]))
+        return { ...o, body: { ...o.body, ...ids } as MessageBody }
+      })
+      this.#progress.delete(id)
+    } catch (e) {
+      if (finalUploadError(e)) this.#updateItem(id, (o) => ({ ...o, failed: e instanceof Error ? e.message : String(e) }))
+      // Otherwise the network is down: the next reconnect pumps again and resumes.
+      return
+    } finally {
+      this.#uploading.delete(id)
+    }
+    this.#pump(item.conversationId)
+  }
+
   retry(clientMsgId: string) {
     const item = this.#outbox.find((o) => o.clientMsgId === clientMsgId)
     if (!item) return
@@ -403,6 +469,7 @@ export class ChatStore {
     if (this.#inFlight.has(conversationId)) return
     const next = this.#outbox.find((o) => o.conversationId === conversationId && !o.failed)
     if (!next) return
+    if (next.uploads?.some((u) => !u.mediaId)) return void this.#upload(next)
     const frame: ClientMessage = { type: 'send', conversationId, clientMsgId: next.clientMsgId, body: next.body }
     if (!this.#socket.send(frame)) return
     const timer = setTimeout(() => {
@@ -513,7 +580,7 @@ export class ChatStore {
     const c = this.conversation(e.conversationId)
     if (!c) return
     const unread = e.senderId !== this.userId && e.conversationId !== this.#activeId ? c.unread + 1 : c.unread
-    const text = e.body?.kind === 'text' ? e.body.text : t('msg.recalled')
+    const text = bodyText(e.body) ?? t('msg.recalled')
     const updated = { ...c, unread, lastSeq: e.seq, lastActivityAt: e.serverTs, preview: { senderId: e.senderId, text, serverTs: e.serverTs } }
     this.#conversations = [updated, ...this.#conversations.filter((x) => x.id !== c.id)]
   }

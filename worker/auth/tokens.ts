@@ -74,3 +74,28 @@ export async function verifyWsTicket(env: Env, ticket: string): Promise<(AuthCon
 export function newRefreshToken(): string {
   return base64url(crypto.getRandomValues(new Uint8Array(32)))
 }
+
+export const MEDIA_TOKEN_TTL_S = 3600
+// Media tokens ride in URLs (<img>, <audio> cannot send headers), so they get their own audience
+// and can open nothing but downloads.
+const mediaAudience = (env: Env) => `${env.JWT_AUDIENCE}:media`
+
+export async function signMediaToken(env: Env, auth: AuthContext): Promise<string> {
+  return new SignJWT({ sid: auth.sessionId })
+    .setProtectedHeader({ alg: ALG, typ: 'JWT' })
+    .setSubject(auth.userId)
+    .setIssuer(env.JWT_ISSUER)
+    .setAudience(mediaAudience(env))
+    .setIssuedAt()
+    .setExpirationTime(`${MEDIA_TOKEN_TTL_S}s`)
+    .sign(secret(env))
+}
+
+export async function verifyMediaToken(env: Env, token: string): Promise<AuthContext | null> {
+  try {
+    const p = await verify(env, token, mediaAudience(env))
+    return { userId: p.sub!, sessionId: p.sid as string }
+  } catch {
+    return null
+  }
+}

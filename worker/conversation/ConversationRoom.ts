@@ -1,5 +1,6 @@
 import { DurableObject } from 'cloudflare:workers'
 import { getUserHub } from '../durable-objects'
+import { mediaKey } from '../media/UploadSession'
 import type { Env } from '../env'
 import { ErrorCode } from '../shared/errors'
 import {
@@ -8,16 +9,19 @@ import {
   RECALL_WINDOW_MS,
   SYNC_PAGE_LIMIT,
   TextBody,
+  mediaIdsOf,
   type ConversationEvent,
+  type MediaBody,
   type MemberEvent,
   type Receipt,
   type Role,
 } from '../shared/protocol'
 import { EVENT_COLUMNS, eventToRow, rowToEvent, type EventRow } from './event-rows'
+import { fail, ok, type RoomResult } from '../do-result'
 import { RateLimiter } from './rate-limit'
 import { migrateRoom, ROOM_SCHEMA_VERSION } from './room-schema'
 
-export type RoomResult<T> = { ok: true; value: T } | { ok: false; code: ErrorCode; message: string }
+export type { RoomResult } from '../do-result'
 export interface Ack {
   conversationId: string
   clientMsgId: string
@@ -53,8 +57,6 @@ function parseRate(spec: string | undefined): [number, number] {
   return burst! > 0 && perSecond! > 0 ? [burst!, perSecond!] : [30, 10]
 }
 
-const fail = (code: ErrorCode, message: string) => ({ ok: false, code, message }) as const
-const ok = <T>(value: T) => ({ ok: true, value }) as const
 
 /**
  * One per conversation. Its SQLite log is authoritative: it assigns seq, acks only after the
@@ -224,11 +226,55 @@ export class ConversationRoom extends DurableObject<Env> {
   async appendMessage(conversationId: string, senderId: string, clientMsgId: string, body: unknown): Promise<RoomResult<Ack>> {
     const parsed = MessageBody.safeParse(body)
     if (!parsed.success) return fail(ErrorCode.BAD_REQUEST, parsed.error.issues[0]?.message ?? 'invalid body')
-    const replyTo = parsed.data.kind === 'text' ? parsed.data.replyTo?.seq : undefined
+    let message: MessageBody = parsed.data
+    const replyTo = message.kind === 'text' ? message.replyTo?.seq : undefined
+    if (message.kind !== 'text') {
+      // Membership first, so nobody claims an upload into a conversation they are not in.
+      const auth = await this.authorize(conversationId, senderId)
+      if (!auth.ok) return auth
+      if (!this.findBySender(senderId, clientMsgId)) {
+        const filled = await this.claimMedia(conversationId, senderId, message)
+        if (!filled.ok) return filled
+        message = filled.value
+      }
+    }
     return this.write(conversationId, senderId, clientMsgId, 'member', (member) => {
       if (replyTo !== undefined && (replyTo < member.joinedSeq || this.eventRow(replyTo)?.type !== 'message')) return fail(ErrorCode.BAD_REQUEST, 'replyTo: no such message')
-      return ok(this.commit({ type: 'message', conversationId, seq: this.lastSeq + 1, senderId, clientMsgId, serverTs: this.now(), body: parsed.data }))
+      return ok(this.commit({ type: 'message', conversationId, seq: this.lastSeq + 1, senderId, clientMsgId, serverTs: this.now(), body: message }))
     })
+  }
+
+  /**
+   * Ties the sender's finished uploads to this conversation (so its members may download them)
+   * and fills the body with what the server read from the bytes. Claiming is idempotent for the
+   * same conversation, so a retried send works; an upload cannot move to another conversation.
+   */
+  private async claimMedia(conversationId: string, senderId: string, body: MediaBody): Promise<RoomResult<MediaBody>> {
+    const ids = mediaIdsOf(body)
+    const claim = this.env.DB.prepare(
+      `UPDATE media SET conversation_id = ?1 WHERE id = ?2 AND owner_id = ?3 AND status = 'ready' AND (conversation_id IS NULL OR conversation_id = ?1)`,
+    )
+    const results = await this.env.DB.batch<{ id: string; kind: string; mime: string; size: number; duration_ms: number | null; width: number | null; height: number | null; conversation_id: string | null; owner_id: string; status: string }>([
+      ...ids.map((id) => claim.bind(conversationId, id, senderId)),
+      this.env.DB.prepare(`SELECT * FROM media WHERE id IN (${ids.map(() => '?').join(', ')})`).bind(...ids),
+    ])
+    const rows = new Map(results[results.length - 1]!.results.map((r) => [r.id, r]))
+    const want = body.kind === 'file' ? 'file' : body.kind === 'voice' ? 'voice' : 'image'
+    for (const id of ids) {
+      const r = rows.get(id)
+      if (!r || r.owner_id !== senderId || r.status !== 'ready' || r.conversation_id !== conversationId) return fail(ErrorCode.NOT_FOUND, 'no such upload: finish uploading before sending')
+      if (r.kind !== want) return fail(ErrorCode.BAD_REQUEST, `a ${body.kind} message needs a ${want} upload`)
+    }
+    const main = rows.get(body.mediaId)!
+    const server = { mime: main.mime, size: main.size }
+    switch (body.kind) {
+      case 'voice':
+        return ok({ ...body, ...server, durationMs: main.duration_ms ?? 0 })
+      case 'image':
+        return ok({ ...body, ...server, width: main.width ?? undefined, height: main.height ?? undefined })
+      case 'file':
+        return ok({ ...body, ...server })
+    }
   }
 
   /** A reaction is an event of its own; clients fold it into the message it points at. */
@@ -277,6 +323,8 @@ export class ConversationRoom extends DurableObject<Env> {
       const byAdmin = !isSender
       return ok(
         this.commit({ type: 'recall', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: now, targetSeq, byAdmin }, () => {
+          // The blobs go too: queued here, in the same transaction, and deleted by the flush.
+          for (const id of mediaIdsOf(target.body ? (JSON.parse(target.body) as MessageBody) : null)) this.sql.exec('INSERT OR IGNORE INTO media_purge (media_id) VALUES (?)', id)
           this.sql.exec('UPDATE events SET body = NULL, kind = NULL, recalled_by = ?, recalled_by_admin = ? WHERE seq = ?', userId, Number(byAdmin), targetSeq)
           const edits = this.sql.exec<{ seq: number }>(`SELECT seq FROM events WHERE type = 'edit' AND target_seq = ?`, targetSeq).toArray().map((r) => r.seq)
           this.sql.exec(`UPDATE events SET body = NULL WHERE type = 'edit' AND target_seq = ?`, targetSeq)
@@ -484,6 +532,8 @@ export class ConversationRoom extends DurableObject<Env> {
     const conversationId = this.conversationId
     if (!conversationId) return
     await this.flushCursors(conversationId)
+    // A failing R2 delete must not hold up history; the alarm retries it.
+    await this.purgeMedia().catch((e) => console.warn('media purge failed', String(e)))
     for (;;) {
       const rows = this.sql
         .exec<EventRow & { gen: number }>(
@@ -529,6 +579,16 @@ export class ConversationRoom extends DurableObject<Env> {
     })
   }
 
+  /** Recalled media: the R2 blob goes and D1 forgets it can be downloaded (and its transcript). */
+  private async purgeMedia() {
+    const ids = this.sql.exec<{ media_id: string }>('SELECT media_id FROM media_purge LIMIT 100').toArray().map((r) => r.media_id)
+    if (ids.length === 0) return
+    await this.env.MEDIA.delete(ids.map(mediaKey))
+    const forget = this.env.DB.prepare(`UPDATE media SET status = 'deleted', transcript = NULL WHERE id = ?`)
+    await this.env.DB.batch(ids.map((id) => forget.bind(id)))
+    for (const id of ids) this.sql.exec('DELETE FROM media_purge WHERE media_id = ?', id)
+  }
+
   private async flushCursors(conversationId: string) {
     const dirty = this.sql.exec<{ user_id: string; read_seq: number }>('SELECT user_id, read_seq FROM cursor_outbox').toArray()
     if (dirty.length === 0) return
@@ -541,7 +601,7 @@ export class ConversationRoom extends DurableObject<Env> {
   override async alarm() {
     this.scheduleFlush()
     await this.flushing
-    const pending = this.sql.exec<{ n: number }>('SELECT (SELECT count(*) FROM d1_outbox) + (SELECT count(*) FROM cursor_outbox) AS n').one().n
+    const pending = this.sql.exec<{ n: number }>('SELECT (SELECT count(*) FROM d1_outbox) + (SELECT count(*) FROM cursor_outbox) + (SELECT count(*) FROM media_purge) AS n').one().n
     if (pending > 0) await this.ctx.storage.setAlarm(this.now() + FLUSH_RETRY_MS)
   }
 

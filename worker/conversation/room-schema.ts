@@ -28,5 +28,7 @@ export function migrateRoom(sql: SqlStorage) {
     CREATE TABLE IF NOT EXISTS d1_outbox (seq INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
     -- Members whose read cursor D1 has not caught up with (it feeds unread counts).
     CREATE TABLE IF NOT EXISTS cursor_outbox (user_id TEXT PRIMARY KEY, read_seq INTEGER NOT NULL);
+    -- Uploads of recalled messages whose R2 blob is still to be deleted.
+    CREATE TABLE IF NOT EXISTS media_purge (media_id TEXT PRIMARY KEY);
   `)
 }

@@ -338,3 +338,17 @@ export interface PushPayload {
   title: string
   body: string
 }
+
+export interface MediaTokenResult {
+  token: string
+  expiresInS: number
+}
+/** What the server read from a finished upload (the Echovalley-Media header of the last PATCH). */
+export interface UploadedMedia {
+  id: string
+  mime: string
+  size: number
+  durationMs?: number
+  width?: number
+  height?: number
+}
