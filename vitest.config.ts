@@ -2,9 +2,9 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { cloudflareTest, readD1Migrations } from '@cloudflare/vitest-pool-workers'
 import { defineConfig } from 'vitest/config'
-import { createPushService, generateVapidKeys } from './test/support/push-service.ts'
-import { makeVoiceFixtures } from './test/support/voice-fixtures.ts'
-import { startTranscriber } from './scripts/transcriber.ts'
+import { createPushService, generateVapidKeys } from './test/support/push-service'
+import { makeVoiceFixtures } from './test/support/voice-fixtures'
+import { startTranscriber } from './scripts/transcriber'
 
 // wrangler.toml names dist/ as the assets folder; worker tests need it to exist, not to be built.
 fs.mkdirSync(path.join(import.meta.dirname, 'dist'), { recursive: true })

@@ -40,9 +40,15 @@ function run(cmd, args) {
 run('npx', ['wrangler', 'd1', 'migrations', 'apply', 'DB', '--local'])
 run('npx', ['vite', 'build'])
 
+// Speech to text locally: the pocketsphinx service on loopback, when its Debian packages are here.
+const sttPort = process.env.TRANSCRIBER_PORT ?? '8788'
+const haveStt = ['ffmpeg', 'pocketsphinx_continuous'].every((cmd) => spawnSync('which', [cmd]).status === 0)
+if (!haveStt) console.log('speech to text is off: apt-get install -y ffmpeg pocketsphinx pocketsphinx-en-us to turn it on')
+
 const children = [
   spawn('npx', ['vite', 'build', '--watch', '--logLevel', 'warn'], { stdio: 'inherit' }),
-  spawn('npx', ['wrangler', 'dev', '--port', port, '--ip', '127.0.0.1'], { stdio: 'inherit' }),
+  spawn('npx', ['wrangler', 'dev', '--port', port, '--ip', '127.0.0.1', ...(haveStt ? ['--var', `TRANSCRIBER_URL:http://127.0.0.1:${sttPort}/`] : [])], { stdio: 'inherit' }),
+  ...(haveStt ? [spawn('npx', ['tsx', 'scripts/transcriber.ts', '--port', sttPort], { stdio: 'inherit' })] : []),
 ]
 const stop = () => {
   for (const c of children) c.kill('SIGTERM')

@@ -1,5 +1,6 @@
 import { runDurableObjectAlarm } from 'cloudflare:test'
 import { env } from 'cloudflare:workers'
+import fc from 'fast-check'
 import { describe, it } from 'vitest'
 import { MAX_UPLOAD_CHUNK, UPLOAD_LIMITS, type ClientMessage, type MessageBody, type ServerMessage } from '../worker/shared/protocol'
 import { api, createGroup, Device, json, openChat, register } from './helpers'
@@ -187,6 +188,56 @@ describe('tus uploads', () => {
     expect((await da.next('error')).code).toBe('NOT_FOUND')
     da.close()
     db.close()
+  })
+})
+
+describe('hostile uploads', () => {
+  it('arbitrary tus headers and bodies get a 4xx in the one error shape and never move an upload past what was accepted', { timeout: 120_000 }, async ({ expect }) => {
+    const { a } = await pair()
+    const { path } = await createUpload(a, 'file', { length: 1_000_000 })
+    let accepted = 0
+    const header = fc.oneof(fc.constant(undefined), fc.string({ maxLength: 30 }), fc.integer({ min: -5, max: 2_000_000 }).map(String), fc.constant('1e3'), fc.constant('0x10'))
+    await fc.assert(
+      fc.asyncProperty(
+        header,
+        header,
+        fc.constantFrom('application/offset+octet-stream', 'application/json', 'text/plain', undefined),
+        fc.uint8Array({ maxLength: 3000 }),
+        fc.boolean(),
+        async (offset, length, contentType, bytes, useCurrent) => {
+          const headers: Record<string, string> = { ...TUS }
+          const at = useCurrent ? String(accepted) : offset
+          if (at !== undefined) headers['upload-offset'] = at
+          if (length !== undefined) headers['upload-length'] = length
+          if (contentType) headers['content-type'] = contentType
+          const res = await api(path, { method: 'PATCH', token: a.accessToken, headers, body: bytes })
+          if (res.status === 204) {
+            expect(at).toBe(String(accepted))
+            accepted += bytes.length
+            expect(res.headers.get('upload-offset')).toBe(String(accepted))
+            return
+          }
+          expect(res.status).toBeGreaterThanOrEqual(400)
+          expect(res.status).toBeLessThan(500)
+          const body = await json<{ error: { code: string; message: string } }>(res)
+          expect(Object.keys(body)).toEqual(['error'])
+          expect(body.error.message.length).toBeGreaterThan(0)
+        },
+      ),
+      { numRuns: 150 },
+    )
+    expect((await head(a, path)).headers.get('upload-offset')).toBe(String(accepted))
+    // Creation with garbage metadata or lengths is refused the same way.
+    await fc.assert(
+      fc.asyncProperty(fc.string({ maxLength: 60 }), header, async (metadata, length) => {
+        const res = await api('/api/uploads', { method: 'POST', token: a.accessToken, headers: { ...TUS, 'upload-metadata': `kind ${metadata}`, ...(length ? { 'upload-length': length } : {}) } })
+        if (res.status === 201) return
+        expect(res.status).toBeGreaterThanOrEqual(400)
+        expect(res.status).toBeLessThan(500)
+        expect(Object.keys(await json(res))).toEqual(['error'])
+      }),
+      { numRuns: 100 },
+    )
   })
 })
 

@@ -42,14 +42,15 @@ export class VoiceRecorder {
     this.error = null
     this.state = 'starting'
     try {
-      this.#stream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true } })
+      // Nothing plays while a note is recorded, so echo cancellation only costs fidelity (and transcription accuracy).
+      this.#stream = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false } })
     } catch (e) {
       this.state = 'idle'
       this.error = (e as DOMException).name === 'NotAllowedError' ? 'mic-denied' : 'mic-missing'
       return
     }
     const mimeType = TYPES.find((t) => MediaRecorder.isTypeSupported(t))
-    const rec = new MediaRecorder(this.#stream, { ...(mimeType ? { mimeType } : {}), audioBitsPerSecond: 32_000 })
+    const rec = new MediaRecorder(this.#stream, { ...(mimeType ? { mimeType } : {}), audioBitsPerSecond: 48_000 })
     this.#rec = rec
     this.#chunks = []
     this.#live = new LiveUpload('voice')

@@ -1,0 +1,150 @@
+import { execFileSync } from 'node:child_process'
+import { mkdtempSync, readFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import type { Browser, Page } from 'playwright-core'
+import { afterAll, beforeAll, describe, it } from 'vitest'
+import { startTranscriber, type TranscriberService } from '../../scripts/transcriber'
+import { speechWav } from '../support/voice-fixtures'
+import { befriendInUi, launchBrowser, registerInUi } from './browser'
+import { startServer, type LocalServer } from './server'
+
+const dir = mkdtempSync(path.join(tmpdir(), 'echovalley-media-e2e-'))
+const wav = path.join(dir, 'mic.wav')
+let server: LocalServer
+let browser: Browser
+let transcriber: TranscriberService
+
+beforeAll(async () => {
+  // Chromium's fake microphone plays a WAV of real speech (espeak-ng), looped.
+  speechWav(wav)
+  transcriber = await startTranscriber()
+  server = await startServer({ vars: { TRANSCRIBER_URL: transcriber.url } })
+  browser = await launchBrowser([
+    '--use-fake-ui-for-media-stream',
+    '--use-fake-device-for-media-stream',
+    `--use-file-for-fake-audio-capture=${wav}`,
+    '--autoplay-policy=no-user-gesture-required',
+  ])
+})
+afterAll(async () => {
+  await browser?.close()
+  await server?.stop()
+  await transcriber?.close()
+})
+
+async function twoFriends(prefix: string) {
+  const s = Date.now().toString(36)
+  const aCtx = await browser.newContext({ permissions: ['microphone'] })
+  const bCtx = await browser.newContext()
+  const a = await aCtx.newPage()
+  const b = await bCtx.newPage()
+  await registerInUi(a, server.url, `${prefix}a_${s}`, 'Sender Sam')
+  await registerInUi(b, server.url, `${prefix}b_${s}`, 'Listener Lee')
+  await befriendInUi(a, b, `${prefix}b_${s}`)
+  await a.getByTestId('new-chat-handle').fill(`${prefix}b_${s}`)
+  await a.getByTestId('new-chat-submit').click()
+  await a.getByTestId('composer-input').waitFor()
+  return { a, b, aCtx, bCtx }
+}
+
+async function openFirstChat(p: Page) {
+  await p.getByTestId('conversation-item').first().click()
+}
+
+describe('voice notes', () => {
+  it('records with a fake microphone, survives a cut connection mid-upload, plays and transcribes on the other side, and is gone after recall', async ({ expect }) => {
+    const { a, b, aCtx } = await twoFriends('v')
+    const patches: { offset: number; length: string | null; status?: number }[] = []
+    a.on('request', (r) => {
+      if (r.method() === 'PATCH' && r.url().includes('/api/uploads/')) patches.push({ offset: Number(r.headers()['upload-offset']), length: r.headers()['upload-length'] ?? null })
+    })
+
+    // Tap to record hands-free; the timer and level meter run while chunks stream to the server.
+    await a.getByTestId('record').click()
+    await a.getByTestId('recorder').waitFor()
+    await expect.poll(() => a.getByTestId('recorder-time').textContent(), { timeout: 10_000 }).toMatch(/0:0[2-9]/)
+    await expect.poll(() => patches.length).toBeGreaterThan(0)
+    // The network goes away mid-recording: streaming stops, the note is still recorded.
+    await aCtx.setOffline(true)
+    await expect.poll(() => a.getByTestId('recorder-time').textContent(), { timeout: 10_000 }).toMatch(/0:0[4-9]/)
+    await a.getByTestId('recorder-stop').click()
+    await a.getByTestId('recorder-preview').waitFor()
+    await a.getByTestId('recorder-send').click()
+    const mine = a.getByTestId('message').filter({ has: a.getByTestId('voice-note') })
+    await expect.poll(() => mine.getAttribute('data-state')).toBe('pending')
+    const streamedBeforeCut = Math.max(...patches.map((p) => p.offset))
+
+    await aCtx.setOffline(false)
+    await expect.poll(() => mine.getAttribute('data-seq'), { timeout: 30_000 }).not.toBeNull()
+    // It resumed where the server stood instead of starting over, and declared the length at the end.
+    const afterCut = patches.filter((p) => p.length !== null)
+    expect(afterCut.length).toBeGreaterThan(0)
+    expect(afterCut[0]!.offset).toBeGreaterThan(0)
+    expect(afterCut[0]!.offset).toBeGreaterThanOrEqual(streamedBeforeCut)
+
+    await openFirstChat(b)
+    const note = b.getByTestId('message').filter({ has: b.getByTestId('voice-note') })
+    await note.waitFor()
+    // The duration shown is the server's reading of the file (about 4–6 s here).
+    expect(await note.getByTestId('voice-time').textContent()).toMatch(/^0:0[3-9]$/)
+    await note.getByTestId('voice-speed').click()
+    expect(await note.getByTestId('voice-speed').textContent()).toBe('1.5×')
+    await note.getByTestId('voice-play').click()
+    await expect.poll(() => note.getByTestId('voice-note').getAttribute('data-playing'), { timeout: 10_000 }).toBe('true')
+    await expect.poll(() => note.getByTestId('voice-audio').evaluate((el: HTMLAudioElement) => el.currentTime), { timeout: 10_000 }).toBeGreaterThan(0.3)
+    expect(await note.getByTestId('voice-audio').evaluate((el: HTMLAudioElement) => el.playbackRate)).toBe(1.5)
+
+    // Speech to text through the real recogniser.
+    await note.getByTestId('voice-transcribe').click()
+    await expect.poll(() => note.getByTestId('voice-transcript').textContent(), { timeout: 60_000 }).toMatch(/hello|world/i)
+
+    // Recall: gone from the other side, and its download with it.
+    const mediaId = await note.getByTestId('voice-note').getAttribute('data-media-id')
+    expect(mediaId).toMatch(/^[A-Za-z0-9_-]{8,}$/)
+    const download = (p: Page) =>
+      p.evaluate(async (id) => {
+        const { accessToken } = JSON.parse(localStorage.getItem('echovalley.session')!) as { accessToken: string }
+        return (await fetch(`/api/media/${id}`, { headers: { authorization: `Bearer ${accessToken}` } })).status
+      }, mediaId)
+    expect(await download(b)).toBe(200)
+    await mine.hover()
+    await mine.getByTestId('message-recall').click()
+    await b.getByTestId('message-recalled').waitFor()
+    expect(await b.getByTestId('voice-note').count()).toBe(0)
+    await expect.poll(() => download(b)).toBe(404)
+    expect(await download(a)).toBe(404)
+  })
+})
+
+describe('photos and files', () => {
+  it('sends a photo downscaled with a thumbnail and a file with its name; the other side views and downloads them', async ({ expect }) => {
+    const { a, b } = await twoFriends('p')
+    const png = path.join(dir, 'big.png')
+    execFileSync('ffmpeg', ['-loglevel', 'error', '-y', '-f', 'lavfi', '-i', 'testsrc=size=2400x1600', '-frames:v', '1', png])
+    await a.getByTestId('attach-input').setInputFiles(png)
+    const photo = a.getByTestId('message').filter({ has: a.getByTestId('image-thumb') })
+    await expect.poll(() => photo.getAttribute('data-seq'), { timeout: 20_000 }).not.toBeNull()
+    await a.getByTestId('attach-input').setInputFiles({ name: 'notes für morgen.txt', mimeType: 'text/plain', buffer: Buffer.from('bring the maps\n') })
+    const file = a.getByTestId('message').filter({ has: a.getByTestId('file-message') })
+    await expect.poll(() => file.getAttribute('data-seq'), { timeout: 20_000 }).not.toBeNull()
+
+    await openFirstChat(b)
+    const img = b.getByTestId('image-thumb').locator('img')
+    await img.waitFor()
+    await expect.poll(() => img.evaluate((el: HTMLImageElement) => el.complete && el.naturalWidth)).toBeGreaterThan(0)
+    // The chat shows the thumbnail (≤ 320 px); the full view the downscaled photo (≤ 1600 px).
+    expect(await img.evaluate((el: HTMLImageElement) => el.naturalWidth)).toBeLessThanOrEqual(320)
+    await b.getByTestId('image-thumb').click()
+    const full = b.getByTestId('image-viewer').locator('img')
+    await expect.poll(() => full.evaluate((el: HTMLImageElement) => el.complete && el.naturalWidth)).toBe(1600)
+    await b.keyboard.press('Escape')
+
+    const link = b.getByTestId('file-download')
+    expect(await link.textContent()).toBe('notes für morgen.txt')
+    const href = await link.getAttribute('href')
+    const body = await b.evaluate(async (url) => (await fetch(url!)).text(), href)
+    expect(body).toBe('bring the maps\n')
+    expect(readFileSync(png).length).toBeGreaterThan(1000)
+  })
+})
