@@ -2,7 +2,9 @@ import { execFileSync } from 'node:child_process'
 import { mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { createHash, randomBytes } from 'node:crypto'
 import type { Browser, Page } from 'playwright-core'
+import { Upload } from 'tus-js-client'
 import { afterAll, beforeAll, describe, it } from 'vitest'
 import { startTranscriber, type TranscriberService } from '../../scripts/transcriber'
 import { speechWav } from '../support/voice-fixtures'
@@ -146,5 +148,51 @@ describe('photos and files', () => {
     const body = await b.evaluate(async (url) => (await fetch(url!)).text(), href)
     expect(body).toBe('bring the maps\n')
     expect(readFileSync(png).length).toBeGreaterThan(1000)
+  })
+})
+
+describe('a standard tus client', () => {
+  it('tus-js-client uploads in chunks, is interrupted, resumes from the server offset, and the bytes arrive intact', async ({ expect }) => {
+    const reg = await fetch(`${server.url}/api/auth/register`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ handle: `tus_${Date.now().toString(36)}`, password: 'tus-password-1', displayName: 'Tus' }),
+    })
+    const { accessToken } = (await reg.json()) as { accessToken: string }
+    const data = randomBytes(3 * 1024 * 1024 + 17)
+    const options = {
+      endpoint: `${server.url}/api/uploads`,
+      chunkSize: 1024 * 1024,
+      headers: { authorization: `Bearer ${accessToken}` },
+      metadata: { kind: 'file', filename: 'tus.bin' },
+      retryDelays: [0, 200, 500],
+    }
+    // First attempt: stop after the first chunk is confirmed, as a dropped connection would.
+    const firstUrl = await new Promise<string>((resolve, reject) => {
+      const up: Upload = new Upload(data, {
+        ...options,
+        onError: reject,
+        onChunkComplete: (_chunk, accepted) => {
+          if (accepted >= 1024 * 1024) void up.abort().then(() => resolve(up.url!))
+        },
+      })
+      up.start()
+    })
+    const head = await fetch(firstUrl, { method: 'HEAD', headers: { 'tus-resumable': '1.0.0', authorization: `Bearer ${accessToken}` } })
+    const offset = Number(head.headers.get('upload-offset'))
+    expect(offset).toBeGreaterThanOrEqual(1024 * 1024)
+    expect(offset).toBeLessThan(data.length)
+    // Second attempt resumes the same upload URL from the server's offset.
+    const offsets: number[] = []
+    await new Promise<void>((resolve, reject) => {
+      const up = new Upload(data, { ...options, uploadUrl: firstUrl, onError: reject, onSuccess: () => resolve(), onChunkComplete: (_c, accepted) => offsets.push(accepted) })
+      up.start()
+    })
+    expect(offsets[0]).toBe(Math.min(offset + 1024 * 1024, data.length))
+    const id = new URL(firstUrl).pathname.split('/').pop()
+    const download = await fetch(`${server.url}/api/media/${id}`, { headers: { authorization: `Bearer ${accessToken}` } })
+    expect(download.status).toBe(200)
+    const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex')
+    expect(sha(new Uint8Array(await download.arrayBuffer()))).toBe(sha(data))
   })
 })
