@@ -6,6 +6,8 @@ export interface Voice {
   webmLive: Uint8Array
   webm: Uint8Array
   ogg: Uint8Array
+  m4a: Uint8Array
+  mp4Frag: Uint8Array
   durationMs: number
 }
 
@@ -13,8 +15,8 @@ const fromBase64 = (s: string) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0
 
 /** Speech recorded by test/support/voice-fixtures.ts when the test run started. */
 export function voice(): Voice {
-  const v = JSON.parse(env.TEST_VOICE!) as { webmLive: string; webm: string; ogg: string; durationMs: number }
-  return { webmLive: fromBase64(v.webmLive), webm: fromBase64(v.webm), ogg: fromBase64(v.ogg), durationMs: v.durationMs }
+  const v = JSON.parse(env.TEST_VOICE!) as Record<'webmLive' | 'webm' | 'ogg' | 'm4a' | 'mp4Frag', string> & { durationMs: number }
+  return { webmLive: fromBase64(v.webmLive), webm: fromBase64(v.webm), ogg: fromBase64(v.ogg), m4a: fromBase64(v.m4a), mp4Frag: fromBase64(v.mp4Frag), durationMs: v.durationMs }
 }
 
 const TUS = { 'tus-resumable': '1.0.0' }

@@ -105,14 +105,24 @@ describe('tus uploads', () => {
     db.close()
   })
 
-  it('reads durations of Ogg Opus and of WebM with a Duration element', async ({ expect }) => {
+  it('reads durations of Ogg Opus, WebM with a Duration element, AAC in MP4 and fragmented MP4 (Safari)', async ({ expect }) => {
     const { a } = await pair()
     const v = voice()
-    for (const [bytes, mime] of [[v.ogg, 'audio/ogg'], [v.webm, 'audio/webm']] as const) {
+    const kinds = [[v.ogg, 'audio/ogg'], [v.webm, 'audio/webm'], [v.m4a, 'audio/mp4'], [v.mp4Frag, 'audio/mp4']] as const
+    for (const [bytes, mime] of kinds) {
       const media = await upload(a, 'voice', bytes, { chunk: 1500 })
       expect(media.mime).toBe(mime)
+      // Encoders pad a frame or two (AAC priming is ~21 ms, Opus pre-skip 6.5 ms).
       expect(Math.abs(media.durationMs! - v.durationMs)).toBeLessThanOrEqual(120)
     }
+    // Truncated or garbage audio is refused with a reason, not stored.
+    const bad = await createUpload(a, 'voice', { length: 5000 })
+    const head8 = v.webmLive.slice(0, 40)
+    const garbage = new Uint8Array(5000)
+    garbage.set(head8)
+    const res = await patch(a, bad.path, 0, garbage, 5000)
+    expect(res.status).toBe(415)
+    expect((await json(res)).error.message).toMatch(/duration/)
   })
 
   it('assembles a file larger than an R2 part from small chunks (multipart, 5 MiB parts)', async ({ expect }) => {

@@ -27,6 +27,10 @@ export interface VoiceFixtures {
   /** Opus in WebM with a Duration element, as a file encoder writes it. */
   webm: string
   ogg: string
+  /** AAC in MP4 as a file encoder writes it (duration in mvhd). */
+  m4a: string
+  /** Fragmented MP4 with an empty moov, as Safari's MediaRecorder writes it (duration only in the fragments). */
+  mp4Frag: string
   /** Duration of the spoken audio in ms, as ffprobe reads it. */
   durationMs: number
 }
@@ -37,9 +41,9 @@ export function makeVoiceFixtures(): VoiceFixtures {
   try {
     const wav = path.join(dir, 'speech.wav')
     speechWav(wav)
-    const encode = (name: string, args: string[]) => {
+    const encode = (name: string, args: string[], codec = ['-c:a', 'libopus', '-b:a', '32k']) => {
       const out = path.join(dir, name)
-      execFileSync('ffmpeg', ['-loglevel', 'error', '-y', '-i', wav, '-c:a', 'libopus', '-b:a', '32k', ...args, out])
+      execFileSync('ffmpeg', ['-loglevel', 'error', '-y', '-i', wav, ...codec, ...args, out])
       return readFileSync(out).toString('base64')
     }
     const probe = execFileSync('ffprobe', ['-v', 'error', '-show_entries', 'format=duration', '-of', 'csv=p=0', wav], { encoding: 'utf8' })
@@ -47,6 +51,8 @@ export function makeVoiceFixtures(): VoiceFixtures {
       webmLive: encode('live.webm', ['-f', 'webm', '-live', '1', '-cluster_time_limit', '1000']),
       webm: encode('file.webm', ['-f', 'webm']),
       ogg: encode('note.ogg', ['-f', 'ogg']),
+      m4a: encode('note.m4a', ['-f', 'mp4'], ['-c:a', 'aac', '-b:a', '48k']),
+      mp4Frag: encode('frag.mp4', ['-f', 'mp4', '-movflags', 'frag_keyframe+empty_moov+default_base_moof'], ['-c:a', 'aac', '-b:a', '48k']),
       durationMs: Math.round(Number(probe.trim()) * 1000),
     }
   } finally {
