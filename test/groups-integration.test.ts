@@ -25,6 +25,39 @@ describe('groups', () => {
     d1.close()
   })
 
+  it('hold up to 50 people (more rows than D1 binds in one statement) and refuse a 51st', { timeout: 120_000 }, async ({ expect }) => {
+    const owner = await register()
+    const friends: AuthResult[] = []
+    for (let i = 0; i < 50; i++) {
+      const f = await register()
+      await befriend(owner, f)
+      friends.push(f)
+    }
+    const tooMany = await api('/api/conversations/groups', { token: owner.accessToken, body: { title: 'big', memberIds: friends.map((f) => f.user.id) } })
+    expect(tooMany.status).toBe(400)
+    const created = await api('/api/conversations/groups', { token: owner.accessToken, body: { title: 'Fifty', memberIds: friends.slice(0, 49).map((f) => f.user.id) } })
+    expect(created.status).toBe(201)
+    const g = (await json<{ conversation: ConversationSummary }>(created)).conversation
+    expect(g.members).toHaveLength(50)
+    const listed = await json<{ conversations: ConversationSummary[] }>(await call(friends[48], 'GET', '/api/conversations'))
+    expect(listed.conversations.map((c) => c.id)).toContain(g.id)
+    const more = await call(owner, 'POST', `/api/conversations/${g.id}/members`, { userIds: [friends[49].user.id] })
+    expect(more.status).toBe(403)
+  })
+
+  it('a list of more than 100 conversations loads (more ids than D1 binds in one statement)', { timeout: 60_000 }, async ({ expect }) => {
+    const owner = await register()
+    const friend = await register()
+    await befriend(owner, friend)
+    for (let i = 0; i < 101; i++) {
+      const res = await api('/api/conversations/groups', { token: owner.accessToken, body: { title: `g${i}`, memberIds: [friend.user.id] } })
+      expect(res.status).toBe(201)
+    }
+    const listed = await json<{ conversations: ConversationSummary[] }>(await call(friend, 'GET', '/api/conversations'))
+    expect(listed.conversations).toHaveLength(101)
+    expect(listed.conversations.every((c) => c.members.length === 2)).toBe(true)
+  })
+
   it('a member added later sees history from their joining on, in sync and in D1', async ({ expect }) => {
     const owner = await register()
     const early = await register()

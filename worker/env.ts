@@ -26,6 +26,8 @@ export interface Env {
   PUSH_RETRY_BASE_S?: string
   /** Per-member write limit in a conversation, "burst/perSecond" (default 30/10). */
   WRITE_RATE?: string
+  /** Benchmarks only: a group ceiling above the product's 50. */
+  GROUP_LIMIT?: string
 }
 
 export interface AuthContext {

@@ -44,6 +44,8 @@ interface Member {
 }
 /** Groups hold at most this many people (live voice rooms use the same ceiling). */
 export const MAX_GROUP_MEMBERS = 50
+/** The group ceiling; GROUP_LIMIT raises it only for the fan-out benchmark. */
+export const groupLimit = (env: Env) => Math.max(MAX_GROUP_MEMBERS, Number(env.GROUP_LIMIT) || 0)
 
 /** Retry interval for draining the D1 outbox when a flush fails or is pending. */
 const FLUSH_RETRY_MS = 2_000
@@ -361,7 +363,7 @@ export class ConversationRoom extends DurableObject<Env> {
     return this.write(conversationId, actorId, clientMsgId, 'admin', () => {
       const fresh = [...new Set(userIds)].filter((id) => !this.members.has(id))
       if (fresh.length === 0) return fail(ErrorCode.CONFLICT, 'they are already members')
-      if (this.members.size + fresh.length > MAX_GROUP_MEMBERS) return fail(ErrorCode.NOT_ALLOWED, `a group holds at most ${MAX_GROUP_MEMBERS} people`)
+      if (this.members.size + fresh.length > groupLimit(this.env)) return fail(ErrorCode.NOT_ALLOWED, `a group holds at most ${groupLimit(this.env)} people`)
       const event = this.memberEvent(conversationId, actorId, clientMsgId, 'added', fresh)
       return ok(
         this.commit(event, () => {

@@ -1,24 +1,36 @@
 /**
  * Voice-note containers recognised from their bytes, and their duration read from the file.
  * Every parser here treats its input as hostile: each step advances, nothing is allocated from a
- * declared size, and garbage yields null rather than an exception.
+ * declared size, reads stay inside the buffer, and garbage yields null rather than an exception.
  */
 export type AudioType = 'audio/webm' | 'audio/ogg' | 'audio/mp4'
 
-const ascii = (b: Uint8Array, from: number, to: number) => String.fromCharCode(...b.subarray(from, Math.min(to, b.length)))
+/** A loop rather than a spread, so a huge range cannot exceed the engine's argument limit. */
+function ascii(b: Uint8Array, from: number, to: number): string {
+  let s = ''
+  for (let i = Math.max(0, from); i < Math.min(to, b.length); i++) s += String.fromCharCode(b[i]!)
+  return s
+}
 
-export function sniffAudio(b: Uint8Array): AudioType | null {
+const view = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.byteLength)
+
+/** Recognises a voice-note container from its first bytes (at least 64 bytes if available). */
+export function sniffAudio(head: Uint8Array): AudioType | null {
+  const b = head
   if (b.length >= 4 && b[0] === 0x1a && b[1] === 0x45 && b[2] === 0xdf && b[3] === 0xa3) return webmDocType(b) === 'webm' ? 'audio/webm' : null
+  // Opus only: Vorbis in Ogg is not something a browser records.
   if (ascii(b, 0, 4) === 'OggS' && ascii(b, 28, 36) === 'OpusHead') return 'audio/ogg'
   if (ascii(b, 4, 8) === 'ftyp') return 'audio/mp4'
   return null
 }
 
-export function audioDurationMs(b: Uint8Array, type: AudioType): number | null {
+/** Duration in whole milliseconds read from the complete file, or null when it cannot be read. */
+export function audioDurationMs(bytes: Uint8Array, type: AudioType): number | null {
   try {
-    const ms = type === 'audio/webm' ? webmDuration(b) : type === 'audio/ogg' ? oggDuration(b) : mp4Duration(b)
+    const ms = type === 'audio/webm' ? webmDuration(bytes) : type === 'audio/ogg' ? oggDuration(bytes) : type === 'audio/mp4' ? mp4Duration(bytes) : null
     return ms !== null && Number.isFinite(ms) && ms >= 0 ? Math.round(ms) : null
   } catch {
+    // The parsers check their bounds; this only keeps a missed case from failing the upload with a 500.
     return null
   }
 }
@@ -32,16 +44,18 @@ interface Vint {
   unknown: boolean
 }
 
+/** An EBML variable-length integer; IDs keep their length marker, sizes drop it. */
 function vint(b: Uint8Array, at: number, keepMarker: boolean): Vint | null {
   const first = b[at]
   if (first === undefined || first === 0) return null
   const length = Math.clz32(first) - 23
-  if (length > 8 || at + length > b.length) return null
+  if (at + length > b.length) return null
   let value = keepMarker ? first : first & (0xff >> length)
   let allOnes = value === 0xff >> length
   for (let i = 1; i < length; i++) {
-    value = value * 256 + b[at + i]!
-    if (b[at + i] !== 0xff) allOnes = false
+    const byte = b[at + i]!
+    value = value * 256 + byte
+    if (byte !== 0xff) allOnes = false
   }
   return { value, length, unknown: !keepMarker && allOnes }
 }
@@ -60,7 +74,9 @@ const SIMPLE_BLOCK = 0xa3
 /** Masters whose children we read; their size may be unknown, so we read on instead of skipping. */
 const DESCEND = new Set([SEGMENT, INFO, CLUSTER, BLOCK_GROUP])
 
-function uint(b: Uint8Array, at: number, size: number): number {
+/** Big-endian unsigned integer of 1..8 bytes; EBML allows no wider, so anything else is invalid. */
+function uint(b: Uint8Array, at: number, size: number): number | null {
+  if (size < 1 || size > 8 || at + size > b.length) return null
   let v = 0
   for (let i = 0; i < size; i++) v = v * 256 + b[at + i]!
   return v
@@ -76,13 +92,19 @@ function webmDocType(b: Uint8Array): string | null {
     const csize = cid && vint(b, at + cid.length, false)
     if (!cid || !csize) return null
     const data = at + cid.length + csize.length
-    if (cid.value === DOC_TYPE) return ascii(b, data, data + csize.value).replace(/\0+$/, '')
+    // Doc types are short words; reading at most 16 bytes keeps a huge declared size harmless.
+    if (cid.value === DOC_TYPE) return ascii(b, data, data + Math.min(csize.value, 16)).replace(/\0+$/, '')
     at = data + csize.value
   }
   return null
 }
 
+/**
+ * Walks the file as a flat run of elements: the masters that matter are entered (their children
+ * follow directly, which also works when their size is unknown), everything else is skipped by size.
+ */
 function webmDuration(b: Uint8Array): number | null {
+  if (!(b[0] === 0x1a && b[1] === 0x45 && b[2] === 0xdf && b[3] === 0xa3)) return null
   let scale = 1_000_000
   let declared: number | null = null
   let cluster = 0
@@ -101,7 +123,7 @@ function webmDuration(b: Uint8Array): number | null {
     else if (id.value === DURATION) {
       const v = new DataView(b.buffer, b.byteOffset + data, size.value)
       declared = size.value === 4 ? v.getFloat32(0) : size.value === 8 ? v.getFloat64(0) : null
-    } else if (id.value === TIMECODE) cluster = uint(b, data, size.value)
+    } else if (id.value === TIMECODE) cluster = uint(b, data, size.value) ?? cluster
     else if (id.value === SIMPLE_BLOCK || id.value === BLOCK) {
       const track = vint(b, data, false)
       if (track && track.length + 2 <= size.value) {
@@ -117,15 +139,27 @@ function webmDuration(b: Uint8Array): number | null {
 
 // ---- Ogg Opus ----
 
+/** Opus granule positions always count 48 kHz samples, whatever the input rate was. */
+const OPUS_RATE = 48_000
+
 function oggDuration(b: Uint8Array): number | null {
-  if (ascii(b, 0, 4) !== 'OggS' || ascii(b, 28, 36) !== 'OpusHead' || b.length < 40) return null
-  const preSkip = b[38]! | (b[39]! << 8)
+  if (b.length < 40 || ascii(b, 0, 4) !== 'OggS' || ascii(b, 28, 36) !== 'OpusHead') return null
+  const v = view(b)
+  const serial = v.getUint32(14, true)
+  const preSkip = v.getUint16(38, true)
   const from = Math.max(0, b.length - 65_536)
   for (let at = b.length - 27; at >= from; at--) {
     if (b[at] !== 0x4f || ascii(b, at, at + 4) !== 'OggS' || b[at + 4] !== 0) continue
-    const granule = new DataView(b.buffer, b.byteOffset + at + 6, 8).getBigInt64(0, true)
-    if (granule < 0n) continue
-    return Math.max(0, ((Number(granule) - preSkip) / 48_000) * 1000)
+    // A real page, not "OggS" inside audio data: same stream, and its segments fit in the file.
+    if (v.getUint32(at + 14, true) !== serial) continue
+    const segments = b[at + 26]!
+    let end = at + 27 + segments
+    if (end > b.length) continue
+    for (let i = 0; i < segments; i++) end += b[at + 27 + i]!
+    if (end > b.length) continue
+    const granule = v.getBigInt64(at + 6, true)
+    if (granule < 0n) continue // -1: no packet ends on this page
+    return Math.max(0, ((Number(granule) - preSkip) / OPUS_RATE) * 1000)
   }
   return null
 }
@@ -134,12 +168,14 @@ function oggDuration(b: Uint8Array): number | null {
 
 interface Box {
   type: string
+  /** First byte of the content, after size and type. */
   start: number
+  /** Clamped to the parent, so a read checked against it stays inside the buffer. */
   end: number
 }
 
 function* boxes(b: Uint8Array, from: number, to: number): Generator<Box> {
-  const v = new DataView(b.buffer, b.byteOffset, b.byteLength)
+  const v = view(b)
   for (let at = from; at + 8 <= to; ) {
     let size = v.getUint32(at)
     let header = 8
@@ -148,55 +184,85 @@ function* boxes(b: Uint8Array, from: number, to: number): Generator<Box> {
       size = Number(v.getBigUint64(at + 8))
       header = 16
     } else if (size === 0) size = to - at
-    if (size < header) return
+    if (size < header) return // also guarantees progress
     yield { type: ascii(b, at + 4, at + 8), start: at + header, end: Math.min(to, at + size) }
     at += size
   }
 }
 
-const child = (b: Uint8Array, box: Box | undefined, type: string) => (box ? [...boxes(b, box.start, box.end)].find((x) => x.type === type) : undefined)
+const child = (b: Uint8Array, box: Box | undefined, type: string): Box | undefined => {
+  if (!box) return undefined
+  for (const x of boxes(b, box.start, box.end)) if (x.type === type) return x
+  return undefined
+}
+
+/** Readers that return null past the end of their box instead of reading a neighbour's bytes. */
+const u32 = (v: DataView, box: Box, offset: number) => (box.start + offset + 4 <= box.end ? v.getUint32(box.start + offset) : null)
+const u64 = (v: DataView, box: Box, offset: number) => (box.start + offset + 8 <= box.end ? Number(v.getBigUint64(box.start + offset)) : null)
 
 function mp4Duration(b: Uint8Array): number | null {
-  const v = new DataView(b.buffer, b.byteOffset, b.byteLength)
+  const v = view(b)
   const top = [...boxes(b, 0, b.length)]
   const moov = top.find((x) => x.type === 'moov')
   const mvhd = child(b, moov, 'mvhd')
   if (mvhd) {
-    const version = b[mvhd.start]
-    const timescale = v.getUint32(mvhd.start + (version === 1 ? 20 : 12))
-    const duration = version === 1 ? Number(v.getBigUint64(mvhd.start + 24)) : v.getUint32(mvhd.start + 16)
-    if (timescale > 0 && duration > 0) return (duration / timescale) * 1000
+    const v1 = b[mvhd.start] === 1
+    const timescale = u32(v, mvhd, v1 ? 20 : 12)
+    const duration = v1 ? u64(v, mvhd, 24) : u32(v, mvhd, 16)
+    // All ones means "unknown" (and a u64 that large is not exact anyway): look at the fragments then.
+    const known = duration !== null && duration > 0 && (v1 || duration !== 0xffffffff) && duration < 2 ** 53
+    if (timescale && known) return (duration / timescale) * 1000
   }
-  // Fragmented MP4 (Safari's MediaRecorder): add up the sample durations of every fragment.
-  const mdhd = child(b, child(b, child(b, moov, 'trak'), 'mdia'), 'mdhd')
+  return fragmentedDuration(b, v, top, moov)
+}
+
+/** Fragmented MP4 (Safari's MediaRecorder): the moov is empty, so add up the samples of every fragment. */
+function fragmentedDuration(b: Uint8Array, v: DataView, top: Box[], moov: Box | undefined): number | null {
+  const trak = child(b, moov, 'trak')
+  const mdhd = child(b, child(b, trak, 'mdia'), 'mdhd')
   if (!mdhd) return null
-  const timescale = v.getUint32(mdhd.start + (b[mdhd.start] === 1 ? 20 : 12))
+  const timescale = u32(v, mdhd, b[mdhd.start] === 1 ? 20 : 12)
   if (!timescale) return null
+  // Only that trak's fragments are counted, since its timescale is the one we have.
+  const tkhd = child(b, trak, 'tkhd')
+  const trackId = tkhd ? u32(v, tkhd, b[tkhd.start] === 1 ? 20 : 12) : null
   const trex = child(b, child(b, moov, 'mvex'), 'trex')
-  const trexDefault = trex ? v.getUint32(trex.start + 12) : 0
+  const trexDefault = (trex && u32(v, trex, 12)) ?? 0
   let total = 0
-  let fragments = 0
-  for (const moof of top.filter((x) => x.type === 'moof')) {
-    for (const traf of [...boxes(b, moof.start, moof.end)].filter((x) => x.type === 'traf')) {
+  let runs = 0
+  for (const moof of top) {
+    if (moof.type !== 'moof') continue
+    for (const traf of boxes(b, moof.start, moof.end)) {
+      if (traf.type !== 'traf') continue
       let fallback = trexDefault
+      let ours = true
       for (const box of boxes(b, traf.start, traf.end)) {
-        const flags = v.getUint32(box.start) & 0xffffff
+        const flags = (u32(v, box, 0) ?? 0) & 0xffffff
         if (box.type === 'tfhd') {
+          const id = u32(v, box, 4)
+          ours = trackId === null || id === null || id === trackId
           // base-data-offset (0x01) and sample-description-index (0x02) come before the default duration.
-          const at = box.start + 8 + (flags & 0x01 ? 8 : 0) + (flags & 0x02 ? 4 : 0)
-          if (flags & 0x08) fallback = v.getUint32(at)
-        } else if (box.type === 'trun') {
-          const count = v.getUint32(box.start + 4)
-          let at = box.start + 8 + (flags & 0x01 ? 4 : 0) + (flags & 0x04 ? 4 : 0)
-          const per = (flags & 0x100 ? 4 : 0) + (flags & 0x200 ? 4 : 0) + (flags & 0x400 ? 4 : 0) + (flags & 0x800 ? 4 : 0)
-          if (!(flags & 0x100)) total += count * fallback
-          else {
-            for (let i = 0; i < count && at + 4 <= box.end; i++, at += per) total += v.getUint32(at)
+          const offset = 8 + (flags & 0x01 ? 8 : 0) + (flags & 0x02 ? 4 : 0)
+          if (flags & 0x08) fallback = u32(v, box, offset) ?? fallback
+        } else if (box.type === 'trun' && ours) {
+          const count = u32(v, box, 4)
+          if (count === null) continue
+          runs++
+          if (!(flags & 0x100)) {
+            total += count * fallback
+            continue
           }
-          fragments++
+          let offset = 8 + (flags & 0x01 ? 4 : 0) + (flags & 0x04 ? 4 : 0)
+          const stride = 4 + (flags & 0x200 ? 4 : 0) + (flags & 0x400 ? 4 : 0) + (flags & 0x800 ? 4 : 0)
+          // The declared count is capped by what the box holds, so a huge count costs nothing.
+          for (let i = 0; i < count; i++, offset += stride) {
+            const d = u32(v, box, offset)
+            if (d === null) break
+            total += d
+          }
         }
       }
     }
   }
-  return fragments ? (total / timescale) * 1000 : null
+  return runs ? (total / timescale) * 1000 : null
 }

@@ -23,11 +23,12 @@ const ascii = (b: Uint8Array, from: number, to: number) => String.fromCharCode(.
 function sniffFile(b: Uint8Array): string {
   const image = sniffImage(b)
   if (image) return image
+  // A file upload may be a video: only the M4A brands say the MP4 holds sound alone.
+  if (ascii(b, 4, 8) === 'ftyp') return ['M4A ', 'M4B '].includes(ascii(b, 8, 12)) ? 'audio/mp4' : 'video/mp4'
   const audio = sniffAudio(b)
   if (audio) return audio
   if (ascii(b, 0, 5) === '%PDF-') return 'application/pdf'
   if (b[0] === 0x50 && b[1] === 0x4b && b[2] === 0x03 && b[3] === 0x04) return 'application/zip'
-  if (ascii(b, 4, 8) === 'ftyp') return 'video/mp4'
   if (b[0] === 0x1f && b[1] === 0x8b) return 'application/gzip'
   if (b[0] === 0x49 && b[1] === 0x44 && b[2] === 0x33) return 'audio/mpeg'
   // Valid UTF-8 without NULs reads as text; served as an attachment either way.

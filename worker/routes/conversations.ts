@@ -2,7 +2,7 @@ import { and, eq, inArray } from 'drizzle-orm'
 import { Hono } from 'hono'
 import type { ContentfulStatusCode } from 'hono/utils/http-status'
 import type { Ack, RoomResult } from '../conversation/ConversationRoom'
-import { MAX_GROUP_MEMBERS } from '../conversation/ConversationRoom'
+import { groupLimit } from '../conversation/ConversationRoom'
 import { EVENT_COLUMNS, rowToEvent, type EventRow } from '../conversation/event-rows'
 import { getDb, type Db } from '../db/client'
 import { conversations, members, users } from '../db/schema'
@@ -58,11 +58,20 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
     .bind(viewerId, onlyId ?? null)
     .all<ListRow>()
   if (results.length === 0) return []
-  const people = await getDb(env)
-    .select({ conversationId: members.conversationId, role: members.role, id: users.id, handle: users.handle, displayName: users.displayName })
-    .from(members)
-    .innerJoin(users, eq(users.id, members.userId))
-    .where(inArray(members.conversationId, results.map((r) => r.id)))
+  // D1 binds at most 100 parameters per statement, and a list holds up to 200 conversations.
+  const ids = results.map((r) => r.id)
+  const slices = Array.from({ length: Math.ceil(ids.length / 90) }, (_, i) => ids.slice(i * 90, i * 90 + 90))
+  const people = (
+    await Promise.all(
+      slices.map((slice) =>
+        getDb(env)
+          .select({ conversationId: members.conversationId, role: members.role, id: users.id, handle: users.handle, displayName: users.displayName })
+          .from(members)
+          .innerJoin(users, eq(users.id, members.userId))
+          .where(inArray(members.conversationId, slice)),
+      ),
+    )
+  ).flat()
   return results.map((c) => {
     const roster = people.filter((p) => p.conversationId === c.id).map(({ id, handle, displayName, role }) => ({ id, handle, displayName, role }))
     const others = roster.filter((p) => p.id !== viewerId)
@@ -172,16 +181,19 @@ export const conversationRoutes = new Hono<AppEnv>()
     const { title, memberIds } = c.req.valid('json')
     const db = getDb(c.env)
     const invited = [...new Set(memberIds)].filter((id) => id !== userId)
-    if (invited.length + 1 > MAX_GROUP_MEMBERS) fail(400, ErrorCode.BAD_REQUEST, `a group holds at most ${MAX_GROUP_MEMBERS} people`)
+    if (invited.length + 1 > groupLimit(c.env)) fail(400, ErrorCode.BAD_REQUEST, `a group holds at most ${groupLimit(c.env)} people`)
     await requireAddable(db, userId, invited)
     const now = Date.now()
     const id = newId()
+    const rows = [
+      { conversationId: id, userId, role: 'owner' as Role, joinedAt: now },
+      ...invited.map((m) => ({ conversationId: id, userId: m, role: 'member' as Role, joinedAt: now })),
+    ]
+    // D1 binds at most 100 parameters per statement, so members go in slices of 10 rows.
+    const slices = Array.from({ length: Math.ceil(rows.length / 10) }, (_, i) => db.insert(members).values(rows.slice(i * 10, i * 10 + 10)))
     await db.batch([
       db.insert(conversations).values({ id, kind: 'group', title, directKey: null, createdBy: userId, createdAt: now, lastSeq: 0, lastActivityAt: now }),
-      db.insert(members).values([
-        { conversationId: id, userId, role: 'owner' as Role, joinedAt: now },
-        ...invited.map((m) => ({ conversationId: id, userId: m, role: 'member' as Role, joinedAt: now })),
-      ]),
+      ...slices,
     ])
     if (invited.length) unwrap(await getConversationRoom(c.env, id).announceMembers(id, userId, crypto.randomUUID()))
     await tellListChanged(c.env, invited)
