@@ -39,9 +39,9 @@ describe('groups', () => {
     expect(created.status).toBe(201)
     const g = (await json<{ conversation: ConversationSummary }>(created)).conversation
     expect(g.members).toHaveLength(50)
-    const listed = await json<{ conversations: ConversationSummary[] }>(await call(friends[48], 'GET', '/api/conversations'))
+    const listed = await json<{ conversations: ConversationSummary[] }>(await call(friends[48]!, 'GET', '/api/conversations'))
     expect(listed.conversations.map((c) => c.id)).toContain(g.id)
-    const more = await call(owner, 'POST', `/api/conversations/${g.id}/members`, { userIds: [friends[49].user.id] })
+    const more = await call(owner, 'POST', `/api/conversations/${g.id}/members`, { userIds: [friends[49]!.user.id] })
     expect(more.status).toBe(403)
   })
 
