@@ -76,6 +76,8 @@ export class ConversationRoom extends DurableObject<Env> {
   private lastTyping = new Map<string, number>()
   /** Each member's newest message seq: who a receipt can matter to. */
   private lastSent = new Map<string, number>()
+  /** When the safety-net alarm is due, as far as this instance knows (null: none set by it). */
+  private alarmAt: number | null = null
   /** Replaceable so load tests and benchmarks can lift the per-member limit. */
   limiter: RateLimiter
   /** Injectable clock so time boundaries are testable. */
@@ -219,7 +221,7 @@ export class ConversationRoom extends DurableObject<Env> {
       sender.readSeq = event.seq
       sender.deliveredSeq = Math.max(sender.deliveredSeq, event.seq)
     }
-    void this.ctx.storage.setAlarm(this.now() + FLUSH_RETRY_MS)
+    this.armFlushAlarm()
     this.fanOut(event, alsoTell)
     this.scheduleFlush()
     return { conversationId: event.conversationId, clientMsgId: event.clientMsgId, seq: event.seq, serverTs: event.serverTs, duplicate: false }
@@ -600,11 +602,28 @@ export class ConversationRoom extends DurableObject<Env> {
     for (const d of dirty) this.sql.exec('DELETE FROM cursor_outbox WHERE user_id = ? AND read_seq = ?', d.user_id, d.read_seq)
   }
 
+  /**
+   * The alarm is the safety net that retries the D1 flush after a crash or a D1 failure. One that
+   * is already due soon covers this commit too, so a busy room writes the alarm once per interval,
+   * not once per message.
+   */
+  private armFlushAlarm() {
+    // Wall time, not the injectable clock: alarms run on the real one.
+    const now = Date.now()
+    if (this.alarmAt !== null && this.alarmAt > now) return
+    this.alarmAt = now + FLUSH_RETRY_MS
+    void this.ctx.storage.setAlarm(this.alarmAt)
+  }
+
   override async alarm() {
+    this.alarmAt = null
     this.scheduleFlush()
     await this.flushing
     const pending = this.sql.exec<{ n: number }>('SELECT (SELECT count(*) FROM d1_outbox) + (SELECT count(*) FROM cursor_outbox) + (SELECT count(*) FROM media_purge) AS n').one().n
-    if (pending > 0) await this.ctx.storage.setAlarm(this.now() + FLUSH_RETRY_MS)
+    if (pending > 0) {
+      this.alarmAt = Date.now() + FLUSH_RETRY_MS
+      await this.ctx.storage.setAlarm(this.alarmAt)
+    }
   }
 
   /** For tests and the monitoring view. */
