@@ -29,6 +29,8 @@ export interface LocalServer {
   crash(): Promise<void>
   /** Starts the runtime again on the same port and state directory. */
   restart(): Promise<void>
+  /** The process whose descendants are wrangler and workerd (for memory and CPU pinning). */
+  pid(): number
 }
 
 /**
@@ -61,6 +63,7 @@ export async function startServer(opts: { stateDir?: string; port?: number; vars
       await kill(child)
       child = await launch(port, stateDir, vars, env)
     },
+    pid: () => child.pid!,
   }
 }
 

@@ -1,0 +1,113 @@
+// One load-generator connection. It speaks echovalley's frames, which the reference server also
+// speaks, and behaves like a real client: one write per conversation in flight, a `delivered`
+// cursor after each event (product only), sync by pages.
+import { randomUUID } from 'node:crypto'
+import WebSocket from 'ws'
+
+/** A server that stops answering fails the scenario instead of hanging the run. */
+const TIMEOUT_MS = 30_000
+
+interface EventFrame {
+  type: 'event'
+  event: { type: string; conversationId: string; seq: number; senderId: string; clientMsgId: string }
+}
+interface EventsFrame {
+  type: 'events'
+  conversationId: string
+  events: { seq: number }[]
+  hasMore: boolean
+  lastSeq: number
+}
+
+/** What every workload drives; BenchClient speaks echovalley's frames, bench/prosody.ts XMPP. */
+export interface LoadClient {
+  /** Called with every live message: (conversationId, seq, clientMsgId, receivedAt = performance.now()). */
+  onEvent: ((conversationId: string, seq: number, clientMsgId: string, at: number) => void) | null
+  /** Sends one text message; resolves when the server has durably accepted it (-1 when refused). */
+  send(conversationId: string, text: string, clientMsgId?: string): Promise<number>
+  /** Fetches every message after `afterSeq` (0: all), page by page; resolves with how many arrived. */
+  syncAll(conversationId: string, afterSeq: number): Promise<number>
+  close(): void
+}
+
+export class BenchClient implements LoadClient {
+  private acks = new Map<string, (seq: number) => void>()
+  private pages: ((f: EventsFrame) => void)[] = []
+  /** The last error frame not tied to a send, to explain a sync that never answers. */
+  private lastError = ''
+  /** Called with every live event: (conversationId, seq, clientMsgId, receivedAt). */
+  onEvent: ((conversationId: string, seq: number, clientMsgId: string, at: number) => void) | null = null
+
+  private constructor(
+    private ws: WebSocket,
+    private confirmDelivery: boolean,
+  ) {
+    ws.on('message', (data) => {
+      const at = performance.now()
+      const text = data.toString()
+      if (text === 'pong') return
+      const msg = JSON.parse(text) as { type: string } & Record<string, unknown>
+      if (msg.type === 'ack') {
+        const done = this.acks.get(msg.clientMsgId as string)
+        this.acks.delete(msg.clientMsgId as string)
+        done?.(msg.seq as number)
+      } else if (msg.type === 'event') {
+        const e = (msg as unknown as EventFrame).event
+        this.onEvent?.(e.conversationId, e.seq, e.clientMsgId, at)
+        if (this.confirmDelivery) this.ws.send(JSON.stringify({ type: 'delivered', conversationId: e.conversationId, seq: e.seq }))
+      } else if (msg.type === 'events') {
+        this.pages.shift()?.(msg as unknown as EventsFrame)
+      } else if (msg.type === 'error' && !msg.ref) {
+        this.lastError = JSON.stringify(msg)
+      } else if (msg.type === 'error' && msg.ref) {
+        const done = this.acks.get(msg.ref as string)
+        this.acks.delete(msg.ref as string)
+        done?.(-1)
+      }
+    })
+  }
+
+  static open(url: string, confirmDelivery: boolean): Promise<BenchClient> {
+    return new Promise((resolve, reject) => {
+      const ws = new WebSocket(url, { perMessageDeflate: false })
+      const client = new BenchClient(ws, confirmDelivery)
+      ws.once('error', reject)
+      const timer = setTimeout(() => (ws.terminate(), reject(new Error(`no hello within ${TIMEOUT_MS} ms`))), TIMEOUT_MS)
+      ws.on('message', function hello(data) {
+        if (data.toString().includes('"hello"')) {
+          ws.off('message', hello)
+          clearTimeout(timer)
+          resolve(client)
+        }
+      })
+    })
+  }
+
+  /** Sends one message; resolves with its seq when acked (-1 when refused). */
+  send(conversationId: string, text: string, clientMsgId = randomUUID()): Promise<number> {
+    return new Promise((resolve) => {
+      this.acks.set(clientMsgId, resolve)
+      this.ws.send(JSON.stringify({ type: 'send', conversationId, clientMsgId, body: { kind: 'text', text } }))
+    })
+  }
+
+  /** Every event after `afterSeq`, page by page; resolves with how many arrived. */
+  async syncAll(conversationId: string, afterSeq: number): Promise<number> {
+    let got = 0
+    let cursor = afterSeq
+    for (;;) {
+      const page = await new Promise<EventsFrame>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`sync page after ${cursor} not answered within ${TIMEOUT_MS} ms ${this.lastError}`)), TIMEOUT_MS)
+        this.pages.push((f) => (clearTimeout(timer), resolve(f)))
+        this.ws.send(JSON.stringify({ type: 'sync', conversationId, afterSeq: cursor }))
+      })
+      got += page.events.length
+      if (page.events.length) cursor = page.events[page.events.length - 1]!.seq
+      if (!page.hasMore) return got
+    }
+  }
+
+  close() {
+    this.ws.close()
+  }
+}

@@ -1,0 +1,530 @@
+// `npm run bench`: echovalley (wrangler dev → workerd, the same runtime `npm run dev` uses) beside a
+// reference server (Node ws + SQLite, bench/reference-server.ts), the same workloads against both
+// in one run. Prints a table and writes bench/results.md.
+//   npm run bench [-- --quick]      (--quick: smaller sizes, no 1,000-member group)
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { freePort, startServer, type LocalServer } from '../test/e2e/server'
+import { BenchClient, type LoadClient } from './client'
+import { prosodyTarget } from './prosody'
+import type { Target, User } from './target'
+
+const QUICK = process.argv.includes('--quick')
+const listArg = (name: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1]?.split(',')
+/** `--only=latency,load,fanout,throughput,sync,idle,restart` runs a subset; `--systems=reference` one side. */
+const ONLY = listArg('only')
+const SYSTEMS = listArg('systems')
+const ROOT = path.resolve(import.meta.dirname, '..')
+const SIZES = {
+  latencySends: QUICK ? 200 : 500,
+  loadRate: 2000,
+  loadSeconds: QUICK ? 3 : 5,
+  loadConversations: 100,
+  fanout: QUICK ? [10, 100] : [10, 100, 1000],
+  fanoutSends: QUICK ? 10 : 30,
+  throughputSeconds: QUICK ? 3 : 5,
+  sync: QUICK ? [1000] : [1000, 10_000],
+  restartClients: 100,
+  idle: QUICK ? 300 : 1000,
+}
+
+// ---- measurement helpers ----
+
+function pct(xs: number[], p: number): number {
+  if (!xs.length) return NaN
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!
+}
+
+async function pool<T, R>(items: T[], width: number, fn: (t: T, i: number) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length)
+  let next = 0
+  await Promise.all(
+    Array.from({ length: Math.min(width, items.length) }, async () => {
+      while (next < items.length) {
+        const i = next++
+        out[i] = await fn(items[i]!, i)
+      }
+    }),
+  )
+  return out
+}
+
+/** Resident memory of a process and its descendants, in bytes (Linux /proc). */
+function rss(pid: number): number {
+  let total = 0
+  const visit = (p: number) => {
+    try {
+      const status = readFileSync(`/proc/${p}/status`, 'utf8')
+      total += Number(status.match(/VmRSS:\s+(\d+)/)?.[1] ?? 0) * 1024
+      const kids = execFileSync('pgrep', ['-P', String(p)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number)
+      kids.forEach(visit)
+    } catch {
+      // gone, or no children
+    }
+  }
+  visit(pid)
+  return total
+}
+
+/** Pins a process tree to one core, so the generator (the other core) does not compete with it. */
+function pin(pid: number, cpu: number) {
+  try {
+    execFileSync('taskset', ['-a', '-p', '-c', String(cpu), String(pid)], { stdio: 'ignore' })
+    for (const kid of execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).split('\n').filter(Boolean)) pin(Number(kid), cpu)
+  } catch {
+    // no taskset, or no children
+  }
+}
+
+/** CPU time (ms) used so far by a process and its descendants (Linux /proc; 100 ticks a second). */
+function treeCpuMs(pid: number): number {
+  let ticks = 0
+  const visit = (p: number) => {
+    try {
+      const fields = readFileSync(`/proc/${p}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')
+      ticks += Number(fields[11]) + Number(fields[12]) // utime, stime
+      execFileSync('pgrep', ['-P', String(p)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number).forEach(visit)
+    } catch {
+      // gone, or no children
+    }
+  }
+  visit(pid)
+  return ticks * 10
+}
+
+/**
+ * CPU use during `fn`, each as a share of one core: the generator (this process) and the server's
+ * process tree. Near 1.0 means that side was the limit (both are pinned to one core each).
+ */
+async function withCpu<T>(fn: () => Promise<T>, serverPid?: number): Promise<{ value: T; genCpu: number; serverCpu: number }> {
+  const start = process.cpuUsage()
+  const server0 = serverPid ? treeCpuMs(serverPid) : 0
+  const t0 = performance.now()
+  const value = await fn()
+  const used = process.cpuUsage(start)
+  const elapsed = performance.now() - t0
+  return { value, genCpu: (used.user + used.system) / 1000 / elapsed, serverCpu: serverPid ? (treeCpuMs(serverPid) - server0) / elapsed : NaN }
+}
+
+// ---- the two systems under test ----
+
+async function json<T>(url: string, init: RequestInit & { token?: string; body?: string } = {}): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    const res = await fetch(url, { ...init, headers: { 'content-type': 'application/json', ...(init.token ? { authorization: `Bearer ${init.token}` } : {}) } })
+    if (res.ok) return (await res.json()) as T
+    if (res.status < 500 || attempt > 4) throw new Error(`${init.method ?? 'GET'} ${url}: ${res.status} ${await res.text()}`)
+    await new Promise((r) => setTimeout(r, 200 * (attempt + 1)))
+  }
+}
+
+async function productTarget(): Promise<Target> {
+  // Rate limits and the 50-person group ceiling are lifted for load; everything else is the product.
+  const server: LocalServer = await startServer({ vars: { WRITE_RATE: '1000000/1000000', GROUP_LIMIT: '1000' } })
+  const serverPid = () => server.pid()
+  pin(serverPid(), 1)
+  const base = server.url
+  const run = Date.now().toString(36)
+  let made = 0
+  const friends = new Set<string>()
+  const befriend = async (a: User, b: User) => {
+    const key = [a.id, b.id].sort().join('|')
+    if (friends.has(key)) return
+    friends.add(key)
+    const req = await json<{ id?: string }>(`${base}/api/friends/requests`, { method: 'POST', token: a.token, body: JSON.stringify({ handle: b.handle }) })
+    if (req.id) await json(`${base}/api/friends/requests/${req.id}/accept`, { method: 'POST', token: b.token })
+  }
+  return {
+    name: 'echovalley',
+    async users(n) {
+      // Registration hashes a password (PBKDF2, 100,000 rounds): the slow part of setting up.
+      return pool(Array.from({ length: n }, (_, i) => i), 4, async () => {
+        const handle = `b${run}_${made++}`
+        const r = await json<{ accessToken: string; user: { id: string } }>(`${base}/api/auth/register`, { method: 'POST', body: JSON.stringify({ handle, password: 'bench-password-1', displayName: handle }) })
+        return { id: r.user.id, handle, token: r.accessToken }
+      })
+    },
+    async direct(a, b) {
+      await befriend(a, b)
+      return (await json<{ conversation: { id: string } }>(`${base}/api/conversations`, { method: 'POST', token: a.token, body: JSON.stringify({ peerHandle: b.handle }) })).conversation.id
+    },
+    async group(owner, others) {
+      await pool(others, 6, (o) => befriend(owner, o))
+      const first = others.slice(0, 49)
+      const id = (await json<{ conversation: { id: string } }>(`${base}/api/conversations/groups`, { method: 'POST', token: owner.token, body: JSON.stringify({ title: 'bench', memberIds: first.map((o) => o.id) }) })).conversation.id
+      for (let i = 49; i < others.length; i += 49) {
+        await json(`${base}/api/conversations/${id}/members`, { method: 'POST', token: owner.token, body: JSON.stringify({ userIds: others.slice(i, i + 49).map((o) => o.id) }) })
+      }
+      return id
+    },
+    async connect(u) {
+      const { ticket } = await json<{ ticket: string }>(`${base}/api/ws/ticket`, { method: 'POST', token: u.token })
+      return BenchClient.open(`${base.replace(/^http/, 'ws')}/api/ws?ticket=${encodeURIComponent(ticket)}`, true)
+    },
+    pid: serverPid,
+    async restart() {
+      await server.restart()
+      pin(serverPid(), 1)
+    },
+    stop: () => server.stop(),
+  }
+}
+
+async function referenceTarget(): Promise<Target> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'echovalley-ref-'))
+  const port = await freePort()
+  let child: ChildProcess
+  const launch = async () => {
+    child = spawn('taskset', ['-c', '1', process.execPath, '--import', 'tsx', path.join(ROOT, 'bench/reference-server.ts'), '--port', String(port), '--db', path.join(dir, 'ref.sqlite')], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] })
+    await new Promise<void>((resolve) => child.stdout!.on('data', (d: Buffer) => d.toString().includes('listening') && resolve()))
+  }
+  await launch()
+  const base = `http://127.0.0.1:${port}`
+  const setup = (conversationId: string, userIds: string[]) => json(`${base}/setup`, { method: 'POST', body: JSON.stringify({ conversationId, userIds }) })
+  return {
+    name: 'reference',
+    async users(n) {
+      return Array.from({ length: n }, () => {
+        const id = randomUUID()
+        return { id, handle: id, token: '' }
+      })
+    },
+    async direct(a, b) {
+      const id = randomUUID()
+      await setup(id, [a.id, b.id])
+      return id
+    },
+    async group(owner, others) {
+      const id = randomUUID()
+      await setup(id, [owner.id, ...others.map((o) => o.id)])
+      return id
+    },
+    connect: (u) => BenchClient.open(`ws://127.0.0.1:${port}/ws?user=${u.id}`, false),
+    pid: () => child.pid!,
+    async restart() {
+      child.kill('SIGKILL')
+      await new Promise((r) => child.once('exit', r))
+      await launch()
+    },
+    async stop() {
+      child.kill('SIGTERM')
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+// ---- workloads ----
+
+interface Row {
+  metric: string
+  unit: string
+  /** Lower is better (latency, memory) or higher (throughput). */
+  better: 'lower' | 'higher'
+  values: Record<string, number>
+  notes: string[]
+}
+
+const rows: Row[] = []
+const failures: string[] = []
+function record(metric: string, unit: string, better: Row['better'], system: string, value: number, note?: string) {
+  let row = rows.find((r) => r.metric === metric)
+  if (!row) rows.push((row = { metric, unit, better, values: {}, notes: [] }))
+  row.values[system] = value
+  if (note) row.notes.push(`${system}: ${note}`)
+  console.log(`  ${system.padEnd(10)} ${metric}: ${Number.isFinite(value) ? value.toFixed(unit === 'ms' ? 2 : 0) : 'n/a'} ${unit}${note ? ` (${note})` : ''}`)
+}
+const saturated = (genCpu: number, serverCpu = NaN) =>
+  [
+    genCpu > 0.85 ? `generator at ${Math.round(genCpu * 100)}% of a core: may be the limit` : undefined,
+    Number.isFinite(serverCpu) ? `server at ${Math.round(serverCpu * 100)}% of its core` : undefined,
+  ].filter(Boolean).join('; ') || undefined
+
+async function latency(t: Target, users: User[]) {
+  const conv = await t.direct(users[0]!, users[1]!)
+  const a = await t.connect(users[0]!)
+  const b = await t.connect(users[1]!)
+  const times: number[] = []
+  for (let i = 0; i < 20; i++) await a.send(conv, `warm ${i}`)
+  for (let i = 0; i < SIZES.latencySends; i++) {
+    const t0 = performance.now()
+    await a.send(conv, `ping ${i}`)
+    times.push(performance.now() - t0)
+  }
+  record('send→ack p50, one in flight', 'ms', 'lower', t.name, pct(times, 50))
+  record('send→ack p99, one in flight', 'ms', 'lower', t.name, pct(times, 99))
+  a.close()
+  b.close()
+}
+
+/** Open loop at a fixed total rate over many conversations; each keeps one write in flight, so queueing shows in latency. */
+async function underLoad(t: Target, users: User[]) {
+  const n = SIZES.loadConversations
+  const convs = await pool(Array.from({ length: n }, (_, i) => i), 8, (i) => t.direct(users[2 * i]!, users[2 * i + 1]!))
+  const senders = await pool(convs, 16, (_, i) => t.connect(users[2 * i]!))
+  const times: number[] = []
+  let acked = 0
+  let refused = 0
+  let unsent = 0
+  const perConvInterval = (1000 * n) / SIZES.loadRate
+  const { genCpu, serverCpu, value: seconds } = await withCpu(async () => {
+    const t0 = performance.now()
+    const end = t0 + SIZES.loadSeconds * 1000
+    await Promise.all(
+      convs.map(async (conv, i) => {
+        let due = t0 + Math.random() * perConvInterval
+        while (due < end) {
+          // A server that falls behind is not waited for past the end: what was due and never sent is counted.
+          if (performance.now() >= end) {
+            unsent += Math.ceil((end - due) / perConvInterval)
+            break
+          }
+          const wait = due - performance.now()
+          if (wait > 0) await new Promise((r) => setTimeout(r, wait))
+          const s = performance.now()
+          // Latency counts from when the message was due, so a backlog shows.
+          if ((await senders[i]!.send(conv, 'load')) < 0) refused++
+          else acked++
+          times.push(performance.now() - Math.min(s, due))
+          due += perConvInterval
+        }
+      }),
+    )
+    return (performance.now() - t0) / 1000
+  }, t.pid())
+  const rate = acked / seconds
+  const note = [saturated(genCpu, serverCpu), rate < SIZES.loadRate * 0.95 ? `reached ${Math.round(rate)} msg/s of ${SIZES.loadRate}` : undefined, refused ? `${refused} refused` : undefined, unsent ? `${unsent} due messages never sent (backlog at the end)` : undefined].filter(Boolean).join('; ') || undefined
+  record(`send→ack p50 at ${SIZES.loadRate} msg/s offered`, 'ms', 'lower', t.name, pct(times, 50), note)
+  record(`send→ack p99 at ${SIZES.loadRate} msg/s offered`, 'ms', 'lower', t.name, pct(times, 99))
+  record(`achieved rate at ${SIZES.loadRate} msg/s offered`, 'msg/s', 'higher', t.name, rate)
+  senders.forEach((s) => s.close())
+}
+
+async function fanout(t: Target, users: User[], size: number) {
+  const group = users.slice(0, size)
+  const conv = await t.group(group[0]!, group.slice(1))
+  const clients = await pool(group, 16, (u) => t.connect(u))
+  const latest = new Map<string, number>()
+  const counts = new Map<string, number>()
+  const waiting = new Map<string, () => void>()
+  for (const c of clients.slice(1)) {
+    c.onEvent = (_conv, _seq, id, at) => {
+      const n = (counts.get(id) ?? 0) + 1
+      counts.set(id, n)
+      latest.set(id, at)
+      if (n === size - 1) waiting.get(id)?.()
+    }
+  }
+  const times: number[] = []
+  let incomplete = 0
+  const sends = size >= 1000 ? Math.min(10, SIZES.fanoutSends) : SIZES.fanoutSends
+  const { genCpu, serverCpu } = await withCpu(async () => {
+    for (let i = 0; i < sends; i++) {
+      const id = randomUUID()
+      const all = new Promise<boolean>((resolve) => {
+        waiting.set(id, () => resolve(true))
+        setTimeout(() => resolve(false), 30_000)
+      })
+      const t0 = performance.now()
+      await clients[0]!.send(conv, `fan ${i}`, id)
+      if (!(await all)) incomplete++
+      waiting.delete(id)
+      times.push((latest.get(id) ?? NaN) - t0)
+    }
+  }, t.pid())
+  const note = [saturated(genCpu, serverCpu), incomplete ? `${incomplete} of ${sends} sends not received by all within 30 s` : undefined].filter(Boolean).join('; ') || undefined
+  record(`fan-out send→last receive p99, ${size} members`, 'ms', 'lower', t.name, pct(times, 99), note)
+  clients.forEach((c) => c.close())
+}
+
+async function throughput(t: Target, users: User[]) {
+  // One conversation, 10 members each with one write in flight.
+  const group = users.slice(0, 10)
+  const conv = await t.group(group[0]!, group.slice(1))
+  const clients = await pool(group, 10, (u) => t.connect(u))
+  const run = async (senders: { c: LoadClient; conv: string }[]) => {
+    let acked = 0
+    let refused = 0
+    const end = performance.now() + SIZES.throughputSeconds * 1000
+    const r = await withCpu(async () => {
+      const t0 = performance.now()
+      await Promise.all(
+        senders.map(async ({ c, conv }) => {
+          while (performance.now() < end) {
+            if ((await c.send(conv, 'tp')) < 0) refused++
+            else acked++
+          }
+        }),
+      )
+      return acked / ((performance.now() - t0) / 1000)
+    }, t.pid())
+    if (refused) failures.push(`${t.name} throughput: ${refused} sends refused`)
+    return r
+  }
+  const one = await run(clients.map((c) => ({ c, conv })))
+  record('sustained msg/s, one conversation (10 senders)', 'msg/s', 'higher', t.name, one.value, saturated(one.genCpu, one.serverCpu))
+  clients.forEach((c) => c.close())
+  const n = SIZES.loadConversations
+  const convs = await pool(Array.from({ length: n }, (_, i) => i), 8, (i) => t.direct(users[2 * i]!, users[2 * i + 1]!))
+  const senders = await pool(convs, 16, async (conv, i) => ({ c: await t.connect(users[2 * i]!), conv }))
+  const many = await run(senders)
+  record(`sustained msg/s, ${n} conversations`, 'msg/s', 'higher', t.name, many.value, saturated(many.genCpu, many.serverCpu))
+  senders.forEach((s) => s.c.close())
+}
+
+async function syncAfterAbsence(t: Target, users: User[]) {
+  for (const missed of SIZES.sync) {
+    const [a, b] = [users[0]!, users[1]!]
+    const conv = await t.direct(a, b)
+    const sender = await t.connect(a)
+    const base = await sender.syncAll(conv, 0)
+    // b is offline while `missed` messages arrive; several senders' worth, written in parallel conversations' style.
+    for (let i = 0; i < missed; i += 50) await Promise.all(Array.from({ length: Math.min(50, missed - i) }, (_, k) => sender.send(conv, `missed ${i + k}`)))
+    sender.close()
+    const t0 = performance.now()
+    const c = await t.connect(b)
+    const got = await c.syncAll(conv, base)
+    const ms = performance.now() - t0
+    c.close()
+    record(`reconnect + sync of ${missed.toLocaleString('en')} missed`, 'ms', 'lower', t.name, ms, got < missed ? `only ${got} arrived` : undefined)
+  }
+}
+
+async function afterRestart(t: Target, users: User[]) {
+  const n = SIZES.restartClients
+  const convs = await pool(Array.from({ length: n / 2 }, (_, i) => i), 8, (i) => t.direct(users[2 * i]!, users[2 * i + 1]!))
+  const writers = await pool(convs, 16, (_, i) => t.connect(users[2 * i]!))
+  await Promise.all(writers.map(async (w, i) => { for (let k = 0; k < 20; k++) await w.send(convs[i]!, `before ${k}`) }))
+  writers.forEach((w) => w.close())
+  await t.restart()
+  const t0 = performance.now()
+  const totals = await pool(users.slice(0, n), n, async (u, i) => {
+    const c = await t.connect(u)
+    const got = await c.syncAll(convs[Math.floor(i / 2)]!, 0)
+    c.close()
+    return got
+  })
+  const ms = performance.now() - t0
+  record(`${n} clients reconnect + sync after a restart`, 'ms', 'lower', t.name, ms, totals.some((g) => g < 20) ? 'some clients missed messages' : undefined)
+}
+
+async function idleConnections(t: Target, users: User[]) {
+  const n = SIZES.idle
+  const us = users.slice(0, n)
+  // Warm up the per-user objects first, so the figure is the connection, not the user.
+  const warm = await pool(us, 16, (u) => t.connect(u))
+  warm.forEach((c) => c.close())
+  await new Promise((r) => setTimeout(r, 1500))
+  const before = rss(t.pid())
+  const t0 = performance.now()
+  const clients = await pool(us, 32, (u) => t.connect(u))
+  const seconds = (performance.now() - t0) / 1000
+  await new Promise((r) => setTimeout(r, 1500))
+  const after = rss(t.pid())
+  record('connections per second (ticket + upgrade)', 'conn/s', 'higher', t.name, n / seconds)
+  record(`memory per idle connection (${n} open)`, 'KiB', 'lower', t.name, (after - before) / n / 1024)
+  clients.forEach((c) => c.close())
+}
+
+// ---- main ----
+
+const SYSTEM_NAMES = ['echovalley', 'reference', 'prosody'] as const
+
+function table(): string {
+  const systems = SYSTEM_NAMES.filter((s) => rows.some((r) => r.values[s] !== undefined))
+  const refs = systems.filter((s) => s !== 'echovalley')
+  const lines = [
+    `| metric | ${systems.join(' | ')} | ${refs.map((r) => `echovalley ÷ ${r}`).join(' | ')} | notes |`,
+    `| --- | ${systems.map(() => '---:').join(' | ')} | ${refs.map(() => '---:').join(' | ')} | --- |`,
+  ]
+  for (const r of rows) {
+    const fmt = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? 'n/a' : `${x.toFixed(r.unit === 'ms' ? 2 : 0)} ${r.unit}`)
+    const mine = r.values.echovalley
+    const ratio = (ref: string) => {
+      const theirs = r.values[ref]
+      return mine !== undefined && theirs && Number.isFinite(mine) && Number.isFinite(theirs) ? `${(mine / theirs).toFixed(2)}` : 'n/a'
+    }
+    lines.push(`| ${r.metric} (${r.better} is better) | ${systems.map((s) => fmt(r.values[s])).join(' | ')} | ${refs.map(ratio).join(' | ')} | ${r.notes.join('; ')} |`)
+  }
+  return lines.join('\n')
+}
+
+async function main() {
+  try {
+    execFileSync('taskset', ['-p', '-c', '0', String(process.pid)], { stdio: 'ignore' })
+  } catch {
+    console.warn('taskset is not available: generator and servers share cores')
+  }
+  const started = new Date()
+  const want: Record<string, number> = { latency: 2, load: SIZES.loadConversations * 2, fanout: Math.max(...SIZES.fanout), throughput: SIZES.loadConversations * 2, sync: 2, idle: SIZES.idle, restart: SIZES.restartClients }
+  const needUsers = Math.max(...Object.entries(want).filter(([k]) => !ONLY || ONLY.includes(k)).map(([, n]) => n))
+  const makers: [string, () => Promise<Target>][] = [['echovalley', productTarget], ['reference', referenceTarget], ['prosody', prosodyTarget]]
+  for (const [name, make] of makers) {
+    if (SYSTEMS && !SYSTEMS.includes(name)) continue
+    let t: Target
+    try {
+      t = await make()
+    } catch (e) {
+      console.error(`  ${name} could not start: ${String(e)}`)
+      failures.push(`${name}: could not start: ${String(e).slice(0, 200)}`)
+      continue
+    }
+    try {
+      console.log(`\n${t.name}: creating ${needUsers} users`)
+      const s0 = performance.now()
+      const users = await t.users(needUsers)
+      console.log(`  (${((performance.now() - s0) / 1000).toFixed(1)} s)`)
+      const scenarios: [string, () => Promise<void>][] = [
+        ['latency', () => latency(t, users)],
+        ['load', () => underLoad(t, users)],
+        ...SIZES.fanout.map((size): [string, () => Promise<void>] => ['fanout', () => fanout(t, users, size)]),
+        ['throughput', () => throughput(t, users)],
+        ['sync', () => syncAfterAbsence(t, users)],
+        ['idle', () => idleConnections(t, users)],
+        ['restart', () => afterRestart(t, users)],
+      ]
+      for (const [name, run] of scenarios) {
+        if (ONLY && !ONLY.includes(name)) continue
+        // One scenario failing (a server that falls over under load) is a finding, not the end of the run.
+        try {
+          await run()
+        } catch (e) {
+          console.error(`  ${t.name} ${name} failed: ${String(e)}`)
+          failures.push(`${t.name} ${name}: ${String(e).slice(0, 160)}`)
+        }
+      }
+    } finally {
+      await t.stop()
+    }
+    writeResults(started)
+  }
+  console.log(`\n${table()}\n\nwritten to bench/results.md`)
+  process.exit(0)
+}
+
+/** Rewritten after each system, so a run cut short still leaves what it measured. */
+function writeResults(started: Date) {
+  const cpu = os.cpus()[0]?.model ?? 'unknown CPU'
+  const out = `# echovalley benchmark
+
+Run ${started.toISOString()} on ${os.cpus().length} × ${cpu}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.type()} ${os.release()}, Node ${process.version}${QUICK ? ', --quick sizes' : ''}.
+echovalley runs under \`wrangler dev\` (workerd, local D1/Durable Objects/Queues on disk), pinned to core 1 with taskset; the
+reference (\`bench/reference-server.ts\`: Node ws + better-sqlite3, WAL, synchronous=FULL, commit before ack, no auth,
+receipts or push) also on core 1; the load generator (this process) on core 0. Rate limits and the 50-person group
+ceiling are lifted for the run (\`WRITE_RATE\`, \`GROUP_LIMIT\`); the product otherwise runs as shipped, with its
+clients confirming delivery of every event as the PWA does. Prosody (\`bench/prosody.ts\`: Debian's XMPP server with
+SQLite storage, MAM archiving, stream management; "acked" = the stream-management answer after the message was archived)
+is driven by @xmpp/client, also on core 1. Its 1:1 messages are archived twice (each user has an archive); its groups are
+members-only MUC rooms that members join on connect, so its idle-connection figure after the fan-out runs includes room
+joins. A ratio above 1 means echovalley's figure is larger (worse for latency and memory, better for rates).
+
+${table()}
+${failures.length ? `\nScenarios that failed (a finding, not left out):\n\n${failures.map((f) => `- ${f}`).join('\n')}\n` : ''}
+Rerun with \`npm run bench\` (\`-- --quick\` for smaller sizes).
+`
+  writeFileSync(path.join(ROOT, 'bench/results.md'), out)
+}
+
+await main()

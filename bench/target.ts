@@ -1,0 +1,22 @@
+import type { LoadClient } from './client'
+
+/** A benchmark participant: how the workloads make users and conversations on one system. */
+export interface User {
+  id: string
+  handle: string
+  token: string
+}
+
+export interface Target {
+  name: string
+  users(n: number): Promise<User[]>
+  direct(a: User, b: User): Promise<string>
+  group(owner: User, others: User[]): Promise<string>
+  connect(u: User): Promise<LoadClient>
+  /** The server process (its descendants count too) for memory figures. */
+  pid(): number
+  /** kill -9 and start again on the same state. */
+  restart(): Promise<void>
+  stop(): Promise<void>
+}
+
