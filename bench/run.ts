@@ -123,7 +123,7 @@ async function json<T>(url: string, init: RequestInit & { token?: string; body?:
 
 async function productTarget(): Promise<Target> {
   // Rate limits and the 50-person group ceiling are lifted for load; everything else is the product.
-  const server: LocalServer = await startServer({ vars: { WRITE_RATE: '1000000/1000000', GROUP_LIMIT: '1000' } })
+  const server: LocalServer = await startServer({ vars: { WRITE_RATE: '1000000/1000000', GROUP_LIMIT: '1000' }, lifetimeMs: 60 * 60 * 1000 })
   const serverPid = () => server.pid()
   pin(serverPid(), 1)
   const base = server.url

@@ -37,7 +37,10 @@ export interface LocalServer {
  * The real product as `npm run dev` runs it: wrangler dev (workerd) serving the built PWA,
  * with migrations applied to a fresh local state directory.
  */
-export async function startServer(opts: { stateDir?: string; port?: number; vars?: Record<string, string> } = {}): Promise<LocalServer> {
+export async function startServer(
+  opts: { stateDir?: string; port?: number; vars?: Record<string, string>; /** Safety kill after this long (benchmarks run longer than tests). */ lifetimeMs?: number } = {},
+): Promise<LocalServer> {
+  const lifetimeMs = opts.lifetimeMs ?? MAX_LIFETIME_MS
   const stateDir = opts.stateDir ?? mkdtempSync(path.join(tmpdir(), 'echovalley-e2e-'))
   const port = opts.port ?? (await freePort())
   const env = { ...process.env, CI: 'true', WRANGLER_SEND_METRICS: 'false' }
@@ -46,7 +49,7 @@ export async function startServer(opts: { stateDir?: string; port?: number; vars
 
   const vapid = generateVapidKeys()
   const vars = { JWT_SECRET: 'e2e-secret-that-is-long-enough-0123456789', VAPID_PUBLIC_KEY: vapid.publicKey, VAPID_PRIVATE_KEY: vapid.privateKey, ...opts.vars }
-  let child = await launch(port, stateDir, vars, env)
+  let child = await launch(port, stateDir, vars, env, lifetimeMs)
   const url = `http://127.0.0.1:${port}`
   return {
     url,
@@ -61,13 +64,13 @@ export async function startServer(opts: { stateDir?: string; port?: number; vars
     },
     async restart() {
       await kill(child)
-      child = await launch(port, stateDir, vars, env)
+      child = await launch(port, stateDir, vars, env, lifetimeMs)
     },
     pid: () => child.pid!,
   }
 }
 
-async function launch(port: number, stateDir: string, vars: Record<string, string>, env: NodeJS.ProcessEnv): Promise<ChildProcess> {
+async function launch(port: number, stateDir: string, vars: Record<string, string>, env: NodeJS.ProcessEnv, lifetimeMs: number): Promise<ChildProcess> {
   const child: ChildProcess = spawn(
     'npx',
     ['wrangler', 'dev', '--port', String(port), '--ip', '127.0.0.1', '--persist-to', stateDir, '--show-interactive-dev-session=false',
@@ -77,7 +80,7 @@ async function launch(port: number, stateDir: string, vars: Record<string, strin
   let log = ''
   child.stdout?.on('data', (d) => (log += d))
   child.stderr?.on('data', (d) => (log += d))
-  const killTimer = setTimeout(() => void kill(child, 'SIGKILL'), MAX_LIFETIME_MS)
+  const killTimer = setTimeout(() => void kill(child, 'SIGKILL'), lifetimeMs)
   killTimer.unref()
   child.once('exit', () => clearTimeout(killTimer))
 
