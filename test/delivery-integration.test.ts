@@ -2,7 +2,7 @@ import { runDurableObjectAlarm, runInDurableObject } from 'cloudflare:test'
 import { env } from 'cloudflare:workers'
 import { describe, it } from 'vitest'
 import { getConversationRoom, getUserHub } from '../worker/durable-objects'
-import type { ClientMessage, HistoryPage, MessageEvent } from '../worker/shared/protocol'
+import type { AuthResult, ClientMessage, HistoryPage, MessageEvent } from '../worker/shared/protocol'
 import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
 import { RateLimiter } from '../worker/conversation/rate-limit'
 import { DELIVERY_TIMEOUT_MS, MAX_DELIVERY_RETRIES, type UserHub } from '../worker/user/UserHub'
@@ -253,6 +253,29 @@ describe('server-to-device retry', () => {
     expect((await hub.stats()).pending).toBe(0)
     a.close()
     b.close()
+  })
+  it('tracks the sender’s other devices, not the device that sent (it has the ack)', async ({ expect }) => {
+    const { alice, conv } = await pair()
+    const sending = await Device.connect(alice)
+    // A second device is a second session: log in again.
+    const laptop = await json<AuthResult>(await api('/api/auth/login', { body: { handle: alice.user.handle, password: 'correct horse battery' } }))
+    const other = await Device.connect(laptop)
+    const send = textSend(conv.id, 'from my phone')
+    await sending.sendAndAck(send)
+    // Both devices get the event (the sender's copy carries what the server filled in)…
+    await sending.next((m) => m.type === 'event' && m.event.seq === 1)
+    await other.next((m) => m.type === 'event' && m.event.seq === 1)
+    // …but only the other device's copy waits for a confirmation and would be resent.
+    const hub = getUserHub(env, alice.user.id)
+    expect((await hub.stats()).pending).toBe(1)
+    other.send({ type: 'delivered', conversationId: conv.id, seq: 1 })
+    await waitFor(async () => ((await hub.stats()).pending === 0 ? true : null))
+    // A repeat of the acked send is answered with the same seq and leaves nothing behind.
+    const again = await sending.sendAndAck(send)
+    expect(again.seq).toBe(1)
+    expect((await hub.stats()).pending).toBe(0)
+    sending.close()
+    other.close()
   })
 })
 

@@ -529,13 +529,14 @@ export class ConversationRoom extends DurableObject<Env> {
   }
 
   /**
-   * Upserts the current state of every outboxed row into D1: a crash between upsert and delete
-   * only repeats a write that changes nothing, so each event lands exactly once.
+   * Upserts the current state of every outboxed row, and the read cursors that moved, into D1 in
+   * one batch, then forgets them in one local transaction: a crash between the two only repeats a
+   * write that changes nothing, so each event lands exactly once. One batch per round, not one for
+   * events and one for cursors, because locally every commit is a disk sync the room waits behind.
    */
   private async flushOutbox(): Promise<void> {
     const conversationId = this.conversationId
     if (!conversationId) return
-    await this.flushCursors(conversationId)
     // A failing R2 delete must not hold up history; the alarm retries it.
     await this.purgeMedia().catch((e) => console.warn('media purge failed', String(e)))
     for (;;) {
@@ -545,22 +546,29 @@ export class ConversationRoom extends DurableObject<Env> {
           FLUSH_BATCH,
         )
         .toArray()
-      if (rows.length === 0) return
+      const cursors = this.sql.exec<{ user_id: string; read_seq: number }>('SELECT user_id, read_seq FROM cursor_outbox').toArray()
+      if (rows.length === 0 && cursors.length === 0) return
       const upsert = this.env.DB.prepare(
         `INSERT INTO messages (conversation_id, ${EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (conversation_id, seq) DO UPDATE SET kind = excluded.kind, body = excluded.body,
            edited_at = excluded.edited_at, recalled_by = excluded.recalled_by, recalled_by_admin = excluded.recalled_by_admin`,
       )
-      const newest = rows.reduce((a, b) => (b.seq > a.seq ? b : a))
+      const cursor = this.env.DB.prepare('UPDATE members SET read_seq = max(read_seq, ?) WHERE conversation_id = ? AND user_id = ?')
+      const newest = rows.length ? rows.reduce((a, b) => (b.seq > a.seq ? b : a)) : null
       await this.env.DB.batch([
         ...rows.map((r) =>
           upsert.bind(conversationId, r.seq, r.type, r.sender_id, r.client_msg_id, r.kind, r.body, r.target_seq, r.edited_at, r.recalled_by, r.recalled_by_admin, r.created_at),
         ),
-        this.env.DB.prepare('UPDATE conversations SET last_seq = max(last_seq, ?), last_activity_at = max(last_activity_at, ?) WHERE id = ?')
-          .bind(newest.seq, newest.created_at, conversationId),
+        ...(newest
+          ? [this.env.DB.prepare('UPDATE conversations SET last_seq = max(last_seq, ?), last_activity_at = max(last_activity_at, ?) WHERE id = ?').bind(newest.seq, newest.created_at, conversationId)]
+          : []),
         ...rows.flatMap((r) => this.mirrorStatements(conversationId, r)),
+        // After the membership mirror, so a new member's row exists for its cursor to land on.
+        ...cursors.map((d) => cursor.bind(d.read_seq, conversationId, d.user_id)),
       ])
+      // A row or cursor that changed again while D1 was written stays queued.
       for (const r of rows) this.sql.exec('DELETE FROM d1_outbox WHERE seq = ? AND gen = ?', r.seq, r.gen)
+      for (const d of cursors) this.sql.exec('DELETE FROM cursor_outbox WHERE user_id = ? AND read_seq = ?', d.user_id, d.read_seq)
     }
   }
 
@@ -591,15 +599,6 @@ export class ConversationRoom extends DurableObject<Env> {
     const forget = this.env.DB.prepare(`UPDATE media SET status = 'deleted', transcript = NULL WHERE id = ?`)
     await this.env.DB.batch(ids.map((id) => forget.bind(id)))
     for (const id of ids) this.sql.exec('DELETE FROM media_purge WHERE media_id = ?', id)
-  }
-
-  private async flushCursors(conversationId: string) {
-    const dirty = this.sql.exec<{ user_id: string; read_seq: number }>('SELECT user_id, read_seq FROM cursor_outbox').toArray()
-    if (dirty.length === 0) return
-    const update = this.env.DB.prepare('UPDATE members SET read_seq = max(read_seq, ?) WHERE conversation_id = ? AND user_id = ?')
-    await this.env.DB.batch(dirty.map((d) => update.bind(d.read_seq, conversationId, d.user_id)))
-    // A cursor that moved again while D1 was written stays queued.
-    for (const d of dirty) this.sql.exec('DELETE FROM cursor_outbox WHERE user_id = ? AND read_seq = ?', d.user_id, d.read_seq)
   }
 
   /**

@@ -26,6 +26,8 @@ export const DELIVERY_TIMEOUT_MS = 5_000
 export const MAX_DELIVERY_RETRIES = 3
 /** At most one push job per conversation in this window; later messages wait and coalesce. */
 export const PUSH_COALESCE_MS = 2_000
+/** Writes in flight a device of one user can have before the oldest are forgotten. */
+const MAX_OWN_WRITES = 1_000
 
 function send(ws: WebSocket, msg: ServerMessage | string) {
   try {
@@ -47,6 +49,13 @@ export class UserHub extends DurableObject<Env> {
   private sql: SqlStorage
   /** Per-conversation chains keep one user's writes in the order their frames arrived. */
   private chains = new Map<string, Promise<unknown>>()
+  /**
+   * Writes in flight, `conversationId clientMsgId` → the session that sent them. That device gets
+   * the ack, so its copy of the event is sent but not tracked for resend: tracking would put a
+   * storage write (and so a commit the ack waits behind) on every send. The entry lives until the
+   * event comes back through deliver(), which may be just after the ack.
+   */
+  private ownWrites = new Map<string, string>()
   /** Injectable clock so retry timing is testable. */
   now: () => number = () => Date.now()
 
@@ -158,7 +167,16 @@ export class UserHub extends DurableObject<Env> {
   }
 
   private async reply(ws: WebSocket, clientMsgId: string, write: () => Promise<RoomResult<Ack>>, conversationId: string) {
-    const result = await this.inOrder(conversationId, async (): Promise<RoomResult<Ack>> => write())
+    const key = `${conversationId} ${clientMsgId}`
+    // Bounded: an event whose fan-out never arrived must not hold its entry forever.
+    if (this.ownWrites.size >= MAX_OWN_WRITES) this.ownWrites.clear()
+    this.ownWrites.set(key, (ws.deserializeAttachment() as DeviceAttachment).sessionId)
+    const result = await this.inOrder(conversationId, async (): Promise<RoomResult<Ack>> => write()).catch((e: unknown) => {
+      this.ownWrites.delete(key)
+      throw e
+    })
+    // A refused write or a repeat of an acked one is not fanned out again: nothing will consume the entry.
+    if (!result.ok || result.value.duplicate) this.ownWrites.delete(key)
     if (!result.ok) return send(ws, errorFrame(result.code, result.message, clientMsgId))
     const { seq, serverTs } = result.value
     send(ws, { type: 'ack', conversationId, clientMsgId, seq, serverTs })
@@ -183,6 +201,9 @@ export class UserHub extends DurableObject<Env> {
     this.rememberUser(userId)
     const sockets = this.ctx.getWebSockets()
     const pushable = event.type === 'message' && event.senderId !== userId
+    const ownKey = `${event.conversationId} ${event.clientMsgId}`
+    const origin = event.senderId === userId ? this.ownWrites.get(ownKey) : undefined
+    if (origin) this.ownWrites.delete(ownKey)
     if (sockets.length === 0) {
       if (pushable) await this.requestPush(userId, [{ conversationId: event.conversationId, seq: event.seq }])
       return 0
@@ -192,6 +213,7 @@ export class UserHub extends DurableObject<Env> {
     for (const ws of sockets) {
       send(ws, frame)
       const { sessionId } = ws.deserializeAttachment() as DeviceAttachment
+      if (sessionId === origin) continue
       this.sql.exec(
         'INSERT OR REPLACE INTO pending (session_id, conversation_id, seq, event, push, attempts, due_at) VALUES (?, ?, ?, ?, ?, 1, ?)',
         sessionId, event.conversationId, event.seq, frame, Number(pushable), due,
@@ -208,6 +230,9 @@ export class UserHub extends DurableObject<Env> {
   }
 
   private confirm(sessionId: string, conversationId: string, seq: number) {
+    // Read first: a delete that finds nothing would still be a write every later frame waits behind.
+    const any = this.sql.exec('SELECT 1 FROM pending WHERE session_id = ? AND conversation_id = ? AND seq <= ? LIMIT 1', sessionId, conversationId, seq).toArray()
+    if (any.length === 0) return
     this.sql.exec('DELETE FROM pending WHERE session_id = ? AND conversation_id = ? AND seq <= ?', sessionId, conversationId, seq)
   }
 
@@ -290,8 +315,13 @@ export class UserHub extends DurableObject<Env> {
     await this.enqueuePush(ready.map((r) => ({ type: 'push', userId, conversationId: r.conversation_id, seq: r.waiting_seq })))
   }
 
+  /** Set once per object lifetime: a write on every delivery would hold every outgoing frame behind a commit. */
+  private knownUser: string | null = null
+
   private rememberUser(userId: string) {
+    if (this.knownUser === userId) return
     this.sql.exec(`INSERT OR IGNORE INTO meta (key, value) VALUES ('user_id', ?)`, userId)
+    this.knownUser = userId
   }
 
   private userId(): string | null {
