@@ -110,7 +110,17 @@ async function withCpu<T>(fn: () => Promise<T>, serverPid?: number): Promise<{ v
   return { value, genCpu: (used.user + used.system) / 1000 / elapsed, serverCpu: serverPid ? (treeCpuMs(serverPid) - server0) / elapsed : NaN }
 }
 
-// ---- the two systems under test ----
+/** Waits (up to a minute) until the server is nearly idle, so one scenario's backlog does not land in the next. */
+async function settle(serverPid: number) {
+  const deadline = Date.now() + 60_000
+  while (Date.now() < deadline) {
+    const before = treeCpuMs(serverPid)
+    await new Promise((r) => setTimeout(r, 500))
+    if (treeCpuMs(serverPid) - before < 50) return
+  }
+}
+
+// ---- the systems under test ----
 
 async function json<T>(url: string, init: RequestInit & { token?: string; body?: string } = {}): Promise<T> {
   for (let attempt = 0; ; attempt++) {
@@ -489,6 +499,7 @@ async function main() {
         if (ONLY && !ONLY.includes(name)) continue
         // One scenario failing (a server that falls over under load) is a finding, not the end of the run.
         try {
+          await settle(t.pid())
           await run()
         } catch (e) {
           console.error(`  ${t.name} ${name} failed: ${String(e)}`)
