@@ -26,7 +26,7 @@ export const DELIVERY_TIMEOUT_MS = 5_000
 export const MAX_DELIVERY_RETRIES = 3
 /** At most one push job per conversation in this window; later messages wait and coalesce. */
 export const PUSH_COALESCE_MS = 2_000
-/** Writes in flight a device of one user can have before the oldest are forgotten. */
+/** A safety valve: entries are consumed within one fan-out, so a map this big has leaked and is dropped. */
 const MAX_OWN_WRITES = 1_000
 
 function send(ws: WebSocket, msg: ServerMessage | string) {
@@ -56,6 +56,8 @@ export class UserHub extends DurableObject<Env> {
    * event comes back through deliver(), which may be just after the ack.
    */
   private ownWrites = new Map<string, string>()
+  /** Stored once per object lifetime: a write on every delivery would hold every outgoing frame behind a commit. */
+  private knownUser: string | null = null
   /** Injectable clock so retry timing is testable. */
   now: () => number = () => Date.now()
 
@@ -314,9 +316,6 @@ export class UserHub extends DurableObject<Env> {
     this.sql.exec('DELETE FROM push_outbox WHERE waiting_seq IS NULL AND sent_at <= ?', now - PUSH_COALESCE_MS)
     await this.enqueuePush(ready.map((r) => ({ type: 'push', userId, conversationId: r.conversation_id, seq: r.waiting_seq })))
   }
-
-  /** Set once per object lifetime: a write on every delivery would hold every outgoing frame behind a commit. */
-  private knownUser: string | null = null
 
   private rememberUser(userId: string) {
     if (this.knownUser === userId) return
