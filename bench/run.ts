@@ -53,47 +53,50 @@ async function pool<T, R>(items: T[], width: number, fn: (t: T, i: number) => Pr
   return out
 }
 
+/** A process and all its descendants (wrangler dev is npx → node → two workerd). */
+function processTree(pid: number): number[] {
+  let kids: number[] = []
+  try {
+    kids = execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number)
+  } catch {
+    // pgrep exits non-zero when there are none
+  }
+  return [pid, ...kids.flatMap(processTree)]
+}
+
+/** Sums one number read from /proc/<pid>/… over a process tree; a process that has gone counts 0. */
+function sumOverTree(pid: number, read: (p: number) => number): number {
+  return processTree(pid).reduce((total, p) => {
+    try {
+      return total + read(p)
+    } catch {
+      return total
+    }
+  }, 0)
+}
+
 /** Resident memory of a process and its descendants, in bytes (Linux /proc). */
 function rss(pid: number): number {
-  let total = 0
-  const visit = (p: number) => {
-    try {
-      const status = readFileSync(`/proc/${p}/status`, 'utf8')
-      total += Number(status.match(/VmRSS:\s+(\d+)/)?.[1] ?? 0) * 1024
-      const kids = execFileSync('pgrep', ['-P', String(p)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number)
-      kids.forEach(visit)
-    } catch {
-      // gone, or no children
-    }
-  }
-  visit(pid)
-  return total
+  return sumOverTree(pid, (p) => Number(readFileSync(`/proc/${p}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)?.[1] ?? 0) * 1024)
 }
 
 /** Pins a process tree to one core, so the generator (the other core) does not compete with it. */
 function pin(pid: number, cpu: number) {
-  try {
-    execFileSync('taskset', ['-a', '-p', '-c', String(cpu), String(pid)], { stdio: 'ignore' })
-    for (const kid of execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).split('\n').filter(Boolean)) pin(Number(kid), cpu)
-  } catch {
-    // no taskset, or no children
+  for (const p of processTree(pid)) {
+    try {
+      execFileSync('taskset', ['-a', '-p', '-c', String(cpu), String(p)], { stdio: 'ignore' })
+    } catch {
+      // no taskset, or the process has gone
+    }
   }
 }
 
 /** CPU time (ms) used so far by a process and its descendants (Linux /proc; 100 ticks a second). */
 function treeCpuMs(pid: number): number {
-  let ticks = 0
-  const visit = (p: number) => {
-    try {
-      const fields = readFileSync(`/proc/${p}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')
-      ticks += Number(fields[11]) + Number(fields[12]) // utime, stime
-      execFileSync('pgrep', ['-P', String(p)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number).forEach(visit)
-    } catch {
-      // gone, or no children
-    }
-  }
-  visit(pid)
-  return ticks * 10
+  return sumOverTree(pid, (p) => {
+    const fields = readFileSync(`/proc/${p}/stat`, 'utf8').replace(/^.*\) /, '').split(' ')
+    return (Number(fields[11]) + Number(fields[12])) * 10 // utime + stime, in ticks of 10 ms
+  })
 }
 
 /**
