@@ -84,11 +84,16 @@ export class BenchClient implements LoadClient {
   }
 
   /** Sends one message; resolves with its seq when acked (-1 when refused). */
-  send(conversationId: string, text: string, clientMsgId = randomUUID()): Promise<number> {
+  send(conversationId: string, text: string, clientMsgId: string = randomUUID()): Promise<number> {
     return new Promise((resolve) => {
       this.acks.set(clientMsgId, resolve)
       this.ws.send(JSON.stringify({ type: 'send', conversationId, clientMsgId, body: { kind: 'text', text } }))
     })
+  }
+
+  /** Marks everything up to seq as read, as an open chat does. */
+  read(conversationId: string, seq: number) {
+    this.ws.send(JSON.stringify({ type: 'read', conversationId, seq }))
   }
 
   /** Every event after `afterSeq`, page by page; resolves with how many arrived. */
@@ -109,5 +114,49 @@ export class BenchClient implements LoadClient {
 
   close() {
     this.ws.close()
+  }
+}
+
+/**
+ * A floor user: one socket per conversation, straight into that conversation's object (the floor
+ * has no per-user hub). Opens the first at connect and others when first used.
+ */
+export class FloorClient implements LoadClient {
+  private sockets = new Map<string, Promise<BenchClient>>()
+  onEvent: LoadClient['onEvent'] = null
+
+  private constructor(
+    private readonly base: string,
+    private readonly userId: string,
+  ) {}
+
+  static async open(base: string, userId: string, firstConversation: string): Promise<FloorClient> {
+    const client = new FloorClient(base, userId)
+    await client.socket(firstConversation)
+    return client
+  }
+
+  private socket(conversationId: string): Promise<BenchClient> {
+    let s = this.sockets.get(conversationId)
+    if (!s) {
+      s = BenchClient.open(`${this.base}/ws?conv=${encodeURIComponent(conversationId)}&user=${encodeURIComponent(this.userId)}`, false).then((c) => {
+        c.onEvent = (...args) => this.onEvent?.(...args)
+        return c
+      })
+      this.sockets.set(conversationId, s)
+    }
+    return s
+  }
+
+  async send(conversationId: string, text: string, clientMsgId?: string): Promise<number> {
+    return (await this.socket(conversationId)).send(conversationId, text, clientMsgId)
+  }
+
+  async syncAll(conversationId: string, afterSeq: number): Promise<number> {
+    return (await this.socket(conversationId)).syncAll(conversationId, afterSeq)
+  }
+
+  close() {
+    for (const s of this.sockets.values()) void s.then((c) => c.close())
   }
 }

@@ -1,14 +1,16 @@
-// `npm run bench`: echovalley (wrangler dev → workerd, the same runtime `npm run dev` uses) beside a
-// reference server (Node ws + SQLite, bench/reference-server.ts), the same workloads against both
-// in one run. Prints a table and writes bench/results.md.
-//   npm run bench [-- --quick]      (--quick: smaller sizes, no 1,000-member group)
+// `npm run bench`: echovalley beside the platform floor (a minimal SQLite Durable Object chat,
+// bench/floor/worker.ts), both under wrangler dev (the runtime `npm run dev` uses) and on bare
+// workerd through Miniflare, a Node reference server (ws + SQLite, bench/reference-server.ts) and
+// Prosody, the same workloads against each in one run. Prints a table and writes bench/results.md.
+//   npm run bench [-- --quick] [-- --only=latency,fanout] [-- --systems=echovalley,floor]
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { freePort, startServer, type LocalServer } from '../test/e2e/server'
+import { freePort } from '../test/e2e/server'
 import { BenchClient, type LoadClient } from './client'
+import { floorTarget, productTarget } from './workerd-targets'
 import { prosodyTarget } from './prosody'
 import type { Target, User } from './target'
 
@@ -18,6 +20,8 @@ const listArg = (name: string) => process.argv.find((a) => a.startsWith(`--${nam
 const ONLY = listArg('only')
 const SYSTEMS = listArg('systems')
 const ROOT = path.resolve(import.meta.dirname, '..')
+/** Durable Objects hibernate after 10 s without events; idle readings wait longer than that. */
+const HIBERNATE_MS = 12_000
 const SIZES = {
   latencySends: QUICK ? 200 : 500,
   loadRate: 2000,
@@ -131,58 +135,6 @@ async function json<T>(url: string, init: RequestInit & { token?: string; body?:
     if (res.ok) return (await res.json()) as T
     if (res.status < 500 || attempt > 4) throw new Error(`${init.method ?? 'GET'} ${url}: ${res.status} ${await res.text()}`)
     await new Promise((r) => setTimeout(r, 200 * (attempt + 1)))
-  }
-}
-
-async function productTarget(): Promise<Target> {
-  // Rate limits and the 50-person group ceiling are lifted for load; everything else is the product.
-  const server: LocalServer = await startServer({ vars: { WRITE_RATE: '1000000/1000000', GROUP_LIMIT: '1000' }, lifetimeMs: 60 * 60 * 1000 })
-  const serverPid = () => server.pid()
-  pin(serverPid(), 1)
-  const base = server.url
-  const run = Date.now().toString(36)
-  let made = 0
-  const friends = new Set<string>()
-  const befriend = async (a: User, b: User) => {
-    const key = [a.id, b.id].sort().join('|')
-    if (friends.has(key)) return
-    friends.add(key)
-    const req = await json<{ id?: string }>(`${base}/api/friends/requests`, { method: 'POST', token: a.token, body: JSON.stringify({ handle: b.handle }) })
-    if (req.id) await json(`${base}/api/friends/requests/${req.id}/accept`, { method: 'POST', token: b.token })
-  }
-  return {
-    name: 'echovalley',
-    async users(n) {
-      // Registration hashes a password (PBKDF2, 100,000 rounds): the slow part of setting up.
-      return pool(Array.from({ length: n }, (_, i) => i), 4, async () => {
-        const handle = `b${run}_${made++}`
-        const r = await json<{ accessToken: string; user: { id: string } }>(`${base}/api/auth/register`, { method: 'POST', body: JSON.stringify({ handle, password: 'bench-password-1', displayName: handle }) })
-        return { id: r.user.id, handle, token: r.accessToken }
-      })
-    },
-    async direct(a, b) {
-      await befriend(a, b)
-      return (await json<{ conversation: { id: string } }>(`${base}/api/conversations`, { method: 'POST', token: a.token, body: JSON.stringify({ peerHandle: b.handle }) })).conversation.id
-    },
-    async group(owner, others) {
-      await pool(others, 6, (o) => befriend(owner, o))
-      const first = others.slice(0, 49)
-      const id = (await json<{ conversation: { id: string } }>(`${base}/api/conversations/groups`, { method: 'POST', token: owner.token, body: JSON.stringify({ title: 'bench', memberIds: first.map((o) => o.id) }) })).conversation.id
-      for (let i = 49; i < others.length; i += 49) {
-        await json(`${base}/api/conversations/${id}/members`, { method: 'POST', token: owner.token, body: JSON.stringify({ userIds: others.slice(i, i + 49).map((o) => o.id) }) })
-      }
-      return id
-    },
-    async connect(u) {
-      const { ticket } = await json<{ ticket: string }>(`${base}/api/ws/ticket`, { method: 'POST', token: u.token })
-      return BenchClient.open(`${base.replace(/^http/, 'ws')}/api/ws?ticket=${encodeURIComponent(ticket)}`, true)
-    },
-    pid: serverPid,
-    async restart() {
-      await server.restart()
-      pin(serverPid(), 1)
-    },
-    stop: () => server.stop(),
   }
 }
 
@@ -426,42 +378,51 @@ async function afterRestart(t: Target, users: User[]) {
 async function idleConnections(t: Target, users: User[]) {
   const n = SIZES.idle
   const us = users.slice(0, n)
-  // Warm up the per-user objects first, so the figure is the connection, not the user.
+  // Warm up the per-user objects first, so the figure is the connection, not the user; both
+  // readings come after the objects have been idle long enough to hibernate (> 10 s).
   const warm = await pool(us, 16, (u) => t.connect(u))
   warm.forEach((c) => c.close())
-  await new Promise((r) => setTimeout(r, 1500))
+  await new Promise((r) => setTimeout(r, HIBERNATE_MS))
   const before = rss(t.pid())
   const t0 = performance.now()
   const clients = await pool(us, 32, (u) => t.connect(u))
   const seconds = (performance.now() - t0) / 1000
-  await new Promise((r) => setTimeout(r, 1500))
+  await new Promise((r) => setTimeout(r, HIBERNATE_MS))
   const after = rss(t.pid())
   record('connections per second (ticket + upgrade)', 'conn/s', 'higher', t.name, n / seconds)
   // Resident memory can fall while connections open (a collection ran): no figure, rather than a negative one.
   const perConnection = (after - before) / n / 1024
-  record(`memory per idle connection (${n} open)`, 'KiB', 'lower', t.name, perConnection > 0 ? perConnection : NaN, perConnection > 0 ? undefined : 'resident memory fell during the run (garbage collection): not measurable')
+  record(`memory per idle connection (${n} open, after ${HIBERNATE_MS / 1000} s idle)`, 'KiB', 'lower', t.name, perConnection > 0 ? perConnection : NaN, perConnection > 0 ? undefined : 'resident memory fell during the run (garbage collection): not measurable')
   clients.forEach((c) => c.close())
 }
 
 // ---- main ----
 
-const SYSTEM_NAMES = ['echovalley', 'reference', 'prosody'] as const
+const SYSTEM_NAMES = ['echovalley', 'floor', 'echovalley-bare', 'floor-bare', 'reference', 'prosody'] as const
+/** Ratio columns: echovalley against the floor on the same runtime first, then the other servers. */
+const RATIOS: [string, string][] = [
+  ['echovalley', 'floor'],
+  ['echovalley-bare', 'floor-bare'],
+  ['echovalley', 'prosody'],
+  ['echovalley-bare', 'prosody'],
+  ['echovalley', 'reference'],
+]
 
 function table(): string {
   const systems = SYSTEM_NAMES.filter((s) => rows.some((r) => r.values[s] !== undefined))
-  const refs = systems.filter((s) => s !== 'echovalley')
+  const ratios = RATIOS.filter(([a, b]) => systems.includes(a as never) && systems.includes(b as never))
   const lines = [
-    `| metric | ${systems.join(' | ')} | ${refs.map((r) => `echovalley ÷ ${r}`).join(' | ')} | notes |`,
-    `| --- | ${systems.map(() => '---:').join(' | ')} | ${refs.map(() => '---:').join(' | ')} | --- |`,
+    `| metric | ${systems.join(' | ')} | ${ratios.map(([a, b]) => `${a} ÷ ${b}`).join(' | ')} | notes |`,
+    `| --- | ${systems.map(() => '---:').join(' | ')} | ${ratios.map(() => '---:').join(' | ')} | --- |`,
   ]
   for (const r of rows) {
     const fmt = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? 'n/a' : `${x.toFixed(r.unit === 'ms' ? 2 : 0)} ${r.unit}`)
-    const mine = r.values.echovalley
-    const ratio = (ref: string) => {
-      const theirs = r.values[ref]
+    const ratio = ([a, b]: [string, string]) => {
+      const mine = r.values[a]
+      const theirs = r.values[b]
       return mine !== undefined && theirs && Number.isFinite(mine) && Number.isFinite(theirs) ? `${(mine / theirs).toFixed(2)}` : 'n/a'
     }
-    lines.push(`| ${r.metric} (${r.better} is better) | ${systems.map((s) => fmt(r.values[s])).join(' | ')} | ${refs.map(ratio).join(' | ')} | ${r.notes.join('; ')} |`)
+    lines.push(`| ${r.metric} (${r.better} is better) | ${systems.map((s) => fmt(r.values[s])).join(' | ')} | ${ratios.map(ratio).join(' | ')} | ${r.notes.join('; ')} |`)
   }
   return lines.join('\n')
 }
@@ -475,7 +436,14 @@ async function main() {
   const started = new Date()
   const want: Record<string, number> = { latency: 2, load: SIZES.loadConversations * 2, fanout: Math.max(...SIZES.fanout), throughput: SIZES.loadConversations * 2, sync: 2, idle: SIZES.idle, restart: SIZES.restartClients }
   const needUsers = Math.max(...Object.entries(want).filter(([k]) => !ONLY || ONLY.includes(k)).map(([, n]) => n))
-  const makers: [string, () => Promise<Target>][] = [['echovalley', productTarget], ['reference', referenceTarget], ['prosody', prosodyTarget]]
+  const makers: [string, () => Promise<Target>][] = [
+    ['echovalley', () => productTarget('wrangler')],
+    ['floor', () => floorTarget('wrangler')],
+    ['echovalley-bare', () => productTarget('bare')],
+    ['floor-bare', () => floorTarget('bare')],
+    ['reference', referenceTarget],
+    ['prosody', prosodyTarget],
+  ]
   for (const [name, make] of makers) {
     if (SYSTEMS && !SYSTEMS.includes(name)) continue
     let t: Target
@@ -526,19 +494,21 @@ function writeResults(started: Date) {
   const out = `# echovalley benchmark
 
 Run ${started.toISOString()} on ${os.cpus().length} × ${cpu}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.type()} ${os.release()}, Node ${process.version}${QUICK ? ', --quick sizes' : ''}.
-echovalley runs under \`wrangler dev\` (workerd, local D1/Durable Objects/Queues on disk), pinned to core 1 with taskset; the
-reference (\`bench/reference-server.ts\`: Node ws + better-sqlite3, WAL, synchronous=FULL, commit before ack, no auth,
-receipts or push) also on core 1; the load generator (this process) on core 0. Rate limits and the 50-person group
-ceiling are lifted for the run (\`WRITE_RATE\`, \`GROUP_LIMIT\`); the product otherwise runs as shipped, with its
-clients confirming delivery of every event as the PWA does. Prosody (\`bench/prosody.ts\`: Debian's XMPP server with
-SQLite storage, MAM archiving, stream management; "acked" = the stream-management answer after the message was archived)
-is driven by @xmpp/client, also on core 1. Its 1:1 messages are archived twice (each user has an archive); its groups are
-members-only MUC rooms that members join on connect, so its idle-connection figure after the fan-out runs includes room
-joins. A ratio above 1 means echovalley's figure is larger (worse for latency and memory, better for rates).
+Systems: **echovalley** under \`wrangler dev\` (workerd with local D1, Durable Objects and Queues on disk, the runtime of
+\`npm run dev\`) and **echovalley-bare**, the same bundle on bare workerd through Miniflare's API (no wrangler process or
+proxy Worker in front); **floor** and **floor-bare**, the platform floor on those two runtimes (\`bench/floor/worker.ts\`: one
+minimal SQLite Durable Object per conversation that inserts a row and acks, the least a Durable Object chat can do);
+**reference**, a Node ws + better-sqlite3 server (WAL, synchronous=FULL, commit before ack, no auth, receipts or push);
+**prosody**, Debian's XMPP server (SQLite storage, MAM archiving, stream management; "acked" = the stream-management
+answer after the message was archived), driven by @xmpp/client; its 1:1 messages are archived twice (each user has an
+archive) and its groups are members-only MUC rooms. Every server is pinned to core 1 with taskset and the load generator
+(this process) to core 0. Rate limits and the 50-person group ceiling are lifted for the run (\`WRITE_RATE\`,
+\`GROUP_LIMIT\`); echovalley otherwise runs as shipped, its clients confirming delivery of every event as the PWA does.
+A ratio above 1 means the first system's figure is larger (worse for latency and memory, better for rates).
 
 ${table()}
 ${failures.length ? `\nScenarios that failed (a finding, not left out):\n\n${failures.map((f) => `- ${f}`).join('\n')}\n` : ''}
-Rerun with \`npm run bench\` (\`-- --quick\` for smaller sizes).
+Rerun with \`npm run bench\` (\`-- --quick\` for smaller sizes, \`-- --systems=echovalley,floor\` and \`-- --only=latency,fanout\` for a subset).
 `
   writeFileSync(path.join(ROOT, 'bench/results.md'), out)
 }

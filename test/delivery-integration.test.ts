@@ -35,18 +35,15 @@ describe('receipts', () => {
     for (let i = 0; i < 3; i++) await a.next('ack')
 
     b.send({ type: 'delivered', conversationId: conv.id, seq: 3 })
-    const delivered = await a.next((m) => m.type === 'receipt' && m.receipt.userId === bob.user.id)
-    expect(delivered).toEqual({ type: 'receipt', conversationId: conv.id, receipt: { userId: bob.user.id, deliveredSeq: 3, readSeq: 0 } })
+    expect(await a.receiptOf(bob.user.id)).toEqual({ userId: bob.user.id, deliveredSeq: 3, readSeq: 0 })
 
     b.send({ type: 'read', conversationId: conv.id, seq: 2 })
-    const read = await a.next((m) => m.type === 'receipt' && m.receipt.readSeq === 2)
-    expect(read.type === 'receipt' && read.receipt).toEqual({ userId: bob.user.id, deliveredSeq: 3, readSeq: 2 })
+    expect(await a.receiptOf(bob.user.id, (r) => r.readSeq === 2)).toEqual({ userId: bob.user.id, deliveredSeq: 3, readSeq: 2 })
 
     // Backwards is ignored; beyond the end is clamped to the last seq.
     b.send({ type: 'read', conversationId: conv.id, seq: 1 })
     b.send({ type: 'read', conversationId: conv.id, seq: 99 })
-    const clamped = await a.next((m) => m.type === 'receipt' && m.receipt.readSeq !== 2)
-    expect(clamped.type === 'receipt' && clamped.receipt).toEqual({ userId: bob.user.id, deliveredSeq: 3, readSeq: 3 })
+    expect(await a.receiptOf(bob.user.id, (r) => r.readSeq !== 2)).toEqual({ userId: bob.user.id, deliveredSeq: 3, readSeq: 3 })
 
     b.send({ type: 'sync', conversationId: conv.id, afterSeq: 3 })
     const page = await b.next('events')
@@ -200,6 +197,14 @@ describe('rate limit', () => {
   })
 })
 
+/** Moves the hub's clock and runs one tick, as its timer would. */
+async function tickAt(hub: DurableObjectStub<UserHub>, now: number) {
+  await runInDurableObject<UserHub, void>(hub, async (h) => {
+    h.now = () => now
+    await h.tick()
+  })
+}
+
 describe('server-to-device retry', () => {
   it(`resends an unconfirmed event ${MAX_DELIVERY_RETRIES} times, then hands it to push`, async ({ expect }) => {
     const { alice, bob, conv } = await pair()
@@ -215,45 +220,93 @@ describe('server-to-device retry', () => {
     let clock = Date.now()
     for (let attempt = 1; attempt <= MAX_DELIVERY_RETRIES; attempt++) {
       clock += DELIVERY_TIMEOUT_MS + 1
-      const now = clock
-      await runInDurableObject<UserHub, void>(hub, (h) => {
-        h.now = () => now
-      })
-      expect(await runDurableObjectAlarm(hub)).toBe(true)
+      await tickAt(hub, clock)
       // The same event again: the device deduplicates by seq.
       await b.next((m) => m.type === 'event' && m.event.seq === 1)
     }
     expect((await hub.stats()).pending).toBe(1)
     clock += DELIVERY_TIMEOUT_MS + 1
-    const last = clock
-    await runInDurableObject<UserHub, void>(hub, (h) => {
-      h.now = () => last
-    })
-    await runDurableObjectAlarm(hub)
+    await tickAt(hub, clock)
     expect((await hub.stats()).pending).toBe(0)
     const pushes = await waitFor(async () => {
       const r = await receivedPushes(sub)
       return r.received.length > 0 ? r : null
     })
     expect(pushes.received[0]!.payload).toEqual({ conversationId: conv.id, seq: 1, title: alice.user.displayName, body: 'are you there?' })
+    // Exactly three resends: nothing more arrives.
+    await new Promise((r) => setTimeout(r, 100))
+    expect(b.frames.filter((m) => m.type === 'event' && m.event.seq === 1)).toHaveLength(0)
     a.close()
     b.close()
   })
 
-  it('stops resending once the device confirms', async ({ expect }) => {
+  it('resends events as they are now: after a recall, never the old text, and pushes once', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const sub = await newPushSubscription()
+    await subscribe(bob, sub)
+    const b = await Device.connect(bob)
+    const a = await Device.connect(alice)
+    const secret = `canary-${crypto.randomUUID()}`
+    await a.sendAndAck(textSend(conv.id, secret))
+    await a.sendAndAck(textSend(conv.id, 'second'))
+    await b.next((m) => m.type === 'event' && m.event.seq === 2)
+    await a.sendAndAck(recall(conv.id, 1))
+    await b.next((m) => m.type === 'event' && m.event.type === 'recall')
+    // Bob's device never confirms. From here on, no frame may carry the secret.
+    b.frames.length = 0
+    const hub = getUserHub(env, bob.user.id)
+    let clock = Date.now()
+    const rounds: number[][] = []
+    for (let attempt = 1; attempt <= MAX_DELIVERY_RETRIES; attempt++) {
+      clock += DELIVERY_TIMEOUT_MS + 1
+      await tickAt(hub, clock)
+      const seqs: number[] = []
+      for (let i = 0; i < 3; i++) {
+        const f = await b.next('event')
+        if (f.type === 'event') seqs.push(f.event.seq)
+        if (f.type === 'event' && f.event.seq === 1) expect(f.event).toMatchObject({ type: 'message', body: null, recalled: { by: alice.user.id } })
+      }
+      rounds.push(seqs)
+    }
+    expect(rounds).toEqual([[1, 2, 3], [1, 2, 3], [1, 2, 3]])
+    clock += DELIVERY_TIMEOUT_MS + 1
+    await tickAt(hub, clock)
+    const pushes = await waitFor(async () => {
+      const r = await receivedPushes(sub)
+      return r.received.length > 0 ? r : null
+    })
+    await new Promise((r) => setTimeout(r, 300))
+    const after = await receivedPushes(sub)
+    // One push, for the newest message; the recalled one is not announced.
+    expect(after.received).toHaveLength(1)
+    expect(pushes.received[0]!.payload).toMatchObject({ seq: 2, body: 'second' })
+    expect(JSON.stringify(b.frames)).not.toContain(secret)
+    expect(JSON.stringify(after)).not.toContain(secret)
+    a.close()
+    b.close()
+  })
+
+  it('stops resending once the device confirms, and a confirmed delivery writes nothing', async ({ expect }) => {
     const { alice, bob, conv } = await pair()
     const b = await Device.connect(bob)
     const a = await Device.connect(alice)
     a.send(textSend(conv.id, 'got it?'))
     await a.next('ack')
     await b.next('event')
-    b.send({ type: 'delivered', conversationId: conv.id, seq: 1 })
-    await a.next('receipt')
     const hub = getUserHub(env, bob.user.id)
+    expect((await hub.stats()).pending).toBe(1)
+    b.send({ type: 'delivered', conversationId: conv.id, seq: 1 })
+    await a.receiptOf(bob.user.id, (r) => r.deliveredSeq === 1)
     expect((await hub.stats()).pending).toBe(0)
+    await tickAt(hub, Date.now() + 10 * DELIVERY_TIMEOUT_MS)
+    const rows = await runInDurableObject(hub, (_h, state) => state.storage.sql.exec<{ n: number }>('SELECT count(*) AS n FROM unconfirmed').one().n)
+    expect(rows).toBe(0)
+    await new Promise((r) => setTimeout(r, 100))
+    expect(b.frames.filter((m) => m.type === 'event')).toHaveLength(0)
     a.close()
     b.close()
   })
+
   it('tracks the sender’s other devices, not the device that sent (it has the ack)', async ({ expect }) => {
     const { alice, conv } = await pair()
     const sending = await Device.connect(alice)
@@ -276,6 +329,33 @@ describe('server-to-device retry', () => {
     expect((await hub.stats()).pending).toBe(0)
     sending.close()
     other.close()
+  })
+
+  it('after a crash, what was owed for over a second becomes a push when the alarm fires', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const sub = await newPushSubscription()
+    await subscribe(bob, sub)
+    const b = await Device.connect(bob)
+    const a = await Device.connect(alice)
+    await a.sendAndAck(textSend(conv.id, 'owed'))
+    await b.next('event')
+    const hub = getUserHub(env, bob.user.id)
+    // A tick after the grace second writes the owed delivery down...
+    await tickAt(hub, Date.now() + 1_500)
+    const stored = await runInDurableObject(hub, (_h, state) => state.storage.sql.exec('SELECT * FROM unconfirmed').toArray())
+    expect(stored).toEqual([expect.objectContaining({ conversation_id: conv.id, push_seq: 1 })])
+    // ...then the device goes and memory is lost, as in a crash.
+    b.close()
+    await runInDurableObject<UserHub, void>(hub, (h) => {
+      ;(h as unknown as { tracker: { forget(s: string, c: string): void } }).tracker.forget(b.sessionId, conv.id)
+    })
+    expect(await runDurableObjectAlarm(hub)).toBe(true)
+    const pushes = await waitFor(async () => {
+      const r = await receivedPushes(sub)
+      return r.received.length > 0 ? r : null
+    })
+    expect(pushes.received[0]!.payload).toMatchObject({ conversationId: conv.id, seq: 1, body: 'owed' })
+    a.close()
   })
 })
 
@@ -366,11 +446,10 @@ describe('receipt fan-out', () => {
     const dOwner2 = await Device.connect(owner)
     const m = await dw.sendAndAck(textSend(g.id, 'did you read this?'))
     dOwner.send({ type: 'read', conversationId: g.id, seq: m.seq })
-    const toWriter = await dw.next((f) => f.type === 'receipt' && f.receipt.userId === owner.user.id)
-    expect(toWriter.type === 'receipt' && toWriter.receipt.readSeq).toBe(m.seq)
-    await dOwner2.next((f) => f.type === 'receipt' && f.receipt.userId === owner.user.id)
-    await new Promise((r) => setTimeout(r, 150))
-    expect(dl.frames.some((f) => f.type === 'receipt' && f.receipt.userId === owner.user.id)).toBe(false)
+    expect((await dw.receiptOf(owner.user.id, (r) => r.readSeq === m.seq)).readSeq).toBe(m.seq)
+    await dOwner2.receiptOf(owner.user.id)
+    await new Promise((r) => setTimeout(r, 200))
+    expect(dl.frames.some((f) => (f.type === 'receipt' && f.receipt.userId === owner.user.id) || (f.type === 'receipts' && f.receipts.some((r) => r.userId === owner.user.id)))).toBe(false)
     for (const d of [dw, dl, dOwner, dOwner2]) d.close()
   })
 })

@@ -1,5 +1,5 @@
 import { exports } from 'cloudflare:workers'
-import type { AuthResult, ClientMessage, ConversationSummary, ServerMessage } from '../worker/shared/protocol'
+import type { AuthResult, ClientMessage, ConversationSummary, Receipt, ServerMessage } from '../worker/shared/protocol'
 
 const BASE = 'http://echovalley.test'
 let counter = 0
@@ -67,6 +67,8 @@ export async function upgrade(ticket: string, headers: Record<string, string> = 
 /** A connected device: collects every server frame and lets a test wait for one. */
 export class Device {
   readonly frames: ServerMessage[] = []
+  /** The session this device's socket belongs to (from its hello). */
+  sessionId = ''
   private waiters: { match: (m: ServerMessage) => boolean; resolve: (m: ServerMessage) => void }[] = []
 
   constructor(readonly ws: WebSocket) {
@@ -83,7 +85,7 @@ export class Device {
     if (res.status !== 101 || !res.webSocket) throw new Error(`upgrade failed: ${res.status}`)
     res.webSocket.accept()
     const device = new Device(res.webSocket)
-    await device.next((m) => m.type === 'hello')
+    device.sessionId = (await device.next('hello')).sessionId
     return device
   }
 
@@ -120,6 +122,13 @@ export class Device {
         },
       })
     })
+  }
+
+  /** Waits for a receipt about `userId`, alone or among a room's gathered `receipts`, that satisfies `pred`. */
+  async receiptOf(userId: string, pred: (r: Receipt) => boolean = () => true, timeoutMs = 5000): Promise<Receipt> {
+    const match = (r: Receipt) => r.userId === userId && pred(r)
+    const frame = await this.next((m) => (m.type === 'receipt' && match(m.receipt)) || (m.type === 'receipts' && m.receipts.some(match)), timeoutMs)
+    return frame.type === 'receipt' ? frame.receipt : (frame as Extract<ServerMessage, { type: 'receipts' }>).receipts.find(match)!
   }
 
   close() {

@@ -35,12 +35,12 @@ export async function waitFor<T>(probe: () => Promise<T | null | undefined | fal
   }
 }
 
-/** Drains the room's D1 outbox the way production does: through its alarm. */
+/** Waits until D1 has everything the room holds, the way production gets there: its flush tick, or its alarm. */
 export async function drainOutbox(conversationId: string) {
   const room = getConversationRoom(env, conversationId)
-  for (let i = 0; i < 20; i++) {
+  for (let i = 0; i < 100; i++) {
     if ((await room.stats()).outbox === 0) return
-    await runDurableObjectAlarm(room)
+    if (!(await runDurableObjectAlarm(room))) await new Promise((r) => setTimeout(r, 50))
   }
   throw new Error('outbox did not drain')
 }

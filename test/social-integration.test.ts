@@ -185,7 +185,7 @@ describe('conversation list', () => {
     expect(listA.conversations.every((x) => x.unread === 0)).toBe(true)
 
     dbv.send({ type: 'read', conversationId: ab.id, seq: 2 })
-    await da.next((m) => m.type === 'receipt' && m.receipt.readSeq === 2)
+    await da.receiptOf(b.user.id, (r) => r.readSeq === 2)
     await drainOutbox(ab.id)
     list = await json(await api('/api/conversations', { token: b.accessToken }))
     expect(list.conversations.find((x) => x.id === ab.id)!.unread).toBe(1)

@@ -1,5 +1,5 @@
-// A chat client for fault runs, with the PWA's guarantees: an outbox with one write per
-// conversation in flight (resent under the same clientMsgId), reconnect with backoff and jitter,
+// A chat client for fault runs, with the PWA's guarantees: an outbox whose writes go out several
+// at a time per conversation, in order (resent under the same clientMsgId), reconnect with backoff and jitter,
 // a heartbeat that detects silent stalls, sync from the last contiguous seq, gap repair, dedup by seq.
 import WebSocket from 'ws'
 import type { AuthResult, ConversationEvent, ServerMessage } from '../../worker/shared/protocol'
@@ -14,8 +14,13 @@ interface ConvState {
   held: Map<number, Held>
   contiguous: number
   outbox: { clientMsgId: string; text: string }[]
-  inFlight: { clientMsgId: string; timer: NodeJS.Timeout } | null
+  /** Sent and unanswered, clientMsgId → ack timer; the PWA keeps up to 20, this client MAX_IN_FLIGHT. */
+  inFlight: Map<string, NodeJS.Timeout>
+  /** Every write in the order it was queued, to check that seqs follow it. */
+  written: string[]
 }
+
+const MAX_IN_FLIGHT = 4
 
 const HEARTBEAT_MS = 1_000
 const SILENCE_MS = 4_000
@@ -83,7 +88,7 @@ export class FaultClient {
     readonly auth: AuthResult,
     conversationIds: string[],
   ) {
-    for (const id of conversationIds) this.convs.set(id, { held: new Map(), contiguous: 0, outbox: [], inFlight: null })
+    for (const id of conversationIds) this.convs.set(id, { held: new Map(), contiguous: 0, outbox: [], inFlight: new Map(), written: [] })
   }
 
   get userId() {
@@ -98,15 +103,23 @@ export class FaultClient {
   stop() {
     this.stopped = true
     if (this.heartbeat) clearInterval(this.heartbeat)
-    for (const c of this.convs.values()) if (c.inFlight) clearTimeout(c.inFlight.timer)
+    for (const c of this.convs.values()) this.land(c)
     this.ws?.terminate()
   }
 
-  /** Queues a message; it goes out when everything queued before it in that conversation is acked. */
+  /** Queues a message; it goes out behind the ones queued before it, up to MAX_IN_FLIGHT unanswered. */
   write(conversationId: string) {
     const c = this.convs.get(conversationId)!
-    c.outbox.push({ clientMsgId: crypto.randomUUID(), text: `${this.auth.user.handle} #${++this.sent}` })
+    const clientMsgId = crypto.randomUUID()
+    c.outbox.push({ clientMsgId, text: `${this.auth.user.handle} #${++this.sent}` })
+    c.written.push(clientMsgId)
     this.pump(conversationId)
+  }
+
+  /** Forgets what is in flight (the socket went): it is all sent again, in order. */
+  private land(c: ConvState) {
+    for (const timer of c.inFlight.values()) clearTimeout(timer)
+    c.inFlight.clear()
   }
 
   pending(): number {
@@ -144,7 +157,7 @@ export class FaultClient {
       if (this.ws !== ws) return
       this.ws = null
       if (this.heartbeat) clearInterval(this.heartbeat)
-      for (const c of this.convs.values()) if (c.inFlight) (clearTimeout(c.inFlight.timer), (c.inFlight = null))
+      for (const c of this.convs.values()) this.land(c)
       this.retry()
     }
     ws.on('close', down)
@@ -180,15 +193,17 @@ export class FaultClient {
 
   private pump(conversationId: string) {
     const c = this.convs.get(conversationId)!
-    if (c.inFlight || c.outbox.length === 0) return
-    const next = c.outbox[0]!
-    if (!this.send({ type: 'send', conversationId, clientMsgId: next.clientMsgId, body: { kind: 'text', text: next.text } })) return
-    c.inFlight = {
-      clientMsgId: next.clientMsgId,
-      timer: setTimeout(() => {
-        c.inFlight = null
-        this.pump(conversationId)
-      }, ACK_TIMEOUT_MS),
+    for (const next of c.outbox) {
+      if (c.inFlight.has(next.clientMsgId)) continue
+      if (c.inFlight.size >= MAX_IN_FLIGHT) return
+      if (!this.send({ type: 'send', conversationId, clientMsgId: next.clientMsgId, body: { kind: 'text', text: next.text } })) return
+      c.inFlight.set(
+        next.clientMsgId,
+        setTimeout(() => {
+          c.inFlight.delete(next.clientMsgId)
+          this.pump(conversationId)
+        }, ACK_TIMEOUT_MS),
+      )
     }
   }
 
@@ -218,7 +233,8 @@ export class FaultClient {
         const prev = this.acked.get(msg.clientMsgId)
         if (prev !== undefined && prev.seq !== msg.seq) this.ackConflicts++
         this.acked.set(msg.clientMsgId, { conversationId: msg.conversationId, seq: msg.seq })
-        if (c.inFlight?.clientMsgId === msg.clientMsgId) (clearTimeout(c.inFlight.timer), (c.inFlight = null))
+        clearTimeout(c.inFlight.get(msg.clientMsgId))
+        c.inFlight.delete(msg.clientMsgId)
         c.outbox = c.outbox.filter((o) => o.clientMsgId !== msg.clientMsgId)
         this.pump(msg.conversationId)
         return
@@ -239,9 +255,9 @@ export class FaultClient {
         // A refused write (rate limit, restart in progress) is simply retried after a pause.
         if (!msg.ref) return
         for (const [id, c] of this.convs) {
-          if (c.inFlight?.clientMsgId === msg.ref) {
-            clearTimeout(c.inFlight.timer)
-            c.inFlight = null
+          if (c.inFlight.has(msg.ref)) {
+            clearTimeout(c.inFlight.get(msg.ref))
+            c.inFlight.delete(msg.ref)
             setTimeout(() => this.pump(id), 200)
           }
         }
@@ -281,12 +297,14 @@ export interface Verdict {
   gaps: number
   clientsDiverged: number
   d1Mismatches: number
+  /** Acked writes of one client whose seqs do not follow the order it sent them in. */
+  outOfOrder: number
 }
 
 /** Compares what was acknowledged and what every client holds with the server's log (and D1). */
 export async function verify(baseUrl: string, clients: FaultClient[], options: { checkD1: boolean }): Promise<Verdict & { problems: string[] }> {
   const problems: string[] = []
-  const verdict: Verdict = { conversations: 0, acknowledged: 0, stored: 0, lost: 0, duplicates: 0, gaps: 0, clientsDiverged: 0, d1Mismatches: 0 }
+  const verdict: Verdict = { conversations: 0, acknowledged: 0, stored: 0, lost: 0, duplicates: 0, gaps: 0, clientsDiverged: 0, d1Mismatches: 0, outOfOrder: 0 }
   const convIds = [...new Set(clients.flatMap((c) => [...c.convs.keys()]))]
   verdict.conversations = convIds.length
   const logs = new Map<string, Map<string, number>>()
@@ -320,6 +338,11 @@ export async function verify(baseUrl: string, clients: FaultClient[], options: {
     for (const [clientMsgId, { conversationId, seq }] of client.acked) {
       verdict.acknowledged++
       if (logs.get(conversationId)?.get(clientMsgId) !== seq) (verdict.lost++, problems.push(`acked ${clientMsgId} (seq ${seq}) is not in the log`))
+    }
+    // Pipelined writes keep their order: seqs of one client's writes rise in the order they were written.
+    for (const [conversationId, c] of client.convs) {
+      const seqs = c.written.map((id) => client.acked.get(id)?.seq).filter((s): s is number => s !== undefined)
+      for (let i = 1; i < seqs.length; i++) if (seqs[i]! < seqs[i - 1]!) (verdict.outOfOrder++, problems.push(`${conversationId}: ${client.auth.user.handle}'s writes acked out of order (${seqs[i - 1]} then ${seqs[i]})`))
     }
   }
   return { ...verdict, problems }
@@ -356,7 +379,7 @@ export function keepWriting(clients: FaultClient[], everyMs: number): () => Prom
   let on = true
   const loop = (async () => {
     while (on) {
-      for (const c of clients) for (const id of c.convs.keys()) if (c.convs.get(id)!.outbox.length < 3) c.write(id)
+      for (const c of clients) for (const id of c.convs.keys()) if (c.convs.get(id)!.outbox.length < 6) c.write(id)
       await new Promise((r) => setTimeout(r, everyMs))
     }
   })()

@@ -8,7 +8,7 @@ describe('faults', () => {
     const r = await crashLoop({ cycles: 3, clients: 4 })
     expect(r.problems).toEqual([])
     expect(r.acknowledged).toBeGreaterThan(50)
-    expect({ lost: r.lost, duplicates: r.duplicates, gaps: r.gaps, diverged: r.clientsDiverged, d1: r.d1Mismatches }).toEqual({ lost: 0, duplicates: 0, gaps: 0, diverged: 0, d1: 0 })
+    expect({ lost: r.lost, duplicates: r.duplicates, gaps: r.gaps, diverged: r.clientsDiverged, d1: r.d1Mismatches, outOfOrder: r.outOfOrder }).toEqual({ lost: 0, duplicates: 0, gaps: 0, diverged: 0, d1: 0, outOfOrder: 0 })
   })
 
   it('reset, silent stall and mid-frame cut: every client converges on the same gapless log', { timeout: 240_000 }, async ({ expect }) => {
@@ -16,6 +16,6 @@ describe('faults', () => {
     expect(r.problems).toEqual([])
     expect(r.acknowledged).toBeGreaterThan(50)
     expect(r.reconnects).toBeGreaterThan(0)
-    expect({ lost: r.lost, duplicates: r.duplicates, gaps: r.gaps, diverged: r.clientsDiverged }).toEqual({ lost: 0, duplicates: 0, gaps: 0, diverged: 0 })
+    expect({ lost: r.lost, duplicates: r.duplicates, gaps: r.gaps, diverged: r.clientsDiverged, outOfOrder: r.outOfOrder }).toEqual({ lost: 0, duplicates: 0, gaps: 0, diverged: 0, outOfOrder: 0 })
   })
 })

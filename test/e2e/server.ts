@@ -38,18 +38,26 @@ export interface LocalServer {
  * with migrations applied to a fresh local state directory.
  */
 export async function startServer(
-  opts: { stateDir?: string; port?: number; vars?: Record<string, string>; /** Safety kill after this long (benchmarks run longer than tests). */ lifetimeMs?: number } = {},
+  opts: {
+    stateDir?: string
+    port?: number
+    vars?: Record<string, string>
+    /** Safety kill after this long (benchmarks run longer than tests). */
+    lifetimeMs?: number
+    /** Another wrangler config (the benchmark's platform floor); it has no D1 to migrate. */
+    config?: string
+  } = {},
 ): Promise<LocalServer> {
   const lifetimeMs = opts.lifetimeMs ?? MAX_LIFETIME_MS
   const stateDir = opts.stateDir ?? mkdtempSync(path.join(tmpdir(), 'echovalley-e2e-'))
   const port = opts.port ?? (await freePort())
   const env = { ...process.env, CI: 'true', WRANGLER_SEND_METRICS: 'false' }
-  const migrate = spawnSync('npx', ['wrangler', 'd1', 'migrations', 'apply', 'DB', '--local', '--persist-to', stateDir], { cwd: ROOT, env, encoding: 'utf8' })
-  if (migrate.status !== 0) throw new Error(`migrations failed: ${migrate.stderr}\n${migrate.stdout}`)
+  if (!opts.config) migrateLocal(stateDir)
 
   const vapid = generateVapidKeys()
   const vars = { JWT_SECRET: 'e2e-secret-that-is-long-enough-0123456789', VAPID_PUBLIC_KEY: vapid.publicKey, VAPID_PRIVATE_KEY: vapid.privateKey, ...opts.vars }
-  let child = await launch(port, stateDir, vars, env, lifetimeMs)
+  const config = opts.config ? ['-c', opts.config] : []
+  let child = await launch(port, stateDir, vars, env, lifetimeMs, config)
   const url = `http://127.0.0.1:${port}`
   return {
     url,
@@ -64,16 +72,23 @@ export async function startServer(
     },
     async restart() {
       await kill(child)
-      child = await launch(port, stateDir, vars, env, lifetimeMs)
+      child = await launch(port, stateDir, vars, env, lifetimeMs, config)
     },
     pid: () => child.pid!,
   }
 }
 
-async function launch(port: number, stateDir: string, vars: Record<string, string>, env: NodeJS.ProcessEnv, lifetimeMs: number): Promise<ChildProcess> {
+/** Applies the D1 migrations to a local state directory, as `npm run dev` does. */
+export function migrateLocal(stateDir: string) {
+  const env = { ...process.env, CI: 'true', WRANGLER_SEND_METRICS: 'false' }
+  const migrate = spawnSync('npx', ['wrangler', 'd1', 'migrations', 'apply', 'DB', '--local', '--persist-to', stateDir], { cwd: ROOT, env, encoding: 'utf8' })
+  if (migrate.status !== 0) throw new Error(`migrations failed: ${migrate.stderr}\n${migrate.stdout}`)
+}
+
+async function launch(port: number, stateDir: string, vars: Record<string, string>, env: NodeJS.ProcessEnv, lifetimeMs: number, config: string[]): Promise<ChildProcess> {
   const child: ChildProcess = spawn(
     'npx',
-    ['wrangler', 'dev', '--port', String(port), '--ip', '127.0.0.1', '--persist-to', stateDir, '--show-interactive-dev-session=false',
+    ['wrangler', 'dev', ...config, '--port', String(port), '--ip', '127.0.0.1', '--persist-to', stateDir, '--show-interactive-dev-session=false',
       ...Object.entries(vars).flatMap(([k, v]) => ['--var', `${k}:${v}`])],
     { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true },
   )

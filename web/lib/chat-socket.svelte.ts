@@ -7,11 +7,16 @@ export type SocketStatus = 'connecting' | 'online' | 'offline'
 const HEARTBEAT_MS = 10_000
 /** No frame at all for this long means the connection is dead, even if the OS has not noticed. */
 const SILENCE_LIMIT_MS = 25_000
-const MAX_BACKOFF_MS = 30_000
-
-/** Full jitter: a random wait up to an exponentially growing cap, so reconnects do not stampede. */
-export function backoffDelay(attempt: number, base = 500): number {
-  return Math.random() * Math.min(MAX_BACKOFF_MS, base * 2 ** attempt)
+/**
+ * The first retry goes almost at once (a deploy closes every socket, and the new version is already
+ * there); later ones wait an exponentially growing time with jitter (half to all of it, so many
+ * clients spread out), capped by how long the outage has lasted: 1 s for the first 30 s, so a
+ * restart is noticed within a second of its end, 5 s up to two minutes, then 30 s.
+ */
+export function backoffDelay(attempt: number, outageMs: number): number {
+  if (attempt === 0) return 50 + Math.random() * 150
+  const cap = outageMs < 30_000 ? 1_000 : outageMs < 120_000 ? 5_000 : 30_000
+  return Math.min(cap, 250 * 2 ** attempt) * (0.5 + Math.random() * 0.5)
 }
 
 /**
@@ -25,6 +30,8 @@ export class ChatSocket {
   #timer: ReturnType<typeof setTimeout> | null = null
   #heartbeat: ReturnType<typeof setInterval> | null = null
   #lastFrameAt = 0
+  /** When the current outage began (0: connected). */
+  #outageSince = 0
   #stopped = true
   /** Bumped by every connect, drop and stop, so an attempt that was overtaken while awaiting its ticket gives up. */
   #generation = 0
@@ -110,6 +117,7 @@ export class ChatSocket {
       if (msg.type === 'hello') {
         if (msg.protocol !== PROTOCOL_VERSION) console.warn('server speaks protocol', msg.protocol)
         this.#attempt = 0
+        this.#outageSince = 0
         this.#status = 'online'
         this.onOpen()
         return
@@ -149,7 +157,8 @@ export class ChatSocket {
     if (this.#stopped) return
     this.#status = 'offline'
     if (this.#timer) clearTimeout(this.#timer)
-    const delay = backoffDelay(this.#attempt++)
+    this.#outageSince ||= Date.now()
+    const delay = backoffDelay(this.#attempt++, Date.now() - this.#outageSince)
     this.#timer = setTimeout(() => void this.#connect(), delay)
   }
 }

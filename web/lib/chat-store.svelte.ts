@@ -50,6 +50,8 @@ export interface DisplayMessage {
 /** Codes after which resending the same write cannot succeed. */
 const FINAL_ERRORS = new Set(['BAD_REQUEST', 'NOT_MEMBER', 'NOT_FOUND', 'FORBIDDEN', 'NOT_ALLOWED', 'PAYLOAD_TOO_LARGE', 'TOO_LATE'])
 const ACK_TIMEOUT_MS = 10_000
+/** Writes of one conversation sent before the first is acked; the server sequences them in send order. */
+const MAX_IN_FLIGHT = 20
 const RATE_LIMIT_BACKOFF_MS = 2_000
 const HISTORY_PAGE = 50
 
@@ -79,7 +81,10 @@ export class ChatStore {
   #uploading = new Set<string>()
   #saving: Promise<void> = Promise.resolve()
   #byId = new SvelteMap<string, ConversationState>()
-  #inFlight = new Map<string, { clientMsgId: string; timer: ReturnType<typeof setTimeout> }>()
+  /** Sent and not yet answered, per conversation: clientMsgId → its ack timer. */
+  #inFlight = new Map<string, Map<string, ReturnType<typeof setTimeout>>>()
+  /** Conversations whose outbox waits after RATE_LIMITED. */
+  #paused = new Set<string>()
   #deliveredTimers = new Map<string, ReturnType<typeof setTimeout>>()
   #cache: ChatCache
   #socket: ChatSocket
@@ -464,36 +469,46 @@ export class ChatStore {
     })
   }
 
-  /** Sends the oldest unsent write of a conversation, if none is in flight. */
+  /**
+   * Sends a conversation's unsent writes in order, up to MAX_IN_FLIGHT unanswered. A message whose
+   * media is still uploading holds back the ones behind it, so the order never changes.
+   */
   #pump(conversationId: string) {
-    if (this.#inFlight.has(conversationId)) return
-    const next = this.#outbox.find((o) => o.conversationId === conversationId && !o.failed)
-    if (!next) return
-    if (next.uploads?.some((u) => !u.mediaId)) return void this.#upload(next)
-    const frame: ClientMessage = { type: 'send', conversationId, clientMsgId: next.clientMsgId, body: next.body }
-    if (!this.#socket.send(frame)) return
-    const timer = setTimeout(() => {
-      // No ack in time: send the same clientMsgId again; the server deduplicates.
-      this.#inFlight.delete(conversationId)
-      this.#pump(conversationId)
-    }, ACK_TIMEOUT_MS)
-    this.#inFlight.set(conversationId, { clientMsgId: next.clientMsgId, timer })
+    if (this.#paused.has(conversationId)) return
+    let flying = this.#inFlight.get(conversationId)
+    if (!flying) this.#inFlight.set(conversationId, (flying = new Map()))
+    for (const next of this.#outbox) {
+      if (next.conversationId !== conversationId || next.failed || flying.has(next.clientMsgId)) continue
+      if (flying.size >= MAX_IN_FLIGHT) return
+      if (next.uploads?.some((u) => !u.mediaId)) return void this.#upload(next)
+      if (!this.#socket.send({ type: 'send', conversationId, clientMsgId: next.clientMsgId, body: next.body })) return
+      const id = next.clientMsgId
+      flying.set(
+        id,
+        setTimeout(() => {
+          // No ack in time: send the same clientMsgId again; the server deduplicates.
+          flying.delete(id)
+          this.#pump(conversationId)
+        }, ACK_TIMEOUT_MS),
+      )
+    }
   }
 
   #settle(conversationId: string, clientMsgId: string) {
-    const flight = this.#inFlight.get(conversationId)
-    if (flight?.clientMsgId === clientMsgId) {
-      clearTimeout(flight.timer)
-      this.#inFlight.delete(conversationId)
-    }
+    const flying = this.#inFlight.get(conversationId)
+    const timer = flying?.get(clientMsgId)
+    if (timer === undefined) return
+    clearTimeout(timer)
+    flying!.delete(clientMsgId)
   }
 
   // ---- socket ----
 
   #onOpen() {
     this.#error = null
-    for (const f of this.#inFlight.values()) clearTimeout(f.timer)
+    for (const flying of this.#inFlight.values()) for (const timer of flying.values()) clearTimeout(timer)
     this.#inFlight.clear()
+    this.#paused.clear()
     for (const [id, s] of this.#byId) if (s.loaded) this.#sync(id)
     for (const id of new Set(this.#outbox.map((o) => o.conversationId))) this.#pump(id)
     void this.refreshConversations()
@@ -532,14 +547,17 @@ export class ChatStore {
       }
       case 'events': {
         const s = this.#state(msg.conversationId)
-        for (const r of msg.receipts) s.receipts.set(r.userId, r)
+        for (const r of msg.receipts) this.#receipt(msg.conversationId, r)
         s.lastSeq = Math.max(s.lastSeq, msg.lastSeq)
         this.#ingest(msg.conversationId, msg.events, true)
         if (msg.hasMore) this.#sync(msg.conversationId)
         return
       }
       case 'receipt':
-        this.#state(msg.conversationId).receipts.set(msg.receipt.userId, msg.receipt)
+        this.#receipt(msg.conversationId, msg.receipt)
+        return
+      case 'receipts':
+        for (const r of msg.receipts) this.#receipt(msg.conversationId, r)
         return
       case 'typing':
         this.#state(msg.conversationId).typing.set(msg.userId, Date.now() + TYPING_TTL_MS)
@@ -566,13 +584,25 @@ export class ChatStore {
           this.#saveOutbox()
           this.#pump(item.conversationId)
         } else {
-          setTimeout(() => this.#pump(item.conversationId), RATE_LIMIT_BACKOFF_MS)
+          this.#paused.add(item.conversationId)
+          setTimeout(() => {
+            this.#paused.delete(item.conversationId)
+            this.#pump(item.conversationId)
+          }, RATE_LIMIT_BACKOFF_MS)
         }
         return
       }
       case 'hello':
         return
     }
+  }
+
+  /** Cursors only move forward: a late or replayed receipt never takes a tick back. */
+  #receipt(conversationId: string, r: Receipt) {
+    const receipts = this.#state(conversationId).receipts
+    const known = receipts.get(r.userId)
+    if (known && known.deliveredSeq >= r.deliveredSeq && known.readSeq >= r.readSeq) return
+    receipts.set(r.userId, known ? { userId: r.userId, deliveredSeq: Math.max(known.deliveredSeq, r.deliveredSeq), readSeq: Math.max(known.readSeq, r.readSeq) } : r)
   }
 
   /** Moves a conversation to the top with the new message as preview, counting it unread unless open. */

@@ -7,6 +7,7 @@ import {
   EDIT_WINDOW_MS,
   MessageBody,
   RECALL_WINDOW_MS,
+  SYNC_PAGE_BYTES,
   SYNC_PAGE_LIMIT,
   TextBody,
   mediaIdsOf,
@@ -28,6 +29,8 @@ export interface Ack {
   seq: number
   serverTs: number
   duplicate: boolean
+  /** The event as stored, for the sender's own hub to show on the user's devices (absent on a repeat). */
+  event?: ConversationEvent
 }
 export interface SyncPage {
   events: ConversationEvent[]
@@ -42,14 +45,21 @@ interface Member {
   /** First seq this member may see. */
   joinedSeq: number
 }
+/** Who shows a write's event on the writer's own devices. */
+export type WriteOrigin = 'hub' | 'http'
 /** Groups hold at most this many people (live voice rooms use the same ceiling). */
 export const MAX_GROUP_MEMBERS = 50
 /** The group ceiling; GROUP_LIMIT raises it only for the fan-out benchmark. */
 export const groupLimit = (env: Env) => Math.max(MAX_GROUP_MEMBERS, Number(env.GROUP_LIMIT) || 0)
 
-/** Retry interval for draining the D1 outbox when a flush fails or is pending. */
-const FLUSH_RETRY_MS = 2_000
+/** D1 gets what the log gained at most this long after it was acked, in one batch... */
+export const FLUSH_DELAY_MS = 200
+/** ...or at once when this many events wait. */
 const FLUSH_BATCH = 100
+/** The alarm that retries a flush after a crash or a D1 failure. */
+const FLUSH_RETRY_MS = 2_000
+/** Receipts for one member's devices gather this long, so a group's confirmations are one call per member, not one per reader. */
+const RECEIPT_BATCH_MS = 30
 const TYPING_MIN_INTERVAL_MS = 1_000
 /** Per-member write limit, as "burst/perSecond"; env WRITE_RATE overrides it. */
 const DEFAULT_WRITE_RATE = '30/10'
@@ -59,10 +69,11 @@ function parseRate(spec: string | undefined): [number, number] {
   return burst! > 0 && perSecond! > 0 ? [burst!, perSecond!] : [30, 10]
 }
 
-
 /**
- * One per conversation. Its SQLite log is authoritative: it assigns seq, acks only after the
- * write, keeps receipt cursors, fans out to members' UserHubs and drains an outbox into D1.
+ * One per conversation. Its SQLite log is authoritative: it assigns seq and acks only after the
+ * write. Everything else a message causes is derived and batched: fan-out to members' UserHubs,
+ * receipt cursors kept in memory and persisted once per tick, and D1 written once per tick from a
+ * flushed-up-to mark (plus a small dirty set for edits and recalls).
  */
 export class ConversationRoom extends DurableObject<Env> {
   private sql: SqlStorage
@@ -72,10 +83,22 @@ export class ConversationRoom extends DurableObject<Env> {
   private blocked = false
   private members = new Map<string, Member>()
   private lastSeq = 0
+  /** Every event up to here is in D1. */
+  private d1Seq = 0
+  /** Members whose cursors moved since they were last written to this object's storage. */
+  private cursorsDirty = new Set<string>()
+  /** Members whose read cursor D1 has not caught up with (it feeds unread counts). */
+  private readDirty = new Set<string>()
   private flushing: Promise<void> | null = null
+  private flushAgain = false
+  private flushTimer: ReturnType<typeof setTimeout> | null = null
+  private loading: Promise<RoomResult<null>> | null = null
+  /** Writes of one sender that wait for I/O (a media claim, the first load) hold that sender's later writes, so seqs follow send order. */
+  private senderTails = new Map<string, Promise<unknown>>()
   private lastTyping = new Map<string, number>()
-  /** Each member's newest message seq: who a receipt can matter to. */
-  private lastSent = new Map<string, number>()
+  /** Receipts waiting to go out, by the member whose devices get them. */
+  private receiptsOut = new Map<string, Map<string, Receipt>>()
+  private receiptTimer: ReturnType<typeof setTimeout> | null = null
   /** When the safety-net alarm is due, as far as this instance knows (null: none set by it). */
   private alarmAt: number | null = null
   /** Replaceable so load tests and benchmarks can lift the per-member limit. */
@@ -105,18 +128,25 @@ export class ConversationRoom extends DurableObject<Env> {
         .map((m) => [m.user_id, { role: m.role, deliveredSeq: m.delivered_seq, readSeq: m.read_seq, joinedSeq: m.joined_seq }]),
     )
     this.lastSeq = this.sql.exec<{ s: number | null }>('SELECT max(seq) AS s FROM events').one().s ?? 0
-    this.lastSent = new Map(
-      this.sql
-        .exec<{ sender_id: string; s: number }>(`SELECT sender_id, max(seq) AS s FROM events WHERE type = 'message' GROUP BY sender_id`)
-        .toArray()
-        .map((r) => [r.sender_id, r.s]),
-    )
+    this.d1Seq = Math.min(this.lastSeq, Number(meta.get('d1_seq') ?? 0))
+    for (const id of JSON.parse(meta.get('d1_read_pending') ?? '[]') as string[]) this.readDirty.add(id)
+    if (this.pendingD1() > 0) this.scheduleFlush()
   }
 
-  /** The first call for a conversation copies its membership from D1, where the Worker created it. */
-  private async ensureLoaded(conversationId: string): Promise<RoomResult<null>> {
+  /**
+   * The first call for a conversation copies its membership from D1, where the Worker created it.
+   * Calls that arrive meanwhile wait on the same load, and resume in arrival order.
+   */
+  private ensureLoaded(conversationId: string): RoomResult<null> | Promise<RoomResult<null>> {
     if (this.conversationId === conversationId) return ok(null)
     if (this.conversationId !== null) return fail(ErrorCode.NOT_FOUND, 'conversation not found')
+    this.loading ??= this.load(conversationId).finally(() => {
+      this.loading = null
+    })
+    return this.loading.then((r) => (r.ok && this.conversationId !== conversationId ? fail(ErrorCode.NOT_FOUND, 'conversation not found') : r))
+  }
+
+  private async load(conversationId: string): Promise<RoomResult<null>> {
     const [conv, people, blockRows] = await this.env.DB.batch<{ kind?: string; user_id?: string; role?: Role; joined_seq?: number; n?: number }>([
       this.env.DB.prepare('SELECT kind FROM conversations WHERE id = ?').bind(conversationId),
       this.env.DB.prepare('SELECT user_id, role, joined_seq FROM members WHERE conversation_id = ?').bind(conversationId),
@@ -127,12 +157,10 @@ export class ConversationRoom extends DurableObject<Env> {
     ])
     const kind = conv!.results[0]?.kind
     if (!kind || people!.results.length === 0) return fail(ErrorCode.NOT_FOUND, 'conversation not found')
-    // Another call may have loaded it while we awaited D1.
-    if (this.conversationId === conversationId) return ok(null)
     const blocked = kind === 'direct' && (blockRows!.results[0]?.n ?? 0) > 0
     this.ctx.storage.transactionSync(() => {
       this.sql.exec(
-        `INSERT OR REPLACE INTO meta (key, value) VALUES ('conversation_id', ?), ('kind', ?), ('version', ?), ('blocked', ?)`,
+        `INSERT OR REPLACE INTO meta (key, value) VALUES ('conversation_id', ?), ('kind', ?), ('version', ?), ('blocked', ?), ('d1_seq', '0')`,
         conversationId, kind, String(ROOM_SCHEMA_VERSION), blocked ? '1' : '0',
       )
       for (const m of people!.results) {
@@ -151,10 +179,36 @@ export class ConversationRoom extends DurableObject<Env> {
   }
 
   /**
+   * Runs one sender's writes in the order they arrived. A write that waits for nothing runs at
+   * once; only writes behind one that awaits I/O (a media claim, the first load) queue up.
+   */
+  private inSenderOrder<T>(senderId: string, task: () => Promise<T>): Promise<T> {
+    const prev = this.senderTails.get(senderId)
+    const run = prev ? prev.then(task, task) : task()
+    const tail = run.catch(() => undefined)
+    this.senderTails.set(senderId, tail)
+    void tail.then(() => {
+      if (this.senderTails.get(senderId) === tail) this.senderTails.delete(senderId)
+    })
+    return run
+  }
+
+  /**
    * Every write: check the actor may, answer a retry with its first ack, then `act`. `act` is
    * synchronous, so nothing interleaves between reading lastSeq and the commit: seq stays gapless.
    */
-  private async write(
+  private write(
+    conversationId: string,
+    actorId: string,
+    clientMsgId: string,
+    need: 'member' | 'admin' | 'owner',
+    act: (member: Member) => RoomResult<Ack>,
+  ): Promise<RoomResult<Ack>> {
+    return this.inSenderOrder(actorId, () => this.writeNow(conversationId, actorId, clientMsgId, need, act))
+  }
+
+  /** `write` for a caller already in its sender's order. */
+  private async writeNow(
     conversationId: string,
     actorId: string,
     clientMsgId: string,
@@ -195,57 +249,66 @@ export class ConversationRoom extends DurableObject<Env> {
   }
 
   /**
-   * Appends one event and whatever it changes in earlier rows, in one transaction, then fans out.
-   * `touched` are earlier seqs whose D1 copy must be rewritten too.
+   * Appends one event and whatever it changes in earlier rows: one transaction, with no await
+   * between it and the ack, so events that arrive together share a commit. `mutate` returns
+   * earlier seqs whose D1 copy must be rewritten. Fan-out goes to every member but the writer when
+   * the writer's own hub shows it (`origin: 'hub'`), plus `alsoTell` (people just removed).
    */
-  private commit(event: ConversationEvent, mutate: () => number[] = () => [], alsoTell: string[] = []): Ack {
+  private commit(event: ConversationEvent, mutate: () => number[] = () => [], alsoTell: string[] = [], origin: WriteOrigin = 'http'): Ack {
     const row = eventToRow(event)
     this.ctx.storage.transactionSync(() => {
       this.sql.exec(
         `INSERT INTO events (${EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         row.seq, row.type, row.sender_id, row.client_msg_id, row.kind, row.body, row.target_seq, row.edited_at, row.recalled_by, row.recalled_by_admin, row.created_at,
       )
-      // gen marks which commit queued the row, so a flush in flight never drops a newer change.
-      for (const seq of [...mutate(), event.seq]) {
-        this.sql.exec('INSERT INTO d1_outbox (seq, gen) VALUES (?, ?) ON CONFLICT (seq) DO UPDATE SET gen = excluded.gen', seq, event.seq)
+      for (const seq of mutate()) {
+        this.sql.exec('INSERT INTO d1_dirty (seq, gen) VALUES (?, ?) ON CONFLICT (seq) DO UPDATE SET gen = excluded.gen', seq, event.seq)
       }
-      // Sending implies having read everything before it.
-      this.sql.exec('UPDATE members SET read_seq = ?, delivered_seq = max(delivered_seq, ?) WHERE user_id = ?', event.seq, event.seq, event.senderId)
-      this.sql.exec('INSERT OR REPLACE INTO cursor_outbox (user_id, read_seq) VALUES (?, ?)', event.senderId, event.seq)
     })
     this.lastSeq = event.seq
-    if (event.type === 'message') this.lastSent.set(event.senderId, event.seq)
-    if (event.type === 'member') this.loadState()
+    if (event.type === 'member') this.reloadMembers()
+    // Sending implies having read everything before it; kept in memory, persisted with the tick.
     const sender = this.members.get(event.senderId)
     if (sender) {
       sender.readSeq = event.seq
       sender.deliveredSeq = Math.max(sender.deliveredSeq, event.seq)
+      this.cursorsDirty.add(event.senderId)
+      this.readDirty.add(event.senderId)
     }
     this.armFlushAlarm()
-    this.fanOut(event, alsoTell)
+    this.fanOut(event, origin === 'hub' ? event.senderId : null, alsoTell)
     this.scheduleFlush()
-    return { conversationId: event.conversationId, clientMsgId: event.clientMsgId, seq: event.seq, serverTs: event.serverTs, duplicate: false }
+    return { conversationId: event.conversationId, clientMsgId: event.clientMsgId, seq: event.seq, serverTs: event.serverTs, duplicate: false, event }
   }
 
-  async appendMessage(conversationId: string, senderId: string, clientMsgId: string, body: unknown): Promise<RoomResult<Ack>> {
+  async appendMessage(conversationId: string, senderId: string, clientMsgId: string, body: unknown, origin: WriteOrigin = 'http'): Promise<RoomResult<Ack>> {
     const parsed = MessageBody.safeParse(body)
     if (!parsed.success) return fail(ErrorCode.BAD_REQUEST, parsed.error.issues[0]?.message ?? 'invalid body')
     let message: MessageBody = parsed.data
     const replyTo = message.kind === 'text' ? message.replyTo?.seq : undefined
     if (message.kind !== 'text') {
-      // Membership first, so nobody claims an upload into a conversation they are not in.
-      const auth = await this.authorize(conversationId, senderId)
-      if (!auth.ok) return auth
-      if (!this.findBySender(senderId, clientMsgId)) {
-        const filled = await this.claimMedia(conversationId, senderId, message)
-        if (!filled.ok) return filled
-        message = filled.value
-      }
+      const media = message
+      // The claim waits for D1: later writes of this sender wait behind it, so order holds.
+      return this.inSenderOrder(senderId, async () => {
+        // Membership first, so nobody claims an upload into a conversation they are not in.
+        const auth = await this.authorize(conversationId, senderId)
+        if (!auth.ok) return auth
+        if (!this.findBySender(senderId, clientMsgId)) {
+          const filled = await this.claimMedia(conversationId, senderId, media)
+          if (!filled.ok) return filled
+          message = filled.value
+        }
+        return this.writeNow(conversationId, senderId, clientMsgId, 'member', this.messageWriter(conversationId, senderId, clientMsgId, message, undefined, origin))
+      })
     }
-    return this.write(conversationId, senderId, clientMsgId, 'member', (member) => {
+    return this.write(conversationId, senderId, clientMsgId, 'member', this.messageWriter(conversationId, senderId, clientMsgId, message, replyTo, origin))
+  }
+
+  private messageWriter(conversationId: string, senderId: string, clientMsgId: string, message: MessageBody, replyTo: number | undefined, origin: WriteOrigin) {
+    return (member: Member): RoomResult<Ack> => {
       if (replyTo !== undefined && (replyTo < member.joinedSeq || this.eventRow(replyTo)?.type !== 'message')) return fail(ErrorCode.BAD_REQUEST, 'replyTo: no such message')
-      return ok(this.commit({ type: 'message', conversationId, seq: this.lastSeq + 1, senderId, clientMsgId, serverTs: this.now(), body: message }))
-    })
+      return ok(this.commit({ type: 'message', conversationId, seq: this.lastSeq + 1, senderId, clientMsgId, serverTs: this.now(), body: message }, undefined, [], origin))
+    }
   }
 
   /**
@@ -282,15 +345,15 @@ export class ConversationRoom extends DurableObject<Env> {
   }
 
   /** A reaction is an event of its own; clients fold it into the message it points at. */
-  async react(conversationId: string, userId: string, clientMsgId: string, targetSeq: number, emoji: string, on: boolean): Promise<RoomResult<Ack>> {
+  async react(conversationId: string, userId: string, clientMsgId: string, targetSeq: number, emoji: string, on: boolean, origin: WriteOrigin = 'http'): Promise<RoomResult<Ack>> {
     return this.write(conversationId, userId, clientMsgId, 'member', () => {
       const target = this.eventRow(targetSeq)
       if (!target || target.type !== 'message' || target.recalled_by !== null) return fail(ErrorCode.NOT_FOUND, 'no such message')
-      return ok(this.commit({ type: 'reaction', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: this.now(), targetSeq, emoji, on }))
+      return ok(this.commit({ type: 'reaction', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: this.now(), targetSeq, emoji, on }, undefined, [], origin))
     })
   }
 
-  async edit(conversationId: string, userId: string, clientMsgId: string, targetSeq: number, body: unknown): Promise<RoomResult<Ack>> {
+  async edit(conversationId: string, userId: string, clientMsgId: string, targetSeq: number, body: unknown, origin: WriteOrigin = 'http'): Promise<RoomResult<Ack>> {
     const parsed = TextBody.safeParse(body)
     if (!parsed.success) return fail(ErrorCode.BAD_REQUEST, parsed.error.issues[0]?.message ?? 'invalid body')
     return this.write(conversationId, userId, clientMsgId, 'member', () => {
@@ -306,13 +369,13 @@ export class ConversationRoom extends DurableObject<Env> {
         this.commit({ type: 'edit', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: now, targetSeq, body: parsed.data }, () => {
           this.sql.exec('UPDATE events SET body = ?, edited_at = ? WHERE seq = ?', text, now, targetSeq)
           return [targetSeq]
-        }),
+        }, [], origin),
       )
     })
   }
 
   /** Erases a message's content from the log (and so from D1 and every device): the sender within the window, or a group admin. */
-  async recall(conversationId: string, userId: string, clientMsgId: string, targetSeq: number): Promise<RoomResult<Ack>> {
+  async recall(conversationId: string, userId: string, clientMsgId: string, targetSeq: number, origin: WriteOrigin = 'http'): Promise<RoomResult<Ack>> {
     return this.write(conversationId, userId, clientMsgId, 'member', (member) => {
       const target = this.eventRow(targetSeq)
       if (!target || target.type !== 'message') return fail(ErrorCode.NOT_FOUND, 'no such message')
@@ -333,7 +396,7 @@ export class ConversationRoom extends DurableObject<Env> {
           const edits = this.sql.exec<{ seq: number }>(`SELECT seq FROM events WHERE type = 'edit' AND target_seq = ?`, targetSeq).toArray().map((r) => r.seq)
           this.sql.exec(`UPDATE events SET body = NULL WHERE type = 'edit' AND target_seq = ?`, targetSeq)
           return [targetSeq, ...edits]
-        }),
+        }, [], origin),
       )
     })
   }
@@ -353,16 +416,16 @@ export class ConversationRoom extends DurableObject<Env> {
 
   /** Records a new group's first members (already in D1 and loaded) as the log's first event. */
   async announceMembers(conversationId: string, actorId: string, clientMsgId: string): Promise<RoomResult<Ack>> {
-    return this.write(conversationId, actorId, clientMsgId, 'owner', () => {
+    return this.flushedFirst(this.write(conversationId, actorId, clientMsgId, 'owner', () => {
       if (this.lastSeq > 0) return fail(ErrorCode.CONFLICT, 'the group already has history')
       const others = [...this.members.keys()].filter((id) => id !== actorId)
       return ok(this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'added', others)))
-    })
+    }))
   }
 
   /** Adds people (the Worker has checked they exist and may be added by this actor). */
   async addMembers(conversationId: string, actorId: string, clientMsgId: string, userIds: string[]): Promise<RoomResult<Ack>> {
-    return this.write(conversationId, actorId, clientMsgId, 'admin', () => {
+    return this.flushedFirst(this.write(conversationId, actorId, clientMsgId, 'admin', () => {
       const fresh = [...new Set(userIds)].filter((id) => !this.members.has(id))
       if (fresh.length === 0) return fail(ErrorCode.CONFLICT, 'they are already members')
       if (this.members.size + fresh.length > groupLimit(this.env)) return fail(ErrorCode.NOT_ALLOWED, `a group holds at most ${groupLimit(this.env)} people`)
@@ -373,12 +436,12 @@ export class ConversationRoom extends DurableObject<Env> {
           return []
         }),
       )
-    })
+    }))
   }
 
   /** An admin removes a member; only the owner removes admins; nobody removes the owner. */
   async removeMember(conversationId: string, actorId: string, clientMsgId: string, targetId: string): Promise<RoomResult<Ack>> {
-    return this.write(conversationId, actorId, clientMsgId, 'admin', (member) => {
+    return this.flushedFirst(this.write(conversationId, actorId, clientMsgId, 'admin', (member) => {
       const target = this.members.get(targetId)
       if (!target) return fail(ErrorCode.NOT_FOUND, 'not a member')
       if (targetId === actorId) return fail(ErrorCode.BAD_REQUEST, 'use leave to leave a group')
@@ -386,12 +449,12 @@ export class ConversationRoom extends DurableObject<Env> {
         return fail(ErrorCode.NOT_ALLOWED, 'only the owner can remove an admin, and nobody can remove the owner')
       }
       return ok(this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'removed', [targetId]), () => this.dropMember(targetId), [targetId]))
-    })
+    }))
   }
 
   /** Leaving as owner hands the group to the longest-standing admin, else member. */
   async leave(conversationId: string, userId: string, clientMsgId: string): Promise<RoomResult<Ack>> {
-    return this.write(conversationId, userId, clientMsgId, 'member', (member) => {
+    return this.flushedFirst(this.write(conversationId, userId, clientMsgId, 'member', (member) => {
       if (this.kind !== 'group') return fail(ErrorCode.NOT_ALLOWED, 'you can leave groups, not direct chats')
       const ack = this.commit(this.memberEvent(conversationId, userId, clientMsgId, 'left', [userId]), () => this.dropMember(userId), [userId])
       if (member.role === 'owner' && this.members.size > 0) {
@@ -399,36 +462,35 @@ export class ConversationRoom extends DurableObject<Env> {
         this.commit(this.memberEvent(conversationId, userId, `${clientMsgId}:heir`, 'role', [heir], 'owner'), () => this.setRoleRow(heir, 'owner'))
       }
       return ok(ack)
-    })
+    }))
   }
 
   async setRole(conversationId: string, actorId: string, clientMsgId: string, targetId: string, role: 'admin' | 'member'): Promise<RoomResult<Ack>> {
-    return this.write(conversationId, actorId, clientMsgId, 'owner', () => {
+    return this.flushedFirst(this.write(conversationId, actorId, clientMsgId, 'owner', () => {
       const target = this.members.get(targetId)
       if (!target || targetId === actorId) return fail(ErrorCode.NOT_FOUND, 'not another member')
       return ok(this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'role', [targetId], role), () => this.setRoleRow(targetId, role)))
-    })
+    }))
   }
 
   /** The owner makes another member owner and becomes an admin. */
   async transferOwnership(conversationId: string, actorId: string, clientMsgId: string, targetId: string): Promise<RoomResult<Ack>> {
-    return this.write(conversationId, actorId, clientMsgId, 'owner', () => {
+    return this.flushedFirst(this.write(conversationId, actorId, clientMsgId, 'owner', () => {
       if (!this.members.has(targetId) || targetId === actorId) return fail(ErrorCode.NOT_FOUND, 'not another member')
       const ack = this.commit(this.memberEvent(conversationId, actorId, clientMsgId, 'role', [targetId], 'owner'), () => this.setRoleRow(targetId, 'owner'))
       this.commit(this.memberEvent(conversationId, actorId, `${clientMsgId}:demote`, 'role', [actorId], 'admin'), () => this.setRoleRow(actorId, 'admin'))
       return ok(ack)
-    })
+    }))
   }
 
   async rename(conversationId: string, actorId: string, clientMsgId: string, title: string): Promise<RoomResult<Ack>> {
-    return this.write(conversationId, actorId, clientMsgId, 'admin', () =>
+    return this.flushedFirst(this.write(conversationId, actorId, clientMsgId, 'admin', () =>
       ok(this.commit({ type: 'renamed', conversationId, seq: this.lastSeq + 1, senderId: actorId, clientMsgId, serverTs: this.now(), title })),
-    )
+    ))
   }
 
   private dropMember(userId: string): number[] {
     this.sql.exec('DELETE FROM members WHERE user_id = ?', userId)
-    this.sql.exec('DELETE FROM cursor_outbox WHERE user_id = ?', userId)
     return []
   }
 
@@ -437,33 +499,82 @@ export class ConversationRoom extends DurableObject<Env> {
     return []
   }
 
-  /** Moves a member's delivered or read cursor forward (never back); one write per call. */
-  async updateCursor(conversationId: string, userId: string, kind: 'delivered' | 'read', seq: number): Promise<RoomResult<Receipt>> {
+  /** Membership after a member event: roles and joins from storage, cursors from memory (they may be ahead of it). */
+  private reloadMembers() {
+    const next = new Map<string, Member>()
+    for (const r of this.sql.exec<{ user_id: string; role: Role; delivered_seq: number; read_seq: number; joined_seq: number }>('SELECT * FROM members')) {
+      const known = this.members.get(r.user_id)
+      next.set(r.user_id, {
+        role: r.role,
+        joinedSeq: r.joined_seq,
+        deliveredSeq: Math.max(known?.deliveredSeq ?? 0, r.delivered_seq),
+        readSeq: Math.max(known?.readSeq ?? 0, r.read_seq),
+      })
+    }
+    for (const id of this.members.keys()) {
+      if (next.has(id)) continue
+      this.cursorsDirty.delete(id)
+      this.readDirty.delete(id)
+    }
+    this.members = next
+  }
+
+  /**
+   * Membership changes come from the Worker, which reads members from D1 right after: D1 gets
+   * them before the answer, not on the next tick.
+   */
+  private async flushedFirst(result: Promise<RoomResult<Ack>>): Promise<RoomResult<Ack>> {
+    const r = await result
+    if (r.ok && !r.value.duplicate) await this.flushNow().catch((e: unknown) => console.warn('D1 flush failed; the alarm retries', String(e)))
+    return r
+  }
+
+  // ---- receipts ----
+
+  /**
+   * Moves a member's cursors forward (never back), from their hub's batched confirmations. Nothing
+   * is written here: cursors are persisted with the tick. The members whose ticks change (senders
+   * of the messages the move covers) hear of it; the caller's hub tells the member's own devices.
+   */
+  async moveCursors(conversationId: string, userId: string, delivered: number | null, read: number | null): Promise<RoomResult<{ receipt: Receipt; readMoved: boolean }>> {
     const auth = await this.authorize(conversationId, userId)
     if (!auth.ok) return auth
     const m = auth.value
-    const target = Math.min(seq, this.lastSeq)
-    const readSeq = kind === 'read' ? Math.max(m.readSeq, target) : m.readSeq
-    const deliveredSeq = Math.max(m.deliveredSeq, readSeq, kind === 'delivered' ? target : 0)
+    const oldRead = m.readSeq
+    const oldDelivered = m.deliveredSeq
+    const readSeq = read === null ? m.readSeq : Math.max(m.readSeq, Math.min(read, this.lastSeq))
+    const deliveredSeq = Math.max(m.deliveredSeq, readSeq, delivered === null ? 0 : Math.min(delivered, this.lastSeq))
     const receipt: Receipt = { userId, deliveredSeq, readSeq }
-    if (readSeq === m.readSeq && deliveredSeq === m.deliveredSeq) return ok(receipt)
-    const previousRead = m.readSeq
-    this.sql.exec('UPDATE members SET delivered_seq = ?, read_seq = ? WHERE user_id = ?', deliveredSeq, readSeq, userId)
-    if (readSeq !== m.readSeq) {
-      this.sql.exec('INSERT OR REPLACE INTO cursor_outbox (user_id, read_seq) VALUES (?, ?)', userId, readSeq)
-      this.scheduleFlush()
-    }
-    m.deliveredSeq = deliveredSeq
+    if (readSeq === oldRead && deliveredSeq === oldDelivered) return ok({ receipt, readMoved: false })
     m.readSeq = readSeq
-    // Only people whose ticks can change hear of it (those who wrote after the old cursor), plus
-    // the reader's own other devices: in a big group most members never need this receipt.
-    for (const memberId of this.members.keys()) {
-      if (memberId !== userId && (this.lastSent.get(memberId) ?? 0) <= previousRead) continue
-      getUserHub(this.env, memberId)
-        .notify({ type: 'receipt', conversationId, receipt })
-        .catch((e: unknown) => console.warn('receipt fan-out failed', memberId, String(e)))
+    m.deliveredSeq = deliveredSeq
+    this.cursorsDirty.add(userId)
+    if (readSeq !== oldRead) this.readDirty.add(userId)
+    this.scheduleFlush()
+    const from = readSeq !== oldRead ? oldRead : oldDelivered
+    const senders = this.sql
+      .exec<{ sender_id: string }>(`SELECT DISTINCT sender_id FROM events WHERE seq > ? AND seq <= ? AND type = 'message'`, from, Math.max(readSeq, deliveredSeq))
+      .toArray()
+    for (const { sender_id } of senders) if (sender_id !== userId) this.queueReceipt(sender_id, receipt)
+    return ok({ receipt, readMoved: readSeq !== oldRead })
+  }
+
+  private queueReceipt(to: string, receipt: Receipt) {
+    let batch = this.receiptsOut.get(to)
+    if (!batch) this.receiptsOut.set(to, (batch = new Map()))
+    batch.set(receipt.userId, receipt)
+    this.receiptTimer ??= setTimeout(() => this.sendReceipts(), RECEIPT_BATCH_MS)
+  }
+
+  private sendReceipts() {
+    this.receiptTimer = null
+    const conversationId = this.conversationId!
+    for (const [to, batch] of this.receiptsOut) {
+      getUserHub(this.env, to)
+        .notify({ type: 'receipts', conversationId, receipts: [...batch.values()] })
+        .catch((e: unknown) => console.warn('receipt fan-out failed', to, String(e)))
     }
-    return ok(receipt)
+    this.receiptsOut.clear()
   }
 
   /** Relays a typing signal to the other members; nothing is stored, repeats within a second are dropped. */
@@ -486,20 +597,28 @@ export class ConversationRoom extends DurableObject<Env> {
     return [...this.members].map(([userId, m]) => ({ userId, deliveredSeq: m.deliveredSeq, readSeq: m.readSeq }))
   }
 
-  /** Events after a cursor, oldest first, one page at a time, with every member's cursors. */
+  /**
+   * Events after a cursor, oldest first, one page at a time, with every member's cursors. A page
+   * stops at `limit` events or about SYNC_PAGE_BYTES of bodies, whichever comes first.
+   */
   async eventsAfter(conversationId: string, userId: string, afterSeq: number, limit = SYNC_PAGE_LIMIT): Promise<RoomResult<SyncPage>> {
     const auth = await this.authorize(conversationId, userId)
     if (!auth.ok) return auth
     const n = Math.min(Math.max(1, limit), SYNC_PAGE_LIMIT)
     // History before a member joined stays with the members who were there.
     const from = Math.max(afterSeq, auth.value.joinedSeq - 1)
-    const rows = this.sql.exec<EventRow>(`SELECT ${EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, from, n + 1).toArray()
-    return ok({
-      events: rows.slice(0, n).map((r) => rowToEvent(conversationId, r)),
-      hasMore: rows.length > n,
-      lastSeq: this.lastSeq,
-      receipts: this.receipts(),
-    })
+    const events: ConversationEvent[] = []
+    let bytes = 0
+    let hasMore = false
+    for (const r of this.sql.exec<EventRow>(`SELECT ${EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, from, n + 1)) {
+      if (events.length === n || (events.length > 0 && bytes > SYNC_PAGE_BYTES)) {
+        hasMore = true
+        break
+      }
+      bytes += 120 + (r.body?.length ?? 0)
+      events.push(rowToEvent(conversationId, r))
+    }
+    return ok({ events, hasMore, lastSeq: this.lastSeq, receipts: this.receipts() })
   }
 
   /** One event as it stands now (content erased if recalled), for pushes built at send time. */
@@ -510,53 +629,98 @@ export class ConversationRoom extends DurableObject<Env> {
     return ok({ event: row ? rowToEvent(conversationId, row) : null, receipt: { userId, deliveredSeq: auth.value.deliveredSeq, readSeq: auth.value.readSeq } })
   }
 
-  /** Sends to current members, plus `alsoTell` (people just removed, who learn it and nothing after). */
-  private fanOut(event: ConversationEvent, alsoTell: string[] = []) {
+  /** Sends to current members but `except` (whose own hub shows it), plus `alsoTell` (people just removed, who learn it and nothing after). */
+  private fanOut(event: ConversationEvent, except: string | null, alsoTell: string[] = []) {
     for (const userId of new Set([...this.members.keys(), ...alsoTell])) {
+      if (userId === except) continue
       getUserHub(this.env, userId)
         .deliver(userId, event)
         .catch((e: unknown) => console.warn('fan-out failed', userId, String(e)))
     }
   }
 
+  // ---- write-behind: this object's cursors, and D1 ----
+
+  private pendingD1(): number {
+    return this.lastSeq - this.d1Seq + this.readDirty.size + this.cursorsDirty.size
+  }
+
+  /** One flush per tick: at FLUSH_DELAY_MS after the first change, or at once when FLUSH_BATCH events wait. */
   private scheduleFlush() {
-    if (this.flushing) return
-    this.flushing = this.flushOutbox()
+    if (this.flushing) {
+      this.flushAgain = true
+      return
+    }
+    if (this.lastSeq - this.d1Seq >= FLUSH_BATCH) return void this.startFlush()
+    this.flushTimer ??= setTimeout(() => this.startFlush(), FLUSH_DELAY_MS)
+  }
+
+  private startFlush(): Promise<void> {
+    if (this.flushTimer) clearTimeout(this.flushTimer)
+    this.flushTimer = null
+    if (this.flushing) return this.flushing
+    this.flushing = this.flush()
       .catch((e: unknown) => console.warn('D1 flush failed; the alarm retries', String(e)))
       .finally(() => {
         this.flushing = null
+        if (this.flushAgain) {
+          this.flushAgain = false
+          if (this.pendingD1() > 0) this.scheduleFlush()
+        }
       })
+    return this.flushing
+  }
+
+  /** Flushes now, and again if a flush was already under way; rejects when D1 does. */
+  private async flushNow(): Promise<void> {
+    if (this.flushing) await this.flushing
+    this.flushAgain = false
+    if (this.flushTimer) clearTimeout(this.flushTimer)
+    this.flushTimer = null
+    await this.flush()
   }
 
   /**
-   * Upserts the current state of every outboxed row, and the read cursors that moved, into D1 in
-   * one batch, then forgets them in one local transaction: a crash between the two only repeats a
-   * write that changes nothing, so each event lands exactly once. One batch per round, not one for
-   * events and one for cursors, because locally every commit is a disk sync the room waits behind.
+   * Upserts every event after the D1 mark (and the dirty earlier ones) and the read cursors that
+   * moved into D1 in one batch, then moves the mark, forgets the dirty rows and persists the
+   * cursors in one local transaction: a crash between the two only repeats upserts that change
+   * nothing, so each event lands in D1 exactly once.
    */
-  private async flushOutbox(): Promise<void> {
+  private async flush(): Promise<void> {
     const conversationId = this.conversationId
     if (!conversationId) return
     // A failing R2 delete must not hold up history; the alarm retries it.
     await this.purgeMedia().catch((e) => console.warn('media purge failed', String(e)))
     for (;;) {
       const rows = this.sql
-        .exec<EventRow & { gen: number }>(
-          `SELECT ${EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ')}, o.gen FROM d1_outbox o JOIN events e ON e.seq = o.seq ORDER BY o.seq LIMIT ?`,
-          FLUSH_BATCH,
+        .exec<EventRow & { gen: number | null }>(
+          `SELECT ${EVENT_COLUMNS}, NULL AS gen FROM events WHERE seq > ? ORDER BY seq LIMIT ?`,
+          this.d1Seq, FLUSH_BATCH,
         )
         .toArray()
-      const cursors = this.sql.exec<{ user_id: string; read_seq: number }>('SELECT user_id, read_seq FROM cursor_outbox').toArray()
-      if (rows.length === 0 && cursors.length === 0) return
+      const dirty = this.sql
+        .exec<EventRow & { gen: number }>(
+          `SELECT ${EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ')}, d.gen FROM d1_dirty d JOIN events e ON e.seq = d.seq WHERE d.seq <= ? ORDER BY d.seq LIMIT ?`,
+          this.d1Seq, FLUSH_BATCH,
+        )
+        .toArray()
+      const readers = [...this.readDirty].flatMap((id) => {
+        const m = this.members.get(id)
+        return m ? [{ id, readSeq: m.readSeq }] : []
+      })
+      if (rows.length === 0 && dirty.length === 0 && readers.length === 0) {
+        this.persistCursors()
+        return
+      }
       const upsert = this.env.DB.prepare(
         `INSERT INTO messages (conversation_id, ${EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (conversation_id, seq) DO UPDATE SET kind = excluded.kind, body = excluded.body,
            edited_at = excluded.edited_at, recalled_by = excluded.recalled_by, recalled_by_admin = excluded.recalled_by_admin`,
       )
       const cursor = this.env.DB.prepare('UPDATE members SET read_seq = max(read_seq, ?) WHERE conversation_id = ? AND user_id = ?')
-      const newest = rows.length ? rows.reduce((a, b) => (b.seq > a.seq ? b : a)) : null
+      const newest = rows[rows.length - 1]
       await this.env.DB.batch([
-        ...rows.map((r) =>
+        ...[...dirty, ...rows].map((r) =>
           upsert.bind(conversationId, r.seq, r.type, r.sender_id, r.client_msg_id, r.kind, r.body, r.target_seq, r.edited_at, r.recalled_by, r.recalled_by_admin, r.created_at),
         ),
         ...(newest
@@ -564,12 +728,28 @@ export class ConversationRoom extends DurableObject<Env> {
           : []),
         ...rows.flatMap((r) => this.mirrorStatements(conversationId, r)),
         // After the membership mirror, so a new member's row exists for its cursor to land on.
-        ...cursors.map((d) => cursor.bind(d.read_seq, conversationId, d.user_id)),
+        ...readers.map((r) => cursor.bind(r.readSeq, conversationId, r.id)),
       ])
-      // A row or cursor that changed again while D1 was written stays queued.
-      for (const r of rows) this.sql.exec('DELETE FROM d1_outbox WHERE seq = ? AND gen = ?', r.seq, r.gen)
-      for (const d of cursors) this.sql.exec('DELETE FROM cursor_outbox WHERE user_id = ? AND read_seq = ?', d.user_id, d.read_seq)
+      const mark = newest?.seq ?? this.d1Seq
+      this.ctx.storage.transactionSync(() => {
+        this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('d1_seq', ?)`, String(mark))
+        // A row that changed again while D1 was written stays dirty.
+        for (const r of dirty) this.sql.exec('DELETE FROM d1_dirty WHERE seq = ? AND gen = ?', r.seq, r.gen)
+        this.sql.exec(`DELETE FROM meta WHERE key = 'd1_read_pending'`)
+        this.persistCursors()
+      })
+      this.d1Seq = mark
+      for (const r of readers) if (this.members.get(r.id)?.readSeq === r.readSeq) this.readDirty.delete(r.id)
     }
+  }
+
+  /** Writes the cursors that moved since the last time; part of whatever commit is open. */
+  private persistCursors() {
+    for (const id of this.cursorsDirty) {
+      const m = this.members.get(id)
+      if (m) this.sql.exec('UPDATE members SET delivered_seq = ?, read_seq = ? WHERE user_id = ?', m.deliveredSeq, m.readSeq, id)
+    }
+    this.cursorsDirty.clear()
   }
 
   /** D1's copy of membership and title follows the room's current state, so replays converge. */
@@ -604,30 +784,33 @@ export class ConversationRoom extends DurableObject<Env> {
   /**
    * The alarm is the safety net that retries the D1 flush after a crash or a D1 failure. One that
    * is already due soon covers this commit too, so a busy room writes the alarm once per interval,
-   * not once per message.
+   * not once per message (and in the same commit as the event).
    */
-  private armFlushAlarm() {
+  private armFlushAlarm(at = Date.now() + FLUSH_RETRY_MS) {
     // Wall time, not the injectable clock: alarms run on the real one.
-    const now = Date.now()
-    if (this.alarmAt !== null && this.alarmAt > now) return
-    this.alarmAt = now + FLUSH_RETRY_MS
-    void this.ctx.storage.setAlarm(this.alarmAt)
+    if (this.alarmAt !== null && this.alarmAt > Date.now()) return
+    this.alarmAt = at
+    void this.ctx.storage.setAlarm(at)
   }
 
   override async alarm() {
     this.alarmAt = null
-    this.scheduleFlush()
-    await this.flushing
-    const pending = this.sql.exec<{ n: number }>('SELECT (SELECT count(*) FROM d1_outbox) + (SELECT count(*) FROM cursor_outbox) + (SELECT count(*) FROM media_purge) AS n').one().n
-    if (pending > 0) {
-      this.alarmAt = Date.now() + FLUSH_RETRY_MS
-      await this.ctx.storage.setAlarm(this.alarmAt)
-    }
+    await this.startFlush()
+    const purges = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM media_purge').one().n
+    if (this.pendingD1() > 0 || purges > 0) this.armFlushAlarm()
   }
 
-  /** For tests and the monitoring view. */
+  /** For tests and the monitoring view: `outbox` counts what D1 has yet to get. */
   async stats() {
-    const outbox = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM d1_outbox').one().n
-    return { conversationId: this.conversationId, kind: this.kind, lastSeq: this.lastSeq, members: [...this.members.keys()], outbox, receipts: this.receipts() }
+    const dirty = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM d1_dirty').one().n
+    return {
+      conversationId: this.conversationId,
+      kind: this.kind,
+      lastSeq: this.lastSeq,
+      d1Seq: this.d1Seq,
+      members: [...this.members.keys()],
+      outbox: this.lastSeq - this.d1Seq + dirty + this.readDirty.size,
+      receipts: this.receipts(),
+    }
   }
 }

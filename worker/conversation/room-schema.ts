@@ -1,5 +1,5 @@
 /** Bumped when the room's SQLite layout changes; migrateRoom brings older rooms up to date. */
-export const ROOM_SCHEMA_VERSION = 1
+export const ROOM_SCHEMA_VERSION = 2
 
 export function migrateRoom(sql: SqlStorage) {
   sql.exec(`
@@ -25,10 +25,29 @@ export function migrateRoom(sql: SqlStorage) {
       created_at INTEGER NOT NULL,
       UNIQUE (sender_id, client_msg_id)
     );
-    CREATE TABLE IF NOT EXISTS d1_outbox (seq INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
-    -- Members whose read cursor D1 has not caught up with (it feeds unread counts).
-    CREATE TABLE IF NOT EXISTS cursor_outbox (user_id TEXT PRIMARY KEY, read_seq INTEGER NOT NULL);
+    -- Earlier events changed after D1 got them (edits, recalls): rewritten by the next flush.
+    -- gen is the seq of the change, so a flush in flight never forgets a newer one.
+    CREATE TABLE IF NOT EXISTS d1_dirty (seq INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
     -- Uploads of recalled messages whose R2 blob is still to be deleted.
     CREATE TABLE IF NOT EXISTS media_purge (media_id TEXT PRIMARY KEY);
   `)
+  const version = Number(sql.exec<{ value: string }>(`SELECT value FROM meta WHERE key = 'version'`).toArray()[0]?.value ?? ROOM_SCHEMA_VERSION)
+  if (version < 2) fromOutboxRows(sql)
+  sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('version', ?)`, String(ROOM_SCHEMA_VERSION))
+}
+
+/**
+ * Version 1 kept a D1 outbox row per event and per moved read cursor. Version 2 keeps a flushed-up-to
+ * mark: everything after the oldest queued event is flushed again (idempotent upserts), and queued
+ * cursors are flushed by marking them D1-dirty (`d1_read_pending`).
+ */
+function fromOutboxRows(sql: SqlStorage) {
+  const hasOutbox = sql.exec(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'd1_outbox'`).toArray().length > 0
+  if (!hasOutbox) return
+  const oldest = sql.exec<{ s: number | null }>('SELECT min(seq) AS s FROM d1_outbox').one().s
+  const last = sql.exec<{ s: number | null }>('SELECT max(seq) AS s FROM events').one().s ?? 0
+  sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('d1_seq', ?)`, String(oldest === null ? last : oldest - 1))
+  sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('d1_read_pending', (SELECT coalesce(json_group_array(user_id), '[]') FROM cursor_outbox))`)
+  sql.exec('DROP TABLE d1_outbox')
+  sql.exec('DROP TABLE IF EXISTS cursor_outbox')
 }

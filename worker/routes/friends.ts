@@ -9,7 +9,8 @@ import { fail, requireAuth, validate } from '../http'
 import { newId } from '../ids'
 import { ErrorCode } from '../shared/errors'
 import { FriendRequestBody, Id, type FriendRequest } from '../shared/protocol'
-import { areFriends, blockedEitherWay, profileOf, visiblePresence } from '../social/policy'
+import { pool } from '../pool'
+import { areFriends, blockedEitherWay, profileOf } from '../social/policy'
 
 function notifyFriendsChanged(env: Env, ...userIds: string[]) {
   return Promise.all(userIds.map((id) => getUserHub(env, id).notify({ type: 'friends-changed' })))
@@ -66,12 +67,11 @@ export const friendRoutes = new Hono<AppEnv>()
     const { userId } = c.get('auth')
     const db = getDb(c.env)
     const rows = await db.select({ user: users }).from(friendships).innerJoin(users, eq(users.id, friendships.friendId)).where(eq(friendships.userId, userId))
-    const friends = await Promise.all(
-      rows.map(async ({ user }) => ({
-        ...profileOf(user),
-        presence: await visiblePresence(db, userId, user, await getUserHub(c.env, user.id).isOnline()),
-      })),
-    )
+    // Friends are neither blocked nor strangers, so only their own setting hides them; a few hubs at a time.
+    const friends = await pool(rows, 8, async ({ user }) => {
+      const presence = user.presenceVisibility === 'nobody' ? null : await getUserHub(c.env, user.id).presence()
+      return { ...profileOf(user), presence: presence && { online: presence.online, lastSeenAt: presence.lastSeenAt ?? user.lastSeenAt } }
+    })
     friends.sort((a, b) => a.displayName.localeCompare(b.displayName))
     return c.json({ friends })
   })

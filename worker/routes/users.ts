@@ -59,7 +59,7 @@ export const userRoutes = new Hono<AppEnv>()
     const user = id.success ? await userById(db, id.data) : undefined
     if (!user) fail(404, ErrorCode.NOT_FOUND, 'no such user')
     const rel = await relationship(db, userId, user.id)
-    const presence = await visiblePresence(db, userId, user, await getUserHub(c.env, user.id).isOnline())
+    const presence = await visiblePresence(db, userId, user, await getUserHub(c.env, user.id).presence())
     return c.json({ user: profileOf(user), relationship: rel, presence })
   })
 
@@ -68,7 +68,9 @@ export const profileRoutes = new Hono<AppEnv>()
   .patch('/profile', validate('json', ProfileBody), async (c) => {
     const { userId } = c.get('auth')
     const db = getDb(c.env)
-    await db.update(users).set(c.req.valid('json')).where(eq(users.id, userId))
+    const change = c.req.valid('json')
+    await db.update(users).set(change).where(eq(users.id, userId))
+    if (change.presenceVisibility) await getUserHub(c.env, userId).setPresenceVisible(change.presenceVisibility !== 'nobody')
     return c.json({ user: profileOf((await userById(db, userId))!) })
   })
   .put('/avatar', async (c) => {

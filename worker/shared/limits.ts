@@ -5,8 +5,10 @@ export const PROTOCOL_VERSION = 1
 export const MAX_TEXT_LENGTH = 4000
 /** Largest WebSocket frame a client may send, in bytes. */
 export const MAX_FRAME_BYTES = 16 * 1024
-/** Most events one sync page carries. */
-export const SYNC_PAGE_LIMIT = 200
+/** Most events one sync page carries... */
+export const SYNC_PAGE_LIMIT = 1000
+/** ...and about how many bytes of them: a page stops after the event that crosses this. */
+export const SYNC_PAGE_BYTES = 256 * 1024
 /** The sender may recall a message this long after its server timestamp. */
 export const RECALL_WINDOW_MS = 120_000
 /** How long a typing indicator shows after the last typing frame. */

@@ -182,6 +182,8 @@ export type ServerMessage =
   | { type: 'events'; conversationId: string; events: ConversationEvent[]; hasMore: boolean; lastSeq: number; receipts: Receipt[] }
   /** A member's cursors moved. */
   | { type: 'receipt'; conversationId: string; receipt: Receipt }
+  /** Several members' cursors moved (a group's confirmations, gathered). */
+  | { type: 'receipts'; conversationId: string; receipts: Receipt[] }
   /** Someone in the conversation is typing; show it for TYPING_TTL_MS unless repeated. */
   | { type: 'typing'; conversationId: string; userId: string }
   /** A contact came online or went offline. */

@@ -46,12 +46,14 @@ export async function relationship(db: Db, viewer: string, other: string): Promi
 }
 
 /** Presence as `viewer` may see it: hidden (null) by the owner's setting or by a block. */
-export async function visiblePresence(db: Db, viewer: string, owner: User, online: boolean): Promise<Presence | null> {
-  if (viewer === owner.id) return { online, lastSeenAt: owner.lastSeenAt }
+export async function visiblePresence(db: Db, viewer: string, owner: User, presence: Presence): Promise<Presence | null> {
+  // Last seen moved to the user's hub; D1's column only holds what older versions wrote.
+  const shown = { online: presence.online, lastSeenAt: presence.lastSeenAt ?? owner.lastSeenAt }
+  if (viewer === owner.id) return shown
   if (owner.presenceVisibility === 'nobody') return null
   if (await blockedEitherWay(db, viewer, owner.id)) return null
   if (owner.presenceVisibility === 'friends' && !(await areFriends(db, viewer, owner.id))) return null
-  return { online, lastSeenAt: owner.lastSeenAt }
+  return shown
 }
 
 export async function userById(db: Db, id: string): Promise<User | undefined> {

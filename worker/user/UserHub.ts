@@ -1,11 +1,13 @@
 import { DurableObject } from 'cloudflare:workers'
-import type { Ack, RoomResult } from '../conversation/ConversationRoom'
+import type { Ack, ConversationRoom, RoomResult } from '../conversation/ConversationRoom'
 import { getConversationRoom, getUserHub } from '../durable-objects'
 import type { Env } from '../env'
 import { assertNever } from '../shared/assert'
 import { APP_CLOSE_CODE, ErrorCode } from '../shared/errors'
 import type { PushJob } from '../shared/jobs'
-import { ClientMessage, MAX_FRAME_BYTES, PROTOCOL_VERSION, type ConversationEvent, type ServerMessage } from '../shared/protocol'
+import { ClientMessage, MAX_FRAME_BYTES, PROTOCOL_VERSION, type ConversationEvent, type Presence, type ServerMessage } from '../shared/protocol'
+import { DeliveryTracker } from './delivery-tracker'
+import { pool } from '../pool'
 
 export interface DeviceAttachment {
   userId: string
@@ -20,14 +22,19 @@ export const UPGRADE_HEADERS = {
   exp: 'x-ev-ticket-exp',
 } as const
 
-/** A device that has not confirmed an event this long after it was sent gets it again. */
-export const DELIVERY_TIMEOUT_MS = 5_000
-/** Resends before the event is handed to the push queue. */
-export const MAX_DELIVERY_RETRIES = 3
+export { DELIVERY_TIMEOUT_MS, MAX_DELIVERY_RETRIES } from './delivery-tracker'
 /** At most one push job per conversation in this window; later messages wait and coalesce. */
 export const PUSH_COALESCE_MS = 2_000
-/** A safety valve: entries are consumed within one fan-out, so a map this big has leaked and is dropped. */
-const MAX_OWN_WRITES = 1_000
+/** Devices' cursor moves reach the rooms this long after the first one, together. */
+const CURSOR_REPORT_MS = 50
+/** How often unconfirmed deliveries and waiting pushes are looked at while there are any. */
+const TICK_MS = 1_000
+/** After a crash the alarm turns what was written down into pushes; it is due this long after the write. */
+const RECOVERY_ALARM_MS = 30_000
+/** Presence calls to friends' hubs in flight at once. */
+const PRESENCE_CONCURRENCY = 8
+
+type Room = DurableObjectStub<ConversationRoom>
 
 function send(ws: WebSocket, msg: ServerMessage | string) {
   try {
@@ -41,23 +48,30 @@ function errorFrame(code: ErrorCode, message: string, ref?: string): ServerMessa
   return { type: 'error', code, message, ...(ref ? { ref } : {}) }
 }
 
+const sessionOf = (ws: WebSocket) => (ws.deserializeAttachment() as DeviceAttachment).sessionId
+
 /**
  * One per user: holds that user's device sockets (hibernating), routes their frames to
- * conversations, receives fan-out, and resends unconfirmed events before falling back to push.
+ * conversations, receives fan-out, resends what devices do not confirm, then falls back to push.
+ * Delivery state is cursors in memory (see DeliveryTracker); nothing is written per event.
  */
 export class UserHub extends DurableObject<Env> {
   private sql: SqlStorage
-  /** Per-conversation chains keep one user's writes in the order their frames arrived. */
-  private chains = new Map<string, Promise<unknown>>()
-  /**
-   * Writes in flight, `conversationId clientMsgId` → the session that sent them. That device gets
-   * the ack, so its copy of the event is sent but not tracked for resend: tracking would put a
-   * storage write (and so a commit the ack waits behind) on every send. The entry lives until the
-   * event comes back through deliver(), which may be just after the ack.
-   */
-  private ownWrites = new Map<string, string>()
-  /** Stored once per object lifetime: a write on every delivery would hold every outgoing frame behind a commit. */
+  /** One stub per conversation: calls on one stub arrive in the order they were made (E-order). */
+  private rooms = new Map<string, Room>()
+  private tracker = new DeliveryTracker()
+  /** Cursor moves waiting to be reported, by conversation; `ws` hears of a refusal. */
+  private reports = new Map<string, { delivered: number | null; read: number | null; ws: WebSocket }>()
+  private reportTimer: ReturnType<typeof setTimeout> | null = null
+  private tickTimer: ReturnType<typeof setTimeout> | null = null
+  /** Push coalescing per conversation: when the last push went, and the newest seq waiting for the next. */
+  private pushes = new Map<string, { sentAt: number; waitingSeq: number | null; stored: boolean }>()
+  private pushesDirty = new Set<string>()
+  private recoveryAlarmSet = false
   private knownUser: string | null = null
+  /** Friends to tell when this user goes offline (online friends who said hello); mirrored in storage, since hibernation empties memory. */
+  private watchers: Set<string> | null = null
+  private visible: boolean | null = null
   /** Injectable clock so retry timing is testable. */
   now: () => number = () => Date.now()
 
@@ -69,25 +83,37 @@ export class UserHub extends DurableObject<Env> {
       this.sql.exec(`
         CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         CREATE TABLE IF NOT EXISTS used_tickets (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL);
-        CREATE TABLE IF NOT EXISTS pending (
+        -- Deliveries still unconfirmed a second after they went out, written once per tick, so
+        -- that after a crash the alarm still turns them into pushes.
+        CREATE TABLE IF NOT EXISTS unconfirmed (
           session_id TEXT NOT NULL,
           conversation_id TEXT NOT NULL,
-          seq INTEGER NOT NULL,
-          event TEXT NOT NULL,
-          push INTEGER NOT NULL,
-          attempts INTEGER NOT NULL,
-          due_at INTEGER NOT NULL,
-          PRIMARY KEY (session_id, conversation_id, seq)
+          push_seq INTEGER NOT NULL,
+          PRIMARY KEY (session_id, conversation_id)
         );
-        CREATE INDEX IF NOT EXISTS pending_due ON pending (due_at);
         CREATE TABLE IF NOT EXISTS push_outbox (
           conversation_id TEXT PRIMARY KEY,
           sent_at INTEGER NOT NULL,
           waiting_seq INTEGER
         );
+        CREATE TABLE IF NOT EXISTS watchers (user_id TEXT PRIMARY KEY);
       `)
+      // Version 1 kept a row per event and device; what it owed becomes a push after a crash.
+      if (this.sql.exec(`SELECT 1 FROM sqlite_master WHERE name = 'pending'`).toArray().length > 0) {
+        this.sql.exec(`INSERT OR REPLACE INTO unconfirmed (session_id, conversation_id, push_seq)
+          SELECT session_id, conversation_id, max(CASE WHEN push = 1 THEN seq ELSE 0 END) FROM pending GROUP BY session_id, conversation_id`)
+        this.sql.exec('DROP TABLE pending')
+      }
     })
   }
+
+  private room(conversationId: string): Room {
+    let stub = this.rooms.get(conversationId)
+    if (!stub) this.rooms.set(conversationId, (stub = getConversationRoom(this.env, conversationId)))
+    return stub
+  }
+
+  // ---- sockets ----
 
   override async fetch(request: Request): Promise<Response> {
     if (request.headers.get('upgrade') !== 'websocket') return new Response('expected websocket', { status: 426 })
@@ -110,7 +136,7 @@ export class UserHub extends DurableObject<Env> {
     this.ctx.acceptWebSocket(server, [sessionId])
     server.serializeAttachment({ userId, sessionId } satisfies DeviceAttachment)
     send(server, { type: 'hello', protocol: PROTOCOL_VERSION, userId, sessionId })
-    if (wasOffline) this.announcePresence(userId, true)
+    if (wasOffline) this.ctx.waitUntil(this.announceOnline(userId).catch((e: unknown) => console.warn('presence fan-out failed', String(e))))
     return new Response(null, { status: 101, webSocket: client })
   }
 
@@ -131,35 +157,32 @@ export class UserHub extends DurableObject<Env> {
       const message = issue ? `${issue.path.join('.') || 'frame'}: ${issue.message}` : 'invalid frame'
       return send(ws, errorFrame(ErrorCode.BAD_REQUEST, message, typeof ref === 'string' ? ref : undefined))
     }
+    // No await before the room call: frames reach the room in the order they arrived here.
     await this.handle(ws, device, parsed.data)
   }
 
   private async handle(ws: WebSocket, device: DeviceAttachment, msg: ClientMessage) {
-    const room = getConversationRoom(this.env, msg.conversationId)
     const { userId } = device
     switch (msg.type) {
       case 'send':
-        return this.reply(ws, msg.clientMsgId, () => room.appendMessage(msg.conversationId, userId, msg.clientMsgId, msg.body), msg.conversationId)
+        return this.reply(ws, msg.conversationId, msg.clientMsgId, this.room(msg.conversationId).appendMessage(msg.conversationId, userId, msg.clientMsgId, msg.body, 'hub'))
       case 'edit':
-        return this.reply(ws, msg.clientMsgId, () => room.edit(msg.conversationId, userId, msg.clientMsgId, msg.targetSeq, msg.body), msg.conversationId)
+        return this.reply(ws, msg.conversationId, msg.clientMsgId, this.room(msg.conversationId).edit(msg.conversationId, userId, msg.clientMsgId, msg.targetSeq, msg.body, 'hub'))
       case 'recall':
-        return this.reply(ws, msg.clientMsgId, () => room.recall(msg.conversationId, userId, msg.clientMsgId, msg.targetSeq), msg.conversationId)
+        return this.reply(ws, msg.conversationId, msg.clientMsgId, this.room(msg.conversationId).recall(msg.conversationId, userId, msg.clientMsgId, msg.targetSeq, 'hub'))
       case 'react':
-        return this.reply(ws, msg.clientMsgId, () => room.react(msg.conversationId, userId, msg.clientMsgId, msg.targetSeq, msg.emoji, msg.on), msg.conversationId)
+        return this.reply(ws, msg.conversationId, msg.clientMsgId, this.room(msg.conversationId).react(msg.conversationId, userId, msg.clientMsgId, msg.targetSeq, msg.emoji, msg.on, 'hub'))
       case 'delivered':
-      case 'read': {
-        if (msg.type === 'delivered') this.confirm(device.sessionId, msg.conversationId, msg.seq)
-        const result = await room.updateCursor(msg.conversationId, userId, msg.type, msg.seq)
-        if (!result.ok) send(ws, errorFrame(result.code, result.message))
-        return
-      }
+      case 'read':
+        this.tracker.confirm(device.sessionId, msg.conversationId, msg.seq)
+        return this.queueReport(ws, msg.conversationId, msg.type, msg.seq)
       case 'typing': {
-        const result = await room.typing(msg.conversationId, userId)
+        const result = await this.room(msg.conversationId).typing(msg.conversationId, userId)
         if (!result.ok) send(ws, errorFrame(result.code, result.message))
         return
       }
       case 'sync': {
-        const result = await room.eventsAfter(msg.conversationId, userId, msg.afterSeq, msg.limit)
+        const result = await this.room(msg.conversationId).eventsAfter(msg.conversationId, userId, msg.afterSeq, msg.limit)
         if (!result.ok) return send(ws, errorFrame(result.code, result.message))
         return send(ws, { type: 'events', conversationId: msg.conversationId, ...result.value })
       }
@@ -168,158 +191,236 @@ export class UserHub extends DurableObject<Env> {
     }
   }
 
-  private async reply(ws: WebSocket, clientMsgId: string, write: () => Promise<RoomResult<Ack>>, conversationId: string) {
-    const key = `${conversationId} ${clientMsgId}`
-    // Bounded: an event whose fan-out never arrived must not hold its entry forever.
-    if (this.ownWrites.size >= MAX_OWN_WRITES) this.ownWrites.clear()
-    this.ownWrites.set(key, (ws.deserializeAttachment() as DeviceAttachment).sessionId)
-    const result = await this.inOrder(conversationId, async (): Promise<RoomResult<Ack>> => write()).catch((e: unknown) => {
-      this.ownWrites.delete(key)
+  /**
+   * Answers a write with its ack, then shows the new event on every device of this user (the room
+   * leaves the writer's own devices to this hub). The sending device has the ack, so only the
+   * others wait for a confirmation.
+   */
+  private async reply(ws: WebSocket, conversationId: string, clientMsgId: string, write: Promise<RoomResult<Ack>>) {
+    let result: RoomResult<Ack>
+    try {
+      result = await write
+    } catch (e) {
+      // A broken stub stays broken: the next frame gets a fresh one.
+      this.rooms.delete(conversationId)
       throw e
-    })
-    // A refused write or a repeat of an acked one is not fanned out again: nothing will consume the entry.
-    if (!result.ok || result.value.duplicate) this.ownWrites.delete(key)
+    }
     if (!result.ok) return send(ws, errorFrame(result.code, result.message, clientMsgId))
-    const { seq, serverTs } = result.value
+    const { seq, serverTs, event } = result.value
     send(ws, { type: 'ack', conversationId, clientMsgId, seq, serverTs })
+    if (event) this.show(event, ws, (ws.deserializeAttachment() as DeviceAttachment).userId)
   }
 
-  private inOrder<T>(key: string, task: () => Promise<T>): Promise<T> {
-    const next = (this.chains.get(key) ?? Promise.resolve()).then(task, task)
-    const tail = next.catch(() => undefined)
-    this.chains.set(key, tail)
-    void tail.then(() => {
-      // Only forget the chain if no later task was queued behind this one.
-      if (this.chains.get(key) === tail) this.chains.delete(key)
-    })
-    return next
+  /** Sends an event to this user's devices and tracks it until each confirms (but `origin`, which has the ack). */
+  private show(event: ConversationEvent, origin: WebSocket | null, userId: string) {
+    const pushable = event.type === 'message' && event.senderId !== userId
+    const frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage)
+    const now = this.now()
+    for (const ws of this.openSockets()) {
+      send(ws, frame)
+      if (ws !== origin) this.tracker.sent(sessionOf(ws), event.conversationId, event.seq, pushable, now)
+    }
+    this.ensureTick()
   }
 
   /**
-   * Fan-out entry point: sends the event to every connected device and tracks it until each
-   * confirms. With no device connected, a message from someone else goes to the push queue.
+   * Fan-out entry point. Connected devices get the event at once; with none connected, a message
+   * from someone else goes to the push queue (coalesced per conversation).
    */
   async deliver(userId: string, event: ConversationEvent): Promise<number> {
     this.rememberUser(userId)
-    const sockets = this.ctx.getWebSockets()
-    const pushable = event.type === 'message' && event.senderId !== userId
-    const ownKey = `${event.conversationId} ${event.clientMsgId}`
-    const origin = event.senderId === userId ? this.ownWrites.get(ownKey) : undefined
-    if (origin) this.ownWrites.delete(ownKey)
+    const sockets = this.openSockets()
     if (sockets.length === 0) {
-      if (pushable) await this.requestPush(userId, [{ conversationId: event.conversationId, seq: event.seq }])
+      if (event.type === 'message' && event.senderId !== userId) this.requestPush(event.conversationId, event.seq)
       return 0
     }
-    const frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage)
-    const due = this.now() + DELIVERY_TIMEOUT_MS
-    for (const ws of sockets) {
-      send(ws, frame)
-      const { sessionId } = ws.deserializeAttachment() as DeviceAttachment
-      if (sessionId === origin) continue
-      this.sql.exec(
-        'INSERT OR REPLACE INTO pending (session_id, conversation_id, seq, event, push, attempts, due_at) VALUES (?, ?, ?, ?, ?, 1, ?)',
-        sessionId, event.conversationId, event.seq, frame, Number(pushable), due,
-      )
-    }
-    await this.armAlarm()
+    this.show(event, null, userId)
     return sockets.length
   }
 
-  /** Transient frames (receipts, later typing and presence): best effort, never retried. */
+  /** Transient frames (typing, presence, a room's gathered receipts): best effort, never retried. */
   async notify(frame: ServerMessage): Promise<void> {
     const text = JSON.stringify(frame)
     for (const ws of this.ctx.getWebSockets()) send(ws, text)
   }
 
-  private confirm(sessionId: string, conversationId: string, seq: number) {
-    // Read first: a delete that finds nothing would still be a write every later frame waits behind.
-    const any = this.sql.exec('SELECT 1 FROM pending WHERE session_id = ? AND conversation_id = ? AND seq <= ? LIMIT 1', sessionId, conversationId, seq).toArray()
-    if (any.length === 0) return
-    this.sql.exec('DELETE FROM pending WHERE session_id = ? AND conversation_id = ? AND seq <= ?', sessionId, conversationId, seq)
+  // ---- cursors: devices → rooms, batched ----
+
+  private queueReport(ws: WebSocket, conversationId: string, kind: 'delivered' | 'read', seq: number) {
+    const r = this.reports.get(conversationId) ?? { delivered: null, read: null, ws }
+    r.ws = ws
+    if (kind === 'read') r.read = Math.max(r.read ?? 0, seq)
+    else r.delivered = Math.max(r.delivered ?? 0, seq)
+    this.reports.set(conversationId, r)
+    this.reportTimer ??= setTimeout(() => this.sendReports(), CURSOR_REPORT_MS)
   }
 
-  /** One alarm serves two timers: device resends and coalesced pushes; it fires at the earlier. */
-  private async armAlarm() {
-    const resend = this.sql.exec<{ due: number | null }>('SELECT min(due_at) AS due FROM pending').one().due
-    const push = this.sql
-      .exec<{ due: number | null }>('SELECT min(sent_at) AS due FROM push_outbox WHERE waiting_seq IS NOT NULL')
-      .one().due
-    const next = Math.min(resend ?? Infinity, push === null ? Infinity : push + PUSH_COALESCE_MS)
-    if (next === Infinity) return
-    const current = await this.ctx.storage.getAlarm()
-    if (current === null || current > next) await this.ctx.storage.setAlarm(next)
-  }
-
-  override async alarm() {
-    const userId = this.userId()
-    if (userId) {
-      await this.resendUnconfirmed(userId)
-      await this.releaseCoalescedPushes(userId)
+  /** One call per conversation per report tick, whatever the number of confirmations. */
+  private sendReports() {
+    this.reportTimer = null
+    const userId = this.knownUser ?? this.userId()
+    if (!userId) return
+    for (const [conversationId, r] of this.reports) {
+      this.room(conversationId)
+        .moveCursors(conversationId, userId, r.delivered, r.read)
+        .then((result) => {
+          if (!result.ok) return send(r.ws, errorFrame(result.code, result.message))
+          // The user's own devices follow a read cursor (unread badges); the room tells the senders.
+          if (result.value.readMoved) void this.notify({ type: 'receipt', conversationId, receipt: result.value.receipt })
+        })
+        .catch((e: unknown) => {
+          this.rooms.delete(conversationId)
+          console.warn('cursor report failed', conversationId, String(e))
+        })
     }
-    await this.armAlarm()
+    this.reports.clear()
   }
 
-  private async resendUnconfirmed(userId: string) {
-    const now = this.now()
-    const due = this.sql
-      .exec<{ session_id: string; conversation_id: string; seq: number; event: string; push: number; attempts: number }>(
-        'SELECT session_id, conversation_id, seq, event, push, attempts FROM pending WHERE due_at <= ? ORDER BY seq',
-        now,
-      )
-      .toArray()
-    const gaveUp: { conversationId: string; seq: number }[] = []
-    for (const p of due) {
-      const ws = this.ctx.getWebSockets(p.session_id)[0]
-      if (ws && p.attempts <= MAX_DELIVERY_RETRIES) {
-        send(ws, p.event)
-        this.sql.exec('UPDATE pending SET attempts = attempts + 1, due_at = ? WHERE session_id = ? AND conversation_id = ? AND seq = ?',
-          now + DELIVERY_TIMEOUT_MS, p.session_id, p.conversation_id, p.seq)
-        continue
-      }
-      this.sql.exec('DELETE FROM pending WHERE session_id = ? AND conversation_id = ? AND seq = ?', p.session_id, p.conversation_id, p.seq)
-      if (p.push) gaveUp.push({ conversationId: p.conversation_id, seq: p.seq })
-    }
-    await this.requestPush(userId, gaveUp)
+  // ---- resends and pushes ----
+
+  private ensureTick() {
+    if (this.tickTimer || (this.tracker.size === 0 && this.pushesWaiting() === 0)) return
+    this.tickTimer = setTimeout(() => {
+      this.tickTimer = null
+      void this.tick().finally(() => this.ensureTick())
+    }, TICK_MS)
+  }
+
+  private pushesWaiting(): number {
+    let n = 0
+    for (const p of this.pushes.values()) if (p.waitingSeq !== null) n++
+    return n
   }
 
   /**
-   * Pushes the newest message of each conversation: the first at once, later ones at most once per
-   * PUSH_COALESCE_MS, so a flood while offline is a few notifications, not one per message.
+   * Resends what devices have not confirmed (read from the room's log as it is now, so a recalled
+   * message stays recalled), pushes what they still did not confirm after MAX_DELIVERY_RETRIES
+   * resends, releases coalesced pushes, and writes down — once per tick — what a crash must not
+   * forget. Public so tests can drive it with an injected clock.
    */
-  private async requestPush(userId: string, items: { conversationId: string; seq: number }[]) {
+  async tick(): Promise<void> {
+    const userId = this.knownUser ?? this.userId()
+    if (!userId) return
     const now = this.now()
-    const jobs: PushJob[] = []
-    for (const { conversationId, seq } of items) {
-      const row = this.sql
-        .exec<{ sent_at: number; waiting_seq: number | null }>('SELECT sent_at, waiting_seq FROM push_outbox WHERE conversation_id = ?', conversationId)
-        .toArray()[0]
-      if (row && now - row.sent_at < PUSH_COALESCE_MS) {
-        this.sql.exec('UPDATE push_outbox SET waiting_seq = max(coalesce(waiting_seq, 0), ?) WHERE conversation_id = ?', seq, conversationId)
-        continue
-      }
-      this.sql.exec('INSERT OR REPLACE INTO push_outbox (conversation_id, sent_at, waiting_seq) VALUES (?, ?, NULL)', conversationId, now)
-      jobs.push({ type: 'push', userId, conversationId, seq })
-    }
-    await this.enqueuePush(jobs)
-    await this.armAlarm()
+    const open = new Set(this.openSockets().map(sessionOf))
+    const { resend, push } = this.tracker.due(now, (session) => open.has(session))
+    for (const p of push) this.requestPush(p.conversationId, p.seq)
+    this.releasePushes(now)
+    this.persist(now)
+    await Promise.all(resend.map((r) => this.resend(userId, r.sessionId, r.conversationId, r.afterSeq)))
   }
 
-  private async releaseCoalescedPushes(userId: string) {
+  private async resend(userId: string, sessionId: string, conversationId: string, afterSeq: number) {
+    const ws = this.ctx.getWebSockets(sessionId)[0]
+    if (!ws) return
+    const page = await this.room(conversationId).eventsAfter(conversationId, userId, afterSeq)
+    if (!page.ok) return this.tracker.forget(sessionId, conversationId)
+    for (const event of page.value.events) send(ws, { type: 'event', event })
+  }
+
+  /** Pushes the newest message of each conversation: the first at once, later ones at most once per PUSH_COALESCE_MS. */
+  private requestPush(conversationId: string, seq: number) {
     const now = this.now()
-    const ready = this.sql
-      .exec<{ conversation_id: string; waiting_seq: number }>(
-        'SELECT conversation_id, waiting_seq FROM push_outbox WHERE waiting_seq IS NOT NULL AND sent_at <= ?',
-        now - PUSH_COALESCE_MS,
-      )
-      .toArray()
-    for (const r of ready) this.sql.exec('UPDATE push_outbox SET sent_at = ?, waiting_seq = NULL WHERE conversation_id = ?', now, r.conversation_id)
-    this.sql.exec('DELETE FROM push_outbox WHERE waiting_seq IS NULL AND sent_at <= ?', now - PUSH_COALESCE_MS)
-    await this.enqueuePush(ready.map((r) => ({ type: 'push', userId, conversationId: r.conversation_id, seq: r.waiting_seq })))
+    const p = this.pushes.get(conversationId)
+    if (p && now - p.sentAt < PUSH_COALESCE_MS) {
+      p.waitingSeq = Math.max(p.waitingSeq ?? 0, seq)
+      this.pushesDirty.add(conversationId)
+      this.ensureTick()
+      return
+    }
+    this.pushes.set(conversationId, { sentAt: now, waitingSeq: null, stored: p?.stored ?? false })
+    this.enqueuePush([{ conversationId, seq }])
+  }
+
+  private releasePushes(now: number) {
+    const ready: { conversationId: string; seq: number }[] = []
+    for (const [conversationId, p] of this.pushes) {
+      if (now - p.sentAt < PUSH_COALESCE_MS) continue
+      if (p.waitingSeq !== null) {
+        ready.push({ conversationId, seq: p.waitingSeq })
+        p.sentAt = now
+        p.waitingSeq = null
+      } else {
+        this.pushes.delete(conversationId)
+      }
+      this.pushesDirty.add(conversationId)
+    }
+    this.enqueuePush(ready)
+  }
+
+  private enqueuePush(items: { conversationId: string; seq: number }[]) {
+    const userId = this.knownUser ?? this.userId()
+    if (!userId || items.length === 0) return
+    const jobs: PushJob[] = items.map(({ conversationId, seq }) => ({ type: 'push', userId, conversationId, seq }))
+    this.ctx.waitUntil(this.env.PUSH_QUEUE.sendBatch(jobs.map((body) => ({ body }))).catch((e: unknown) => console.warn('push enqueue failed', String(e))))
+  }
+
+  /**
+   * Writes down what a crash must not lose, once per tick and only when it changed: deliveries
+   * unconfirmed for over a second (they become pushes) and pushes waiting in the coalescing window.
+   * A device that confirms within the second costs no write at all.
+   */
+  private persist(now: number) {
+    const { upsert, remove } = this.tracker.toPersist(now)
+    let wrote = false
+    for (const r of upsert) {
+      this.sql.exec('INSERT OR REPLACE INTO unconfirmed (session_id, conversation_id, push_seq) VALUES (?, ?, ?)', r.sessionId, r.conversationId, r.pushSeq)
+      wrote = true
+    }
+    for (const r of remove) {
+      this.sql.exec('DELETE FROM unconfirmed WHERE session_id = ? AND conversation_id = ?', r.sessionId, r.conversationId)
+    }
+    for (const conversationId of this.pushesDirty) {
+      const p = this.pushes.get(conversationId)
+      if (p?.waitingSeq != null) {
+        this.sql.exec('INSERT OR REPLACE INTO push_outbox (conversation_id, sent_at, waiting_seq) VALUES (?, ?, ?)', conversationId, p.sentAt, p.waitingSeq)
+        p.stored = true
+        wrote = true
+      } else if (p?.stored !== false) {
+        this.sql.exec('DELETE FROM push_outbox WHERE conversation_id = ?', conversationId)
+        if (p) p.stored = false
+      }
+    }
+    this.pushesDirty.clear()
+    if (wrote && !this.recoveryAlarmSet) {
+      this.recoveryAlarmSet = true
+      void this.ctx.storage.setAlarm(Date.now() + RECOVERY_ALARM_MS)
+    }
+  }
+
+  /**
+   * After a crash (or an eviction) memory is empty but storage still holds what was owed: pushes
+   * for it. While the object lives, the tick does the work and the alarm finds it done.
+   */
+  override async alarm() {
+    this.recoveryAlarmSet = false
+    const userId = this.knownUser ?? this.userId()
+    if (!userId) return
+    const now = this.now()
+    const open = new Set(this.openSockets().map(sessionOf))
+    for (const r of this.sql.exec<{ session_id: string; conversation_id: string; push_seq: number }>('SELECT * FROM unconfirmed').toArray()) {
+      if (this.tracker.has(r.session_id, r.conversation_id) || open.has(r.session_id)) continue
+      if (r.push_seq > 0) this.requestPush(r.conversation_id, r.push_seq)
+      this.sql.exec('DELETE FROM unconfirmed WHERE session_id = ? AND conversation_id = ?', r.session_id, r.conversation_id)
+    }
+    for (const r of this.sql.exec<{ conversation_id: string; sent_at: number; waiting_seq: number | null }>('SELECT * FROM push_outbox').toArray()) {
+      if (this.pushes.has(r.conversation_id)) continue
+      this.pushes.set(r.conversation_id, { sentAt: r.sent_at, waitingSeq: r.waiting_seq, stored: true })
+    }
+    this.releasePushes(now)
+    this.persist(now)
+    this.ensureTick()
+    const left = this.sql.exec<{ n: number }>('SELECT (SELECT count(*) FROM unconfirmed) + (SELECT count(*) FROM push_outbox) AS n').one().n
+    if (left > 0 && !this.recoveryAlarmSet) {
+      this.recoveryAlarmSet = true
+      await this.ctx.storage.setAlarm(Date.now() + RECOVERY_ALARM_MS)
+    }
   }
 
   private rememberUser(userId: string) {
     if (this.knownUser === userId) return
-    this.sql.exec(`INSERT OR IGNORE INTO meta (key, value) VALUES ('user_id', ?)`, userId)
+    // Read first: a write on every wake would be a commit that frames wait behind.
+    if (this.userId() !== userId) this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('user_id', ?)`, userId)
     this.knownUser = userId
   }
 
@@ -328,20 +429,14 @@ export class UserHub extends DurableObject<Env> {
     return row?.value ?? null
   }
 
-  private async enqueuePush(jobs: PushJob[]) {
-    if (jobs.length === 0) return
-    await this.env.PUSH_QUEUE.sendBatch(jobs.map((body) => ({ body })))
-  }
-
   /** Closes the sockets of a revoked session. */
   async closeSession(sessionId: string): Promise<void> {
     for (const ws of this.ctx.getWebSockets(sessionId)) ws.close(APP_CLOSE_CODE, ErrorCode.UNAUTHORIZED)
   }
 
-  /** For tests and the monitoring view. */
+  /** For tests and the monitoring view: `pending` counts device × conversation pairs with unconfirmed events. */
   async stats() {
-    const pending = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM pending').one().n
-    return { devices: this.ctx.getWebSockets().length, pending }
+    return { devices: this.ctx.getWebSockets().length, pending: this.tracker.size }
   }
 
   override async webSocketClose(ws: WebSocket, code: number, reason: string) {
@@ -358,31 +453,102 @@ export class UserHub extends DurableObject<Env> {
     } catch {
       // Already closed.
     }
-    const userId = this.userId()
-    if (userId && this.openSockets(ws).length === 0) this.announcePresence(userId, false)
+    // What it had not confirmed is pushed at its next due time (the tick sees no socket).
+    const userId = this.knownUser ?? this.userId()
+    if (userId && this.openSockets(ws).length === 0) this.ctx.waitUntil(this.announceOffline(userId).catch((e: unknown) => console.warn('presence fan-out failed', String(e))))
   }
 
   private openSockets(except?: WebSocket): WebSocket[] {
     return this.ctx.getWebSockets().filter((w) => w !== except && w.readyState === WebSocket.OPEN)
   }
 
-  async isOnline(): Promise<boolean> {
-    return this.openSockets().length > 0
+  // ---- presence ----
+
+  private lastSeenAt(): number | null {
+    const row = this.sql.exec<{ value: string }>(`SELECT value FROM meta WHERE key = 'last_seen_at'`).toArray()[0]
+    return row ? Number(row.value) : null
   }
 
-  /** Tells friends (as the user's privacy setting allows) that the first device came or the last one went. */
-  private announcePresence(userId: string, online: boolean) {
-    const work = (async () => {
-      const now = Date.now()
-      if (!online) await this.env.DB.prepare('UPDATE users SET last_seen_at = ? WHERE id = ?').bind(now, userId).run()
-      const [me, friends] = await this.env.DB.batch<{ presence_visibility?: string; last_seen_at?: number | null; friend_id?: string }>([
-        this.env.DB.prepare('SELECT presence_visibility, last_seen_at FROM users WHERE id = ?').bind(userId),
-        this.env.DB.prepare('SELECT friend_id FROM friendships WHERE user_id = ?').bind(userId),
-      ])
-      if (me!.results[0]?.presence_visibility === 'nobody') return
-      const frame: ServerMessage = { type: 'presence', userId, online, lastSeenAt: online ? (me!.results[0]?.last_seen_at ?? null) : now }
-      await Promise.all(friends!.results.map((f) => getUserHub(this.env, f.friend_id!).notify(frame)))
-    })()
-    this.ctx.waitUntil(work.catch((e: unknown) => console.warn('presence fan-out failed', String(e))))
+  /** Online, and when last seen (from this object's storage: a disconnect writes no D1 row). */
+  async presence(): Promise<Presence> {
+    return { online: this.openSockets().length > 0, lastSeenAt: this.lastSeenAt() }
+  }
+
+  private watcherSet(): Set<string> {
+    this.watchers ??= new Set(this.sql.exec<{ user_id: string }>('SELECT user_id FROM watchers').toArray().map((r) => r.user_id))
+    return this.watchers
+  }
+
+  private addWatcher(userId: string) {
+    const set = this.watcherSet()
+    if (set.has(userId)) return
+    set.add(userId)
+    this.sql.exec('INSERT OR IGNORE INTO watchers (user_id) VALUES (?)', userId)
+  }
+
+  /**
+   * The first device came: say hello to each friend's hub, a few at a time. Hubs with devices
+   * online remember this user as a watcher and show the friend as online; offline ones hold
+   * nothing. Friends that answer online become this hub's watchers in turn.
+   */
+  private async announceOnline(userId: string) {
+    const [me, friends] = await this.env.DB.batch<{ presence_visibility?: string; friend_id?: string }>([
+      this.env.DB.prepare('SELECT presence_visibility FROM users WHERE id = ?').bind(userId),
+      this.env.DB.prepare('SELECT friend_id FROM friendships WHERE user_id = ?').bind(userId),
+    ])
+    const visible = me!.results[0]?.presence_visibility !== 'nobody'
+    this.visible = visible
+    const answered: { friendId: string; visible: boolean }[] = []
+    await pool(friends!.results.map((f) => f.friend_id!), PRESENCE_CONCURRENCY, async (friendId) => {
+      const answer = await getUserHub(this.env, friendId).presenceHello(userId, visible)
+      if (answer) answered.push({ friendId, ...answer })
+    })
+    // One write for all of them, not one per answer.
+    for (const a of answered) this.addWatcher(a.friendId)
+    for (const a of answered) if (a.visible) void this.notify({ type: 'presence', userId: a.friendId, online: true, lastSeenAt: null })
+  }
+
+  /** A friend came online. Returns null when this user is offline (nothing is remembered then). */
+  async presenceHello(friendId: string, friendVisible: boolean): Promise<{ visible: boolean } | null> {
+    if (this.openSockets().length === 0) return null
+    this.addWatcher(friendId)
+    if (friendVisible) await this.notify({ type: 'presence', userId: friendId, online: true, lastSeenAt: null })
+    return { visible: await this.isVisible() }
+  }
+
+  /** The user's own presence setting, read once per object lifetime (the profile route refreshes it). */
+  private async isVisible(): Promise<boolean> {
+    if (this.visible === null) {
+      const me = this.knownUser ?? this.userId()
+      const row = me ? await this.env.DB.prepare('SELECT presence_visibility FROM users WHERE id = ?').bind(me).first<{ presence_visibility: string }>() : null
+      this.visible = row?.presence_visibility !== 'nobody'
+    }
+    return this.visible
+  }
+
+  async setPresenceVisible(visible: boolean): Promise<void> {
+    this.visible = visible
+  }
+
+  /** A watched friend went offline. */
+  async presenceChanged(frame: Extract<ServerMessage, { type: 'presence' }>): Promise<void> {
+    if (!frame.online) {
+      this.watcherSet().delete(frame.userId)
+      this.sql.exec('DELETE FROM watchers WHERE user_id = ?', frame.userId)
+    }
+    await this.notify(frame)
+  }
+
+  /** The last device went: remember when, and tell only the friends who are online (the watchers). */
+  private async announceOffline(userId: string) {
+    const now = Date.now()
+    this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seen_at', ?)`, String(now))
+    const watchers = [...this.watcherSet()]
+    this.watchers = new Set()
+    this.sql.exec('DELETE FROM watchers')
+    // Hidden presence was never shown, so there is nothing to take back.
+    if (!(await this.isVisible())) return
+    const frame = { type: 'presence', userId, online: false, lastSeenAt: now } satisfies ServerMessage
+    await pool(watchers, PRESENCE_CONCURRENCY, (w) => getUserHub(this.env, w).presenceChanged(frame))
   }
 }

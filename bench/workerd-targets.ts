@@ -1,0 +1,236 @@
+// The systems of `npm run bench` that run on workerd: echovalley and the platform floor
+// (bench/floor/worker.ts), each under `wrangler dev` (as `npm run dev` runs) or on bare workerd
+// through Miniflare's API (bench/miniflare-host.ts), so every echovalley row has a floor measured
+// on the same runtime in the same run.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { freePort, migrateLocal, startServer } from '../test/e2e/server'
+import { generateVapidKeys } from '../test/support/push-service'
+import { BenchClient, FloorClient } from './client'
+import type { Target, User } from './target'
+
+const ROOT = path.resolve(import.meta.dirname, '..')
+export type Runtime = 'wrangler' | 'bare'
+
+async function json<T>(url: string, init: RequestInit & { token?: string; body?: string } = {}): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    const res = await fetch(url, { ...init, headers: { 'content-type': 'application/json', ...(init.token ? { authorization: `Bearer ${init.token}` } : {}) } })
+    if (res.ok) return (await res.json()) as T
+    if (res.status < 500 || attempt > 4) throw new Error(`${init.method ?? 'GET'} ${url}: ${res.status} ${await res.text()}`)
+    await new Promise((r) => setTimeout(r, 200 * (attempt + 1)))
+  }
+}
+
+async function pool<T, R>(items: T[], width: number, fn: (t: T, i: number) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length)
+  let next = 0
+  await Promise.all(Array.from({ length: Math.min(width, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++
+      out[i] = await fn(items[i]!, i)
+    }
+  }))
+  return out
+}
+
+function pin(pid: number, cpu: number) {
+  try {
+    execFileSync('taskset', ['-a', '-p', '-c', String(cpu), String(pid)], { stdio: 'ignore' })
+    for (const kid of execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).split('\n').filter(Boolean)) pin(Number(kid), cpu)
+  } catch {
+    // no taskset, or no children
+  }
+}
+
+interface Server {
+  url: string
+  pid(): number
+  restart(): Promise<void>
+  stop(): Promise<void>
+}
+
+/** wrangler dev, as `npm run dev` runs it (product) or with the floor's config. */
+async function wranglerServer(kind: 'product' | 'floor', vars: Record<string, string>): Promise<Server> {
+  const server = await startServer({ vars, lifetimeMs: 60 * 60 * 1000, ...(kind === 'floor' ? { config: 'bench/floor/wrangler.toml' } : {}) })
+  return { url: server.url, pid: () => server.pid(), restart: () => server.restart(), stop: () => server.stop() }
+}
+
+/** The same Worker bundled by wrangler, on workerd through Miniflare, with state on disk like wrangler's. */
+async function bareServer(kind: 'product' | 'floor', vars: Record<string, string>): Promise<Server> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), `echovalley-bare-${kind}-`))
+  const bundle = path.join(dir, 'bundle')
+  const config = kind === 'floor' ? ['-c', 'bench/floor/wrangler.toml'] : []
+  execFileSync('npx', ['wrangler', 'deploy', '--dry-run', ...config, '--outdir', bundle], { cwd: ROOT, stdio: 'ignore', env: { ...process.env, CI: 'true', WRANGLER_SEND_METRICS: 'false' } })
+  if (kind === 'product') migrateLocal(dir)
+  const port = await freePort()
+  const state = path.join(dir, 'v3')
+  const product = {
+    compatibilityFlags: ['nodejs_compat'],
+    bindings: { JWT_ISSUER: 'echovalley', JWT_AUDIENCE: 'echovalley-app', ALLOWED_ORIGINS: '', VAPID_SUBJECT: 'mailto:ops@echovalley.invalid', ...vars },
+    d1Databases: { DB: '00000000-0000-0000-0000-000000000000' },
+    durableObjects: {
+      CONVERSATION: { className: 'ConversationRoom', useSQLite: true },
+      USER: { className: 'UserHub', useSQLite: true },
+      UPLOAD: { className: 'UploadSession', useSQLite: true },
+    },
+    queueProducers: { PUSH_QUEUE: { queueName: 'echovalley-push' } },
+    queueConsumers: {
+      'echovalley-push': { maxBatchSize: 50, maxBatchTimeout: 1, maxRetries: 3, retryDelay: 1, deadLetterQueue: 'echovalley-push-dlq' },
+      'echovalley-push-dlq': { maxBatchSize: 50, maxBatchTimeout: 1 },
+    },
+    r2Buckets: { MEDIA: 'echovalley-media' },
+  }
+  const floor = { durableObjects: { ROOM: { className: 'FloorRoom', useSQLite: true } } }
+  const options = {
+    modules: [{ type: 'ESModule', path: path.join(bundle, 'index.js') }],
+    modulesRoot: bundle,
+    compatibilityDate: '2026-04-20',
+    port,
+    d1Persist: path.join(state, 'd1'),
+    durableObjectsPersist: path.join(state, 'do'),
+    r2Persist: path.join(state, 'r2'),
+    ...(kind === 'product' ? product : floor),
+  }
+  let child: ChildProcess
+  let url = ''
+  const launch = async () => {
+    child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'bench/miniflare-host.ts'), JSON.stringify(options)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'], detached: true })
+    url = await new Promise<string>((resolve, reject) => {
+      let out = ''
+      child.stdout!.on('data', (d: Buffer) => {
+        out += d.toString()
+        const m = out.match(/listening (\S+)/)
+        if (m) resolve(m[1]!)
+      })
+      child.once('exit', (code) => reject(new Error(`miniflare host exited with ${code}: ${out}`)))
+    })
+  }
+  const kill = async (signal: NodeJS.Signals) => {
+    if (child.exitCode !== null || child.signalCode !== null) return
+    const gone = new Promise((r) => child.once('exit', r))
+    try {
+      process.kill(-child.pid!, signal)
+    } catch {
+      // already gone
+    }
+    await Promise.race([gone, new Promise((r) => setTimeout(r, 5000))])
+  }
+  await launch()
+  return {
+    get url() {
+      return url
+    },
+    pid: () => child.pid!,
+    async restart() {
+      // kill -9 of host and workerd, as a crash would; the same state directory comes back.
+      await kill('SIGKILL')
+      await launch()
+    },
+    async stop() {
+      await kill('SIGTERM')
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+function serverFor(runtime: Runtime, kind: 'product' | 'floor', vars: Record<string, string>) {
+  return runtime === 'wrangler' ? wranglerServer(kind, vars) : bareServer(kind, vars)
+}
+
+/** echovalley as shipped, with rate limits and the 50-person ceiling lifted for load. */
+export async function productTarget(runtime: Runtime): Promise<Target> {
+  const vapid = generateVapidKeys()
+  const server = await serverFor(runtime, 'product', {
+    WRITE_RATE: '1000000/1000000',
+    GROUP_LIMIT: '1000',
+    JWT_SECRET: 'bench-secret-that-is-long-enough-0123456789',
+    VAPID_PUBLIC_KEY: vapid.publicKey,
+    VAPID_PRIVATE_KEY: vapid.privateKey,
+  })
+  pin(server.pid(), 1)
+  const run = Date.now().toString(36)
+  let made = 0
+  const friends = new Set<string>()
+  const befriend = async (a: User, b: User) => {
+    const key = [a.id, b.id].sort().join('|')
+    if (friends.has(key)) return
+    friends.add(key)
+    const req = await json<{ id?: string }>(`${server.url}/api/friends/requests`, { method: 'POST', token: a.token, body: JSON.stringify({ handle: b.handle }) })
+    if (req.id) await json(`${server.url}/api/friends/requests/${req.id}/accept`, { method: 'POST', token: b.token })
+  }
+  return {
+    name: runtime === 'wrangler' ? 'echovalley' : 'echovalley-bare',
+    async users(n) {
+      // Registration hashes a password (PBKDF2, 100,000 rounds): the slow part of setting up.
+      return pool(Array.from({ length: n }, (_, i) => i), 4, async () => {
+        const handle = `b${run}_${made++}`
+        const r = await json<{ accessToken: string; user: { id: string } }>(`${server.url}/api/auth/register`, { method: 'POST', body: JSON.stringify({ handle, password: 'bench-password-1', displayName: handle }) })
+        return { id: r.user.id, handle, token: r.accessToken }
+      })
+    },
+    async direct(a, b) {
+      await befriend(a, b)
+      return (await json<{ conversation: { id: string } }>(`${server.url}/api/conversations`, { method: 'POST', token: a.token, body: JSON.stringify({ peerHandle: b.handle }) })).conversation.id
+    },
+    async group(owner, others) {
+      await pool(others, 6, (o) => befriend(owner, o))
+      const first = others.slice(0, 49)
+      const id = (await json<{ conversation: { id: string } }>(`${server.url}/api/conversations/groups`, { method: 'POST', token: owner.token, body: JSON.stringify({ title: 'bench', memberIds: first.map((o) => o.id) }) })).conversation.id
+      for (let i = 49; i < others.length; i += 49) {
+        await json(`${server.url}/api/conversations/${id}/members`, { method: 'POST', token: owner.token, body: JSON.stringify({ userIds: others.slice(i, i + 49).map((o) => o.id) }) })
+      }
+      return id
+    },
+    async connect(u) {
+      const { ticket } = await json<{ ticket: string }>(`${server.url}/api/ws/ticket`, { method: 'POST', token: u.token })
+      return BenchClient.open(`${server.url.replace(/^http/, 'ws')}/api/ws?ticket=${encodeURIComponent(ticket)}`, true)
+    },
+    pid: () => server.pid(),
+    async restart() {
+      await server.restart()
+      pin(server.pid(), 1)
+    },
+    stop: () => server.stop(),
+  }
+}
+
+/** The platform floor: a socket per conversation straight into a minimal SQLite object. */
+export async function floorTarget(runtime: Runtime): Promise<Target> {
+  const server = await serverFor(runtime, 'floor', {})
+  pin(server.pid(), 1)
+  /** Each user's conversations, newest last: a connection opens a socket to the newest. */
+  const convsOf = new Map<string, string[]>()
+  const join = (conv: string, users: User[]) => {
+    for (const u of users) convsOf.set(u.id, [...(convsOf.get(u.id) ?? []), conv])
+  }
+  let n = 0
+  return {
+    name: runtime === 'wrangler' ? 'floor' : 'floor-bare',
+    async users(count) {
+      return Array.from({ length: count }, () => ({ id: `u${n++}`, handle: '', token: '' }))
+    },
+    async direct(a, b) {
+      const id = `c${n++}`
+      join(id, [a, b])
+      return id
+    },
+    async group(owner, others) {
+      const id = `g${n++}`
+      join(id, [owner, ...others])
+      return id
+    },
+    async connect(u) {
+      const convs = convsOf.get(u.id) ?? []
+      return FloorClient.open(server.url.replace(/^http/, 'ws'), u.id, convs[convs.length - 1] ?? `lobby-${u.id}`)
+    },
+    pid: () => server.pid(),
+    async restart() {
+      await server.restart()
+      pin(server.pid(), 1)
+    },
+    stop: () => server.stop(),
+  }
+}
+

@@ -1,0 +1,118 @@
+/** A device that has not confirmed an event this long after it was sent gets it again. */
+export const DELIVERY_TIMEOUT_MS = 5_000
+/** Resends before what is unconfirmed is handed to the push queue. */
+export const MAX_DELIVERY_RETRIES = 3
+/** A delivery unconfirmed this long is written down, so a crash still ends in a push. */
+export const PERSIST_AFTER_MS = 1_000
+
+interface Track {
+  /** The device holds every event up to here. */
+  confirmed: number
+  /** Newest seq sent to it. */
+  sent: number
+  /** Newest message from someone else among what it was sent (0: none): what a push would announce. */
+  pushSeq: number
+  /** Resends so far. */
+  attempts: number
+  /** When the device first owed a confirmation. */
+  since: number
+  /** When to resend, or push. */
+  due: number
+  /** pushSeq as last written to storage (null: not written). */
+  stored: number | null
+}
+
+export interface Key {
+  sessionId: string
+  conversationId: string
+}
+
+/**
+ * What each device has yet to confirm, per conversation, as two cursors: the newest seq it was
+ * sent and the newest it confirmed. What is owed is everything between them, read from the room's
+ * log when it is resent, so a resend carries events as they are now. Pure and in memory: the hub
+ * persists what `toPersist` names, at most once per tick.
+ */
+export class DeliveryTracker {
+  private tracks = new Map<string, Map<string, Track>>()
+  private removed: Key[] = []
+  private count = 0
+
+  get size() {
+    return this.count
+  }
+
+  has(sessionId: string, conversationId: string): boolean {
+    return this.tracks.get(sessionId)?.has(conversationId) ?? false
+  }
+
+  /** An event went to a device. A device with nothing owed is assumed to hold everything before it (a gap makes it sync). */
+  sent(sessionId: string, conversationId: string, seq: number, pushable: boolean, now: number) {
+    let bySession = this.tracks.get(sessionId)
+    if (!bySession) this.tracks.set(sessionId, (bySession = new Map()))
+    const t = bySession.get(conversationId)
+    if (!t) {
+      bySession.set(conversationId, { confirmed: seq - 1, sent: seq, pushSeq: pushable ? seq : 0, attempts: 0, since: now, due: now + DELIVERY_TIMEOUT_MS, stored: null })
+      this.count++
+      return
+    }
+    t.sent = Math.max(t.sent, seq)
+    if (pushable) t.pushSeq = Math.max(t.pushSeq, seq)
+  }
+
+  /** The device holds everything up to seq. */
+  confirm(sessionId: string, conversationId: string, seq: number) {
+    const t = this.tracks.get(sessionId)?.get(conversationId)
+    if (!t) return
+    t.confirmed = Math.max(t.confirmed, seq)
+    if (t.confirmed >= t.sent) this.forget(sessionId, conversationId)
+  }
+
+  forget(sessionId: string, conversationId: string) {
+    const bySession = this.tracks.get(sessionId)
+    const t = bySession?.get(conversationId)
+    if (!bySession || !t) return
+    bySession.delete(conversationId)
+    if (bySession.size === 0) this.tracks.delete(sessionId)
+    this.count--
+    if (t.stored !== null) this.removed.push({ sessionId, conversationId })
+  }
+
+  /**
+   * What is due: a resend of everything after the confirmed cursor while the device is connected
+   * and has had fewer than MAX_DELIVERY_RETRIES; otherwise a push of the newest message it owes.
+   */
+  due(now: number, connected: (sessionId: string) => boolean) {
+    const resend: (Key & { afterSeq: number })[] = []
+    const push: { conversationId: string; seq: number }[] = []
+    for (const [sessionId, bySession] of this.tracks) {
+      for (const [conversationId, t] of bySession) {
+        if (t.due > now) continue
+        if (connected(sessionId) && t.attempts < MAX_DELIVERY_RETRIES) {
+          t.attempts++
+          t.due = now + DELIVERY_TIMEOUT_MS
+          resend.push({ sessionId, conversationId, afterSeq: t.confirmed })
+          continue
+        }
+        if (t.pushSeq > t.confirmed) push.push({ conversationId, seq: t.pushSeq })
+        this.forget(sessionId, conversationId)
+      }
+    }
+    return { resend, push }
+  }
+
+  /** Rows to write (owed for over PERSIST_AFTER_MS and changed since written) and to delete. */
+  toPersist(now: number) {
+    const upsert: (Key & { pushSeq: number })[] = []
+    for (const [sessionId, bySession] of this.tracks) {
+      for (const [conversationId, t] of bySession) {
+        if (now - t.since < PERSIST_AFTER_MS || t.stored === t.pushSeq) continue
+        t.stored = t.pushSeq
+        upsert.push({ sessionId, conversationId, pushSeq: t.pushSeq })
+      }
+    }
+    const remove = this.removed
+    this.removed = []
+    return { upsert, remove }
+  }
+}
