@@ -54,7 +54,7 @@ export class BenchClient implements LoadClient {
       } else if (msg.type === 'event') {
         const e = (msg as unknown as EventFrame).event
         this.onEvent?.(e.conversationId, e.seq, e.clientMsgId, at)
-        if (this.confirmDelivery) this.ws.send(JSON.stringify({ type: 'delivered', conversationId: e.conversationId, seq: e.seq }))
+        if (this.confirmDelivery) this.confirm(e.conversationId, e.seq)
       } else if (msg.type === 'events') {
         this.pages.shift()?.(msg as unknown as EventsFrame)
       } else if (msg.type === 'error' && !msg.ref) {
@@ -65,6 +65,25 @@ export class BenchClient implements LoadClient {
         done?.(-1)
       }
     })
+  }
+
+  private confirmTimers = new Map<string, { seq: number; timer: NodeJS.Timeout }>()
+
+  /** Confirms delivery as the PWA does: the newest seq of a conversation, 150 ms after the first unconfirmed event. */
+  private confirm(conversationId: string, seq: number) {
+    const pending = this.confirmTimers.get(conversationId)
+    if (pending) {
+      pending.seq = Math.max(pending.seq, seq)
+      return
+    }
+    const entry = {
+      seq,
+      timer: setTimeout(() => {
+        this.confirmTimers.delete(conversationId)
+        if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: 'delivered', conversationId, seq: entry.seq }))
+      }, 150),
+    }
+    this.confirmTimers.set(conversationId, entry)
   }
 
   static open(url: string, confirmDelivery: boolean): Promise<BenchClient> {

@@ -3,10 +3,10 @@
 // through Miniflare's API (bench/miniflare-host.ts), so every echovalley row has a floor measured
 // on the same runtime in the same run.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { freePort, migrateLocal, startServer } from '../test/e2e/server'
+import { DEV_ENV, freePort, killTree, migrateLocal, startServer } from '../test/e2e/server'
 import { generateVapidKeys } from '../test/support/push-service'
 import { BenchClient, FloorClient } from './client'
 import type { Target, User } from './target'
@@ -62,7 +62,7 @@ async function bareServer(kind: 'product' | 'floor', vars: Record<string, string
   const dir = mkdtempSync(path.join(os.tmpdir(), `echovalley-bare-${kind}-`))
   const bundle = path.join(dir, 'bundle')
   const config = kind === 'floor' ? ['-c', 'bench/floor/wrangler.toml'] : []
-  execFileSync('npx', ['wrangler', 'deploy', '--dry-run', ...config, '--outdir', bundle], { cwd: ROOT, stdio: 'ignore', env: { ...process.env, CI: 'true', WRANGLER_SEND_METRICS: 'false' } })
+  execFileSync('npx', ['wrangler', 'deploy', '--dry-run', ...config, '--outdir', bundle], { cwd: ROOT, stdio: 'ignore', env: { ...process.env, ...DEV_ENV } })
   if (kind === 'product') migrateLocal(dir)
   const port = await freePort()
   const state = path.join(dir, 'v3')
@@ -83,11 +83,14 @@ async function bareServer(kind: 'product' | 'floor', vars: Record<string, string
     r2Buckets: { MEDIA: 'echovalley-media' },
   }
   const floor = { durableObjects: { ROOM: { className: 'FloorRoom', useSQLite: true } } }
+  const entry = path.join(bundle, readdirSync(bundle).find((f) => f.endsWith('.js'))!)
   const options = {
-    modules: [{ type: 'ESModule', path: path.join(bundle, 'index.js') }],
+    modules: [{ type: 'ESModule', path: entry }],
     modulesRoot: bundle,
     compatibilityDate: '2026-04-20',
     port,
+    // BENCH_INSPECTOR=9333 opens workerd's inspector on a bare system, for a CPU profile over CDP.
+    ...(process.env.BENCH_INSPECTOR ? { inspectorPort: Number(process.env.BENCH_INSPECTOR) } : {}),
     d1Persist: path.join(state, 'd1'),
     durableObjectsPersist: path.join(state, 'do'),
     r2Persist: path.join(state, 'r2'),
@@ -103,20 +106,12 @@ async function bareServer(kind: 'product' | 'floor', vars: Record<string, string
         out += d.toString()
         const m = out.match(/listening (\S+)/)
         if (m) resolve(m[1]!)
+        if (process.env.BENCH_INSPECTOR) process.stdout.write(d)
       })
       child.once('exit', (code) => reject(new Error(`miniflare host exited with ${code}: ${out}`)))
     })
   }
-  const kill = async (signal: NodeJS.Signals) => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    const gone = new Promise((r) => child.once('exit', r))
-    try {
-      process.kill(-child.pid!, signal)
-    } catch {
-      // already gone
-    }
-    await Promise.race([gone, new Promise((r) => setTimeout(r, 5000))])
-  }
+  const kill = (signal: NodeJS.Signals) => killTree(child.pid!, signal)
   await launch()
   return {
     get url() {

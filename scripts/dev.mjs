@@ -4,6 +4,9 @@ import { generateKeyPairSync, randomBytes } from 'node:crypto'
 import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs'
 
 const port = process.env.PORT ?? '8787'
+// wrangler's local explorer wraps each SQLite Durable Object and writes its name on every wake (a
+// commit per wake that production does not have); nothing here uses the explorer.
+process.env.X_LOCAL_EXPLORER ??= 'false'
 
 /** Fills every empty key of .dev.vars (created from the example) with a fresh secret. */
 function ensureDevVars() {

@@ -235,6 +235,9 @@ export class FaultClient {
         this.acked.set(msg.clientMsgId, { conversationId: msg.conversationId, seq: msg.seq })
         clearTimeout(c.inFlight.get(msg.clientMsgId))
         c.inFlight.delete(msg.clientMsgId)
+        // The server does not echo a text message to the device that sent it: the ack is its copy.
+        const sent = c.outbox.find((o) => o.clientMsgId === msg.clientMsgId)
+        if (sent) this.hold(msg.conversationId, [{ type: 'message', conversationId: msg.conversationId, seq: msg.seq, senderId: this.userId, clientMsgId: msg.clientMsgId, serverTs: msg.serverTs, body: { kind: 'text', text: sent.text } }])
         c.outbox = c.outbox.filter((o) => o.clientMsgId !== msg.clientMsgId)
         this.pump(msg.conversationId)
         return

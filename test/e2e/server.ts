@@ -1,11 +1,17 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { generateVapidKeys } from '../support/push-service'
 
 const ROOT = path.resolve(import.meta.dirname, '../..')
+/**
+ * wrangler dev's local explorer wraps every SQLite Durable Object class and writes the object's
+ * name on each wake: a disk commit per wake that production does not have (docs/decisions.md).
+ * `npm run dev` turns it off the same way.
+ */
+export const DEV_ENV = { CI: 'true', WRANGLER_SEND_METRICS: 'false', X_LOCAL_EXPLORER: 'false' }
 /** A server left behind by a crashed test run still stops by itself. */
 const MAX_LIFETIME_MS = 15 * 60 * 1000
 
@@ -51,7 +57,7 @@ export async function startServer(
   const lifetimeMs = opts.lifetimeMs ?? MAX_LIFETIME_MS
   const stateDir = opts.stateDir ?? mkdtempSync(path.join(tmpdir(), 'echovalley-e2e-'))
   const port = opts.port ?? (await freePort())
-  const env = { ...process.env, CI: 'true', WRANGLER_SEND_METRICS: 'false' }
+  const env = { ...process.env, ...DEV_ENV }
   if (!opts.config) migrateLocal(stateDir)
 
   const vapid = generateVapidKeys()
@@ -80,7 +86,7 @@ export async function startServer(
 
 /** Applies the D1 migrations to a local state directory, as `npm run dev` does. */
 export function migrateLocal(stateDir: string) {
-  const env = { ...process.env, CI: 'true', WRANGLER_SEND_METRICS: 'false' }
+  const env = { ...process.env, ...DEV_ENV }
   const migrate = spawnSync('npx', ['wrangler', 'd1', 'migrations', 'apply', 'DB', '--local', '--persist-to', stateDir], { cwd: ROOT, env, encoding: 'utf8' })
   if (migrate.status !== 0) throw new Error(`migrations failed: ${migrate.stderr}\n${migrate.stdout}`)
 }
@@ -93,8 +99,9 @@ async function launch(port: number, stateDir: string, vars: Record<string, strin
     { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true },
   )
   let log = ''
-  child.stdout?.on('data', (d) => (log += d))
-  child.stderr?.on('data', (d) => (log += d))
+  // SERVER_LOG=1 shows what wrangler prints, for debugging a test or a benchmark.
+  child.stdout?.on('data', (d) => (log += d, process.env.SERVER_LOG && process.stderr.write(d)))
+  child.stderr?.on('data', (d) => (log += d, process.env.SERVER_LOG && process.stderr.write(d)))
   const killTimer = setTimeout(() => void kill(child, 'SIGKILL'), lifetimeMs)
   killTimer.unref()
   child.once('exit', () => clearTimeout(killTimer))
@@ -117,23 +124,49 @@ async function launch(port: number, stateDir: string, vars: Record<string, strin
   }
 }
 
-/** Kills the whole process group (npx → wrangler → workerd). */
+/** A process and its descendants (npx → sh → wrangler → node → workerd ×2). */
+function processTree(pid: number): number[] {
+  const kids = spawnSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map(Number)
+  return [pid, ...kids.flatMap(processTree)]
+}
+
+/** Running, not a zombie: a zombie has let go of its ports and files. */
+function alive(pid: number): boolean {
+  try {
+    return !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Stops npx → wrangler → workerd and waits until every one of them has gone, escalating to SIGKILL
+ * after 5 s. Waiting for the whole tree matters: a workerd that outlives wrangler (it drains its
+ * sockets on SIGTERM) keeps the port and its state, and the next start on that port would share them.
+ */
 function kill(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return Promise.resolve()
-  return new Promise((resolve) => {
-    child.once('exit', () => resolve())
-    try {
-      process.kill(-child.pid!, signal)
-    } catch {
-      resolve()
-    }
-    setTimeout(() => {
+  return child.pid === undefined ? Promise.resolve() : killTree(child.pid, signal)
+}
+
+/** kill() for any detached process whose group holds a runtime. */
+export async function killTree(root: number, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  const pids = processTree(root)
+  const signalAll = (sig: NodeJS.Signals) => {
+    for (const target of [-root, ...pids]) {
       try {
-        process.kill(-child.pid!, 'SIGKILL')
+        process.kill(target, sig)
       } catch {
         // already gone
       }
-      resolve()
-    }, 5000).unref()
-  })
+    }
+  }
+  signalAll(signal)
+  const deadline = Date.now() + 5000
+  while (pids.some(alive)) {
+    if (Date.now() > deadline && signal !== 'SIGKILL') {
+      signal = 'SIGKILL'
+      signalAll('SIGKILL')
+    }
+    await new Promise((r) => setTimeout(r, 50))
+  }
 }

@@ -178,10 +178,27 @@ export class ChatStore {
     await this.refreshConversations()
   }
 
-  searchMessages(q: string, conversationId?: string) {
+  /**
+   * Server search (D1, which gets new messages within a quarter second) merged with what this
+   * device holds, so a message already on screen is found at once, and offline too.
+   */
+  async searchMessages(q: string, conversationId?: string) {
     const params = new URLSearchParams({ q })
     if (conversationId) params.set('conversationId', conversationId)
-    return api<{ hits: SearchHit[]; nextCursor: string | null }>(`/api/search?${params}`)
+    const needle = q.toLocaleLowerCase()
+    const local: SearchHit[] = []
+    for (const [id, s] of this.#byId) {
+      if (conversationId && id !== conversationId) continue
+      for (const e of s.events.values()) {
+        if (e.type === 'message' && e.body?.kind === 'text' && e.body.text.toLocaleLowerCase().includes(needle)) {
+          local.push({ conversationId: id, seq: e.seq, senderId: e.senderId, text: e.body.text, serverTs: e.serverTs })
+        }
+      }
+    }
+    const remote = await api<{ hits: SearchHit[]; nextCursor: string | null }>(`/api/search?${params}`).catch(() => ({ hits: [], nextCursor: null }))
+    const seen = new Set(remote.hits.map((h) => `${h.conversationId}:${h.seq}`))
+    const hits = [...remote.hits, ...local.filter((h) => !seen.has(`${h.conversationId}:${h.seq}`))].sort((a, b) => b.serverTs - a.serverTs)
+    return { hits, nextCursor: remote.nextCursor }
   }
 
   get totalUnread() {

@@ -2,6 +2,7 @@ import { DurableObject } from 'cloudflare:workers'
 import { getUserHub } from '../durable-objects'
 import { mediaKey } from '../media/UploadSession'
 import type { Env } from '../env'
+import type { UserHub } from '../user/UserHub'
 import { ErrorCode } from '../shared/errors'
 import {
   EDIT_WINDOW_MS,
@@ -31,7 +32,11 @@ export interface Ack {
   duplicate: boolean
   /** The event as stored, for the sender's own hub to show on the user's devices (absent on a repeat). */
   event?: ConversationEvent
+  /** Receipts waiting for the writer, carried by the ack instead of a call of their own. */
+  receipts?: Receipt[]
 }
+/** What a member's hub hands back with a delivery: its devices' newest confirmation in that conversation. */
+export type DeliveryReply = { delivered: number } | null
 export interface SyncPage {
   events: ConversationEvent[]
   hasMore: boolean
@@ -53,14 +58,20 @@ export const MAX_GROUP_MEMBERS = 50
 export const groupLimit = (env: Env) => Math.max(MAX_GROUP_MEMBERS, Number(env.GROUP_LIMIT) || 0)
 
 /** D1 gets what the log gained at most this long after it was acked, in one batch... */
-export const FLUSH_DELAY_MS = 200
+export const FLUSH_DELAY_MS = 250
 /** ...or at once when this many events wait. */
 const FLUSH_BATCH = 100
-/** The alarm that retries a flush after a crash or a D1 failure. */
-const FLUSH_RETRY_MS = 2_000
+/**
+ * The alarm that retries a flush after a crash or a D1 failure. The tick does the flushing; the
+ * alarm only has to be there when a crash takes the tick with it, so it is armed once per interval
+ * (an alarm write is a commit of its own).
+ */
+const FLUSH_RETRY_MS = 10_000
 /** Receipts for one member's devices gather this long, so a group's confirmations are one call per member, not one per reader. */
-const RECEIPT_BATCH_MS = 30
+const RECEIPT_BATCH_MS = 50
 const TYPING_MIN_INTERVAL_MS = 1_000
+/** Deliveries issued per turn when a big group fans out. */
+const FANOUT_CHUNK = 64
 /** Per-member write limit, as "burst/perSecond"; env WRITE_RATE overrides it. */
 const DEFAULT_WRITE_RATE = '30/10'
 
@@ -99,6 +110,9 @@ export class ConversationRoom extends DurableObject<Env> {
   /** Receipts waiting to go out, by the member whose devices get them. */
   private receiptsOut = new Map<string, Map<string, Receipt>>()
   private receiptTimer: ReturnType<typeof setTimeout> | null = null
+  private hubs = new Map<string, DurableObjectStub<UserHub>>()
+  private fanOutQueue: { userId: string; event: ConversationEvent }[] = []
+  private fanOutTimer: ReturnType<typeof setTimeout> | null = null
   /** When the safety-net alarm is due, as far as this instance knows (null: none set by it). */
   private alarmAt: number | null = null
   /** Replaceable so load tests and benchmarks can lift the per-member limit. */
@@ -110,10 +124,9 @@ export class ConversationRoom extends DurableObject<Env> {
     super(ctx, env)
     this.sql = ctx.storage.sql
     this.limiter = new RateLimiter(...parseRate(env.WRITE_RATE))
-    void ctx.blockConcurrencyWhile(async () => {
-      migrateRoom(this.sql)
-      this.loadState()
-    })
+    // Synchronous: nothing to wait for, and no extra turn before the first call.
+    migrateRoom(this.sql)
+    this.loadState()
   }
 
   private loadState() {
@@ -278,11 +291,13 @@ export class ConversationRoom extends DurableObject<Env> {
     this.armFlushAlarm()
     this.fanOut(event, origin === 'hub' ? event.senderId : null, alsoTell)
     this.scheduleFlush()
-    return { conversationId: event.conversationId, clientMsgId: event.clientMsgId, seq: event.seq, serverTs: event.serverTs, duplicate: false, event }
+    const receipts = origin === 'hub' ? this.takeReceipts(event.senderId) : undefined
+    return { conversationId: event.conversationId, clientMsgId: event.clientMsgId, seq: event.seq, serverTs: event.serverTs, duplicate: false, event, ...(receipts ? { receipts } : {}) }
   }
 
   async appendMessage(conversationId: string, senderId: string, clientMsgId: string, body: unknown, origin: WriteOrigin = 'http'): Promise<RoomResult<Ack>> {
-    const parsed = MessageBody.safeParse(body)
+    // The hub has parsed the whole frame with the same schema; anything else is checked here.
+    const parsed = origin === 'hub' ? { success: true as const, data: body as MessageBody } : MessageBody.safeParse(body)
     if (!parsed.success) return fail(ErrorCode.BAD_REQUEST, parsed.error.issues[0]?.message ?? 'invalid body')
     let message: MessageBody = parsed.data
     const replyTo = message.kind === 'text' ? message.replyTo?.seq : undefined
@@ -539,13 +554,16 @@ export class ConversationRoom extends DurableObject<Env> {
   async moveCursors(conversationId: string, userId: string, delivered: number | null, read: number | null): Promise<RoomResult<{ receipt: Receipt; readMoved: boolean }>> {
     const auth = await this.authorize(conversationId, userId)
     if (!auth.ok) return auth
-    const m = auth.value
+    return ok(this.applyCursors(userId, auth.value, delivered, read))
+  }
+
+  private applyCursors(userId: string, m: Member, delivered: number | null, read: number | null): { receipt: Receipt; readMoved: boolean } {
     const oldRead = m.readSeq
     const oldDelivered = m.deliveredSeq
     const readSeq = read === null ? m.readSeq : Math.max(m.readSeq, Math.min(read, this.lastSeq))
     const deliveredSeq = Math.max(m.deliveredSeq, readSeq, delivered === null ? 0 : Math.min(delivered, this.lastSeq))
     const receipt: Receipt = { userId, deliveredSeq, readSeq }
-    if (readSeq === oldRead && deliveredSeq === oldDelivered) return ok({ receipt, readMoved: false })
+    if (readSeq === oldRead && deliveredSeq === oldDelivered) return { receipt, readMoved: false }
     m.readSeq = readSeq
     m.deliveredSeq = deliveredSeq
     this.cursorsDirty.add(userId)
@@ -556,7 +574,7 @@ export class ConversationRoom extends DurableObject<Env> {
       .exec<{ sender_id: string }>(`SELECT DISTINCT sender_id FROM events WHERE seq > ? AND seq <= ? AND type = 'message'`, from, Math.max(readSeq, deliveredSeq))
       .toArray()
     for (const { sender_id } of senders) if (sender_id !== userId) this.queueReceipt(sender_id, receipt)
-    return ok({ receipt, readMoved: readSeq !== oldRead })
+    return { receipt, readMoved: readSeq !== oldRead }
   }
 
   private queueReceipt(to: string, receipt: Receipt) {
@@ -566,11 +584,19 @@ export class ConversationRoom extends DurableObject<Env> {
     this.receiptTimer ??= setTimeout(() => this.sendReceipts(), RECEIPT_BATCH_MS)
   }
 
+  /** Receipts waiting for `userId`, taken to ride on its ack. */
+  private takeReceipts(userId: string): Receipt[] | undefined {
+    const batch = this.receiptsOut.get(userId)
+    if (!batch) return undefined
+    this.receiptsOut.delete(userId)
+    return [...batch.values()]
+  }
+
   private sendReceipts() {
     this.receiptTimer = null
     const conversationId = this.conversationId!
     for (const [to, batch] of this.receiptsOut) {
-      getUserHub(this.env, to)
+      this.hub(to)
         .notify({ type: 'receipts', conversationId, receipts: [...batch.values()] })
         .catch((e: unknown) => console.warn('receipt fan-out failed', to, String(e)))
     }
@@ -586,7 +612,7 @@ export class ConversationRoom extends DurableObject<Env> {
     this.lastTyping.set(userId, now)
     for (const memberId of this.members.keys()) {
       if (memberId === userId) continue
-      getUserHub(this.env, memberId)
+      this.hub(memberId)
         .notify({ type: 'typing', conversationId, userId })
         .catch((e: unknown) => console.warn('typing fan-out failed', memberId, String(e)))
     }
@@ -629,14 +655,48 @@ export class ConversationRoom extends DurableObject<Env> {
     return ok({ event: row ? rowToEvent(conversationId, row) : null, receipt: { userId, deliveredSeq: auth.value.deliveredSeq, readSeq: auth.value.readSeq } })
   }
 
-  /** Sends to current members but `except` (whose own hub shows it), plus `alsoTell` (people just removed, who learn it and nothing after). */
+  /** One stub per member: deliveries on one stub arrive in the order they were made (E-order), so each hub gets events in seq order. */
+  private hub(userId: string): DurableObjectStub<UserHub> {
+    let stub = this.hubs.get(userId)
+    if (!stub) this.hubs.set(userId, (stub = getUserHub(this.env, userId)))
+    return stub
+  }
+
+  /**
+   * Sends to current members but `except` (whose own hub shows it), plus `alsoTell` (people just
+   * removed, who learn it and nothing after). A big group's deliveries go out FANOUT_CHUNK per turn,
+   * so they do not hold up this room's acks or other objects; the queue keeps them in seq order.
+   */
   private fanOut(event: ConversationEvent, except: string | null, alsoTell: string[] = []) {
-    for (const userId of new Set([...this.members.keys(), ...alsoTell])) {
-      if (userId === except) continue
-      getUserHub(this.env, userId)
-        .deliver(userId, event)
-        .catch((e: unknown) => console.warn('fan-out failed', userId, String(e)))
+    const targets = [...new Set([...this.members.keys(), ...alsoTell])].filter((id) => id !== except)
+    if (this.fanOutQueue.length === 0 && targets.length <= FANOUT_CHUNK) {
+      for (const userId of targets) this.deliverTo(userId, event)
+      return
     }
+    for (const userId of targets) this.fanOutQueue.push({ userId, event })
+    if (!this.fanOutTimer) this.fanOutTimer = setTimeout(() => this.drainFanOut(), 0)
+  }
+
+  private drainFanOut() {
+    this.fanOutTimer = null
+    for (const { userId, event } of this.fanOutQueue.splice(0, FANOUT_CHUNK)) this.deliverTo(userId, event)
+    if (this.fanOutQueue.length > 0) this.fanOutTimer = setTimeout(() => this.drainFanOut(), 0)
+  }
+
+  private deliverTo(userId: string, event: ConversationEvent) {
+    this.hub(userId)
+      .deliver(userId, event)
+      // A hub answers with its devices' newest confirmation: in a busy chat, delivery receipts
+      // ride on deliveries instead of calls of their own.
+      .then((reply) => {
+        const m = reply && this.members.get(userId)
+        if (m) this.applyCursors(userId, m, reply.delivered, null)
+      })
+      .catch((e: unknown) => {
+        // A broken stub stays broken: the next delivery gets a fresh one (the hub syncs the gap).
+        this.hubs.delete(userId)
+        console.warn('fan-out failed', userId, String(e))
+      })
   }
 
   // ---- write-behind: this object's cursors, and D1 ----

@@ -2,6 +2,12 @@
 export const ROOM_SCHEMA_VERSION = 2
 
 export function migrateRoom(sql: SqlStorage) {
+  // One read when the layout is current: a room wakes often, and a write here would be a commit per wake.
+  try {
+    if (sql.exec<{ value: string }>(`SELECT value FROM meta WHERE key = 'version'`).toArray()[0]?.value === String(ROOM_SCHEMA_VERSION)) return
+  } catch {
+    // A new room: no meta table yet.
+  }
   sql.exec(`
     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS members (

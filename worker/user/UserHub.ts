@@ -1,5 +1,5 @@
 import { DurableObject } from 'cloudflare:workers'
-import type { Ack, ConversationRoom, RoomResult } from '../conversation/ConversationRoom'
+import type { Ack, ConversationRoom, DeliveryReply, RoomResult } from '../conversation/ConversationRoom'
 import { getConversationRoom, getUserHub } from '../durable-objects'
 import type { Env } from '../env'
 import { assertNever } from '../shared/assert'
@@ -25,8 +25,8 @@ export const UPGRADE_HEADERS = {
 export { DELIVERY_TIMEOUT_MS, MAX_DELIVERY_RETRIES } from './delivery-tracker'
 /** At most one push job per conversation in this window; later messages wait and coalesce. */
 export const PUSH_COALESCE_MS = 2_000
-/** Devices' cursor moves reach the rooms this long after the first one, together. */
-const CURSOR_REPORT_MS = 50
+/** Devices' cursor moves reach the rooms this long after the first one, together (a tick shows ~¼ s late). */
+const CURSOR_REPORT_MS = 200
 /** How often unconfirmed deliveries and waiting pushes are looked at while there are any. */
 const TICK_MS = 1_000
 /** After a crash the alarm turns what was written down into pushes; it is due this long after the write. */
@@ -49,6 +49,42 @@ function errorFrame(code: ErrorCode, message: string, ref?: string): ServerMessa
 }
 
 const sessionOf = (ws: WebSocket) => (ws.deserializeAttachment() as DeviceAttachment).sessionId
+
+/** Bumped when the hub's SQLite layout changes. */
+const HUB_SCHEMA_VERSION = 2
+
+function migrateHub(sql: SqlStorage) {
+  try {
+    if (sql.exec<{ value: string }>(`SELECT value FROM meta WHERE key = 'schema'`).toArray()[0]?.value === String(HUB_SCHEMA_VERSION)) return
+  } catch {
+    // A new hub: no meta table yet.
+  }
+  sql.exec(`
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS used_tickets (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL);
+    -- Deliveries still unconfirmed a second after they went out, written once per tick, so that
+    -- after a crash the alarm still turns them into pushes.
+    CREATE TABLE IF NOT EXISTS unconfirmed (
+      session_id TEXT NOT NULL,
+      conversation_id TEXT NOT NULL,
+      push_seq INTEGER NOT NULL,
+      PRIMARY KEY (session_id, conversation_id)
+    );
+    CREATE TABLE IF NOT EXISTS push_outbox (
+      conversation_id TEXT PRIMARY KEY,
+      sent_at INTEGER NOT NULL,
+      waiting_seq INTEGER
+    );
+    CREATE TABLE IF NOT EXISTS watchers (user_id TEXT PRIMARY KEY);
+  `)
+  // Version 1 kept a row per event and device; what it owed becomes a push after a crash.
+  if (sql.exec(`SELECT 1 FROM sqlite_master WHERE name = 'pending'`).toArray().length > 0) {
+    sql.exec(`INSERT OR REPLACE INTO unconfirmed (session_id, conversation_id, push_seq)
+      SELECT session_id, conversation_id, max(CASE WHEN push = 1 THEN seq ELSE 0 END) FROM pending GROUP BY session_id, conversation_id`)
+    sql.exec('DROP TABLE pending')
+  }
+  sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)`, String(HUB_SCHEMA_VERSION))
+}
 
 /**
  * One per user: holds that user's device sockets (hibernating), routes their frames to
@@ -79,32 +115,9 @@ export class UserHub extends DurableObject<Env> {
     super(ctx, env)
     this.sql = ctx.storage.sql
     ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair('ping', 'pong'))
-    void ctx.blockConcurrencyWhile(async () => {
-      this.sql.exec(`
-        CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE IF NOT EXISTS used_tickets (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL);
-        -- Deliveries still unconfirmed a second after they went out, written once per tick, so
-        -- that after a crash the alarm still turns them into pushes.
-        CREATE TABLE IF NOT EXISTS unconfirmed (
-          session_id TEXT NOT NULL,
-          conversation_id TEXT NOT NULL,
-          push_seq INTEGER NOT NULL,
-          PRIMARY KEY (session_id, conversation_id)
-        );
-        CREATE TABLE IF NOT EXISTS push_outbox (
-          conversation_id TEXT PRIMARY KEY,
-          sent_at INTEGER NOT NULL,
-          waiting_seq INTEGER
-        );
-        CREATE TABLE IF NOT EXISTS watchers (user_id TEXT PRIMARY KEY);
-      `)
-      // Version 1 kept a row per event and device; what it owed becomes a push after a crash.
-      if (this.sql.exec(`SELECT 1 FROM sqlite_master WHERE name = 'pending'`).toArray().length > 0) {
-        this.sql.exec(`INSERT OR REPLACE INTO unconfirmed (session_id, conversation_id, push_seq)
-          SELECT session_id, conversation_id, max(CASE WHEN push = 1 THEN seq ELSE 0 END) FROM pending GROUP BY session_id, conversation_id`)
-        this.sql.exec('DROP TABLE pending')
-      }
-    })
+    // Synchronous, and one read when the layout is current: a hub wakes for every message of a
+    // big group its user is in, so waking must cost next to nothing.
+    migrateHub(this.sql)
   }
 
   private room(conversationId: string): Room {
@@ -174,7 +187,7 @@ export class UserHub extends DurableObject<Env> {
         return this.reply(ws, msg.conversationId, msg.clientMsgId, this.room(msg.conversationId).react(msg.conversationId, userId, msg.clientMsgId, msg.targetSeq, msg.emoji, msg.on, 'hub'))
       case 'delivered':
       case 'read':
-        this.tracker.confirm(device.sessionId, msg.conversationId, msg.seq)
+        this.tracker.confirm(device.sessionId, msg.conversationId, msg.seq, this.now())
         return this.queueReport(ws, msg.conversationId, msg.type, msg.seq)
       case 'typing': {
         const result = await this.room(msg.conversationId).typing(msg.conversationId, userId)
@@ -206,19 +219,29 @@ export class UserHub extends DurableObject<Env> {
       throw e
     }
     if (!result.ok) return send(ws, errorFrame(result.code, result.message, clientMsgId))
-    const { seq, serverTs, event } = result.value
+    const { seq, serverTs, event, receipts } = result.value
     send(ws, { type: 'ack', conversationId, clientMsgId, seq, serverTs })
     if (event) this.show(event, ws, (ws.deserializeAttachment() as DeviceAttachment).userId)
+    if (receipts) void this.notify({ type: 'receipts', conversationId, receipts })
   }
 
-  /** Sends an event to this user's devices and tracks it until each confirms (but `origin`, which has the ack). */
+  /**
+   * Sends an event to this user's devices and tracks it until each confirms. The device that wrote
+   * it (`origin`) has the ack: a text message it builds from its outbox, so that one is not echoed;
+   * everything else it gets (media bodies the server filled in, edits, recalls, reactions).
+   */
   private show(event: ConversationEvent, origin: WebSocket | null, userId: string) {
     const pushable = event.type === 'message' && event.senderId !== userId
+    const originNeedsIt = !(event.type === 'message' && event.body?.kind === 'text')
     const frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage)
     const now = this.now()
     for (const ws of this.openSockets()) {
+      if (ws === origin) {
+        if (originNeedsIt) send(ws, frame)
+        continue
+      }
       send(ws, frame)
-      if (ws !== origin) this.tracker.sent(sessionOf(ws), event.conversationId, event.seq, pushable, now)
+      this.tracker.sent(sessionOf(ws), event.conversationId, event.seq, pushable, now)
     }
     this.ensureTick()
   }
@@ -227,15 +250,19 @@ export class UserHub extends DurableObject<Env> {
    * Fan-out entry point. Connected devices get the event at once; with none connected, a message
    * from someone else goes to the push queue (coalesced per conversation).
    */
-  async deliver(userId: string, event: ConversationEvent): Promise<number> {
+  async deliver(userId: string, event: ConversationEvent): Promise<DeliveryReply> {
     this.rememberUser(userId)
-    const sockets = this.openSockets()
-    if (sockets.length === 0) {
+    if (this.openSockets().length === 0) {
       if (event.type === 'message' && event.senderId !== userId) this.requestPush(event.conversationId, event.seq)
-      return 0
+      return null
     }
     this.show(event, null, userId)
-    return sockets.length
+    // A waiting delivery confirmation for this conversation goes back with the answer (a read
+    // waits for its own report: the user's other devices hear of it from that one).
+    const report = this.reports.get(event.conversationId)
+    if (report?.delivered == null || report.read !== null) return null
+    this.reports.delete(event.conversationId)
+    return { delivered: report.delivered }
   }
 
   /** Transient frames (typing, presence, a room's gathered receipts): best effort, never retried. */

@@ -60,12 +60,18 @@ export class DeliveryTracker {
     if (pushable) t.pushSeq = Math.max(t.pushSeq, seq)
   }
 
-  /** The device holds everything up to seq. */
-  confirm(sessionId: string, conversationId: string, seq: number) {
+  /**
+   * The device holds everything up to seq. A device that confirms progress is alive: what it still
+   * owes was sent after what it confirmed, so its clock starts again from now.
+   */
+  confirm(sessionId: string, conversationId: string, seq: number, now: number) {
     const t = this.tracks.get(sessionId)?.get(conversationId)
-    if (!t) return
-    t.confirmed = Math.max(t.confirmed, seq)
-    if (t.confirmed >= t.sent) this.forget(sessionId, conversationId)
+    if (!t || seq <= t.confirmed) return
+    t.confirmed = seq
+    if (t.confirmed >= t.sent) return this.forget(sessionId, conversationId)
+    t.since = now
+    t.due = now + DELIVERY_TIMEOUT_MS
+    t.attempts = 0
   }
 
   forget(sessionId: string, conversationId: string) {
