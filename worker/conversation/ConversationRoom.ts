@@ -13,6 +13,7 @@ import {
   TextBody,
   mediaIdsOf,
   type ConversationEvent,
+  type ServerMessage,
   type MediaBody,
   type MemberEvent,
   type Receipt,
@@ -35,6 +36,8 @@ export interface Ack {
   /** Receipts waiting for the writer, carried by the ack instead of a call of their own. */
   receipts?: Receipt[]
 }
+/** What a hub needs to know of an event it delivers; the devices get the room's serialised frame. */
+export type DeliveredEvent = Pick<ConversationEvent, 'type' | 'conversationId' | 'seq' | 'senderId'> & { body?: { kind: string } | null }
 /** What a member's hub hands back with a delivery: its devices' newest confirmation in that conversation. */
 export type DeliveryReply = { delivered: number } | null
 export interface SyncPage {
@@ -70,8 +73,10 @@ const FLUSH_RETRY_MS = 10_000
 /** Receipts for one member's devices gather this long, so a group's confirmations are one call per member, not one per reader. */
 const RECEIPT_BATCH_MS = 50
 const TYPING_MIN_INTERVAL_MS = 1_000
+/** How many of the newest events' senders the room keeps in memory for receipts. */
+const RECENT_EVENTS = 256
 /** Deliveries issued per turn when a big group fans out. */
-const FANOUT_CHUNK = 64
+const FANOUT_CHUNK = 128
 /** Per-member write limit, as "burst/perSecond"; env WRITE_RATE overrides it. */
 const DEFAULT_WRITE_RATE = '30/10'
 
@@ -111,7 +116,9 @@ export class ConversationRoom extends DurableObject<Env> {
   private receiptsOut = new Map<string, Map<string, Receipt>>()
   private receiptTimer: ReturnType<typeof setTimeout> | null = null
   private hubs = new Map<string, DurableObjectStub<UserHub>>()
-  private fanOutQueue: { userId: string; event: ConversationEvent }[] = []
+  /** The newest events' senders, so a receipt finds whom it concerns without reading the log. */
+  private recent: { seq: number; senderId: string; message: boolean }[] = []
+  private fanOutQueue: { userId: string; meta: DeliveredEvent; frame: string }[] = []
   private fanOutTimer: ReturnType<typeof setTimeout> | null = null
   /** When the safety-net alarm is due, as far as this instance knows (null: none set by it). */
   private alarmAt: number | null = null
@@ -279,6 +286,8 @@ export class ConversationRoom extends DurableObject<Env> {
       }
     })
     this.lastSeq = event.seq
+    this.recent.push({ seq: event.seq, senderId: event.senderId, message: event.type === 'message' })
+    if (this.recent.length > RECENT_EVENTS) this.recent.splice(0, this.recent.length - RECENT_EVENTS)
     if (event.type === 'member') this.reloadMembers()
     // Sending implies having read everything before it; kept in memory, persisted with the tick.
     const sender = this.members.get(event.senderId)
@@ -570,11 +579,17 @@ export class ConversationRoom extends DurableObject<Env> {
     if (readSeq !== oldRead) this.readDirty.add(userId)
     this.scheduleFlush()
     const from = readSeq !== oldRead ? oldRead : oldDelivered
-    const senders = this.sql
-      .exec<{ sender_id: string }>(`SELECT DISTINCT sender_id FROM events WHERE seq > ? AND seq <= ? AND type = 'message'`, from, Math.max(readSeq, deliveredSeq))
-      .toArray()
-    for (const { sender_id } of senders) if (sender_id !== userId) this.queueReceipt(sender_id, receipt)
+    for (const sender of this.sendersBetween(from, Math.max(readSeq, deliveredSeq))) if (sender !== userId) this.queueReceipt(sender, receipt)
     return { receipt, readMoved: readSeq !== oldRead }
+  }
+
+  /** Who sent the messages in (from, to]: from the recent-events window when it covers them, else the log. */
+  private sendersBetween(from: number, to: number): Set<string> {
+    const oldest = this.recent.length ? this.recent[0]!.seq : Infinity
+    if (from + 1 >= oldest) return new Set(this.recent.filter((e) => e.seq > from && e.seq <= to && e.message).map((e) => e.senderId))
+    return new Set(
+      this.sql.exec<{ sender_id: string }>(`SELECT DISTINCT sender_id FROM events WHERE seq > ? AND seq <= ? AND type = 'message'`, from, to).toArray().map((r) => r.sender_id),
+    )
   }
 
   private queueReceipt(to: string, receipt: Receipt) {
@@ -669,23 +684,26 @@ export class ConversationRoom extends DurableObject<Env> {
    */
   private fanOut(event: ConversationEvent, except: string | null, alsoTell: string[] = []) {
     const targets = [...new Set([...this.members.keys(), ...alsoTell])].filter((id) => id !== except)
+    // Serialised once for every member; only the routing facts cross as an object.
+    const frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage)
+    const meta: DeliveredEvent = { type: event.type, conversationId: event.conversationId, seq: event.seq, senderId: event.senderId, ...(event.type === 'message' ? { body: event.body && { kind: event.body.kind } } : {}) }
     if (this.fanOutQueue.length === 0 && targets.length <= FANOUT_CHUNK) {
-      for (const userId of targets) this.deliverTo(userId, event)
+      for (const userId of targets) this.deliverTo(userId, meta, frame)
       return
     }
-    for (const userId of targets) this.fanOutQueue.push({ userId, event })
+    for (const userId of targets) this.fanOutQueue.push({ userId, meta, frame })
     if (!this.fanOutTimer) this.fanOutTimer = setTimeout(() => this.drainFanOut(), 0)
   }
 
   private drainFanOut() {
     this.fanOutTimer = null
-    for (const { userId, event } of this.fanOutQueue.splice(0, FANOUT_CHUNK)) this.deliverTo(userId, event)
+    for (const { userId, meta, frame } of this.fanOutQueue.splice(0, FANOUT_CHUNK)) this.deliverTo(userId, meta, frame)
     if (this.fanOutQueue.length > 0) this.fanOutTimer = setTimeout(() => this.drainFanOut(), 0)
   }
 
-  private deliverTo(userId: string, event: ConversationEvent) {
+  private deliverTo(userId: string, meta: DeliveredEvent, frame: string) {
     this.hub(userId)
-      .deliver(userId, event)
+      .deliver(userId, meta, frame)
       // A hub answers with its devices' newest confirmation: in a busy chat, delivery receipts
       // ride on deliveries instead of calls of their own.
       .then((reply) => {

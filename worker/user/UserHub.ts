@@ -1,5 +1,5 @@
 import { DurableObject } from 'cloudflare:workers'
-import type { Ack, ConversationRoom, DeliveryReply, RoomResult } from '../conversation/ConversationRoom'
+import type { Ack, ConversationRoom, DeliveredEvent, DeliveryReply, RoomResult } from '../conversation/ConversationRoom'
 import { getConversationRoom, getUserHub } from '../durable-objects'
 import type { Env } from '../env'
 import { assertNever } from '../shared/assert'
@@ -230,10 +230,9 @@ export class UserHub extends DurableObject<Env> {
    * it (`origin`) has the ack: a text message it builds from its outbox, so that one is not echoed;
    * everything else it gets (media bodies the server filled in, edits, recalls, reactions).
    */
-  private show(event: ConversationEvent, origin: WebSocket | null, userId: string) {
+  private show(event: ConversationEvent, origin: WebSocket | null, userId: string, frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage)) {
     const pushable = event.type === 'message' && event.senderId !== userId
     const originNeedsIt = !(event.type === 'message' && event.body?.kind === 'text')
-    const frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage)
     const now = this.now()
     for (const ws of this.openSockets()) {
       if (ws === origin) {
@@ -248,15 +247,16 @@ export class UserHub extends DurableObject<Env> {
 
   /**
    * Fan-out entry point. Connected devices get the event at once; with none connected, a message
-   * from someone else goes to the push queue (coalesced per conversation).
+   * from someone else goes to the push queue (coalesced per conversation). `frame` is the event
+   * frame the room serialised once for every member.
    */
-  async deliver(userId: string, event: ConversationEvent): Promise<DeliveryReply> {
+  async deliver(userId: string, event: DeliveredEvent, frame: string): Promise<DeliveryReply> {
     this.rememberUser(userId)
     if (this.openSockets().length === 0) {
       if (event.type === 'message' && event.senderId !== userId) this.requestPush(event.conversationId, event.seq)
       return null
     }
-    this.show(event, null, userId)
+    this.show(event as ConversationEvent, null, userId, frame)
     // A waiting delivery confirmation for this conversation goes back with the answer (a read
     // waits for its own report: the user's other devices hear of it from that one).
     const report = this.reports.get(event.conversationId)
