@@ -5,6 +5,7 @@ import { HTTPException } from 'hono/http-exception'
 import type { ContentfulStatusCode } from 'hono/utils/http-status'
 import type { ZodType } from 'zod'
 import { ErrorCode, type ErrorBody } from './shared/errors'
+import { sessionActive } from './auth/session-check'
 import { verifyAccessToken } from './auth/tokens'
 import type { AppEnv, AuthContext } from './env'
 
@@ -49,15 +50,17 @@ export function validate<T extends ZodType, Target extends keyof ValidationTarge
   })
 }
 
+/** A valid access token of a session that has not been revoked, or null. */
 export async function getAuth(c: Context<AppEnv>): Promise<AuthContext | null> {
   const header = c.req.header('authorization')
   const match = header?.match(/^Bearer (.+)$/)
-  return match ? verifyAccessToken(c.env, match[1]!) : null
+  const auth = match ? await verifyAccessToken(c.env, match[1]!) : null
+  return auth && (await sessionActive(c.env, auth)) ? auth : null
 }
 
 export const requireAuth = createMiddleware<AppEnv>(async (c, next) => {
   const auth = await getAuth(c)
-  if (!auth) fail(401, ErrorCode.UNAUTHORIZED, 'missing or invalid access token')
+  if (!auth) fail(401, ErrorCode.UNAUTHORIZED, 'missing or invalid access token, or the session was signed out')
   c.set('auth', auth)
   await next()
 })

@@ -5,6 +5,8 @@ import type { Env } from '../env'
 import { fail } from '../http'
 import { newId, sha256 } from '../ids'
 import { ErrorCode } from '../shared/errors'
+import { getUserHub } from '../durable-objects'
+import { rememberRevoked } from './session-check'
 import type { AuthResult, PublicUser } from '../shared/protocol'
 import { ACCESS_TOKEN_TTL_S, REFRESH_TOKEN_TTL_MS, newRefreshToken, signAccessToken } from './tokens'
 
@@ -50,19 +52,16 @@ export async function rotateRefreshToken(env: Env, db: Db, presented: string): P
         .run()
     : null
   if (!claimed || claimed.meta.changes !== 1) {
-    await revokeSession(db, row.session.id)
+    await revokeSession(env, db, row.user.id, row.session.id)
     fail(401, ErrorCode.TOKEN_REUSED, 'refresh token was already used; the session is revoked')
   }
   await db.update(sessions).set({ lastSeenAt: Date.now() }).where(eq(sessions.id, row.session.id))
   return issueTokens(env, db, row.user, row.session.id)
 }
 
-export async function revokeSession(db: Db, sessionId: string): Promise<void> {
+/** Signs a session out everywhere: its tokens stop at the next request and its sockets close now. */
+export async function revokeSession(env: Env, db: Db, userId: string, sessionId: string): Promise<void> {
   await db.update(sessions).set({ revokedAt: Date.now() }).where(and(eq(sessions.id, sessionId), isNull(sessions.revokedAt)))
-}
-
-export async function isSessionActive(db: Db, sessionId: string, userId: string): Promise<boolean> {
-  const s = await db.select({ revokedAt: sessions.revokedAt }).from(sessions)
-    .where(and(eq(sessions.id, sessionId), eq(sessions.userId, userId))).get()
-  return !!s && s.revokedAt === null
+  rememberRevoked(sessionId)
+  await getUserHub(env, userId).closeSession(sessionId)
 }

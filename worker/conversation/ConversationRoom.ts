@@ -73,6 +73,7 @@ const FLUSH_RETRY_MS = 10_000
 /** Receipts for one member's devices gather this long, so a group's confirmations are one call per member, not one per reader. */
 const RECEIPT_BATCH_MS = 50
 const TYPING_MIN_INTERVAL_MS = 1_000
+const RANK: Record<Role, number> = { owner: 2, admin: 1, member: 0 }
 /** How many of the newest events' senders the room keeps in memory for receipts. */
 const RECENT_EVENTS = 256
 /** Deliveries issued per turn when a big group fans out. */
@@ -170,9 +171,12 @@ export class ConversationRoom extends DurableObject<Env> {
     const [conv, people, blockRows] = await this.env.DB.batch<{ kind?: string; user_id?: string; role?: Role; joined_seq?: number; n?: number }>([
       this.env.DB.prepare('SELECT kind FROM conversations WHERE id = ?').bind(conversationId),
       this.env.DB.prepare('SELECT user_id, role, joined_seq FROM members WHERE conversation_id = ?').bind(conversationId),
+      // A direct chat takes writes between friends only, and not across a block (see social/direct-room.ts).
       this.env.DB.prepare(
-        `SELECT count(*) AS n FROM blocks WHERE blocker_id IN (SELECT user_id FROM members WHERE conversation_id = ?1)
-           AND blocked_id IN (SELECT user_id FROM members WHERE conversation_id = ?1)`,
+        `SELECT (SELECT count(*) FROM blocks WHERE blocker_id IN (SELECT user_id FROM members WHERE conversation_id = ?1)
+           AND blocked_id IN (SELECT user_id FROM members WHERE conversation_id = ?1))
+         + (SELECT CASE WHEN count(*) = 2 THEN 0 ELSE 1 END FROM friendships WHERE user_id IN (SELECT user_id FROM members WHERE conversation_id = ?1)
+           AND friend_id IN (SELECT user_id FROM members WHERE conversation_id = ?1)) AS n`,
       ).bind(conversationId),
     ])
     const kind = conv!.results[0]?.kind
@@ -252,7 +256,7 @@ export class ConversationRoom extends DurableObject<Env> {
     if (!auth.ok) return auth
     const dup = this.findBySender(userId, clientMsgId)
     if (dup) return { ok: 'dup', ack: dup }
-    if (this.blocked) return fail(ErrorCode.FORBIDDEN, 'you cannot message this person')
+    if (this.blocked) return fail(ErrorCode.FORBIDDEN, 'you can message this person only while you are friends and neither has blocked the other')
     if (!this.limiter.take(userId, this.now())) return fail(ErrorCode.RATE_LIMITED, 'slow down: too many messages')
     return auth
   }
@@ -262,6 +266,13 @@ export class ConversationRoom extends DurableObject<Env> {
       .exec<{ seq: number; created_at: number }>('SELECT seq, created_at FROM events WHERE sender_id = ? AND client_msg_id = ?', senderId, clientMsgId)
       .toArray()[0]
     return row ? { conversationId: this.conversationId!, clientMsgId, seq: row.seq, serverTs: row.created_at, duplicate: true } : null
+  }
+
+  /** A message the member may see: sent at or after their joining point, as history and sync hold them to. */
+  private visibleMessage(member: Member, seq: number): EventRow | undefined {
+    if (seq < member.joinedSeq) return undefined
+    const row = this.eventRow(seq)
+    return row?.type === 'message' ? row : undefined
   }
 
   private eventRow(seq: number): EventRow | undefined {
@@ -342,11 +353,13 @@ export class ConversationRoom extends DurableObject<Env> {
    */
   private async claimMedia(conversationId: string, senderId: string, body: MediaBody): Promise<RoomResult<MediaBody>> {
     const ids = mediaIdsOf(body)
+    // min_seq: the message will get a seq after everything the log holds now, so members who
+    // join later are never let in; D1's copy of the message sets the exact seq.
     const claim = this.env.DB.prepare(
-      `UPDATE media SET conversation_id = ?1 WHERE id = ?2 AND owner_id = ?3 AND status = 'ready' AND (conversation_id IS NULL OR conversation_id = ?1)`,
+      `UPDATE media SET conversation_id = ?1, min_seq = coalesce(min_seq, ?4) WHERE id = ?2 AND owner_id = ?3 AND status = 'ready' AND (conversation_id IS NULL OR conversation_id = ?1)`,
     )
     const results = await this.env.DB.batch<{ id: string; kind: string; mime: string; size: number; duration_ms: number | null; width: number | null; height: number | null; conversation_id: string | null; owner_id: string; status: string }>([
-      ...ids.map((id) => claim.bind(conversationId, id, senderId)),
+      ...ids.map((id) => claim.bind(conversationId, id, senderId, this.lastSeq + 1)),
       this.env.DB.prepare(`SELECT * FROM media WHERE id IN (${ids.map(() => '?').join(', ')})`).bind(...ids),
     ])
     const rows = new Map(results[results.length - 1]!.results.map((r) => [r.id, r]))
@@ -370,9 +383,9 @@ export class ConversationRoom extends DurableObject<Env> {
 
   /** A reaction is an event of its own; clients fold it into the message it points at. */
   async react(conversationId: string, userId: string, clientMsgId: string, targetSeq: number, emoji: string, on: boolean, origin: WriteOrigin = 'http'): Promise<RoomResult<Ack>> {
-    return this.write(conversationId, userId, clientMsgId, 'member', () => {
-      const target = this.eventRow(targetSeq)
-      if (!target || target.type !== 'message' || target.recalled_by !== null) return fail(ErrorCode.NOT_FOUND, 'no such message')
+    return this.write(conversationId, userId, clientMsgId, 'member', (member) => {
+      const target = this.visibleMessage(member, targetSeq)
+      if (!target || target.recalled_by !== null) return fail(ErrorCode.NOT_FOUND, 'no such message')
       return ok(this.commit({ type: 'reaction', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: this.now(), targetSeq, emoji, on }, undefined, [], origin))
     })
   }
@@ -380,9 +393,9 @@ export class ConversationRoom extends DurableObject<Env> {
   async edit(conversationId: string, userId: string, clientMsgId: string, targetSeq: number, body: unknown, origin: WriteOrigin = 'http'): Promise<RoomResult<Ack>> {
     const parsed = TextBody.safeParse(body)
     if (!parsed.success) return fail(ErrorCode.BAD_REQUEST, parsed.error.issues[0]?.message ?? 'invalid body')
-    return this.write(conversationId, userId, clientMsgId, 'member', () => {
-      const target = this.eventRow(targetSeq)
-      if (!target || target.type !== 'message') return fail(ErrorCode.NOT_FOUND, 'no such message')
+    return this.write(conversationId, userId, clientMsgId, 'member', (member) => {
+      const target = this.visibleMessage(member, targetSeq)
+      if (!target) return fail(ErrorCode.NOT_FOUND, 'no such message')
       if (target.sender_id !== userId) return fail(ErrorCode.NOT_ALLOWED, 'only the sender can edit a message')
       if (target.recalled_by !== null) return fail(ErrorCode.NOT_ALLOWED, 'the message was recalled')
       if (target.kind !== 'text') return fail(ErrorCode.NOT_ALLOWED, 'only text messages can be edited')
@@ -401,13 +414,17 @@ export class ConversationRoom extends DurableObject<Env> {
   /** Erases a message's content from the log (and so from D1 and every device): the sender within the window, or a group admin. */
   async recall(conversationId: string, userId: string, clientMsgId: string, targetSeq: number, origin: WriteOrigin = 'http'): Promise<RoomResult<Ack>> {
     return this.write(conversationId, userId, clientMsgId, 'member', (member) => {
-      const target = this.eventRow(targetSeq)
-      if (!target || target.type !== 'message') return fail(ErrorCode.NOT_FOUND, 'no such message')
+      const target = this.visibleMessage(member, targetSeq)
+      if (!target) return fail(ErrorCode.NOT_FOUND, 'no such message')
       if (target.recalled_by !== null) return fail(ErrorCode.NOT_ALLOWED, 'the message was already recalled')
       const now = this.now()
       const isSender = target.sender_id === userId
       const isModerator = this.kind === 'group' && (member.role === 'owner' || member.role === 'admin')
       if (!isSender && !isModerator) return fail(ErrorCode.NOT_ALLOWED, 'only the sender or a group admin can recall a message')
+      // Moderation goes down the ranks: an admin removes members' messages, only the owner an admin's, nobody the owner's.
+      if (!isSender && RANK[member.role] <= RANK[this.members.get(target.sender_id)?.role ?? 'member']) {
+        return fail(ErrorCode.NOT_ALLOWED, 'admins can remove messages of members, and only the owner those of admins')
+      }
       if (isSender && !isModerator && now - target.created_at > RECALL_WINDOW_MS) {
         return fail(ErrorCode.TOO_LATE, `messages can be recalled for ${RECALL_WINDOW_MS / 1000} seconds`)
       }
@@ -832,6 +849,10 @@ export class ConversationRoom extends DurableObject<Env> {
 
   /** D1's copy of membership and title follows the room's current state, so replays converge. */
   private mirrorStatements(conversationId: string, r: EventRow): D1PreparedStatement[] {
+    if (r.type === 'message' && r.body && r.kind !== 'text') {
+      const ids = mediaIdsOf(JSON.parse(r.body) as MessageBody)
+      return ids.map((id) => this.env.DB.prepare('UPDATE media SET seq = ? WHERE id = ? AND conversation_id = ?').bind(r.seq, id, conversationId))
+    }
     if (r.type === 'renamed') {
       const { title } = JSON.parse(r.body!) as { title: string }
       return [this.env.DB.prepare('UPDATE conversations SET title = ? WHERE id = ?').bind(title, conversationId)]

@@ -208,6 +208,10 @@ export const media = sqliteTable(
     width: integer('width'),
     height: integer('height'),
     conversationId: text('conversation_id').references(() => conversations.id),
+    /** The seq of the message that carries it (set when D1 gets that message). */
+    seq: integer('seq'),
+    /** A lower bound on that seq, set when the message claims the upload: members who joined after it cannot read it. */
+    minSeq: integer('min_seq'),
     /** 'ready' until a recall purges the blob ('deleted'). */
     status: text('status', { enum: ['ready', 'deleted'] }).notNull().default('ready'),
     transcript: text('transcript'),

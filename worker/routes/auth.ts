@@ -4,13 +4,12 @@ import { DUMMY_HASH, hashPassword, verifyPassword } from '../auth/password'
 import { publicUser, revokeSession, rotateRefreshToken, startSession } from '../auth/sessions'
 import { getDb } from '../db/client'
 import { sessions, users } from '../db/schema'
-import { getUserHub } from '../durable-objects'
 import type { AppEnv } from '../env'
 import { fail, requireAuth, validate } from '../http'
 import { newId } from '../ids'
 import { ErrorCode } from '../shared/errors'
 import { profileOf } from '../social/policy'
-import { LoginBody, RefreshBody, RegisterBody, SettingsBody } from '../shared/protocol'
+import { LoginBody, ReauthBody, RefreshBody, RegisterBody, SettingsBody } from '../shared/protocol'
 
 function deviceFrom(name: string | undefined, userAgent: string | undefined): string {
   return name ?? (userAgent ? userAgent.slice(0, 64) : 'Unknown device')
@@ -47,8 +46,7 @@ export const authRoutes = new Hono<AppEnv>()
   })
   .post('/logout', requireAuth, async (c) => {
     const { userId, sessionId } = c.get('auth')
-    await revokeSession(getDb(c.env), sessionId)
-    await getUserHub(c.env, userId).closeSession(sessionId)
+    await revokeSession(c.env, getDb(c.env), userId, sessionId)
     return c.body(null, 204)
   })
   .get('/sessions', requireAuth, async (c) => {
@@ -66,9 +64,18 @@ export const authRoutes = new Hono<AppEnv>()
     const s = await db.select({ id: sessions.id }).from(sessions)
       .where(and(eq(sessions.id, c.req.param('id')), eq(sessions.userId, userId))).get()
     if (!s) fail(404, ErrorCode.NOT_FOUND, 'no such session')
-    await revokeSession(db, s.id)
-    await getUserHub(c.env, userId).closeSession(s.id)
+    await revokeSession(c.env, db, userId, s.id)
     return c.body(null, 204)
+  })
+  /** Signs out every other device; a stolen token alone cannot do it: the password is asked again. */
+  .post('/sessions/revoke-others', requireAuth, validate('json', ReauthBody), async (c) => {
+    const { userId, sessionId } = c.get('auth')
+    const db = getDb(c.env)
+    const user = await db.select().from(users).where(eq(users.id, userId)).get()
+    if (!user || !(await verifyPassword(c.req.valid('json').password, user.passwordHash))) fail(403, ErrorCode.INVALID_CREDENTIALS, 'wrong password')
+    const others = await db.select({ id: sessions.id }).from(sessions).where(and(eq(sessions.userId, userId), isNull(sessions.revokedAt)))
+    for (const s of others) if (s.id !== sessionId) await revokeSession(c.env, db, userId, s.id)
+    return c.json({ revoked: others.filter((s) => s.id !== sessionId).length })
   })
 
 export const meRoutes = new Hono<AppEnv>()

@@ -7,19 +7,11 @@ import type { AppEnv, Env } from '../env'
 import { fail, requireAuth, validate } from '../http'
 import { ErrorCode } from '../shared/errors'
 import { BlockBody } from '../shared/protocol'
-import { blockedEitherWay, profileOf } from '../social/policy'
+import { syncDirectRoom } from '../social/direct-room'
+import { profileOf } from '../social/policy'
 import { closeRequestsBetween, unfriend } from './friends'
 
-export function directKey(a: string, b: string) {
-  return [a, b].sort().join(':')
-}
-
-/** Tells the pair's direct room whether writes between them are allowed. */
-async function syncDirectRoom(env: Env, db: Db, a: string, b: string) {
-  const conv = await db.select({ id: conversations.id }).from(conversations).where(eq(conversations.directKey, directKey(a, b))).get()
-  if (!conv) return
-  await getConversationRoom(env, conv.id).setBlocked(conv.id, await blockedEitherWay(db, a, b))
-}
+export { directKey } from '../social/direct-room'
 
 export const blockRoutes = new Hono<AppEnv>()
   .use(requireAuth)

@@ -10,6 +10,7 @@ import { newId } from '../ids'
 import { ErrorCode } from '../shared/errors'
 import { FriendRequestBody, Id, type FriendRequest } from '../shared/protocol'
 import { pool } from '../pool'
+import { syncDirectRoom } from '../social/direct-room'
 import { areFriends, blockedEitherWay, profileOf } from '../social/policy'
 
 function notifyFriendsChanged(env: Env, ...userIds: string[]) {
@@ -81,6 +82,7 @@ export const friendRoutes = new Hono<AppEnv>()
     const db = getDb(c.env)
     if (!(await areFriends(db, userId, other))) fail(404, ErrorCode.NOT_FOUND, 'not a friend')
     await unfriend(db, userId, other)
+    await syncDirectRoom(c.env, db, userId, other)
     await notifyFriendsChanged(c.env, userId, other)
     return c.body(null, 204)
   })
@@ -122,6 +124,7 @@ export const friendRoutes = new Hono<AppEnv>()
       // They already asked: asking back is accepting.
       await befriend(db, userId, target.id)
       await closeRequestsBetween(db, userId, target.id, 'accepted')
+      await syncDirectRoom(c.env, db, userId, target.id)
       await notifyFriendsChanged(c.env, userId, target.id)
       return c.json({ status: 'accepted' as const }, 200)
     }
@@ -141,6 +144,7 @@ export const friendRoutes = new Hono<AppEnv>()
     if (await blockedEitherWay(db, req.fromId, req.toId)) fail(403, ErrorCode.FORBIDDEN, 'you cannot befriend this user')
     await befriend(db, req.fromId, req.toId)
     await closeRequestsBetween(db, req.fromId, req.toId, 'accepted')
+    await syncDirectRoom(c.env, db, req.fromId, req.toId)
     await notifyFriendsChanged(c.env, req.fromId, req.toId)
     return c.json({ status: 'accepted' as const })
   })

@@ -20,7 +20,8 @@ interface MediaRow {
 
 /**
  * The media row if this user may read it: its uploader, or a member of the conversation whose
- * message claimed it, on a session that is not revoked. Everyone else gets the same 404 as for a
+ * message claimed it who was there when it was sent (as history holds them to their joining
+ * point), on a session that is not revoked. Everyone else gets the same 404 as for a
  * missing id, so ids cannot be probed.
  */
 async function readable(c: Context<AppEnv>, userId: string, sessionId: string, rawId: string): Promise<MediaRow> {
@@ -30,7 +31,8 @@ async function readable(c: Context<AppEnv>, userId: string, sessionId: string, r
     `SELECT m.id, m.owner_id, m.kind, m.mime, m.size, m.name, m.transcript, m.created_at FROM media m
      WHERE m.id = ?1 AND m.status = 'ready'
        AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = ?3 AND s.user_id = ?2 AND s.revoked_at IS NULL)
-       AND (m.owner_id = ?2 OR EXISTS (SELECT 1 FROM members mem WHERE mem.conversation_id = m.conversation_id AND mem.user_id = ?2))`,
+       AND (m.owner_id = ?2 OR EXISTS (SELECT 1 FROM members mem WHERE mem.conversation_id = m.conversation_id AND mem.user_id = ?2
+             AND coalesce(m.seq, m.min_seq, 0) >= mem.joined_seq))`,
   )
     .bind(id.data, userId, sessionId)
     .first<MediaRow>()

@@ -1,7 +1,6 @@
 import { Hono } from 'hono'
-import { isSessionActive } from '../auth/sessions'
+import { sessionActive } from '../auth/session-check'
 import { signWsTicket, verifyWsTicket, WS_TICKET_TTL_S } from '../auth/tokens'
-import { getDb } from '../db/client'
 import { getUserHub } from '../durable-objects'
 import type { AppEnv, Env } from '../env'
 import { fail, requireAuth } from '../http'
@@ -19,7 +18,6 @@ function originAllowed(env: Env, request: Request): boolean {
 export const wsRoutes = new Hono<AppEnv>()
   .post('/ticket', requireAuth, async (c) => {
     const auth = c.get('auth')
-    if (!(await isSessionActive(getDb(c.env), auth.sessionId, auth.userId))) fail(401, ErrorCode.UNAUTHORIZED, 'session revoked')
     const { ticket } = await signWsTicket(c.env, auth)
     return c.json({ ticket, expiresIn: WS_TICKET_TTL_S })
   })
@@ -29,6 +27,8 @@ export const wsRoutes = new Hono<AppEnv>()
     const ticket = c.req.query('ticket')
     const claims = ticket ? await verifyWsTicket(c.env, ticket) : null
     if (!claims) fail(401, ErrorCode.UNAUTHORIZED, 'missing, invalid or expired ticket')
+    // A ticket issued just before its session was signed out must not open a socket after.
+    if (!(await sessionActive(c.env, claims))) fail(401, ErrorCode.UNAUTHORIZED, 'the session was signed out')
     const headers = new Headers(c.req.raw.headers)
     headers.set(UPGRADE_HEADERS.userId, claims.userId)
     headers.set(UPGRADE_HEADERS.sessionId, claims.sessionId)

@@ -218,6 +218,8 @@ export const LoginBody = z.object({
   deviceName: DeviceName.optional(),
 })
 export const RefreshBody = z.object({ refreshToken: z.string().min(20).max(200) })
+/** The password again, for what a stolen access token alone must not do. */
+export const ReauthBody = z.object({ password: z.string().min(1).max(256) })
 
 export const CreateConversationBody = z.object({ peerHandle: Handle })
 export const CreateGroupBody = z.object({
