@@ -54,7 +54,7 @@ async function countSyncs(root: number, fn: () => Promise<void>): Promise<number
 }
 
 async function main() {
-  const server = await startServer({ vars: { WRITE_RATE: '1000000/1000000' } })
+  const server = await startServer({ vars: { WRITE_RATE: '1000000/1000000', FRAME_RATE: '1000000/1000000' } })
   try {
     const base = server.url
     const tag = Date.now().toString(36)

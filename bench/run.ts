@@ -16,7 +16,7 @@ import type { Target, User } from './target'
 
 const QUICK = process.argv.includes('--quick')
 const listArg = (name: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1]?.split(',')
-/** `--only=latency,load,fanout,throughput,sync,idle,restart` runs a subset; `--systems=reference` one side. */
+/** `--only=latency,rest,load,fanout,throughput,sync,idle,restart` runs a subset; `--systems=reference` one side. */
 const ONLY = listArg('only')
 const SYSTEMS = listArg('systems')
 const ROOT = path.resolve(import.meta.dirname, '..')
@@ -251,6 +251,24 @@ async function latency(t: Target, users: User[]) {
   b.close()
 }
 
+/** What checking the session on every REST call costs: an authenticated read beside an open one. */
+async function restCalls(t: Target, users: User[]) {
+  if (!t.rest) return
+  const authed: number[] = []
+  const open: number[] = []
+  for (let i = 0; i < 50; i++) await Promise.all([t.rest.authed(users[0]!), t.rest.open()])
+  for (let i = 0; i < 300; i++) {
+    let t0 = performance.now()
+    await t.rest.open()
+    open.push(performance.now() - t0)
+    t0 = performance.now()
+    await t.rest.authed(users[0]!)
+    authed.push(performance.now() - t0)
+  }
+  record('REST p50, GET /api/health (no auth)', 'ms', 'lower', t.name, pct(open, 50))
+  record('REST p50, GET /api/me (token + session check + user row)', 'ms', 'lower', t.name, pct(authed, 50))
+}
+
 /** Open loop at a fixed total rate over many conversations; each keeps one write in flight, so queueing shows in latency. */
 async function underLoad(t: Target, users: User[]) {
   const n = SIZES.loadConversations
@@ -477,7 +495,7 @@ async function main() {
     console.warn('taskset is not available: generator and servers share cores')
   }
   const started = new Date()
-  const want: Record<string, number> = { latency: 2, load: SIZES.loadConversations * 2, fanout: Math.max(...SIZES.fanout), throughput: SIZES.loadConversations * 2, sync: 2, idle: SIZES.idle, restart: SIZES.restartClients }
+  const want: Record<string, number> = { latency: 2, rest: 1, load: SIZES.loadConversations * 2, fanout: Math.max(...SIZES.fanout), throughput: SIZES.loadConversations * 2, sync: 2, idle: SIZES.idle, restart: SIZES.restartClients }
   const needUsers = Math.max(...Object.entries(want).filter(([k]) => !ONLY || ONLY.includes(k)).map(([, n]) => n))
   const makers: [string, () => Promise<Target>][] = [
     ['echovalley', () => productTarget('wrangler')],
@@ -504,6 +522,7 @@ async function main() {
       console.log(`  (${((performance.now() - s0) / 1000).toFixed(1)} s)`)
       const scenarios: [string, () => Promise<void>][] = [
         ['latency', () => latency(t, users)],
+        ['rest', () => restCalls(t, users)],
         ['load', () => underLoad(t, users)],
         ...SIZES.fanout.map((size): [string, () => Promise<void>] => ['fanout', () => fanout(t, users, size)]),
         ['throughput', () => throughput(t, users)],

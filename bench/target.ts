@@ -15,6 +15,8 @@ export interface Target {
   connect(u: User): Promise<LoadClient>
   /** The server process (its descendants count too) for memory figures. */
   pid(): number
+  /** HTTP systems only: one authenticated REST read (token, session check, a row) and one unauthenticated. */
+  rest?: { authed(u: User): Promise<void>; open(): Promise<void> }
   /** kill -9 and start again on the same state. */
   restart(): Promise<void>
   stop(): Promise<void>

@@ -74,7 +74,9 @@ async function bareServer(kind: 'product' | 'floor', vars: Record<string, string
       CONVERSATION: { className: 'ConversationRoom', useSQLite: true },
       USER: { className: 'UserHub', useSQLite: true },
       UPLOAD: { className: 'UploadSession', useSQLite: true },
+      LOGIN_GUARD: { className: 'LoginGuard', useSQLite: true },
     },
+    ratelimits: { LOGIN_IP_LIMIT: { simple: { limit: 30, period: 60 } }, TICKET_LIMIT: { simple: { limit: 120, period: 60 } } },
     queueProducers: { PUSH_QUEUE: { queueName: 'echovalley-push' } },
     queueConsumers: {
       'echovalley-push': { maxBatchSize: 50, maxBatchTimeout: 1, maxRetries: 3, retryDelay: 1, deadLetterQueue: 'echovalley-push-dlq' },
@@ -139,6 +141,8 @@ export async function productTarget(runtime: Runtime): Promise<Target> {
   const vapid = generateVapidKeys()
   const server = await serverFor(runtime, 'product', {
     WRITE_RATE: '1000000/1000000',
+    FRAME_RATE: '1000000/1000000',
+    REGISTER_RATE: '1000000/1000000',
     GROUP_LIMIT: '1000',
     JWT_SECRET: 'bench-secret-that-is-long-enough-0123456789',
     VAPID_PUBLIC_KEY: vapid.publicKey,
@@ -181,6 +185,14 @@ export async function productTarget(runtime: Runtime): Promise<Target> {
     async connect(u) {
       const { ticket } = await json<{ ticket: string }>(`${server.url}/api/ws/ticket`, { method: 'POST', token: u.token })
       return BenchClient.open(`${server.url.replace(/^http/, 'ws')}/api/ws?ticket=${encodeURIComponent(ticket)}`, true)
+    },
+    rest: {
+      async authed(u) {
+        await json(`${server.url}/api/me`, { token: u.token })
+      },
+      async open() {
+        await json(`${server.url}/api/health`)
+      },
     },
     pid: () => server.pid(),
     async restart() {

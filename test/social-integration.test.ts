@@ -98,7 +98,7 @@ describe('friend requests', () => {
 })
 
 describe('blocking', () => {
-  it('ends the friendship, stops requests, messages, typing and presence, and unblocking restores writes', async ({ expect }) => {
+  it('ends the friendship, stops requests, messages, typing and presence; after an unblock writes need friendship again', async ({ expect }) => {
     const a = await register()
     const b = await register()
     const conv = await openChat(a, b)
@@ -122,6 +122,10 @@ describe('blocking', () => {
     expect(found.users).toEqual([])
 
     expect((await api(`/api/blocks/${b.user.id}`, { method: 'DELETE', token: a.accessToken })).status).toBe(204)
+    const early = textSend(conv.id, 'unblocked, not friends yet')
+    db.send(early)
+    expect(await db.next('error')).toMatchObject({ code: 'FORBIDDEN', ref: (early as { clientMsgId: string }).clientMsgId })
+    await befriend(a, b)
     expect((await db.sendAndAck(textSend(conv.id, 'hello again'))).seq).toBe(1)
     da.close()
     db.close()

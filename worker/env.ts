@@ -1,6 +1,7 @@
 import type { ConversationRoom } from './conversation/ConversationRoom'
 import type { QueueMessage } from './shared/jobs'
 import type { UploadSession } from './media/UploadSession'
+import type { LoginGuard } from './auth/LoginGuard'
 import type { UserHub } from './user/UserHub'
 
 export interface Env {
@@ -11,6 +12,11 @@ export interface Env {
   PUSH_QUEUE: Queue<QueueMessage>
   MEDIA: R2Bucket
   UPLOAD: DurableObjectNamespace<UploadSession>
+  LOGIN_GUARD: DurableObjectNamespace<LoginGuard>
+  /** Password tries per client address (Rate Limiting binding: fixed window per location). */
+  LOGIN_IP_LIMIT: RateLimit
+  /** Socket tickets per session. */
+  TICKET_LIMIT: RateLimit
   /** Workers AI, for speech to text in production (optional). */
   AI?: Ai
   /** Local transcriber service (scripts/transcriber.ts) when there is no AI binding. */
@@ -26,6 +32,10 @@ export interface Env {
   PUSH_RETRY_BASE_S?: string
   /** Per-member write limit in a conversation, "burst/perSecond" (default 30/10). */
   WRITE_RATE?: string
+  /** Sign-ups per client address, "burst/perHour" (default 10/20). */
+  REGISTER_RATE?: string
+  /** Frames per socket, "burst/perSecond" (default 200/50); benchmarks lift it. */
+  FRAME_RATE?: string
   /** Benchmarks only: a group ceiling above the product's 50. */
   GROUP_LIMIT?: string
 }

@@ -9,8 +9,14 @@ import { sessionActive } from './auth/session-check'
 import { verifyAccessToken } from './auth/tokens'
 import type { AppEnv, AuthContext } from './env'
 
-export function fail(status: ContentfulStatusCode, code: ErrorCode, message: string): never {
-  throw new HTTPException(status, { message, cause: { code } })
+/** Throws the one error shape; `retryAfterS` adds a Retry-After header (429s). */
+export function fail(status: ContentfulStatusCode, code: ErrorCode, message: string, retryAfterS?: number): never {
+  throw new HTTPException(status, { message, cause: { code, retryAfterS } })
+}
+
+/** The client's address: Cloudflare's CF-Connecting-IP in production; locally the peer, which Miniflare puts there. */
+export function clientAddress(c: Context<AppEnv>): string {
+  return c.req.header('cf-connecting-ip') ?? 'unknown'
 }
 
 const codeForStatus: Partial<Record<number, ErrorCode>> = {
@@ -30,8 +36,9 @@ export function errorBody(code: ErrorCode, message: string): ErrorBody {
 /** The single place errors become responses; unknown errors never leak details. */
 export function renderError(err: Error, c: Context<AppEnv>) {
   if (err instanceof HTTPException) {
-    const cause = err.cause as { code?: ErrorCode } | undefined
+    const cause = err.cause as { code?: ErrorCode; retryAfterS?: number } | undefined
     const code = cause?.code ?? codeForStatus[err.status] ?? ErrorCode.BAD_REQUEST
+    if (cause?.retryAfterS !== undefined) c.header('Retry-After', String(Math.max(1, Math.ceil(cause.retryAfterS))))
     return c.json(errorBody(code, err.message || code), err.status)
   }
   console.error('unhandled error', err)

@@ -5,6 +5,7 @@ import { handleQueue } from './push/queue'
 export { ConversationRoom } from './conversation/ConversationRoom'
 export { UserHub } from './user/UserHub'
 export { UploadSession } from './media/UploadSession'
+export { LoginGuard } from './auth/LoginGuard'
 
 export default {
   fetch: app.fetch,

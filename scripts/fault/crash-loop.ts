@@ -20,7 +20,7 @@ export async function crashLoop(opts: { cycles: number; clients: number; log?: (
   const log = opts.log ?? (() => undefined)
   const started = Date.now()
   // Clients send as fast as acks allow; lift the per-member limit so the run measures durability.
-  const server = await startServer({ vars: { WRITE_RATE: '100000/100000' } })
+  const server = await startServer({ vars: { WRITE_RATE: '100000/100000', FRAME_RATE: '100000/100000' } })
   const clients: FaultClient[] = []
   let stopWriting: () => Promise<void> = async () => {}
   const restarts: number[] = []

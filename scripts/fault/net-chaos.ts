@@ -93,7 +93,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 export async function netChaos(opts: { rounds: number; clients: number; log?: (s: string) => void }): Promise<NetChaosResult> {
   const log = opts.log ?? (() => undefined)
   const started = Date.now()
-  const server = await startServer({ vars: { WRITE_RATE: '100000/100000' } })
+  const server = await startServer({ vars: { WRITE_RATE: '100000/100000', FRAME_RATE: '100000/100000' } })
   const proxy = new ChaosProxy(server.port)
   const viaProxy = `http://127.0.0.1:${await proxy.listen()}`
   const clients: FaultClient[] = []

@@ -57,7 +57,7 @@ describe('frame order', () => {
 describe('pipelined sends against the product', () => {
   let server: LocalServer
   beforeAll(async () => {
-    server = await startServer({ vars: { WRITE_RATE: '100000/100000' } })
+    server = await startServer({ vars: { WRITE_RATE: '100000/100000', FRAME_RATE: '100000/100000' } })
   })
   afterAll(async () => {
     await server?.stop()

@@ -1,6 +1,6 @@
 import type { ErrorBody, ErrorCode } from '../../worker/shared/errors'
 import type { AuthResult } from '../../worker/shared/protocol'
-import { localizeError } from './i18n.svelte'
+import { localizeError, t } from './i18n.svelte'
 
 /** Every failed call surfaces as this, with the server's code and message. */
 export class ApiError extends Error {
@@ -8,8 +8,10 @@ export class ApiError extends Error {
     readonly status: number,
     readonly code: ErrorCode | 'NETWORK',
     message: string,
+    /** From Retry-After on a 429: how long the server asks to wait. */
+    readonly retryAfterS: number | null = null,
   ) {
-    super(localizeError(code, message))
+    super(code === 'RATE_LIMITED' && retryAfterS ? t('error.tooManyAttempts', { s: retryAfterS }) : localizeError(code, message))
   }
 }
 
@@ -71,7 +73,8 @@ export async function api<T>(path: string, init: { method?: string; body?: unkno
   const data = text ? JSON.parse(text) : undefined
   if (!res.ok) {
     const err = (data as ErrorBody | undefined)?.error
-    throw new ApiError(res.status, err?.code ?? 'INTERNAL', err?.message ?? `request failed (${res.status})`)
+    const retryAfter = Number(res.headers.get('retry-after'))
+    throw new ApiError(res.status, err?.code ?? 'INTERNAL', err?.message ?? `request failed (${res.status})`, Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter : null)
   }
   return data as T
 }
@@ -79,7 +82,7 @@ export async function api<T>(path: string, init: { method?: string; body?: unkno
 export const authApi = {
   register: (body: { handle: string; password: string; displayName: string; deviceName?: string }) =>
     api<AuthResult>('/api/auth/register', { body, auth: false }),
-  login: (body: { handle: string; password: string; deviceName?: string }) => api<AuthResult>('/api/auth/login', { body, auth: false }),
+  login: (body: { handle: string; password: string; deviceName?: string; deviceToken?: string }) => api<AuthResult>('/api/auth/login', { body, auth: false }),
   refresh: (refreshToken: string) => api<AuthResult>('/api/auth/refresh', { body: { refreshToken }, auth: false }),
   logout: () => api<void>('/api/auth/logout', { method: 'POST' }),
 }

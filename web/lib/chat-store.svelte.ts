@@ -95,7 +95,7 @@ export class ChatStore {
 
   constructor(
     readonly userId: string,
-    private readonly hooks: { presence?: (userId: string, p: Presence) => void; friendsChanged?: () => void } = {},
+    private readonly hooks: { presence?: (userId: string, p: Presence) => void; friendsChanged?: () => void; isBlocked?: (userId: string) => boolean } = {},
   ) {
     this.#cache = new ChatCache(userId)
     this.#socket = new ChatSocket(
@@ -577,7 +577,7 @@ export class ChatStore {
         for (const r of msg.receipts) this.#receipt(msg.conversationId, r)
         return
       case 'typing':
-        this.#state(msg.conversationId).typing.set(msg.userId, Date.now() + TYPING_TTL_MS)
+        if (!this.hooks.isBlocked?.(msg.userId)) this.#state(msg.conversationId).typing.set(msg.userId, Date.now() + TYPING_TTL_MS)
         return
       case 'presence':
         this.hooks.presence?.(msg.userId, { online: msg.online, lastSeenAt: msg.lastSeenAt })
@@ -589,6 +589,13 @@ export class ChatStore {
         void this.refreshConversations()
         return
       case 'error': {
+        // The hub drops frames over a socket's budget; a dropped sync is asked again after a pause.
+        if (msg.code === 'RATE_LIMITED' && !msg.ref) {
+          setTimeout(() => {
+            for (const [id, s] of this.#byId) if (s.loaded) this.#sync(id)
+          }, RATE_LIMIT_BACKOFF_MS)
+          return
+        }
         if (!msg.ref) return
         const item = this.#outbox.find((o) => o.clientMsgId === msg.ref)
         if (!item) {
@@ -626,6 +633,8 @@ export class ChatStore {
   #bump(e: MessageEvent) {
     const c = this.conversation(e.conversationId)
     if (!c) return
+    // Someone the user blocked can still write in a shared group: it counts for nothing and moves nothing.
+    if (this.hooks.isBlocked?.(e.senderId)) return
     const unread = e.senderId !== this.userId && e.conversationId !== this.#activeId ? c.unread + 1 : c.unread
     const text = bodyText(e.body) ?? t('msg.recalled')
     const updated = { ...c, unread, lastSeq: e.seq, lastActivityAt: e.serverTs, preview: { senderId: e.senderId, text, serverTs: e.serverTs } }

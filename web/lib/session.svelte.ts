@@ -59,6 +59,25 @@ async function withRefreshLock(fn: () => Promise<string | null>): Promise<string
 }
 
 /** The signed-in user and their tokens, kept in localStorage so a reload stays signed in. */
+const DEVICES_KEY = 'echovalley.devices'
+
+/**
+ * This browser's device tokens, by handle: a sign-in that presents one is counted apart from
+ * strangers guessing the handle, so an attack on the account does not lock its owner out.
+ */
+function knownDevices(): Record<string, string> {
+  try {
+    return JSON.parse(localStorage.getItem(DEVICES_KEY) ?? '{}') as Record<string, string>
+  } catch {
+    return {}
+  }
+}
+
+function rememberDevice(result: AuthResult) {
+  if (!result.deviceToken) return
+  localStorage.setItem(DEVICES_KEY, JSON.stringify({ ...knownDevices(), [result.user.handle]: result.deviceToken }))
+}
+
 export class Session {
   #stored = $state<Stored | null>(null)
   #refreshing: Promise<string | null> | null = null
@@ -90,11 +109,15 @@ export class Session {
   }
 
   async register(handle: string, password: string, displayName: string) {
-    await this.#save(await authApi.register({ handle, password, displayName, deviceName: deviceName() }))
+    const result = await authApi.register({ handle, password, displayName, deviceName: deviceName() })
+    rememberDevice(result)
+    await this.#save(result)
   }
 
   async login(handle: string, password: string) {
-    await this.#save(await authApi.login({ handle, password, deviceName: deviceName() }))
+    const result = await authApi.login({ handle, password, deviceName: deviceName(), deviceToken: knownDevices()[handle] })
+    rememberDevice(result)
+    await this.#save(result)
   }
 
   /**

@@ -37,12 +37,14 @@ async function deliverPush(env: Env, job: PushJob): Promise<boolean> {
   const event = found.value.event
   if (event.type !== 'message' || event.body === null || event.senderId === job.userId) return true
 
-  const [subs, people] = await env.DB.batch<Record<string, unknown>>([
+  const [subs, people, blocked] = await env.DB.batch<Record<string, unknown>>([
     env.DB.prepare('SELECT endpoint, p256dh, auth FROM push_subscriptions WHERE user_id = ?').bind(job.userId),
     env.DB.prepare('SELECT id, display_name, push_previews FROM users WHERE id IN (?, ?)').bind(job.userId, event.senderId),
+    env.DB.prepare('SELECT 1 FROM blocks WHERE blocker_id = ? AND blocked_id = ?').bind(job.userId, event.senderId),
   ])
   const subscriptions = subs!.results as unknown as SubscriptionRow[]
-  if (subscriptions.length === 0) return true
+  // Someone the recipient blocked still writes in a group they share: no notification for it.
+  if (subscriptions.length === 0 || blocked!.results.length > 0) return true
   const users = people!.results as { id: string; display_name: string; push_previews: number }[]
   const recipient = users.find((u) => u.id === job.userId)
   const sender = users.find((u) => u.id === event.senderId)?.display_name ?? null

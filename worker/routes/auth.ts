@@ -5,8 +5,11 @@ import { publicUser, revokeSession, rotateRefreshToken, startSession } from '../
 import { getDb } from '../db/client'
 import { sessions, users } from '../db/schema'
 import type { AppEnv } from '../env'
-import { fail, requireAuth, validate } from '../http'
-import { newId } from '../ids'
+import { clientAddress, fail, requireAuth, validate } from '../http'
+import { newId, sha256 } from '../ids'
+import { newRefreshToken } from '../auth/tokens'
+import type { Verdict } from '../auth/login-limits'
+import type { Env } from '../env'
 import { ErrorCode } from '../shared/errors'
 import { profileOf } from '../social/policy'
 import { LoginBody, ReauthBody, RefreshBody, RegisterBody, SettingsBody } from '../shared/protocol'
@@ -15,10 +18,31 @@ function deviceFrom(name: string | undefined, userAgent: string | undefined): st
   return name ?? (userAgent ? userAgent.slice(0, 64) : 'Unknown device')
 }
 
+/** Sign-ups per client address, "burst/perHour"; env REGISTER_RATE overrides it. */
+const DEFAULT_REGISTER_RATE = '10/20'
+function registerRate(env: Env): [number, number] {
+  const [burst, perHour] = (env.REGISTER_RATE ?? DEFAULT_REGISTER_RATE).split('/').map(Number)
+  return burst! > 0 && perHour! > 0 ? [burst!, perHour!] : [10, 20]
+}
+
+const loginGuard = (env: Env, key: string) => env.LOGIN_GUARD.get(env.LOGIN_GUARD.idFromName(key))
+
+function refuseFor(verdict: Verdict, message: string): void {
+  if (!verdict.allowed) fail(429, ErrorCode.RATE_LIMITED, message, verdict.retryAfterMs / 1000)
+}
+
+/** A token that marks this browser as one that signed in to this handle before (stored hashed by the guard). */
+async function knownDevice(env: Env, handle: string, presented: string | undefined): Promise<string> {
+  const token = presented ?? newRefreshToken()
+  await loginGuard(env, `handle:${handle}`).succeeded(await sha256(token))
+  return token
+}
+
 export const authRoutes = new Hono<AppEnv>()
   .post('/register', validate('json', RegisterBody), async (c) => {
     const body = c.req.valid('json')
     const db = getDb(c.env)
+    refuseFor(await loginGuard(c.env, `signup:${clientAddress(c)}`).takeSignup(...registerRate(c.env)), 'too many new accounts from this address; try again later')
     const taken = await db.select({ id: users.id }).from(users).where(eq(users.handle, body.handle)).get()
     if (taken) fail(409, ErrorCode.HANDLE_TAKEN, 'that handle is taken')
     const user = { id: newId(), handle: body.handle, displayName: body.displayName, passwordHash: await hashPassword(body.password), pushPreviews: true, statusLine: '', avatarKey: null, presenceVisibility: 'everyone' as const, lastSeenAt: null, createdAt: Date.now() }
@@ -30,15 +54,25 @@ export const authRoutes = new Hono<AppEnv>()
       throw err
     }
     const result = await startSession(c.env, db, user, deviceFrom(body.deviceName, c.req.header('user-agent')))
-    return c.json(result, 201)
+    return c.json({ ...result, deviceToken: await knownDevice(c.env, user.handle, undefined) }, 201)
   })
   .post('/login', validate('json', LoginBody), async (c) => {
     const body = c.req.valid('json')
+    // Counted before the password is hashed: a refused guess costs no PBKDF2.
+    const { success } = await c.env.LOGIN_IP_LIMIT.limit({ key: clientAddress(c) })
+    if (!success) fail(429, ErrorCode.RATE_LIMITED, 'too many sign-in attempts from this address; wait a minute', 60)
+    const guard = loginGuard(c.env, `handle:${body.handle}`)
+    const deviceHash = body.deviceToken ? await sha256(body.deviceToken) : null
+    refuseFor(await guard.check(deviceHash), 'too many wrong passwords for this account; wait before trying again')
     const db = getDb(c.env)
     const user = await db.select().from(users).where(eq(users.handle, body.handle)).get()
     const ok = await verifyPassword(body.password, user?.passwordHash ?? DUMMY_HASH)
-    if (!user || !ok) fail(401, ErrorCode.INVALID_CREDENTIALS, 'wrong handle or password')
-    return c.json(await startSession(c.env, db, user, deviceFrom(body.deviceName, c.req.header('user-agent'))))
+    if (!user || !ok) {
+      await guard.failed(deviceHash)
+      fail(401, ErrorCode.INVALID_CREDENTIALS, 'wrong handle or password')
+    }
+    const result = await startSession(c.env, db, user, deviceFrom(body.deviceName, c.req.header('user-agent')))
+    return c.json({ ...result, deviceToken: await knownDevice(c.env, user.handle, body.deviceToken) })
   })
   .post('/refresh', validate('json', RefreshBody), async (c) => {
     const { refreshToken } = c.req.valid('json')
@@ -72,7 +106,14 @@ export const authRoutes = new Hono<AppEnv>()
     const { userId, sessionId } = c.get('auth')
     const db = getDb(c.env)
     const user = await db.select().from(users).where(eq(users.id, userId)).get()
-    if (!user || !(await verifyPassword(c.req.valid('json').password, user.passwordHash))) fail(403, ErrorCode.INVALID_CREDENTIALS, 'wrong password')
+    if (!user) fail(404, ErrorCode.NOT_FOUND, 'user not found')
+    // The same counter as sign-in: a stolen session must not become a free password oracle.
+    const guard = loginGuard(c.env, `handle:${user.handle}`)
+    refuseFor(await guard.check(null), 'too many wrong passwords for this account; wait before trying again')
+    if (!(await verifyPassword(c.req.valid('json').password, user.passwordHash))) {
+      await guard.failed(null)
+      fail(403, ErrorCode.INVALID_CREDENTIALS, 'wrong password')
+    }
     const others = await db.select({ id: sessions.id }).from(sessions).where(and(eq(sessions.userId, userId), isNull(sessions.revokedAt)))
     for (const s of others) if (s.id !== sessionId) await revokeSession(c.env, db, userId, s.id)
     return c.json({ revoked: others.filter((s) => s.id !== sessionId).length })

@@ -48,9 +48,12 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
   const { results } = await env.DB.prepare(
     `SELECT c.id, c.kind, c.title, c.last_seq, c.last_activity_at,
        (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.seq > max(mem.read_seq, mem.joined_seq - 1)
-          AND m.type = 'message' AND m.sender_id != ?1 AND m.recalled_by IS NULL) AS unread,
+          AND m.type = 'message' AND m.sender_id != ?1 AND m.recalled_by IS NULL
+          AND m.sender_id NOT IN (SELECT blocked_id FROM blocks WHERE blocker_id = ?1)) AS unread,
        (SELECT json_object('senderId', p.sender_id, 'body', json(p.body), 'serverTs', p.created_at, 'recalled', p.recalled_by IS NOT NULL)
-          FROM messages p WHERE p.conversation_id = c.id AND p.type = 'message' AND p.seq >= mem.joined_seq ORDER BY p.seq DESC LIMIT 1) AS preview
+          FROM messages p WHERE p.conversation_id = c.id AND p.type = 'message' AND p.seq >= mem.joined_seq
+            AND p.sender_id NOT IN (SELECT blocked_id FROM blocks WHERE blocker_id = ?1)
+          ORDER BY p.seq DESC LIMIT 1) AS preview
      FROM members mem JOIN conversations c ON c.id = mem.conversation_id
      WHERE mem.user_id = ?1 AND (?2 IS NULL OR c.id = ?2)
      ORDER BY c.last_activity_at DESC LIMIT 200`,

@@ -18,6 +18,8 @@ function originAllowed(env: Env, request: Request): boolean {
 export const wsRoutes = new Hono<AppEnv>()
   .post('/ticket', requireAuth, async (c) => {
     const auth = c.get('auth')
+    const { success } = await c.env.TICKET_LIMIT.limit({ key: auth.sessionId })
+    if (!success) fail(429, ErrorCode.RATE_LIMITED, 'too many connection tickets for this device; wait a minute', 60)
     const { ticket } = await signWsTicket(c.env, auth)
     return c.json({ ticket, expiresIn: WS_TICKET_TTL_S })
   })

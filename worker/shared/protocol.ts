@@ -216,6 +216,8 @@ export const LoginBody = z.object({
   handle: Handle,
   password: z.string().min(1).max(256),
   deviceName: DeviceName.optional(),
+  /** From an earlier sign-in on this device: it is counted apart from strangers guessing the handle. */
+  deviceToken: z.string().min(20).max(200).optional(),
 })
 export const RefreshBody = z.object({ refreshToken: z.string().min(20).max(200) })
 /** The password again, for what a stolen access token alone must not do. */
@@ -301,6 +303,8 @@ export interface AuthResult {
   /** Seconds until accessToken expires. */
   expiresIn: number
   refreshToken: string
+  /** Marks this device as known to the account (register and login answer it; send it back with later logins). */
+  deviceToken?: string
 }
 export interface ConversationMember extends PublicUser {
   role: Role

@@ -33,6 +33,16 @@ const TICK_MS = 1_000
 const RECOVERY_ALARM_MS = 30_000
 /** Presence calls to friends' hubs in flight at once. */
 const PRESENCE_CONCURRENCY = 8
+/** Signed-in devices (sessions) with a socket open at once, and sockets per session (browser tabs). */
+export const MAX_DEVICES = 10
+export const MAX_SOCKETS_PER_DEVICE = 5
+/** Frames per socket, "burst/perSecond"; env FRAME_RATE overrides it. A sync costs SYNC_COST. */
+const DEFAULT_FRAME_RATE = '200/50'
+const SYNC_COST = 3
+/** A socket refused more than ABUSE_DROPS frames over at least ABUSE_MIN_MS (within a 10 s window) is closed: one burst is only trimmed. */
+const ABUSE_WINDOW_MS = 10_000
+const ABUSE_MIN_MS = 2_000
+const ABUSE_DROPS = 500
 
 type Room = DurableObjectStub<ConversationRoom>
 
@@ -108,6 +118,9 @@ export class UserHub extends DurableObject<Env> {
   /** Friends to tell when this user goes offline (online friends who said hello); mirrored in storage, since hibernation empties memory. */
   private watchers: Set<string> | null = null
   private visible: boolean | null = null
+  /** Frame budget per socket: a token bucket, and what it refused lately. */
+  private budgets = new WeakMap<WebSocket, { tokens: number; at: number; dropped: number; since: number; warnedAt: number }>()
+  private frameRate: [number, number]
   /** Injectable clock so retry timing is testable. */
   now: () => number = () => Date.now()
 
@@ -118,6 +131,42 @@ export class UserHub extends DurableObject<Env> {
     // Synchronous, and one read when the layout is current: a hub wakes for every message of a
     // big group its user is in, so waking must cost next to nothing.
     migrateHub(this.sql)
+    const [burst, perSecond] = (env.FRAME_RATE ?? DEFAULT_FRAME_RATE).split('/').map(Number)
+    this.frameRate = burst! > 0 && perSecond! > 0 ? [burst!, perSecond!] : [200, 50]
+  }
+
+  /**
+   * Spends `cost` of this socket's frame budget. Over budget, the frame is dropped with one
+   * RATE_LIMITED error a second; a socket that keeps going is closed, so one client cannot take the
+   * object (and everyone whose conversations it serves) for itself.
+   */
+  private spend(ws: WebSocket, cost: number, ref?: string, alwaysTell = false): boolean {
+    const now = Date.now()
+    const [burst, perSecond] = this.frameRate
+    let b = this.budgets.get(ws)
+    if (!b) this.budgets.set(ws, (b = { tokens: burst, at: now, dropped: 0, since: now, warnedAt: 0 }))
+    b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * perSecond)
+    b.at = now
+    if (b.tokens >= cost) {
+      b.tokens -= cost
+      return true
+    }
+    if (now - b.since > ABUSE_WINDOW_MS) {
+      b.since = now
+      b.dropped = 0
+    }
+    if (b.dropped === 0) b.since = now
+    if (++b.dropped > ABUSE_DROPS && now - b.since >= ABUSE_MIN_MS) {
+      ws.close(APP_CLOSE_CODE, ErrorCode.RATE_LIMITED)
+      return false
+    }
+    // One refusal a second is enough to slow a client down (its unanswered writes are retried); a
+    // refused sync is always told, since the client asks again only when it hears of it.
+    if (now - b.warnedAt >= 1000 || alwaysTell) {
+      b.warnedAt = now
+      send(ws, errorFrame(ErrorCode.RATE_LIMITED, 'too many frames: slow down', ref))
+    }
+    return false
   }
 
   private room(conversationId: string): Room {
@@ -144,7 +193,15 @@ export class UserHub extends DurableObject<Env> {
     this.sql.exec('INSERT INTO used_tickets (jti, exp) VALUES (?, ?)', jti, exp)
     this.rememberUser(userId)
 
-    const wasOffline = this.openSockets().length === 0
+    const open = this.openSockets()
+    const devices = new Set(open.map(sessionOf))
+    if (!devices.has(sessionId) && devices.size >= MAX_DEVICES) {
+      return Response.json({ error: { code: ErrorCode.RATE_LIMITED, message: `at most ${MAX_DEVICES} devices can be connected at once; sign one out` } }, { status: 429 })
+    }
+    if (open.filter((ws) => sessionOf(ws) === sessionId).length >= MAX_SOCKETS_PER_DEVICE) {
+      return Response.json({ error: { code: ErrorCode.RATE_LIMITED, message: `at most ${MAX_SOCKETS_PER_DEVICE} connections per device` } }, { status: 429 })
+    }
+    const wasOffline = open.length === 0
     const { 0: client, 1: server } = new WebSocketPair()
     this.ctx.acceptWebSocket(server, [sessionId])
     server.serializeAttachment({ userId, sessionId } satisfies DeviceAttachment)
@@ -155,23 +212,29 @@ export class UserHub extends DurableObject<Env> {
 
   override async webSocketMessage(ws: WebSocket, data: string | ArrayBuffer) {
     const device = ws.deserializeAttachment() as DeviceAttachment
-    if (typeof data !== 'string') return send(ws, errorFrame(ErrorCode.BAD_REQUEST, 'binary frames are not accepted here'))
-    if (data.length > MAX_FRAME_BYTES) return send(ws, errorFrame(ErrorCode.PAYLOAD_TOO_LARGE, `frames are limited to ${MAX_FRAME_BYTES} bytes`))
+    const refuse = (frame: ReturnType<typeof errorFrame>) => {
+      if (this.spend(ws, 1)) send(ws, frame)
+    }
+    if (typeof data !== 'string') return refuse(errorFrame(ErrorCode.BAD_REQUEST, 'binary frames are not accepted here'))
+    if (data.length > MAX_FRAME_BYTES) return refuse(errorFrame(ErrorCode.PAYLOAD_TOO_LARGE, `frames are limited to ${MAX_FRAME_BYTES} bytes`))
     let json: unknown
     try {
       json = JSON.parse(data)
     } catch {
-      return send(ws, errorFrame(ErrorCode.BAD_REQUEST, 'frame is not valid JSON'))
+      return refuse(errorFrame(ErrorCode.BAD_REQUEST, 'frame is not valid JSON'))
     }
     const parsed = ClientMessage.safeParse(json)
     if (!parsed.success) {
       const ref = (json as { clientMsgId?: unknown } | null)?.clientMsgId
       const issue = parsed.error.issues[0]
       const message = issue ? `${issue.path.join('.') || 'frame'}: ${issue.message}` : 'invalid frame'
-      return send(ws, errorFrame(ErrorCode.BAD_REQUEST, message, typeof ref === 'string' ? ref : undefined))
+      return refuse(errorFrame(ErrorCode.BAD_REQUEST, message, typeof ref === 'string' ? ref : undefined))
     }
+    const msg = parsed.data
+    // A sync answers with up to SYNC_PAGE_BYTES: it costs more of the budget than a send.
+    if (!this.spend(ws, msg.type === 'sync' ? SYNC_COST : 1, 'clientMsgId' in msg ? msg.clientMsgId : undefined, msg.type === 'sync')) return
     // No await before the room call: frames reach the room in the order they arrived here.
-    await this.handle(ws, device, parsed.data)
+    await this.handle(ws, device, msg)
   }
 
   private async handle(ws: WebSocket, device: DeviceAttachment, msg: ClientMessage) {
