@@ -88,3 +88,47 @@ describe('people, groups, unread, presence and search in the PWA', () => {
     await expect.poll(() => ann.getByTestId('message').filter({ hasText: 'hello?' }).getAttribute('data-state')).toBe('failed')
   })
 })
+
+describe('a block in a shared group', () => {
+  it('the blocker sees the blocked person’s messages collapsed, uncounted and unannounced; the others see them as ever', async ({ expect }) => {
+    const s = Date.now().toString(36)
+    const ann = await person(`ann2_${s}`, 'Ann')
+    const bo = await person(`bo2_${s}`, 'Bo')
+    const dee = await person(`dee2_${s}`, 'Dee')
+    await befriendInUi(ann, bo, `bo2_${s}`)
+    await befriendInUi(ann, dee, `dee2_${s}`)
+    await ann.getByTestId('new-group').click()
+    await ann.getByTestId('group-title').fill('Book swap')
+    await ann.getByTestId('group-member').nth(0).check()
+    await ann.getByTestId('group-member').nth(1).check()
+    await ann.getByTestId('group-create').click()
+    await conv(bo, 'Book swap').waitFor()
+    await conv(dee, 'Book swap').waitFor()
+
+    // Bo blocks Dee, who is not Bo's friend, from the group's member list.
+    await conv(bo, 'Book swap').click()
+    await bo.getByTestId('group-info-toggle').click()
+    bo.once('dialog', (d) => void d.accept())
+    await bo.getByTestId('group-member-row').filter({ hasText: 'Dee' }).getByTestId('block-member').click()
+    await bo.getByTestId('group-member-row').filter({ hasText: 'Dee' }).getByTestId('unblock-member').waitFor()
+    // Back to the list with no chat open, so a new message would count as unread.
+    await bo.goto(product.server.url)
+    await conv(bo, 'Book swap').waitFor()
+
+    await conv(dee, 'Book swap').click()
+    await say(dee, 'the butler did it')
+    await conv(ann, 'Book swap').click()
+    await ann.getByTestId('message').filter({ hasText: 'the butler did it' }).waitFor()
+    // Bo's list counts nothing and previews nothing from Dee.
+    await bo.waitForTimeout(1000)
+    expect(await conv(bo, 'Book swap').getByTestId('unread-badge').count()).toBe(0)
+    expect(await conv(bo, 'Book swap').textContent()).not.toContain('the butler did it')
+    // Opened, the message is collapsed until Bo asks to see it.
+    await conv(bo, 'Book swap').click()
+    const collapsed = bo.getByTestId('message-blocked')
+    await collapsed.waitFor()
+    expect(await bo.getByTestId('message').filter({ hasText: 'the butler did it' }).count()).toBe(0)
+    await bo.getByTestId('message').filter({ has: collapsed }).getByRole('button', { name: 'Show' }).click()
+    await bo.getByTestId('message').filter({ hasText: 'the butler did it' }).waitFor()
+  })
+})
