@@ -10,6 +10,8 @@ import { startServer } from '../test/e2e/server'
 import { BenchClient } from './client'
 
 const N = Number(process.argv.find((a) => a.startsWith('--messages='))?.split('=')[1] ?? 200)
+/** `--gap-ms=400`: a pause between messages, as in a conversation people type (each D1 tick then carries one). */
+const GAP_MS = Number(process.argv.find((a) => a.startsWith('--gap-ms='))?.split('=')[1] ?? 0)
 
 async function json<T>(url: string, body?: unknown, token?: string): Promise<T> {
   const res = await fetch(url, { method: body === undefined ? 'GET' : 'POST', headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) }, body: body === undefined ? undefined : JSON.stringify(body) })
@@ -89,11 +91,15 @@ async function main() {
       for (let i = 0; i < 10; i++) await clients[0]!.send(conv, `warm ${i}`)
       await new Promise((r) => setTimeout(r, 1500))
       const syncs = await countSyncs(server.pid(), async () => {
-        for (let i = 0; i < N; i++) await clients[0]!.send(conv, `count ${i}`)
+        for (let i = 0; i < N; i++) {
+          await clients[0]!.send(conv, `count ${i}`)
+          if (GAP_MS) await new Promise((r) => setTimeout(r, GAP_MS))
+        }
       })
       rows.push(`| ${name} | ${N} | ${syncs} | ${(syncs / N).toFixed(2)} |`)
     }
-    console.log(`\n| workload (sent one at a time, every recipient confirms and reads) | messages | disk syncs (commits) | per message |\n| --- | ---: | ---: | ---: |\n${rows.join('\n')}`)
+    const pace = GAP_MS ? `one every ${GAP_MS} ms` : 'one at a time'
+    console.log(`\n| workload (sent ${pace}, every recipient confirms and reads) | messages | disk syncs (commits) | per message |\n| --- | ---: | ---: | ---: |\n${rows.join('\n')}`)
     clients.forEach((c) => c.close())
   } finally {
     await server.stop()

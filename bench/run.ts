@@ -3,6 +3,7 @@
 // workerd through Miniflare, a Node reference server (ws + SQLite, bench/reference-server.ts) and
 // Prosody, the same workloads against each in one run. Prints a table and writes bench/results.md.
 //   npm run bench [-- --quick] [-- --only=latency,fanout] [-- --systems=echovalley,floor]
+//   BENCH_TP_S=40 lengthens the throughput runs (to take a CPU profile with BENCH_INSPECTOR).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -29,7 +30,7 @@ const SIZES = {
   loadConversations: 100,
   fanout: QUICK ? [10, 100] : [10, 100, 1000],
   fanoutSends: QUICK ? 10 : 30,
-  throughputSeconds: QUICK ? 3 : 5,
+  throughputSeconds: Number(process.env.BENCH_TP_S ?? (QUICK ? 3 : 5)),
   sync: QUICK ? [1000] : [1000, 10_000],
   restartClients: 100,
   idle: QUICK ? 300 : 1000,

@@ -96,7 +96,8 @@ describe('sending', () => {
     const room = getConversationRoom(env, conv.id)
     await runInDurableObject(room, async (instance, state) => {
       state.storage.sql.exec(`UPDATE meta SET value = '0' WHERE key = 'd1_seq'`)
-      ;(instance as unknown as { d1Seq: number }).d1Seq = 0
+      ;(instance as unknown as { d1Seq: number; d1SeqSaved: number }).d1Seq = 0
+      ;(instance as unknown as { d1SeqSaved: number }).d1SeqSaved = 0
       // The safety-net alarm armed with the first of those events is what replays them.
       await state.storage.setAlarm(Date.now())
     })

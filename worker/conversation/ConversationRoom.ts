@@ -102,6 +102,15 @@ export class ConversationRoom extends DurableObject<Env> {
   private lastSeq = 0
   /** Every event up to here is in D1. */
   private d1Seq = 0
+  /**
+   * The mark as storage holds it. A flush moves d1Seq without a commit of its own: the mark (and
+   * the cursors that moved) ride on the next event's commit or the alarm's, within 10 s. A crash
+   * before that only repeats upserts, which change nothing, and sends receipts again; at the pace
+   * people type it saves a commit per message.
+   */
+  private d1SeqSaved = 0
+  /** A version-1 room's cursors still owed to D1 (see room-schema.ts). */
+  private readPendingStored = false
   /** Members whose cursors moved since they were last written to this object's storage. */
   private cursorsDirty = new Set<string>()
   /** Members whose read cursor D1 has not caught up with (it feeds unread counts). */
@@ -150,6 +159,8 @@ export class ConversationRoom extends DurableObject<Env> {
     )
     this.lastSeq = this.sql.exec<{ s: number | null }>('SELECT max(seq) AS s FROM events').one().s ?? 0
     this.d1Seq = Math.min(this.lastSeq, Number(meta.get('d1_seq') ?? 0))
+    this.d1SeqSaved = this.d1Seq
+    this.readPendingStored = meta.has('d1_read_pending')
     for (const id of JSON.parse(meta.get('d1_read_pending') ?? '[]') as string[]) this.readDirty.add(id)
     if (this.pendingD1() > 0) this.scheduleFlush()
   }
@@ -287,6 +298,9 @@ export class ConversationRoom extends DurableObject<Env> {
    */
   private commit(event: ConversationEvent, mutate: () => number[] = () => [], alsoTell: string[] = [], origin: WriteOrigin = 'http'): Ack {
     const row = eventToRow(event)
+    // Sending implies having read everything before it: the sender's cursors and the D1 mark go
+    // into this commit, which is being written anyway.
+    const sender = this.members.get(event.senderId)
     this.ctx.storage.transactionSync(() => {
       this.sql.exec(
         `INSERT INTO events (${EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -295,17 +309,19 @@ export class ConversationRoom extends DurableObject<Env> {
       for (const seq of mutate()) {
         this.sql.exec('INSERT INTO d1_dirty (seq, gen) VALUES (?, ?) ON CONFLICT (seq) DO UPDATE SET gen = excluded.gen', seq, event.seq)
       }
+      if (sender) this.sql.exec('UPDATE members SET delivered_seq = max(delivered_seq, ?), read_seq = ? WHERE user_id = ?', event.seq, event.seq, event.senderId)
+      this.saveD1Mark()
+      this.persistCursors()
     })
     this.lastSeq = event.seq
     this.recent.push({ seq: event.seq, senderId: event.senderId, message: event.type === 'message' })
     if (this.recent.length > RECENT_EVENTS) this.recent.splice(0, this.recent.length - RECENT_EVENTS)
     if (event.type === 'member') this.reloadMembers()
-    // Sending implies having read everything before it; kept in memory, persisted with the tick.
-    const sender = this.members.get(event.senderId)
-    if (sender) {
-      sender.readSeq = event.seq
-      sender.deliveredSeq = Math.max(sender.deliveredSeq, event.seq)
-      this.cursorsDirty.add(event.senderId)
+    // Looked up again: someone who just left is no longer a member.
+    const writer = this.members.get(event.senderId)
+    if (writer) {
+      writer.readSeq = event.seq
+      writer.deliveredSeq = Math.max(writer.deliveredSeq, event.seq)
       this.readDirty.add(event.senderId)
     }
     this.armFlushAlarm()
@@ -574,7 +590,7 @@ export class ConversationRoom extends DurableObject<Env> {
 
   /**
    * Moves a member's cursors forward (never back), from their hub's batched confirmations. Nothing
-   * is written here: cursors are persisted with the tick. The members whose ticks change (senders
+   * is written here: cursors are persisted with the next event or the alarm. The members whose ticks change (senders
    * of the messages the move covers) hear of it; the caller's hub tells the member's own devices.
    */
   async moveCursors(conversationId: string, userId: string, delivered: number | null, read: number | null): Promise<RoomResult<{ receipt: Receipt; readMoved: boolean }>> {
@@ -594,6 +610,7 @@ export class ConversationRoom extends DurableObject<Env> {
     m.deliveredSeq = deliveredSeq
     this.cursorsDirty.add(userId)
     if (readSeq !== oldRead) this.readDirty.add(userId)
+    this.armFlushAlarm()
     this.scheduleFlush()
     const from = readSeq !== oldRead ? oldRead : oldDelivered
     for (const sender of this.sendersBetween(from, Math.max(readSeq, deliveredSeq))) if (sender !== userId) this.queueReceipt(sender, receipt)
@@ -803,10 +820,8 @@ export class ConversationRoom extends DurableObject<Env> {
         const m = this.members.get(id)
         return m ? [{ id, readSeq: m.readSeq }] : []
       })
-      if (rows.length === 0 && dirty.length === 0 && readers.length === 0) {
-        this.persistCursors()
-        return
-      }
+      // Cursors alone are no reason to commit: they ride on the next event's commit or the alarm's.
+      if (rows.length === 0 && dirty.length === 0 && readers.length === 0) return
       const upsert = this.env.DB.prepare(
         `INSERT INTO messages (conversation_id, ${EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (conversation_id, seq) DO UPDATE SET kind = excluded.kind, body = excluded.body,
@@ -825,17 +840,27 @@ export class ConversationRoom extends DurableObject<Env> {
         // After the membership mirror, so a new member's row exists for its cursor to land on.
         ...readers.map((r) => cursor.bind(r.readSeq, conversationId, r.id)),
       ])
-      const mark = newest?.seq ?? this.d1Seq
-      this.ctx.storage.transactionSync(() => {
-        this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('d1_seq', ?)`, String(mark))
-        // A row that changed again while D1 was written stays dirty.
-        for (const r of dirty) this.sql.exec('DELETE FROM d1_dirty WHERE seq = ? AND gen = ?', r.seq, r.gen)
-        this.sql.exec(`DELETE FROM meta WHERE key = 'd1_read_pending'`)
-        this.persistCursors()
-      })
-      this.d1Seq = mark
+      this.d1Seq = newest?.seq ?? this.d1Seq
+      // A commit of its own only when the dirty set must shrink; the mark and cursors can wait.
+      if (dirty.length > 0 || this.readPendingStored) {
+        this.ctx.storage.transactionSync(() => {
+          this.saveD1Mark()
+          // A row that changed again while D1 was written stays dirty.
+          for (const r of dirty) this.sql.exec('DELETE FROM d1_dirty WHERE seq = ? AND gen = ?', r.seq, r.gen)
+          if (this.readPendingStored) this.sql.exec(`DELETE FROM meta WHERE key = 'd1_read_pending'`)
+          this.persistCursors()
+        })
+        this.readPendingStored = false
+      }
       for (const r of readers) if (this.members.get(r.id)?.readSeq === r.readSeq) this.readDirty.delete(r.id)
     }
+  }
+
+  /** Writes the D1 mark when it moved; part of whatever commit is open. */
+  private saveD1Mark() {
+    if (this.d1Seq <= this.d1SeqSaved) return
+    this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('d1_seq', ?)`, String(this.d1Seq))
+    this.d1SeqSaved = this.d1Seq
   }
 
   /** Writes the cursors that moved since the last time; part of whatever commit is open. */
@@ -895,6 +920,11 @@ export class ConversationRoom extends DurableObject<Env> {
   override async alarm() {
     this.alarmAt = null
     await this.startFlush()
+    // A room that went quiet writes its mark and cursors here, so a wake after eviction repeats little.
+    this.ctx.storage.transactionSync(() => {
+      this.saveD1Mark()
+      this.persistCursors()
+    })
     const purges = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM media_purge').one().n
     if (this.pendingD1() > 0 || purges > 0) this.armFlushAlarm()
   }

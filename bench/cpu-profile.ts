@@ -1,0 +1,58 @@
+// A CPU profile of a bare system under load, from workerd's inspector over CDP:
+//   BENCH_TP_S=40 BENCH_INSPECTOR=9333 npx tsx bench/run.ts --systems=echovalley-bare --only=throughput &
+//   npx tsx bench/cpu-profile.ts 9333 25 /tmp/room.cpuprofile
+// Prints self time per function (native work inside a function, such as SQLite, counts as its own)
+// and writes the profile for Chrome DevTools.
+import { writeFileSync } from 'node:fs'
+import WebSocket from 'ws'
+
+interface ProfileNode {
+  id: number
+  callFrame: { functionName: string; url: string; lineNumber: number }
+}
+interface Profile {
+  nodes: ProfileNode[]
+  samples: number[]
+  timeDeltas: number[]
+}
+
+const [port = '9333', seconds = '20', out = '/tmp/echovalley.cpuprofile'] = process.argv.slice(2)
+const targets = (await (await fetch(`http://127.0.0.1:${port}/json`)).json()) as { title?: string; webSocketDebuggerUrl: string }[]
+const target = targets.find((t) => t.title?.includes('core:user')) ?? targets[0]!
+const ws = new WebSocket(target.webSocketDebuggerUrl)
+let nextId = 0
+const pending = new Map<number, (result: unknown) => void>()
+const call = <T>(method: string, params: object = {}) =>
+  new Promise<T>((resolve) => {
+    const id = ++nextId
+    pending.set(id, resolve as (r: unknown) => void)
+    ws.send(JSON.stringify({ id, method, params }))
+  })
+ws.on('message', (data) => {
+  const m = JSON.parse(String(data)) as { id?: number; result?: unknown }
+  if (m.id && pending.has(m.id)) {
+    pending.get(m.id)!(m.result)
+    pending.delete(m.id)
+  }
+})
+await new Promise((resolve) => ws.once('open', resolve))
+await call('Profiler.enable')
+await call('Profiler.setSamplingInterval', { interval: 200 })
+await call('Profiler.start')
+await new Promise((resolve) => setTimeout(resolve, Number(seconds) * 1000))
+const { profile } = await call<{ profile: Profile }>('Profiler.stop')
+writeFileSync(out, JSON.stringify(profile))
+ws.close()
+
+const nodes = new Map(profile.nodes.map((n) => [n.id, n]))
+const self = new Map<string, number>()
+let total = 0
+profile.samples.forEach((id, i) => {
+  const f = nodes.get(id)!.callFrame
+  const key = `${f.functionName || '(anonymous)'} ${f.url.split('/').pop()}:${f.lineNumber}`
+  const dt = profile.timeDeltas[i] ?? 0
+  self.set(key, (self.get(key) ?? 0) + dt)
+  total += dt
+})
+console.log(`${(total / 1000).toFixed(0)} ms sampled; self time:`)
+for (const [k, v] of [...self].sort((a, b) => b[1] - a[1]).slice(0, 30)) console.log(`${(v / 1000).toFixed(1).padStart(8)} ms ${((100 * v) / total).toFixed(1).padStart(5)}%  ${k}`)
