@@ -4,21 +4,12 @@ import fc from 'fast-check'
 import { describe, it } from 'vitest'
 import { MAX_UPLOAD_CHUNK, UPLOAD_LIMITS, type ClientMessage, type MessageBody, type ServerMessage } from '../worker/shared/protocol'
 import { api, createGroup, Device, json, openChat, register } from './helpers'
-import { createUpload, head, patch, randomBytes, sha256, upload, voice } from './media-helpers'
+import { createUpload, head, patch, png, randomBytes, sha256, upload, voice } from './media-helpers'
 
 const TUS = { 'tus-resumable': '1.0.0' }
 
 function mediaSend(conversationId: string, body: { kind: MessageBody["kind"]; mediaId: string } & Record<string, unknown>, clientMsgId: string = crypto.randomUUID()): ClientMessage {
   return { type: 'send', conversationId, clientMsgId, body: body as MessageBody }
-}
-
-/** A PNG header with an IHDR chunk: enough for the server to sniff it and read its size. */
-function png(width: number, height: number): Uint8Array {
-  const b = new Uint8Array(64)
-  b.set([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, 0x49, 0x48, 0x44, 0x52])
-  new DataView(b.buffer).setUint32(16, width)
-  new DataView(b.buffer).setUint32(20, height)
-  return b
 }
 
 async function pair() {

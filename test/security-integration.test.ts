@@ -7,7 +7,7 @@ import { getConversationRoom, getUserHub } from '../worker/durable-objects'
 import { APP_CLOSE_CODE } from '../worker/shared/errors'
 import type { AuthResult, ClientMessage, MessageBody } from '../worker/shared/protocol'
 import { api, befriend, createGroup, Device, json, openChat, randomAddress, register, textSend, ticketFor, upgrade } from './helpers'
-import { upload, voice } from './media-helpers'
+import { png, upload, voice } from './media-helpers'
 import { drainOutbox, newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
 
 const PASSWORD = 'owner-pass-123'
@@ -22,15 +22,6 @@ async function login(handle: string, password: string, extra: Record<string, unk
 
 function mediaSend(conversationId: string, body: Record<string, unknown>): ClientMessage {
   return { type: 'send', conversationId, clientMsgId: crypto.randomUUID(), body: body as MessageBody }
-}
-
-/** A PNG header with an IHDR chunk: enough for the server to sniff it and read its size. */
-function png(width: number, height: number): Uint8Array {
-  const b = new Uint8Array(64)
-  b.set([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, 0x49, 0x48, 0x44, 0x52])
-  new DataView(b.buffer).setUint32(16, width)
-  new DataView(b.buffer).setUint32(20, height)
-  return b
 }
 
 describe('1. a revoked session', () => {
