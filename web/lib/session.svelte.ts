@@ -58,7 +58,6 @@ async function withRefreshLock(fn: () => Promise<string | null>): Promise<string
   return navigator.locks.request('echovalley.refresh', fn)
 }
 
-/** The signed-in user and their tokens, kept in localStorage so a reload stays signed in. */
 const DEVICES_KEY = 'echovalley.devices'
 
 /**
@@ -78,6 +77,7 @@ function rememberDevice(result: AuthResult) {
   localStorage.setItem(DEVICES_KEY, JSON.stringify({ ...knownDevices(), [result.user.handle]: result.deviceToken }))
 }
 
+/** The signed-in user and their tokens, kept in localStorage so a reload stays signed in. */
 export class Session {
   #stored = $state<Stored | null>(null)
   #refreshing: Promise<string | null> | null = null
@@ -115,7 +115,7 @@ export class Session {
   }
 
   async login(handle: string, password: string) {
-    const result = await authApi.login({ handle, password, deviceName: deviceName(), deviceToken: knownDevices()[handle] })
+    const result = await authApi.login({ handle, password, deviceName: deviceName(), deviceToken: knownDevices()[handle.trim().toLowerCase()] })
     rememberDevice(result)
     await this.#save(result)
   }
