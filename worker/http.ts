@@ -4,7 +4,7 @@ import { createMiddleware } from 'hono/factory'
 import { HTTPException } from 'hono/http-exception'
 import type { ContentfulStatusCode } from 'hono/utils/http-status'
 import type { ZodType } from 'zod'
-import { ErrorCode, type ErrorBody } from './shared/errors'
+import { ErrorCode, errorBody } from './shared/errors'
 import { sessionActive } from './auth/session-check'
 import { verifyAccessToken } from './auth/tokens'
 import type { AppEnv, AuthContext } from './env'
@@ -29,9 +29,7 @@ const codeForStatus: Partial<Record<number, ErrorCode>> = {
   429: ErrorCode.RATE_LIMITED,
 }
 
-export function errorBody(code: ErrorCode, message: string): ErrorBody {
-  return { error: { code, message } }
-}
+export { errorBody }
 
 /** The single place errors become responses; unknown errors never leak details. */
 export function renderError(err: Error, c: Context<AppEnv>) {

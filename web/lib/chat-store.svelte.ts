@@ -526,9 +526,14 @@ export class ChatStore {
     for (const flying of this.#inFlight.values()) for (const timer of flying.values()) clearTimeout(timer)
     this.#inFlight.clear()
     this.#paused.clear()
-    for (const [id, s] of this.#byId) if (s.loaded) this.#sync(id)
+    this.#syncLoaded()
     for (const id of new Set(this.#outbox.map((o) => o.conversationId))) this.#pump(id)
     void this.refreshConversations()
+  }
+
+  /** Every conversation this session has opened asks for what it missed. */
+  #syncLoaded() {
+    for (const [id, s] of this.#byId) if (s.loaded) this.#sync(id)
   }
 
   #sync(id: string) {
@@ -591,9 +596,7 @@ export class ChatStore {
       case 'error': {
         // The hub drops frames over a socket's budget; a dropped sync is asked again after a pause.
         if (msg.code === 'RATE_LIMITED' && !msg.ref) {
-          setTimeout(() => {
-            for (const [id, s] of this.#byId) if (s.loaded) this.#sync(id)
-          }, RATE_LIMIT_BACKOFF_MS)
+          setTimeout(() => this.#syncLoaded(), RATE_LIMIT_BACKOFF_MS)
           return
         }
         if (!msg.ref) return

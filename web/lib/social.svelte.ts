@@ -24,6 +24,9 @@ export class SocialStore {
   get blocked() {
     return this.#blocked
   }
+  isBlocked(userId: string): boolean {
+    return this.#blocked.some((b) => b.id === userId)
+  }
 
   presenceOf(userId: string): Presence | null {
     return this.#presence.get(userId) ?? this.#friends.find((f) => f.id === userId)?.presence ?? null

@@ -1,4 +1,5 @@
 import { DurableObject } from 'cloudflare:workers'
+import { refill } from '../conversation/rate-limit'
 import type { Env } from '../env'
 import { loginVerdict, recent, type Verdict } from './login-limits'
 
@@ -28,9 +29,10 @@ export class LoginGuard extends DurableObject<Env> {
     return recent(this.sql.exec<{ at: number }>('SELECT at FROM failures WHERE device = ? ORDER BY at', device).toArray().map((r) => r.at), now)
   }
 
-  private isKnown(tokenHash: string | null, now: number): boolean {
-    if (!tokenHash) return false
-    return this.sql.exec('SELECT 1 FROM known_devices WHERE token_hash = ? AND expires_at > ?', tokenHash, now).toArray().length > 0
+  /** Whose failures a try counts against: a known device's own, or everyone else's ('*'). */
+  private counterOf(tokenHash: string | null, now: number): string {
+    const known = tokenHash !== null && this.sql.exec('SELECT 1 FROM known_devices WHERE token_hash = ? AND expires_at > ?', tokenHash, now).toArray().length > 0
+    return known ? tokenHash : '*'
   }
 
   /**
@@ -38,12 +40,11 @@ export class LoginGuard extends DurableObject<Env> {
    * counted on its own, so an attacker guessing the handle does not lock its owner out.
    */
   async check(deviceTokenHash: string | null, now = Date.now()): Promise<Verdict> {
-    const device = this.isKnown(deviceTokenHash, now) ? deviceTokenHash! : '*'
-    return loginVerdict(this.failuresOf(device, now), now)
+    return loginVerdict(this.failuresOf(this.counterOf(deviceTokenHash, now), now), now)
   }
 
   async failed(deviceTokenHash: string | null, now = Date.now()): Promise<Verdict> {
-    const device = this.isKnown(deviceTokenHash, now) ? deviceTokenHash! : '*'
+    const device = this.counterOf(deviceTokenHash, now)
     this.sql.exec('DELETE FROM failures WHERE at < ?', now - 24 * 3600 * 1000)
     this.sql.exec('INSERT INTO failures (device, at) VALUES (?, ?)', device, now)
     return loginVerdict(this.failuresOf(device, now), now)
@@ -65,9 +66,8 @@ export class LoginGuard extends DurableObject<Env> {
    */
   async takeSignup(burst: number, perHour: number, now = Date.now()): Promise<Verdict> {
     const row = this.sql.exec<{ tokens: number; at: number }>('SELECT tokens, at FROM signup_bucket WHERE id = 1').toArray()[0]
-    const perMs = perHour / 3600_000
-    const tokens = Math.min(burst, row ? row.tokens + (now - row.at) * perMs : burst)
-    if (tokens < 1) return { allowed: false, retryAfterMs: Math.ceil((1 - tokens) / perMs) }
+    const tokens = refill(row ?? { tokens: burst, at: now }, now, burst, perHour / 3600)
+    if (tokens < 1) return { allowed: false, retryAfterMs: Math.ceil(((1 - tokens) * 3600_000) / perHour) }
     this.sql.exec('INSERT OR REPLACE INTO signup_bucket (id, tokens, at) VALUES (1, ?, ?)', tokens - 1, now)
     return { allowed: true }
   }

@@ -21,7 +21,7 @@ import {
 } from '../shared/protocol'
 import { EVENT_COLUMNS, eventToRow, rowToEvent, type EventRow } from './event-rows'
 import { fail, ok, type RoomResult } from '../do-result'
-import { RateLimiter } from './rate-limit'
+import { parseRate, RateLimiter } from './rate-limit'
 import { migrateRoom, ROOM_SCHEMA_VERSION } from './room-schema'
 
 export type { RoomResult } from '../do-result'
@@ -78,13 +78,8 @@ const RANK: Record<Role, number> = { owner: 2, admin: 1, member: 0 }
 const RECENT_EVENTS = 256
 /** Deliveries issued per turn when a big group fans out. */
 const FANOUT_CHUNK = 128
-/** Per-member write limit, as "burst/perSecond"; env WRITE_RATE overrides it. */
-const DEFAULT_WRITE_RATE = '30/10'
-
-function parseRate(spec: string | undefined): [number, number] {
-  const [burst, perSecond] = (spec ?? DEFAULT_WRITE_RATE).split('/').map(Number)
-  return burst! > 0 && perSecond! > 0 ? [burst!, perSecond!] : [30, 10]
-}
+/** Per-member write limit, "burst/perSecond"; env WRITE_RATE overrides it. */
+const DEFAULT_WRITE_RATE: [number, number] = [30, 10]
 
 /**
  * One per conversation. Its SQLite log is authoritative: it assigns seq and acks only after the
@@ -140,7 +135,7 @@ export class ConversationRoom extends DurableObject<Env> {
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env)
     this.sql = ctx.storage.sql
-    this.limiter = new RateLimiter(...parseRate(env.WRITE_RATE))
+    this.limiter = new RateLimiter(...parseRate(env.WRITE_RATE, DEFAULT_WRITE_RATE))
     // Synchronous: nothing to wait for, and no extra turn before the first call.
     migrateRoom(this.sql)
     this.loadState()

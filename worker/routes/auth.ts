@@ -8,6 +8,7 @@ import type { AppEnv } from '../env'
 import { clientAddress, fail, requireAuth, validate } from '../http'
 import { newId, sha256 } from '../ids'
 import { newRefreshToken } from '../auth/tokens'
+import { parseRate } from '../conversation/rate-limit'
 import type { Verdict } from '../auth/login-limits'
 import type { Env } from '../env'
 import { ErrorCode } from '../shared/errors'
@@ -19,16 +20,25 @@ function deviceFrom(name: string | undefined, userAgent: string | undefined): st
 }
 
 /** Sign-ups per client address, "burst/perHour"; env REGISTER_RATE overrides it. */
-const DEFAULT_REGISTER_RATE = '10/20'
-function registerRate(env: Env): [number, number] {
-  const [burst, perHour] = (env.REGISTER_RATE ?? DEFAULT_REGISTER_RATE).split('/').map(Number)
-  return burst! > 0 && perHour! > 0 ? [burst!, perHour!] : [10, 20]
-}
+const DEFAULT_REGISTER_RATE: [number, number] = [10, 20]
 
 const loginGuard = (env: Env, key: string) => env.LOGIN_GUARD.get(env.LOGIN_GUARD.idFromName(key))
 
 function refuseFor(verdict: Verdict, message: string): void {
   if (!verdict.allowed) fail(429, ErrorCode.RATE_LIMITED, message, verdict.retryAfterMs / 1000)
+}
+
+/**
+ * A password tried under the handle's guard: refused with 429 before any hashing when the handle
+ * has had too many wrong ones, and counted when wrong. Sign-in and re-authentication share it, so a
+ * stolen session is not a free password oracle.
+ */
+async function tryPassword(env: Env, handle: string, deviceHash: string | null, password: string, hash: string): Promise<boolean> {
+  const guard = loginGuard(env, `handle:${handle}`)
+  refuseFor(await guard.check(deviceHash), 'too many wrong passwords for this account; wait before trying again')
+  const ok = await verifyPassword(password, hash)
+  if (!ok) await guard.failed(deviceHash)
+  return ok
 }
 
 /** A token that marks this browser as one that signed in to this handle before (stored hashed by the guard). */
@@ -42,7 +52,7 @@ export const authRoutes = new Hono<AppEnv>()
   .post('/register', validate('json', RegisterBody), async (c) => {
     const body = c.req.valid('json')
     const db = getDb(c.env)
-    refuseFor(await loginGuard(c.env, `signup:${clientAddress(c)}`).takeSignup(...registerRate(c.env)), 'too many new accounts from this address; try again later')
+    refuseFor(await loginGuard(c.env, `signup:${clientAddress(c)}`).takeSignup(...parseRate(c.env.REGISTER_RATE, DEFAULT_REGISTER_RATE)), 'too many new accounts from this address; try again later')
     const taken = await db.select({ id: users.id }).from(users).where(eq(users.handle, body.handle)).get()
     if (taken) fail(409, ErrorCode.HANDLE_TAKEN, 'that handle is taken')
     const user = { id: newId(), handle: body.handle, displayName: body.displayName, passwordHash: await hashPassword(body.password), pushPreviews: true, statusLine: '', avatarKey: null, presenceVisibility: 'everyone' as const, lastSeenAt: null, createdAt: Date.now() }
@@ -61,16 +71,12 @@ export const authRoutes = new Hono<AppEnv>()
     // Counted before the password is hashed: a refused guess costs no PBKDF2.
     const { success } = await c.env.LOGIN_IP_LIMIT.limit({ key: clientAddress(c) })
     if (!success) fail(429, ErrorCode.RATE_LIMITED, 'too many sign-in attempts from this address; wait a minute', 60)
-    const guard = loginGuard(c.env, `handle:${body.handle}`)
     const deviceHash = body.deviceToken ? await sha256(body.deviceToken) : null
-    refuseFor(await guard.check(deviceHash), 'too many wrong passwords for this account; wait before trying again')
     const db = getDb(c.env)
     const user = await db.select().from(users).where(eq(users.handle, body.handle)).get()
-    const ok = await verifyPassword(body.password, user?.passwordHash ?? DUMMY_HASH)
-    if (!user || !ok) {
-      await guard.failed(deviceHash)
-      fail(401, ErrorCode.INVALID_CREDENTIALS, 'wrong handle or password')
-    }
+    // An unknown handle is tried against a dummy hash, so it costs and counts the same.
+    const ok = await tryPassword(c.env, body.handle, deviceHash, body.password, user?.passwordHash ?? DUMMY_HASH)
+    if (!user || !ok) fail(401, ErrorCode.INVALID_CREDENTIALS, 'wrong handle or password')
     const result = await startSession(c.env, db, user, deviceFrom(body.deviceName, c.req.header('user-agent')))
     return c.json({ ...result, deviceToken: await knownDevice(c.env, user.handle, body.deviceToken) })
   })
@@ -107,16 +113,10 @@ export const authRoutes = new Hono<AppEnv>()
     const db = getDb(c.env)
     const user = await db.select().from(users).where(eq(users.id, userId)).get()
     if (!user) fail(404, ErrorCode.NOT_FOUND, 'user not found')
-    // The same counter as sign-in: a stolen session must not become a free password oracle.
-    const guard = loginGuard(c.env, `handle:${user.handle}`)
-    refuseFor(await guard.check(null), 'too many wrong passwords for this account; wait before trying again')
-    if (!(await verifyPassword(c.req.valid('json').password, user.passwordHash))) {
-      await guard.failed(null)
-      fail(403, ErrorCode.INVALID_CREDENTIALS, 'wrong password')
-    }
-    const others = await db.select({ id: sessions.id }).from(sessions).where(and(eq(sessions.userId, userId), isNull(sessions.revokedAt)))
-    for (const s of others) if (s.id !== sessionId) await revokeSession(c.env, db, userId, s.id)
-    return c.json({ revoked: others.filter((s) => s.id !== sessionId).length })
+    if (!(await tryPassword(c.env, user.handle, null, c.req.valid('json').password, user.passwordHash))) fail(403, ErrorCode.INVALID_CREDENTIALS, 'wrong password')
+    const others = (await db.select({ id: sessions.id }).from(sessions).where(and(eq(sessions.userId, userId), isNull(sessions.revokedAt)))).filter((s) => s.id !== sessionId)
+    for (const s of others) await revokeSession(c.env, db, userId, s.id)
+    return c.json({ revoked: others.length })
   })
 
 export const meRoutes = new Hono<AppEnv>()

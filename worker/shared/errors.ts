@@ -26,5 +26,9 @@ export interface ErrorBody {
   error: { code: ErrorCode; message: string }
 }
 
+export function errorBody(code: ErrorCode, message: string): ErrorBody {
+  return { error: { code, message } }
+}
+
 /** WebSocket close code for application errors; the reason is an ErrorCode. */
 export const APP_CLOSE_CODE = 4099

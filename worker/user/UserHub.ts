@@ -3,9 +3,10 @@ import type { Ack, ConversationRoom, DeliveredEvent, DeliveryReply, RoomResult }
 import { getConversationRoom, getUserHub } from '../durable-objects'
 import type { Env } from '../env'
 import { assertNever } from '../shared/assert'
-import { APP_CLOSE_CODE, ErrorCode } from '../shared/errors'
+import { APP_CLOSE_CODE, ErrorCode, errorBody } from '../shared/errors'
 import type { PushJob } from '../shared/jobs'
 import { ClientMessage, MAX_FRAME_BYTES, PROTOCOL_VERSION, type ConversationEvent, type Presence, type ServerMessage } from '../shared/protocol'
+import { parseRate, refill } from '../conversation/rate-limit'
 import { DeliveryTracker } from './delivery-tracker'
 import { pool } from '../pool'
 
@@ -37,7 +38,7 @@ const PRESENCE_CONCURRENCY = 8
 export const MAX_DEVICES = 10
 export const MAX_SOCKETS_PER_DEVICE = 5
 /** Frames per socket, "burst/perSecond"; env FRAME_RATE overrides it. A sync costs SYNC_COST. */
-const DEFAULT_FRAME_RATE = '200/50'
+const DEFAULT_FRAME_RATE: [number, number] = [200, 50]
 const SYNC_COST = 3
 /** A socket refused more than ABUSE_DROPS frames over at least ABUSE_MIN_MS (within a 10 s window) is closed: one burst is only trimmed. */
 const ABUSE_WINDOW_MS = 10_000
@@ -131,8 +132,7 @@ export class UserHub extends DurableObject<Env> {
     // Synchronous, and one read when the layout is current: a hub wakes for every message of a
     // big group its user is in, so waking must cost next to nothing.
     migrateHub(this.sql)
-    const [burst, perSecond] = (env.FRAME_RATE ?? DEFAULT_FRAME_RATE).split('/').map(Number)
-    this.frameRate = burst! > 0 && perSecond! > 0 ? [burst!, perSecond!] : [200, 50]
+    this.frameRate = parseRate(env.FRAME_RATE, DEFAULT_FRAME_RATE)
   }
 
   /**
@@ -145,7 +145,7 @@ export class UserHub extends DurableObject<Env> {
     const [burst, perSecond] = this.frameRate
     let b = this.budgets.get(ws)
     if (!b) this.budgets.set(ws, (b = { tokens: burst, at: now, dropped: 0, since: now, warnedAt: 0 }))
-    b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * perSecond)
+    b.tokens = refill(b, now, burst, perSecond)
     b.at = now
     if (b.tokens >= cost) {
       b.tokens -= cost
@@ -188,7 +188,7 @@ export class UserHub extends DurableObject<Env> {
     // Single use: a replayed ticket finds its jti already spent.
     this.sql.exec('DELETE FROM used_tickets WHERE exp < ?', Math.floor(Date.now() / 1000))
     if (this.sql.exec('SELECT 1 FROM used_tickets WHERE jti = ?', jti).toArray().length > 0) {
-      return Response.json({ error: { code: ErrorCode.UNAUTHORIZED, message: 'ticket already used' } }, { status: 401 })
+      return Response.json(errorBody(ErrorCode.UNAUTHORIZED, 'ticket already used'), { status: 401 })
     }
     this.sql.exec('INSERT INTO used_tickets (jti, exp) VALUES (?, ?)', jti, exp)
     this.rememberUser(userId)
@@ -196,10 +196,10 @@ export class UserHub extends DurableObject<Env> {
     const open = this.openSockets()
     const devices = new Set(open.map(sessionOf))
     if (!devices.has(sessionId) && devices.size >= MAX_DEVICES) {
-      return Response.json({ error: { code: ErrorCode.RATE_LIMITED, message: `at most ${MAX_DEVICES} devices can be connected at once; sign one out` } }, { status: 429 })
+      return Response.json(errorBody(ErrorCode.RATE_LIMITED, `at most ${MAX_DEVICES} devices can be connected at once; sign one out`), { status: 429 })
     }
     if (open.filter((ws) => sessionOf(ws) === sessionId).length >= MAX_SOCKETS_PER_DEVICE) {
-      return Response.json({ error: { code: ErrorCode.RATE_LIMITED, message: `at most ${MAX_SOCKETS_PER_DEVICE} connections per device` } }, { status: 429 })
+      return Response.json(errorBody(ErrorCode.RATE_LIMITED, `at most ${MAX_SOCKETS_PER_DEVICE} connections per device`), { status: 429 })
     }
     const wasOffline = open.length === 0
     const { 0: client, 1: server } = new WebSocketPair()
