@@ -4,9 +4,9 @@
 // processes are its commits. strace counts them while a 1:1 chat and a 10-person group each carry
 // N messages sent one at a time, with every recipient confirming delivery and reading, as the PWA
 // does. Needs strace (apt-get install strace) and ptrace permission (root in this sandbox).
-import { execFileSync, spawn } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
-import { startServer } from '../test/e2e/server'
+import { processTree, startServer } from '../test/e2e/server'
 import { BenchClient } from './client'
 
 const N = Number(process.argv.find((a) => a.startsWith('--messages='))?.split('=')[1] ?? 200)
@@ -19,19 +19,9 @@ async function json<T>(url: string, body?: unknown, token?: string): Promise<T> 
   return (await res.json()) as T
 }
 
-function descendants(pid: number): number[] {
-  let kids: number[] = []
-  try {
-    kids = execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number)
-  } catch {
-    // none
-  }
-  return [pid, ...kids.flatMap(descendants)]
-}
-
 /** Counts the sync calls of every workerd process under `root` while `fn` runs. */
 async function countSyncs(root: number, fn: () => Promise<void>): Promise<number> {
-  const pids = descendants(root).filter((p) => {
+  const pids = processTree(root).filter((p) => {
     try {
       return readFileSync(`/proc/${p}/comm`, 'utf8').trim() === 'workerd'
     } catch {

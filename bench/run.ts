@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { freePort } from '../test/e2e/server'
+import { freePort, processTree } from '../test/e2e/server'
 import { BenchClient, type LoadClient } from './client'
 import { floorTarget, productTarget } from './workerd-targets'
 import { prosodyTarget } from './prosody'
@@ -56,17 +56,6 @@ async function pool<T, R>(items: T[], width: number, fn: (t: T, i: number) => Pr
     }),
   )
   return out
-}
-
-/** A process and all its descendants (wrangler dev is npx → node → two workerd). */
-function processTree(pid: number): number[] {
-  let kids: number[] = []
-  try {
-    kids = execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).split('\n').filter(Boolean).map(Number)
-  } catch {
-    // pgrep exits non-zero when there are none
-  }
-  return [pid, ...kids.flatMap(processTree)]
 }
 
 /** Sums one number read from /proc/<pid>/… over a process tree; a process that has gone counts 0. */

@@ -126,7 +126,8 @@ async function launch(port: number, stateDir: string, vars: Record<string, strin
 }
 
 /** A process and its descendants (npx → sh → wrangler → node → workerd ×2). */
-function processTree(pid: number): number[] {
+/** The process and all its descendants (pgrep -P, recursively). */
+export function processTree(pid: number): number[] {
   const kids = spawnSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).stdout.split('\n').filter(Boolean).map(Number)
   return [pid, ...kids.flatMap(processTree)]
 }
