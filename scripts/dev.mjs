@@ -2,6 +2,7 @@
 import { spawn, spawnSync } from 'node:child_process'
 import { generateKeyPairSync, randomBytes } from 'node:crypto'
 import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { portIsFree, portOrFree } from './ports.mjs'
 
 const port = process.env.PORT ?? '8787'
 // wrangler's local explorer wraps each SQLite Durable Object and writes its name on every wake (a
@@ -34,6 +35,12 @@ function ensureDevVars() {
 }
 ensureDevVars()
 
+// The app's own port is the address people open: when it is taken, say so rather than move it.
+if (!(await portIsFree(port))) {
+  console.error(`port ${port} is already in use (another \`npm run dev\`?). Stop that, or choose another port: PORT=8790 npm run dev`)
+  process.exit(1)
+}
+
 function run(cmd, args) {
   const r = spawnSync(cmd, args, { stdio: 'inherit', env: { ...process.env, CI: 'true' } })
   if (r.status !== 0) process.exit(r.status ?? 1)
@@ -44,8 +51,11 @@ run('npx', ['wrangler', 'd1', 'migrations', 'apply', 'DB', '--local'])
 run('npx', ['vite', 'build'])
 
 // Speech to text locally: the pocketsphinx service on loopback, when its Debian packages are here.
-const sttPort = process.env.TRANSCRIBER_PORT ?? '8788'
 const haveStt = ['ffmpeg', 'pocketsphinx_continuous'].every((cmd) => spawnSync('which', [cmd]).status === 0)
+// The transcriber is internal: when its port is taken, any free one does.
+const wantedStt = process.env.TRANSCRIBER_PORT ?? '8788'
+const sttPort = haveStt ? String(await portOrFree(wantedStt)) : wantedStt
+if (haveStt && sttPort !== wantedStt) console.log(`port ${wantedStt} is in use: the speech-to-text service listens on ${sttPort} instead (TRANSCRIBER_PORT chooses)`)
 if (!haveStt) console.log('speech to text is off: apt-get install -y ffmpeg pocketsphinx pocketsphinx-en-us to turn it on')
 
 const children = [

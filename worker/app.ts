@@ -13,7 +13,9 @@ import { searchRoutes } from './routes/search'
 import { uploadRoutes } from './routes/uploads'
 import { profileRoutes, userRoutes } from './routes/users'
 import { wsRoutes } from './routes/ws'
+import { transcriberFor } from './media/transcriber'
 import { ErrorCode } from './shared/errors'
+import type { Capabilities } from './shared/protocol'
 
 const MAX_JSON_BODY = 64 * 1024
 
@@ -28,6 +30,7 @@ export const app = new Hono<AppEnv>()
       : bodyLimit({ maxSize: MAX_JSON_BODY, onError: () => fail(413, ErrorCode.PAYLOAD_TOO_LARGE, `request bodies are limited to ${MAX_JSON_BODY} bytes`) })(c, next),
   )
   .get('/health', (c) => c.json({ ok: true }))
+  .get('/capabilities', (c) => c.json({ transcribe: transcriberFor(c.env) !== null, push: !!(c.env.VAPID_PUBLIC_KEY && c.env.VAPID_PRIVATE_KEY) } satisfies Capabilities))
   .route('/auth', authRoutes)
   .route('/me', meRoutes)
   .route('/me', profileRoutes)

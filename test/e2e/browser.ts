@@ -1,7 +1,7 @@
 import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core'
+import { chromium, type Browser, type BrowserContext, type Locator, type Page } from 'playwright-core'
 import { afterAll, beforeAll } from 'vitest'
 import { startServer, type LocalServer } from './server'
 
@@ -64,4 +64,16 @@ export async function say(page: Page, text: string) {
   await page.getByTestId('composer-input').fill(text)
   await page.getByTestId('composer-input').press('Enter')
   await page.getByTestId('message').filter({ hasText: text }).and(page.locator('[data-seq]')).waitFor()
+}
+
+/** Opens a message's action menu the way a mouse user does (right-click) and picks an item. */
+export async function messageAction(message: Locator, item: 'reply' | 'react' | 'copy' | 'edit' | 'recall' | 'info') {
+  await message.getByTestId('bubble').click({ button: 'right' })
+  await message.getByTestId(`message-${item}`).click()
+}
+
+/** Recalls a message through its menu and the confirmation. */
+export async function recallMessage(page: Page, message: Locator) {
+  await messageAction(message, 'recall')
+  await page.getByTestId('recall-confirm').click()
 }

@@ -1,5 +1,5 @@
 import { describe, it } from 'vitest'
-import { befriendInUi, registerInUi, say, useProduct } from './browser'
+import { befriendInUi, messageAction, registerInUi, say, useProduct } from './browser'
 
 const product = useProduct()
 
@@ -27,21 +27,18 @@ describe('chat as people expect it', () => {
     expect(await b.getByTestId('day-separator').first().textContent()).toBe('Today')
 
     const two = b.getByTestId('message').filter({ hasText: 'two' })
-    await two.hover()
-    await two.getByTestId('message-reply').click()
+    await messageAction(two, 'reply')
     await b.getByTestId('reply-bar').filter({ hasText: 'two' }).waitFor()
     await say(b, 'about two: yes')
     const quoted = a.getByTestId('message').filter({ hasText: 'about two: yes' })
     await quoted.getByTestId('message-quote').filter({ hasText: 'two' }).waitFor()
 
-    await quoted.hover()
-    await quoted.getByTestId('message-react').click()
+    await messageAction(quoted, 'react')
     await quoted.getByTestId('react-👍').click()
     await b.getByTestId('message').filter({ hasText: 'about two: yes' }).getByTestId('reaction').filter({ hasText: '👍 1' }).waitFor()
 
     const one = b.getByTestId('message').filter({ hasText: 'one' })
-    await one.hover()
-    await one.getByTestId('message-copy').click()
+    await messageAction(one, 'copy')
     await expect.poll(() => b.evaluate(() => navigator.clipboard.readText())).toBe('one')
 
     await b.keyboard.press('Control+k')

@@ -1,6 +1,6 @@
 import type { Page } from 'playwright-core'
 import { describe, it } from 'vitest'
-import { befriendInUi, registerInUi, useProduct } from './browser'
+import { befriendInUi, recallMessage, registerInUi, useProduct } from './browser'
 
 const product = useProduct()
 
@@ -49,8 +49,7 @@ describe('ticks, recall and the local cache', () => {
     await expect.poll(() => mine.getAttribute('data-state')).toBe('read')
     await expect.poll(() => indexedDbDump(b)).toContain('a secret worth recalling')
 
-    await mine.hover()
-    await mine.getByTestId('message-recall').click()
+    await recallMessage(a, mine)
     await b.getByTestId('message-recalled').waitFor()
     await a.getByTestId('message-recalled').waitFor()
     expect(await b.getByTestId('message-text').allTextContents()).not.toContain('a secret worth recalling')

@@ -8,7 +8,7 @@ import { Upload } from 'tus-js-client'
 import { afterAll, beforeAll, describe, it } from 'vitest'
 import { startTranscriber, type TranscriberService } from '../../scripts/transcriber'
 import { speechWav } from '../support/voice-fixtures'
-import { befriendInUi, launchBrowser, registerInUi } from './browser'
+import { befriendInUi, launchBrowser, recallMessage, registerInUi } from './browser'
 import { startServer, type LocalServer } from './server'
 
 const dir = mkdtempSync(path.join(tmpdir(), 'echovalley-media-e2e-'))
@@ -97,9 +97,19 @@ describe('voice notes', () => {
     await expect.poll(() => note.getByTestId('voice-audio').evaluate((el: HTMLAudioElement) => el.currentTime), { timeout: 10_000 }).toBeGreaterThan(0.3)
     expect(await note.getByTestId('voice-audio').evaluate((el: HTMLAudioElement) => el.playbackRate)).toBe(1.5)
 
-    // Speech to text through the real recogniser.
+    // On a phone the time and speed labels stay on one line each ("0:06", never "0:" over "06").
+    await b.setViewportSize({ width: 390, height: 844 })
+    for (const id of ['voice-time', 'voice-speed']) {
+      expect(await note.getByTestId(id).evaluate((el) => el.getBoundingClientRect().height < 2 * parseFloat(getComputedStyle(el).fontSize) + 8)).toBe(true)
+    }
+    await b.setViewportSize({ width: 1280, height: 720 })
+
+    // Speech to text through the real recogniser, offered because the server says it can.
+    expect(await b.evaluate(async () => (await (await fetch('/api/capabilities')).json()) as unknown)).toMatchObject({ transcribe: true })
     await note.getByTestId('voice-transcribe').click()
     await expect.poll(() => note.getByTestId('voice-transcript').textContent(), { timeout: 60_000 }).toMatch(/hello|world/i)
+    // The sender's device shows the same transcript at once, without a reload or a click.
+    await expect.poll(() => mine.getByTestId('voice-transcript').textContent(), { timeout: 10_000 }).toBe(await note.getByTestId('voice-transcript').textContent())
 
     // Recall: gone from the other side, and its download with it.
     const mediaId = await note.getByTestId('voice-note').getAttribute('data-media-id')
@@ -110,8 +120,7 @@ describe('voice notes', () => {
         return (await fetch(`/api/media/${id}`, { headers: { authorization: `Bearer ${accessToken}` } })).status
       }, mediaId)
     expect(await download(b)).toBe(200)
-    await mine.hover()
-    await mine.getByTestId('message-recall').click()
+    await recallMessage(a, mine)
     await b.getByTestId('message-recalled').waitFor()
     expect(await b.getByTestId('voice-note').count()).toBe(0)
     await expect.poll(() => download(b)).toBe(404)
@@ -142,11 +151,11 @@ describe('photos and files', () => {
     await expect.poll(() => full.evaluate((el: HTMLImageElement) => el.complete && el.naturalWidth)).toBe(1600)
     await b.keyboard.press('Escape')
 
-    const link = b.getByTestId('file-download')
-    expect(await link.textContent()).toBe('notes für morgen.txt')
-    const href = await link.getAttribute('href')
-    const body = await b.evaluate(async (url) => (await fetch(url!)).text(), href)
-    expect(body).toBe('bring the maps\n')
+    expect(await b.getByTestId('file-message').locator('.name').textContent()).toBe('notes für morgen.txt')
+    // The first click downloads (it once did nothing until a media token happened to be loaded).
+    const [download] = await Promise.all([b.waitForEvent('download'), b.getByTestId('file-download').click()])
+    expect(download.suggestedFilename()).toBe('notes für morgen.txt')
+    expect(readFileSync(await download.path(), 'utf8')).toBe('bring the maps\n')
     expect(readFileSync(png).length).toBeGreaterThan(1000)
   })
 })

@@ -6,6 +6,9 @@ interface BeforeInstallPromptEvent extends Event {
   userChoice: Promise<{ outcome: 'accepted' | 'dismissed' }>
 }
 
+/** Set once the person closed the "Add to Home Screen" hint: it never comes back on this device. */
+const IOS_HINT_KEY = 'echovalley.iosInstallHintDismissed'
+
 export type PushState = 'unsupported' | 'default' | 'denied' | 'subscribed'
 
 function urlBase64ToBytes(base64: string): Uint8Array<ArrayBuffer> {
@@ -20,6 +23,7 @@ export class AppShell {
   #installEvent = $state<BeforeInstallPromptEvent | null>(null)
   #installed = $state(false)
   #push = $state<PushState>('default')
+  #iosHintDismissed = $state(localStorage.getItem(IOS_HINT_KEY) === '1')
   #update: ((reload?: boolean) => Promise<void>) | null = null
 
   constructor() {
@@ -56,7 +60,11 @@ export class AppShell {
   }
   /** iOS Safari has no install prompt: people add the app from the Share menu. */
   get showIosInstructions() {
-    return !this.#installed && /iPhone|iPad|iPod/.test(navigator.userAgent)
+    return !this.#installed && !this.#iosHintDismissed && /iPhone|iPad|iPod/.test(navigator.userAgent)
+  }
+  dismissIosInstructions() {
+    localStorage.setItem(IOS_HINT_KEY, '1')
+    this.#iosHintDismissed = true
   }
   get push() {
     return this.#push

@@ -3,12 +3,14 @@ import type {
   ClientMessage,
   ConversationEvent,
   ConversationSummary,
+  EditEvent,
   HistoryPage,
   MemberEvent,
   MessageBody,
   MessageEvent,
   Presence,
   Receipt,
+  RecallEvent,
   RenameEvent,
   SearchHit,
   ServerMessage,
@@ -17,7 +19,7 @@ import { TYPING_TTL_MS } from '../../worker/shared/limits'
 import { api } from './api'
 import { ChatCache, type OutboxItem, type PendingUpload } from './cache'
 import { completeUpload, createUpload, finalUploadError } from './tus'
-import { bodyText } from './media.svelte'
+import { bodyText, transcripts } from './media.svelte'
 import { ChatSocket } from './chat-socket.svelte'
 import { localizeError, t } from './i18n.svelte'
 
@@ -137,7 +139,7 @@ export class ChatStore {
     try {
       const { conversations } = await api<{ conversations: ConversationSummary[] }>('/api/conversations')
       this.#conversations = conversations
-      void this.#cache.saveConversations(conversations)
+      this.#saveList()
     } catch {
       // Offline: the cached list stays.
     }
@@ -146,8 +148,19 @@ export class ChatStore {
   async startChat(peerHandle: string): Promise<string> {
     const { conversation } = await api<{ conversation: ConversationSummary }>('/api/conversations', { body: { peerHandle } })
     if (!this.#conversations.some((c) => c.id === conversation.id)) this.#conversations = [conversation, ...this.#conversations]
-    void this.#cache.saveConversations(this.#conversations)
+    this.#saveList()
     return conversation.id
+  }
+
+  /** The list as it stands goes to IndexedDB, so a reload offline shows the same previews and counts. */
+  #saveList() {
+    // A Svelte state proxy cannot be stored (DataCloneError): store a plain copy.
+    void this.#cache.saveConversations($state.snapshot(this.#conversations) as ConversationSummary[]).catch((e: unknown) => console.warn('list not cached', e))
+  }
+
+  #replaceSummary(id: string, change: (c: ConversationSummary) => ConversationSummary) {
+    this.#conversations = this.#conversations.map((c) => (c.id === id ? change(c) : c))
+    this.#saveList()
   }
 
   // ---- groups ----
@@ -223,7 +236,7 @@ export class ChatStore {
     this.#activeId = id
     if (!id) return
     this.#unreadAtOpen.set(id, this.conversation(id)?.unread ?? 0)
-    this.#conversations = this.#conversations.map((c) => (c.id === id && c.unread ? { ...c, unread: 0 } : c))
+    if (this.conversation(id)?.unread) this.#replaceSummary(id, (c) => ({ ...c, unread: 0, readSeq: Math.max(c.readSeq, c.lastSeq) }))
     const s = this.#state(id)
     if (!s.loaded) {
       const cached = await this.#cache.conversation(id)
@@ -352,6 +365,32 @@ export class ChatStore {
       state,
       readBy,
     }
+  }
+
+  /** Who of the others has read, only received, or not yet received one of the user's messages. */
+  messageInfo(id: string, seq: number): { read: string[]; delivered: string[]; waiting: string[] } {
+    const s = this.#byId.get(id)
+    const out = { read: [] as string[], delivered: [] as string[], waiting: [] as string[] }
+    for (const m of this.conversation(id)?.members ?? []) {
+      if (m.id === this.userId) continue
+      const r = s?.receipts.get(m.id)
+      if (r && r.readSeq >= seq) out.read.push(m.id)
+      else if (r && r.deliveredSeq >= seq) out.delivered.push(m.id)
+      else out.waiting.push(m.id)
+    }
+    return out
+  }
+
+  /** Loads older pages until `seq` is held (a search result far back), a bounded number of pages. */
+  async reveal(id: string, seq: number, maxPages = 40): Promise<boolean> {
+    const s = this.#state(id)
+    for (let i = 0; i < maxPages && !s.events.has(seq) && s.hasOlder && s.base > seq; i++) await this.loadOlder(id)
+    return s.events.has(seq)
+  }
+
+  /** True once the conversation's cached or newest page is in (reactive). */
+  isLoaded(id: string): boolean {
+    return this.#byId.get(id)?.loaded ?? false
   }
 
   hasOlder(id: string): boolean {
@@ -561,8 +600,11 @@ export class ChatStore {
         if (!this.conversation(id)) void this.refreshConversations()
         const s = this.#state(id)
         const fresh = !s.events.has(msg.event.seq)
-        this.#ingest(id, [msg.event], true)
-        if (fresh && msg.event.type === 'message') this.#bump(msg.event)
+        const e = msg.event
+        const target = e.type === 'edit' || e.type === 'recall' ? s.events.get(e.targetSeq) : undefined
+        this.#ingest(id, [e], true)
+        if (fresh && e.type === 'message') this.#bump(e)
+        if (fresh && (e.type === 'edit' || e.type === 'recall')) this.#follow(e, target?.type === 'message' ? target : undefined)
         if (msg.event.seq > s.contiguous + 1 && s.loaded) this.#sync(id)
         if (msg.event.type === 'member' || msg.event.type === 'renamed') void this.refreshConversations()
         return
@@ -571,7 +613,9 @@ export class ChatStore {
         const s = this.#state(msg.conversationId)
         for (const r of msg.receipts) this.#receipt(msg.conversationId, r)
         s.lastSeq = Math.max(s.lastSeq, msg.lastSeq)
+        const follow = msg.events.flatMap((e) => ((e.type === 'edit' || e.type === 'recall') && !s.events.has(e.seq) ? [{ e, target: s.events.get(e.targetSeq) }] : []))
         this.#ingest(msg.conversationId, msg.events, true)
+        for (const { e, target } of follow) this.#follow(e, target?.type === 'message' ? target : undefined)
         if (msg.hasMore) this.#sync(msg.conversationId)
         return
       }
@@ -586,6 +630,9 @@ export class ChatStore {
         return
       case 'presence':
         this.hooks.presence?.(msg.userId, { online: msg.online, lastSeenAt: msg.lastSeenAt })
+        return
+      case 'transcript':
+        transcripts.set(msg.mediaId, msg.text)
         return
       case 'friends-changed':
         this.hooks.friendsChanged?.()
@@ -640,8 +687,31 @@ export class ChatStore {
     if (this.hooks.isBlocked?.(e.senderId)) return
     const unread = e.senderId !== this.userId && e.conversationId !== this.#activeId ? c.unread + 1 : c.unread
     const text = bodyText(e.body) ?? t('msg.recalled')
-    const updated = { ...c, unread, lastSeq: e.seq, lastActivityAt: e.serverTs, preview: { senderId: e.senderId, text, serverTs: e.serverTs } }
+    // Sending implies having read everything before (the server moves the cursor the same way).
+    const readSeq = e.senderId === this.userId ? Math.max(c.readSeq, e.seq) : c.readSeq
+    const updated = { ...c, unread, readSeq, lastSeq: e.seq, lastActivityAt: e.serverTs, preview: { seq: e.seq, senderId: e.senderId, text, serverTs: e.serverTs } }
     this.#conversations = [updated, ...this.#conversations.filter((x) => x.id !== c.id)]
+    this.#saveList()
+  }
+
+  /**
+   * An edit or recall rewrites the list preview when it is about the previewed message, and a
+   * recalled unread message stops counting; neither moves the conversation nor counts as new.
+   * `target` is the message as it was before, when this device holds it.
+   */
+  #follow(e: EditEvent | RecallEvent, target: MessageEvent | undefined) {
+    const c = this.conversation(e.conversationId)
+    if (!c) return
+    const onPreview = c.preview?.seq === e.targetSeq
+    // A recall by its sender names the author; an admin's removal does only through the held message.
+    const author = target?.senderId ?? (e.type === 'recall' && !e.byAdmin ? e.senderId : null)
+    const wasUnread = e.type === 'recall' && c.unread > 0 && e.targetSeq > c.readSeq && author !== null && author !== this.userId && !this.hooks.isBlocked?.(author)
+    if (!onPreview && !wasUnread) return
+    this.#replaceSummary(c.id, (x) => ({
+      ...x,
+      unread: wasUnread ? x.unread - 1 : x.unread,
+      preview: onPreview && x.preview ? { ...x.preview, text: e.type === 'recall' ? t('msg.recalled') : (bodyText(e.body) ?? x.preview.text) } : x.preview,
+    }))
   }
 
   /** Applies events idempotently by seq; edits and recalls rewrite their target in place. */
@@ -695,5 +765,7 @@ export class ChatStore {
     if (s.contiguous > 0 && (!mine || mine.readSeq < s.contiguous)) {
       this.#socket.send({ type: 'read', conversationId: id, seq: s.contiguous })
     }
+    const c = this.conversation(id)
+    if (c && (c.readSeq < s.contiguous || c.unread > 0)) this.#replaceSummary(id, (x) => ({ ...x, unread: 0, readSeq: Math.max(x.readSeq, s.contiguous) }))
   }
 }

@@ -1,3 +1,4 @@
+import { SvelteMap } from 'svelte/reactivity'
 import type { MediaTokenResult, MessageBody } from '../../worker/shared/protocol'
 import { api } from './api'
 import { t } from './i18n.svelte'
@@ -16,6 +17,14 @@ export function bodyText(body: MessageBody | null | undefined): string | null {
       return `📎 ${body.name}`
   }
 }
+
+/**
+ * Voice-note transcripts by media id: filled by whoever asked for one (the server tells every
+ * member's devices) or by a lookup when a note is first shown.
+ */
+export const transcripts = new SvelteMap<string, string>()
+/** Notes whose stored transcript was already asked for in this page. */
+export const transcriptLookups = new Set<string>()
 
 /**
  * <img> and <audio> cannot send an Authorization header, so media URLs carry a short-lived media

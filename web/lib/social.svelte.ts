@@ -1,6 +1,7 @@
 import { SvelteMap } from 'svelte/reactivity'
 import type { FriendRequest, Presence, Profile } from '../../worker/shared/protocol'
 import { api } from './api'
+import { i18n, t } from './i18n.svelte'
 
 export type Friend = Profile & { presence: Presence | null }
 
@@ -23,6 +24,14 @@ export class SocialStore {
   }
   get blocked() {
     return this.#blocked
+  }
+  /** Where the user stands with someone, from the lists as they are now (search results go stale). */
+  relationOf(userId: string, selfId: string): 'self' | 'friend' | 'request-sent' | 'request-received' | 'none' {
+    if (userId === selfId) return 'self'
+    if (this.#friends.some((f) => f.id === userId)) return 'friend'
+    if (this.#outgoing.some((r) => r.to.id === userId)) return 'request-sent'
+    if (this.#incoming.some((r) => r.from.id === userId)) return 'request-received'
+    return 'none'
   }
   isBlocked(userId: string): boolean {
     return this.#blocked.some((b) => b.id === userId)
@@ -91,10 +100,10 @@ export class SocialStore {
 
 export function lastSeenText(p: Presence | null): string {
   if (!p) return ''
-  if (p.online) return 'online'
-  if (!p.lastSeenAt) return 'offline'
+  if (p.online) return t('presence.online')
+  if (!p.lastSeenAt) return t('presence.offline')
   const mins = Math.round((Date.now() - p.lastSeenAt) / 60_000)
-  if (mins < 1) return 'last seen just now'
-  if (mins < 60) return `last seen ${mins} min ago`
-  return `last seen ${new Date(p.lastSeenAt).toLocaleString([], { dateStyle: 'short', timeStyle: 'short' })}`
+  if (mins < 1) return t('presence.justNow')
+  if (mins < 60) return t('presence.minutes', { n: mins })
+  return t('presence.at', { when: new Date(p.lastSeenAt).toLocaleString(i18n.locale, { dateStyle: 'short', timeStyle: 'short' }) })
 }

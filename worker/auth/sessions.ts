@@ -10,8 +10,11 @@ import { rememberRevoked } from './session-check'
 import type { AuthResult, PublicUser } from '../shared/protocol'
 import { ACCESS_TOKEN_TTL_S, REFRESH_TOKEN_TTL_MS, newRefreshToken, signAccessToken } from './tokens'
 
-export function publicUser(u: Pick<User, 'id' | 'handle' | 'displayName'>): PublicUser {
-  return { id: u.id, handle: u.handle, displayName: u.displayName }
+/** The last segment of the avatar's storage key: a new upload gets a new key, so a new URL. */
+export const avatarVersion = (key: string | null): string | null => (key ? key.slice(key.lastIndexOf('/') + 1) : null)
+
+export function publicUser(u: Pick<User, 'id' | 'handle' | 'displayName' | 'avatarKey'>): PublicUser {
+  return { id: u.id, handle: u.handle, displayName: u.displayName, avatar: avatarVersion(u.avatarKey) }
 }
 
 async function issueTokens(env: Env, db: Db, user: User, sessionId: string): Promise<AuthResult> {

@@ -26,6 +26,7 @@ import {
   type Role,
   previewOf,
 } from '../shared/protocol'
+import { publicUser } from '../auth/sessions'
 import { areFriends, blockedEitherWay } from '../social/policy'
 import { directKey } from './blocks'
 
@@ -35,6 +36,7 @@ interface ListRow {
   title: string | null
   last_seq: number
   last_activity_at: number
+  read_seq: number
   unread: number
   preview: string | null
 }
@@ -46,11 +48,11 @@ export function previewText(body: MessageBody | null, recalled: boolean): string
 /** The viewer's conversations with members, unread counts and a preview, newest activity first. */
 async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<ConversationSummary[]> {
   const { results } = await env.DB.prepare(
-    `SELECT c.id, c.kind, c.title, c.last_seq, c.last_activity_at,
+    `SELECT c.id, c.kind, c.title, c.last_seq, c.last_activity_at, mem.read_seq,
        (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.seq > max(mem.read_seq, mem.joined_seq - 1)
           AND m.type = 'message' AND m.sender_id != ?1 AND m.recalled_by IS NULL
           AND m.sender_id NOT IN (SELECT blocked_id FROM blocks WHERE blocker_id = ?1)) AS unread,
-       (SELECT json_object('senderId', p.sender_id, 'body', json(p.body), 'serverTs', p.created_at, 'recalled', p.recalled_by IS NOT NULL)
+       (SELECT json_object('seq', p.seq, 'senderId', p.sender_id, 'body', json(p.body), 'serverTs', p.created_at, 'recalled', p.recalled_by IS NOT NULL)
           FROM messages p WHERE p.conversation_id = c.id AND p.type = 'message' AND p.seq >= mem.joined_seq
             AND p.sender_id NOT IN (SELECT blocked_id FROM blocks WHERE blocker_id = ?1)
           ORDER BY p.seq DESC LIMIT 1) AS preview
@@ -68,7 +70,7 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
     await Promise.all(
       slices.map((slice) =>
         getDb(env)
-          .select({ conversationId: members.conversationId, role: members.role, id: users.id, handle: users.handle, displayName: users.displayName })
+          .select({ conversationId: members.conversationId, role: members.role, id: users.id, handle: users.handle, displayName: users.displayName, avatarKey: users.avatarKey })
           .from(members)
           .innerJoin(users, eq(users.id, members.userId))
           .where(inArray(members.conversationId, slice)),
@@ -76,9 +78,9 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
     )
   ).flat()
   return results.map((c) => {
-    const roster = people.filter((p) => p.conversationId === c.id).map(({ id, handle, displayName, role }) => ({ id, handle, displayName, role }))
+    const roster = people.filter((p) => p.conversationId === c.id).map((p) => ({ ...publicUser(p), role: p.role }))
     const others = roster.filter((p) => p.id !== viewerId)
-    const p = c.preview ? (JSON.parse(c.preview) as { senderId: string; body: MessageBody | null; serverTs: number; recalled: number }) : null
+    const p = c.preview ? (JSON.parse(c.preview) as { seq: number; senderId: string; body: MessageBody | null; serverTs: number; recalled: number }) : null
     return {
       id: c.id,
       kind: c.kind,
@@ -87,7 +89,8 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
       lastSeq: c.last_seq,
       lastActivityAt: c.last_activity_at,
       unread: c.unread,
-      preview: p ? { senderId: p.senderId, text: previewText(p.body, !!p.recalled), serverTs: p.serverTs } : null,
+      readSeq: c.read_seq,
+      preview: p ? { seq: p.seq, senderId: p.senderId, text: previewText(p.body, !!p.recalled), serverTs: p.serverTs } : null,
     }
   })
 }

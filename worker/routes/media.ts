@@ -1,11 +1,13 @@
 import { Hono, type Context } from 'hono'
 import { signMediaToken, verifyMediaToken } from '../auth/tokens'
-import type { AppEnv } from '../env'
+import { getUserHub } from '../durable-objects'
+import type { AppEnv, Env } from '../env'
+import { pool } from '../pool'
 import { fail, getAuth, requireAuth } from '../http'
 import { mediaKey } from '../media/UploadSession'
 import { transcriberFor } from '../media/transcriber'
 import { ErrorCode } from '../shared/errors'
-import { Id, type MediaTokenResult } from '../shared/protocol'
+import { Id, type MediaTokenResult, type ServerMessage } from '../shared/protocol'
 
 interface MediaRow {
   id: string
@@ -15,6 +17,7 @@ interface MediaRow {
   size: number
   name: string | null
   transcript: string | null
+  conversation_id: string | null
   created_at: number
 }
 
@@ -28,7 +31,7 @@ async function readable(c: Context<AppEnv>, userId: string, sessionId: string, r
   const id = Id.safeParse(rawId)
   if (!id.success) fail(404, ErrorCode.NOT_FOUND, 'no such media')
   const row = await c.env.DB.prepare(
-    `SELECT m.id, m.owner_id, m.kind, m.mime, m.size, m.name, m.transcript, m.created_at FROM media m
+    `SELECT m.id, m.owner_id, m.kind, m.mime, m.size, m.name, m.transcript, m.conversation_id, m.created_at FROM media m
      WHERE m.id = ?1 AND m.status = 'ready'
        AND EXISTS (SELECT 1 FROM sessions s WHERE s.id = ?3 AND s.user_id = ?2 AND s.revoked_at IS NULL)
        AND (m.owner_id = ?2 OR EXISTS (SELECT 1 FROM members mem WHERE mem.conversation_id = m.conversation_id AND mem.user_id = ?2
@@ -38,6 +41,12 @@ async function readable(c: Context<AppEnv>, userId: string, sessionId: string, r
     .first<MediaRow>()
   if (!row) fail(404, ErrorCode.NOT_FOUND, 'no such media')
   return row
+}
+
+/** A transient frame to every member's hub, a few at a time. */
+async function tellMembers(env: Env, conversationId: string, frame: ServerMessage) {
+  const { results } = await env.DB.prepare('SELECT user_id FROM members WHERE conversation_id = ?').bind(conversationId).all<{ user_id: string }>()
+  await pool(results, 8, (r) => getUserHub(env, r.user_id).notify(frame).catch((e: unknown) => console.warn('transcript notice failed', String(e))))
 }
 
 /** One byte range ("bytes=a-b", "bytes=a-", "bytes=-n"); several ranges get the whole file, as RFC 9110 allows. */
@@ -118,7 +127,9 @@ export const mediaRoutes = new Hono<AppEnv>()
       fail(502, ErrorCode.UNAVAILABLE, 'speech to text failed; try again')
     }
     // A recall may have run meanwhile: only a note still there keeps its transcript.
-    await c.env.DB.prepare(`UPDATE media SET transcript = ? WHERE id = ? AND status = 'ready'`).bind(text, row.id).run()
+    const stored = await c.env.DB.prepare(`UPDATE media SET transcript = ? WHERE id = ? AND status = 'ready'`).bind(text, row.id).run()
+    // Every member's devices show it at once, not only the one that asked.
+    if (stored.meta.changes > 0 && row.conversation_id) c.executionCtx.waitUntil(tellMembers(c.env, row.conversation_id, { type: 'transcript', conversationId: row.conversation_id, mediaId: row.id, text }))
     return c.json({ text })
   })
   .get('/:id/transcript', requireAuth, async (c) => {

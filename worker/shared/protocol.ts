@@ -192,8 +192,18 @@ export type ServerMessage =
   | { type: 'conversations-changed' }
   /** Friend requests or the friend list changed. */
   | { type: 'friends-changed' }
+  /** A voice note in the conversation got its transcript (computed once, for everyone). */
+  | { type: 'transcript'; conversationId: string; mediaId: string; text: string }
   /** A frame was rejected; ref is the clientMsgId it was about, when known. */
   | { type: 'error'; code: ErrorCode; message: string; ref?: string }
+
+/** What this deployment can do, so the PWA offers only what works (`GET /api/capabilities`). */
+export interface Capabilities {
+  /** Speech to text of voice notes (Workers AI, or the local transcriber). */
+  transcribe: boolean
+  /** Web Push (VAPID keys configured). */
+  push: boolean
+}
 
 // ---- HTTP bodies ----
 
@@ -272,6 +282,8 @@ export interface PublicUser {
   id: string
   handle: string
   displayName: string
+  /** Changes when the picture does (`/api/users/:id/avatar?v=…`); null without one. */
+  avatar: string | null
 }
 export interface Profile extends PublicUser {
   statusLine: string
@@ -317,8 +329,10 @@ export interface ConversationSummary {
   lastSeq: number
   lastActivityAt: number
   unread: number
+  /** The viewer's read cursor: a recall above it takes an unread message away. */
+  readSeq: number
   /** The newest message, for the list preview; null when there is none. */
-  preview: { senderId: string; text: string; serverTs: number } | null
+  preview: { seq: number; senderId: string; text: string; serverTs: number } | null
 }
 export interface HistoryPage {
   /** Events in ascending seq; messages already reflect later edits and recalls. */

@@ -1,10 +1,11 @@
 import { and, eq, or } from 'drizzle-orm'
+import { publicUser } from '../auth/sessions'
 import type { Db } from '../db/client'
 import { blocks, friendRequests, friendships, users, type User } from '../db/schema'
 import type { Presence, Profile, Relationship } from '../shared/protocol'
 
 export function profileOf(u: User): Profile {
-  return { id: u.id, handle: u.handle, displayName: u.displayName, statusLine: u.statusLine, hasAvatar: u.avatarKey !== null }
+  return { ...publicUser(u), statusLine: u.statusLine, hasAvatar: u.avatarKey !== null }
 }
 
 export async function areFriends(db: Db, a: string, b: string): Promise<boolean> {
