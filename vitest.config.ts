@@ -3,6 +3,7 @@ import path from 'node:path'
 import { cloudflareTest, readD1Migrations } from '@cloudflare/vitest-pool-workers'
 import { defineConfig } from 'vitest/config'
 import { createPushService, generateVapidKeys } from './test/support/push-service'
+import { linkSite } from './test/support/link-site'
 import { makeVoiceFixtures } from './test/support/voice-fixtures'
 import { startTranscriber } from './scripts/transcriber'
 
@@ -33,10 +34,12 @@ export default defineConfig({
                 TEST_VOICE: JSON.stringify(voice),
               },
               // Outbound fetches reach the transcriber on loopback or a push service in Node, never the internet.
-              outboundService: async (request: Request) =>
-                request.url.startsWith(transcriber.url)
-                  ? fetch(request.url, { method: request.method, headers: request.headers, body: await request.arrayBuffer() })
-                  : pushService(request),
+              outboundService: async (request: Request) => {
+                if (request.url.startsWith(transcriber.url)) return fetch(request.url, { method: request.method, headers: request.headers, body: await request.arrayBuffer() })
+                const url = new URL(request.url)
+                if (url.hostname === 'links.example.com') return linkSite(url.pathname) ?? new Response('not found', { status: 404 })
+                return pushService(request)
+              },
             },
           }),
         ],

@@ -10,7 +10,7 @@ describe('register and login', () => {
     const res = await api('/api/auth/register', { body: { handle, password: 'hunter2hunter2', displayName: 'Ada' } })
     expect(res.status).toBe(201)
     const body = await json<AuthResult>(res)
-    expect(body.user).toEqual({ id: expect.any(String), handle, displayName: 'Ada' })
+    expect(body.user).toEqual({ id: expect.any(String), handle, displayName: 'Ada', avatar: null })
     expect(JSON.stringify(body)).not.toMatch(/pbkdf2|password/i)
     const me = await api('/api/me', { token: body.accessToken })
     expect(await json(me)).toMatchObject({ user: body.user, profile: { ...body.user, statusLine: '', hasAvatar: false }, settings: { pushPreviews: true, presenceVisibility: 'everyone' } })

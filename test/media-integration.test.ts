@@ -131,6 +131,34 @@ describe('tus uploads', () => {
     da.close()
   })
 
+  it('forwards a file by a copy made on the server: the new chat reads it, an outsider cannot copy it, a recall of the original leaves the copy', async ({ expect }) => {
+    const { a, b, conv } = await pair()
+    const c = await register()
+    const outsider = await register()
+    const bc = await openChat(b, c)
+    const bytes = randomBytes(300_000, 11)
+    const media = await upload(a, 'file', bytes, { filename: 'plan.bin' })
+    const da = await Device.connect(a)
+    const sent = await da.sendAndAck(mediaSend(conv.id, { kind: 'file', mediaId: media.id, name: 'plan.bin' }))
+    expect((await api(`/api/media/${media.id}/copy`, { method: 'POST', token: outsider.accessToken })).status).toBe(404)
+    const copied = await api(`/api/media/${media.id}/copy`, { method: 'POST', token: b.accessToken })
+    expect(copied.status).toBe(201)
+    const { id } = await json<{ id: string }>(copied)
+    expect(id).not.toBe(media.id)
+    const dbDevice = await Device.connect(b)
+    await dbDevice.sendAndAck(mediaSend(bc.id, { kind: 'file', mediaId: id, name: 'plan.bin', forwarded: true }))
+    const got = await api(`/api/media/${id}`, { token: c.accessToken })
+    expect(got.status).toBe(200)
+    expect(await sha256(await got.arrayBuffer())).toBe(await sha256(bytes))
+    // The copy is only B's to send, and only once claimed by one chat.
+    expect((await api(`/api/media/${media.id}`, { token: c.accessToken })).status).toBe(404)
+    await da.sendAndAck({ type: 'recall', conversationId: conv.id, clientMsgId: crypto.randomUUID(), targetSeq: sent.seq })
+    await waitFor(async () => (await api(`/api/media/${media.id}`, { token: b.accessToken })).status === 404, 'original purged')
+    expect((await api(`/api/media/${id}`, { token: c.accessToken })).status).toBe(200)
+    da.close()
+    dbDevice.close()
+  })
+
   it('refuses bad input with a clear error and keeps nothing', async ({ expect }) => {
     const { a, b } = await pair()
     const big = await createUpload(a, 'voice', { length: UPLOAD_LIMITS.voice.maxBytes + 1 })
@@ -341,10 +369,12 @@ describe('speech to text', () => {
     const media = await upload(a, 'voice', voice().webmLive)
     const da = await Device.connect(a)
     await da.sendAndAck(mediaSend(conv.id, { kind: 'voice', mediaId: media.id }))
-    da.close()
     const res = await api(`/api/media/${media.id}/transcript`, { method: 'POST', token: b.accessToken })
     expect(res.status).toBe(200)
     const { text } = await json<{ text: string }>(res)
+    // The sender's connected device hears of it without asking.
+    expect(await da.next((m) => m.type === 'transcript' && m.mediaId === media.id)).toEqual({ type: 'transcript', conversationId: conv.id, mediaId: media.id, text })
+    da.close()
     // pocketsphinx hears espeak's "hello world"; no text is canned anywhere.
     expect(text.toLowerCase()).toMatch(/hello|world/)
     const stored = await env.DB.prepare('SELECT transcript FROM media WHERE id = ?').bind(media.id).first<{ transcript: string }>()

@@ -92,6 +92,23 @@ describe('web push for offline members', () => {
     a.close()
   })
 
+  it('stays silent for a muted conversation and speaks again after unmuting', async ({ expect }) => {
+    const { bob, conv, sub, a } = await offlineBob()
+    const muted = await api(`/api/conversations/${conv.id}/settings`, { method: 'PATCH', token: bob.accessToken, body: { mute: 'always' } })
+    expect(muted.status).toBe(200)
+    a.send(textSend(conv.id, 'muted news'))
+    const first = await a.next('ack')
+    // The job runs and is done, with nothing sent.
+    const quiet = await runBatch([{ type: 'push', userId: bob.user.id, conversationId: conv.id, seq: first.seq }])
+    expect(quiet.explicitAcks).toEqual(['m0'])
+    expect((await receivedPushes(sub)).hits).toBe(0)
+    await api(`/api/conversations/${conv.id}/settings`, { method: 'PATCH', token: bob.accessToken, body: { mute: 'off' } })
+    const loud = await runBatch([{ type: 'push', userId: bob.user.id, conversationId: conv.id, seq: first.seq }])
+    expect(loud.explicitAcks).toEqual(['m0'])
+    expect((await receivedPushes(sub)).received.map((r) => r.payload)).toContainEqual(expect.objectContaining({ body: 'muted news' }))
+    a.close()
+  })
+
   it('sends nothing for a message recalled before its push went out', async ({ expect }) => {
     const alice = await register()
     const bob = await register()

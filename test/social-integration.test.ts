@@ -1,6 +1,6 @@
 import { env } from 'cloudflare:workers'
 import { describe, it } from 'vitest'
-import type { FriendRequest, Profile } from '../worker/shared/protocol'
+import type { Capabilities, ConversationSummary, FriendRequest, Profile } from '../worker/shared/protocol'
 import { api, befriend, Device, json, openChat, register, textSend, uniqueHandle } from './helpers'
 
 const PNG = new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, 73, 72, 68, 82])
@@ -264,5 +264,90 @@ describe('message search', () => {
     expect((await api(`/api/conversations/${conv.id}/messages?from=10&to=5`, { token: b.accessToken })).status).toBe(400)
     void env
     da.close()
+  })
+})
+
+describe('what the chat list and clients are told (issue 13)', () => {
+  it('members carry an avatar version that changes with the picture; the list gives the preview seq and the read cursor', async ({ expect }) => {
+    const a = await register()
+    const b = await register()
+    await befriend(a, b)
+    const conv = await openChat(a, b)
+    const memberOf = async () => (await json<{ conversations: ConversationSummary[] }>(await api('/api/conversations', { token: b.accessToken }))).conversations.find((c) => c.id === conv.id)!
+    expect((await memberOf()).members.find((m) => m.id === a.user.id)!.avatar).toBeNull()
+    await api('/api/me/avatar', { method: 'PUT', token: a.accessToken, body: PNG })
+    const v1 = (await memberOf()).members.find((m) => m.id === a.user.id)!.avatar
+    expect(v1).toMatch(/^[A-Za-z0-9_-]+$/)
+    await api('/api/me/avatar', { method: 'PUT', token: a.accessToken, body: PNG })
+    const v2 = (await memberOf()).members.find((m) => m.id === a.user.id)!.avatar
+    expect(v2).not.toBe(v1)
+    // The versioned URL is the picture.
+    expect((await api(`/api/users/${a.user.id}/avatar?v=${v2}`)).status).toBe(200)
+
+    const da = await Device.connect(a)
+    const ack = await da.sendAndAck(textSend(conv.id, 'preview me'))
+    await expect.poll(async () => (await memberOf()).preview?.seq, { timeout: 5000 }).toBe(ack.seq)
+    const summary = await memberOf()
+    expect(summary).toMatchObject({ unread: 1, readSeq: expect.any(Number), preview: { seq: ack.seq, senderId: a.user.id, text: 'preview me' } })
+    expect(summary.readSeq).toBeLessThan(ack.seq)
+    da.close()
+  })
+
+  it('capabilities say what this server can do', async ({ expect }) => {
+    const caps = await json<Capabilities>(await api('/api/capabilities'))
+    // The test pool runs the local transcriber and has VAPID keys.
+    expect(caps).toEqual({ transcribe: true, push: true })
+  })
+})
+
+describe('mute, pin and archive (issue 13)', () => {
+  it('keeps each person’s own settings, refuses nonsense and non-members, and tells their other devices', async ({ expect }) => {
+    const a = await register()
+    const b = await register()
+    const outsider = await register()
+    await befriend(a, b)
+    const conv = await openChat(a, b)
+    const other = await Device.connect(a)
+    const patch = (token: string, body: unknown) => api(`/api/conversations/${conv.id}/settings`, { method: 'PATCH', token, body })
+    const before = Date.now()
+    const res = await patch(a.accessToken, { mute: '8h', pinned: true, archived: true })
+    expect(res.status).toBe(200)
+    const { conversation } = await json<{ conversation: ConversationSummary }>(res)
+    expect(conversation.pinned).toBe(true)
+    expect(conversation.archived).toBe(true)
+    expect(conversation.mutedUntil).toBeGreaterThanOrEqual(before + 8 * 3600_000)
+    expect(conversation.mutedUntil).toBeLessThan(before + 8 * 3600_000 + 60_000)
+    await other.next('conversations-changed')
+    // The other member's view is untouched.
+    const theirs = (await json<{ conversations: ConversationSummary[] }>(await api('/api/conversations', { token: b.accessToken }))).conversations.find((c) => c.id === conv.id)!
+    expect(theirs).toMatchObject({ mutedUntil: null, pinned: false, archived: false })
+    const off = await json<{ conversation: ConversationSummary }>(await patch(a.accessToken, { mute: 'off', pinned: false }))
+    expect(off.conversation).toMatchObject({ mutedUntil: null, pinned: false, archived: true })
+    for (const body of [{}, { mute: 'forever' }, { pinned: 'yes' }]) expect((await patch(a.accessToken, body)).status).toBe(400)
+    expect((await patch(outsider.accessToken, { pinned: true })).status).toBe(404)
+    other.close()
+  })
+})
+
+describe('devices and password (issue 13)', () => {
+  it('lists sessions with names people recognise; a password change signs the others out and the new password works', async ({ expect }) => {
+    const handle = uniqueHandle()
+    const first = await register(handle, 'first-password-1')
+    const login = (password: string) =>
+      api('/api/auth/login', { body: { handle, password }, headers: { 'user-agent': 'Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Mobile Safari/537.36' } })
+    const second = await json<{ accessToken: string }>(await login('first-password-1'))
+    const list = await json<{ sessions: { deviceName: string; current: boolean; place: string | null }[] }>(await api('/api/auth/sessions', { token: first.accessToken }))
+    expect(list.sessions).toHaveLength(2)
+    expect(list.sessions.find((s) => !s.current)!.deviceName).toBe('Chrome on Android')
+    expect(list.sessions.every((s) => s.place === null)).toBe(true)
+
+    expect((await api('/api/auth/password', { body: { currentPassword: 'wrong-password', newPassword: 'second-password-2' }, token: first.accessToken })).status).toBe(403)
+    expect((await api('/api/auth/password', { body: { currentPassword: 'first-password-1', newPassword: 'short' }, token: first.accessToken })).status).toBe(400)
+    const changed = await api('/api/auth/password', { body: { currentPassword: 'first-password-1', newPassword: 'second-password-2' }, token: first.accessToken })
+    expect(await json(changed)).toEqual({ revoked: 1 })
+    expect((await api('/api/me', { token: second.accessToken })).status).toBe(401)
+    expect((await api('/api/me', { token: first.accessToken })).status).toBe(200)
+    expect((await login('first-password-1')).status).toBe(401)
+    expect((await login('second-password-2')).status).toBe(200)
   })
 })

@@ -8,6 +8,7 @@ import { conversationRoutes } from './routes/conversations'
 import { blockRoutes } from './routes/blocks'
 import { friendRoutes } from './routes/friends'
 import { pushRoutes } from './routes/push'
+import { linkPreviewRoutes } from './routes/link-preview'
 import { mediaRoutes } from './routes/media'
 import { searchRoutes } from './routes/search'
 import { uploadRoutes } from './routes/uploads'
@@ -43,6 +44,7 @@ export const app = new Hono<AppEnv>()
   .route('/push', pushRoutes)
   .route('/uploads', uploadRoutes)
   .route('/media', mediaRoutes)
+  .route('/link-preview', linkPreviewRoutes)
 
 app.notFound((c) => c.json(errorBody(ErrorCode.NOT_FOUND, 'no such endpoint'), 404))
 app.onError(renderError)

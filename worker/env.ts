@@ -21,6 +21,8 @@ export interface Env {
   AI?: Ai
   /** Local transcriber service (scripts/transcriber.ts) when there is no AI binding. */
   TRANSCRIBER_URL?: string
+  /** Tests only: host:port pairs link previews may fetch although they are private addresses. */
+  LINK_PREVIEW_ALLOW?: string
   JWT_SECRET: string
   JWT_ISSUER: string
   JWT_AUDIENCE: string

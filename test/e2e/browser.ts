@@ -46,10 +46,10 @@ export async function befriendInUi(a: Page, b: Page, handleB: string) {
 }
 
 /** One product server and one browser for a test file, started before and stopped after it. */
-export function useProduct() {
+export function useProduct(vars?: () => Promise<Record<string, string>> | Record<string, string>) {
   const ctx = {} as { server: LocalServer; browser: Browser }
   beforeAll(async () => {
-    ctx.server = await startServer()
+    ctx.server = await startServer({ vars: vars ? await vars() : undefined })
     ctx.browser = await launchBrowser()
   })
   afterAll(async () => {
@@ -67,7 +67,7 @@ export async function say(page: Page, text: string) {
 }
 
 /** Opens a message's action menu the way a mouse user does (right-click) and picks an item. */
-export async function messageAction(message: Locator, item: 'reply' | 'react' | 'copy' | 'edit' | 'recall' | 'info') {
+export async function messageAction(message: Locator, item: 'reply' | 'react' | 'copy' | 'edit' | 'recall' | 'info' | 'forward') {
   await message.getByTestId('bubble').click({ button: 'right' })
   await message.getByTestId(`message-${item}`).click()
 }

@@ -1,4 +1,4 @@
-import { clear, createStore, get, set, type UseStore } from 'idb-keyval'
+import { clear, createStore, del, get, set, type UseStore } from 'idb-keyval'
 import type { ConversationEvent, ConversationSummary, MessageBody } from '../../worker/shared/protocol'
 import type { UploadKind } from '../../worker/shared/limits'
 
@@ -58,6 +58,12 @@ export class ChatCache {
   }
   saveOutbox(items: OutboxItem[]) {
     return set('outbox', items, this.store)
+  }
+  draft(id: string): Promise<string | undefined> {
+    return get(`draft:${id}`, this.store)
+  }
+  saveDraft(id: string, text: string) {
+    return text ? set(`draft:${id}`, text, this.store) : del(`draft:${id}`, this.store)
   }
   /** On sign-out nothing of the account stays on the device. */
   clear() {

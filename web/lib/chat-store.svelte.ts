@@ -127,10 +127,13 @@ export class ChatStore {
     if (list) this.#conversations = list
     if (outbox) this.#outbox = outbox
     this.#socket.start()
+    document.addEventListener('visibilitychange', this.#onHidden)
     await this.refreshConversations()
   }
 
   async stop(clearCache: boolean) {
+    document.removeEventListener('visibilitychange', this.#onHidden)
+    this.#flushDrafts()
     this.#socket.stop()
     if (clearCache) await this.#cache.clear()
   }
@@ -409,10 +412,7 @@ export class ChatStore {
   send(conversationId: string, text: string, replyTo?: number) {
     const body: MessageBody = replyTo ? { kind: 'text', text, replyTo: { seq: replyTo } } : { kind: 'text', text }
     const item: OutboxItem = { conversationId, clientMsgId: crypto.randomUUID(), body, createdAt: Date.now() }
-    this.#outbox = [...this.#outbox, item]
-    this.#unsaved.add(item.clientMsgId)
-    this.#saveOutbox()
-    this.#pump(conversationId)
+    this.#enqueue(item)
   }
 
   /**
@@ -421,10 +421,49 @@ export class ChatStore {
    */
   sendMedia(conversationId: string, body: MessageBody, uploads: PendingUpload[]) {
     const item: OutboxItem = { conversationId, clientMsgId: crypto.randomUUID(), body, createdAt: Date.now(), uploads }
+    this.#enqueue(item)
+  }
+
+  /**
+   * Passes a message on to other chats. Media is copied on the server (one copy per chat, as each
+   * chat owns what it carries), never downloaded and uploaded again; then each copy goes through
+   * the outbox like any message.
+   */
+  async forward(fromId: string, seq: number, toIds: string[]) {
+    const e = this.#byId.get(fromId)?.events.get(seq)
+    if (e?.type !== 'message' || !e.body) return
+    const source = e.body
+    for (const to of toIds) {
+      let body: MessageBody
+      if (source.kind === 'text') {
+        body = { kind: 'text', text: source.text, forwarded: true }
+      } else {
+        const copy = (id: string) => api<{ id: string }>(`/api/media/${id}/copy`, { method: 'POST' }).then((r) => r.id)
+        const mediaId = await copy(source.mediaId)
+        const thumbId = source.kind === 'image' && source.thumbId ? await copy(source.thumbId) : undefined
+        // Mime, size and dimensions are filled again by the room from its own reading.
+        const { mime: _m, size: _s, ...rest } = source
+        body = { ...rest, mediaId, ...(thumbId ? { thumbId } : {}), forwarded: true } as MessageBody
+      }
+      const item: OutboxItem = { conversationId: to, clientMsgId: crypto.randomUUID(), body, createdAt: Date.now() }
+      this.#enqueue(item)
+    }
+  }
+
+  // ---- conversation settings ----
+
+  /** Mute, pin or archive for this user; the server tells their other devices. */
+  async setSettings(id: string, change: { mute?: 'off' | '1h' | '8h' | 'always'; pinned?: boolean; archived?: boolean }) {
+    const { conversation } = await api<{ conversation: ConversationSummary }>(`/api/conversations/${id}/settings`, { method: 'PATCH', body: change })
+    this.#replaceSummary(id, (c) => ({ ...c, mutedUntil: conversation.mutedUntil, pinned: conversation.pinned, archived: conversation.archived }))
+  }
+
+  /** Shown at once, kept in IndexedDB, and sent in order. */
+  #enqueue(item: OutboxItem) {
     this.#outbox = [...this.#outbox, item]
     this.#unsaved.add(item.clientMsgId)
     this.#saveOutbox()
-    this.#pump(conversationId)
+    this.#pump(item.conversationId)
   }
 
   #updateItem(clientMsgId: string, change: (o: OutboxItem) => OutboxItem) {
@@ -492,6 +531,40 @@ export class ChatStore {
 
   react(conversationId: string, targetSeq: number, emoji: string, on: boolean) {
     this.#socket.send({ type: 'react', conversationId, clientMsgId: crypto.randomUUID(), targetSeq, emoji, on })
+  }
+
+  // ---- drafts ----
+
+  #draftTimers = new Map<string, ReturnType<typeof setTimeout>>()
+  /** The newest text per conversation, ahead of its (debounced) IndexedDB write. */
+  #drafts = new Map<string, string>()
+
+  // A tab hidden or closed right after typing still keeps the last words.
+  #onHidden = () => document.visibilityState === 'hidden' && this.#flushDrafts()
+
+  #flushDrafts() {
+    for (const [id, timer] of this.#draftTimers) {
+      clearTimeout(timer)
+      void this.#cache.saveDraft(id, this.#drafts.get(id) ?? '').catch(() => undefined)
+    }
+    this.#draftTimers.clear()
+  }
+
+  async loadDraft(id: string): Promise<string> {
+    return this.#drafts.get(id) ?? (await this.#cache.draft(id).catch(() => undefined)) ?? ''
+  }
+
+  /** Kept in memory at once and on disk a moment after the last keystroke, one write per pause in typing. */
+  saveDraft(id: string, text: string) {
+    this.#drafts.set(id, text)
+    clearTimeout(this.#draftTimers.get(id))
+    this.#draftTimers.set(
+      id,
+      setTimeout(() => {
+        this.#draftTimers.delete(id)
+        void this.#cache.saveDraft(id, text).catch(() => undefined)
+      }, 300),
+    )
   }
 
   /** How many were unread when the conversation was last opened, for the "new messages" line. */

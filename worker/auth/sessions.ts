@@ -28,14 +28,22 @@ async function issueTokens(env: Env, db: Db, user: User, sessionId: string): Pro
   return { user: publicUser(user), sessionId, accessToken, expiresIn: ACCESS_TOKEN_TTL_S, refreshToken }
 }
 
-export async function startSession(env: Env, db: Db, user: User, deviceName: string): Promise<AuthResult> {
+/** "City, CC" from Cloudflare's data about the request (absent locally). */
+export function placeOf(request: Request): string | null {
+  const cf = (request as { cf?: { city?: unknown; country?: unknown } }).cf
+  const city = typeof cf?.city === 'string' ? cf.city : null
+  const country = typeof cf?.country === 'string' ? cf.country : null
+  return [city, country].filter(Boolean).join(', ').slice(0, 80) || null
+}
+
+export async function startSession(env: Env, db: Db, user: User, deviceName: string, place: string | null = null): Promise<AuthResult> {
   const sessionId = newId()
-  await db.insert(sessions).values({ id: sessionId, userId: user.id, deviceName })
+  await db.insert(sessions).values({ id: sessionId, userId: user.id, deviceName, place })
   return issueTokens(env, db, user, sessionId)
 }
 
 /** Rotates a refresh token; presenting a used one revokes the whole session (it was stolen or replayed). */
-export async function rotateRefreshToken(env: Env, db: Db, presented: string): Promise<AuthResult> {
+export async function rotateRefreshToken(env: Env, db: Db, presented: string, place: string | null = null): Promise<AuthResult> {
   const tokenHash = await sha256(presented)
   const row = await db
     .select({ token: refreshTokens, session: sessions, user: users })
@@ -58,7 +66,7 @@ export async function rotateRefreshToken(env: Env, db: Db, presented: string): P
     await revokeSession(env, db, row.user.id, row.session.id)
     fail(401, ErrorCode.TOKEN_REUSED, 'refresh token was already used; the session is revoked')
   }
-  await db.update(sessions).set({ lastSeenAt: Date.now() }).where(eq(sessions.id, row.session.id))
+  await db.update(sessions).set({ lastSeenAt: Date.now(), ...(place ? { place } : {}) }).where(eq(sessions.id, row.session.id))
   return issueTokens(env, db, row.user, row.session.id)
 }
 
@@ -67,4 +75,11 @@ export async function revokeSession(env: Env, db: Db, userId: string, sessionId:
   await db.update(sessions).set({ revokedAt: Date.now() }).where(and(eq(sessions.id, sessionId), isNull(sessions.revokedAt)))
   rememberRevoked(sessionId)
   await getUserHub(env, userId).closeSession(sessionId)
+}
+
+/** Signs out every session of the user but the one asking; returns how many. */
+export async function revokeOtherSessions(env: Env, db: Db, userId: string, keep: string): Promise<number> {
+  const others = (await db.select({ id: sessions.id }).from(sessions).where(and(eq(sessions.userId, userId), isNull(sessions.revokedAt)))).filter((s) => s.id !== keep)
+  for (const s of others) await revokeSession(env, db, userId, s.id)
+  return others.length
 }

@@ -31,6 +31,8 @@ export const sessions = sqliteTable(
     createdAt: integer('created_at').notNull().default(now),
     lastSeenAt: integer('last_seen_at').notNull().default(now),
     revokedAt: integer('revoked_at'),
+    /** Where the device signed in or last refreshed ("Lisbon, PT"), from Cloudflare's request data. */
+    place: text('place'),
   },
   (t) => [index('sessions_user_idx').on(t.userId)],
 )
@@ -78,6 +80,12 @@ export const members = sqliteTable(
     joinedSeq: integer('joined_seq').notNull().default(0),
     /** Mirror of the room's read cursor, for unread counts in the conversation list. */
     readSeq: integer('read_seq').notNull().default(0),
+    /** No push until then (ms); MUTED_FOREVER for "always". */
+    mutedUntil: integer('muted_until'),
+    /** Pinned to the top of the list, most recently pinned first. */
+    pinnedAt: integer('pinned_at'),
+    /** Moved out of the list into Archived. */
+    archivedAt: integer('archived_at'),
   },
   (t) => [primaryKey({ columns: [t.conversationId, t.userId] }), index('members_user_idx').on(t.userId)],
 )

@@ -29,7 +29,13 @@ function pushPayload(job: PushJob, sender: string | null, text: string | null, p
 /** Returns false when some endpoint failed and the job should be retried. */
 async function deliverPush(env: Env, job: PushJob): Promise<boolean> {
   // Most jobs are for people without a push subscription: one D1 read, and the room is not woken.
-  const any = await env.DB.prepare('SELECT 1 FROM push_subscriptions WHERE user_id = ? LIMIT 1').bind(job.userId).first()
+  // A muted conversation stays silent (the list still counts it unread).
+  const any = await env.DB.prepare(
+    `SELECT 1 FROM push_subscriptions WHERE user_id = ?1
+       AND NOT EXISTS (SELECT 1 FROM members WHERE conversation_id = ?2 AND user_id = ?1 AND muted_until > ?3) LIMIT 1`,
+  )
+    .bind(job.userId, job.conversationId, Date.now())
+    .first()
   if (!any) return true
   const found = await getConversationRoom(env, job.conversationId).eventFor(job.conversationId, job.userId, job.seq)
   // Not a member any more, already seen on some device, or recalled: nothing to say.

@@ -1,7 +1,7 @@
 import { and, desc, eq, isNull } from 'drizzle-orm'
 import { Hono } from 'hono'
 import { DUMMY_HASH, hashPassword, verifyPassword } from '../auth/password'
-import { publicUser, revokeSession, rotateRefreshToken, startSession } from '../auth/sessions'
+import { placeOf, publicUser, revokeOtherSessions, revokeSession, rotateRefreshToken, startSession } from '../auth/sessions'
 import { getDb } from '../db/client'
 import { sessions, users } from '../db/schema'
 import type { AppEnv } from '../env'
@@ -13,10 +13,16 @@ import type { Verdict } from '../auth/login-limits'
 import type { Env } from '../env'
 import { ErrorCode } from '../shared/errors'
 import { profileOf } from '../social/policy'
-import { LoginBody, ReauthBody, RefreshBody, RegisterBody, SettingsBody } from '../shared/protocol'
+import { ChangePasswordBody, LoginBody, ReauthBody, RefreshBody, RegisterBody, SettingsBody, type DeviceSession } from '../shared/protocol'
 
-function deviceFrom(name: string | undefined, userAgent: string | undefined): string {
-  return name ?? (userAgent ? userAgent.slice(0, 64) : 'Unknown device')
+/** "Chrome on Android": what a person recognises in the Devices list, from the browser's user agent. */
+export function deviceFrom(name: string | undefined, userAgent: string | undefined): string {
+  if (name) return name
+  const ua = userAgent ?? ''
+  const browser = /Edg\//.test(ua) ? 'Edge' : /OPR\//.test(ua) ? 'Opera' : /Firefox\//.test(ua) ? 'Firefox' : /Chrom(e|ium)\//.test(ua) ? 'Chrome' : /Safari\//.test(ua) ? 'Safari' : null
+  const os = /iPhone/.test(ua) ? 'iPhone' : /iPad/.test(ua) ? 'iPad' : /Android/.test(ua) ? 'Android' : /Windows/.test(ua) ? 'Windows' : /Mac OS X/.test(ua) ? 'macOS' : /CrOS/.test(ua) ? 'ChromeOS' : /Linux/.test(ua) ? 'Linux' : null
+  if (browser && os) return `${browser} on ${os}`
+  return browser ?? os ?? (ua.slice(0, 64) || 'Unknown device')
 }
 
 /** Sign-ups per client address, "burst/perHour"; env REGISTER_RATE overrides it. */
@@ -63,7 +69,7 @@ export const authRoutes = new Hono<AppEnv>()
       if (String((err as Error).message).includes('UNIQUE')) fail(409, ErrorCode.HANDLE_TAKEN, 'that handle is taken')
       throw err
     }
-    const result = await startSession(c.env, db, user, deviceFrom(body.deviceName, c.req.header('user-agent')))
+    const result = await startSession(c.env, db, user, deviceFrom(body.deviceName, c.req.header('user-agent')), placeOf(c.req.raw))
     return c.json({ ...result, deviceToken: await knownDevice(c.env, user.handle, undefined) }, 201)
   })
   .post('/login', validate('json', LoginBody), async (c) => {
@@ -77,12 +83,12 @@ export const authRoutes = new Hono<AppEnv>()
     // An unknown handle is tried against a dummy hash, so it costs and counts the same.
     const ok = await tryPassword(c.env, body.handle, deviceHash, body.password, user?.passwordHash ?? DUMMY_HASH)
     if (!user || !ok) fail(401, ErrorCode.INVALID_CREDENTIALS, 'wrong handle or password')
-    const result = await startSession(c.env, db, user, deviceFrom(body.deviceName, c.req.header('user-agent')))
+    const result = await startSession(c.env, db, user, deviceFrom(body.deviceName, c.req.header('user-agent')), placeOf(c.req.raw))
     return c.json({ ...result, deviceToken: await knownDevice(c.env, user.handle, body.deviceToken) })
   })
   .post('/refresh', validate('json', RefreshBody), async (c) => {
     const { refreshToken } = c.req.valid('json')
-    return c.json(await rotateRefreshToken(c.env, getDb(c.env), refreshToken))
+    return c.json(await rotateRefreshToken(c.env, getDb(c.env), refreshToken, placeOf(c.req.raw)))
   })
   .post('/logout', requireAuth, async (c) => {
     const { userId, sessionId } = c.get('auth')
@@ -92,11 +98,11 @@ export const authRoutes = new Hono<AppEnv>()
   .get('/sessions', requireAuth, async (c) => {
     const { userId, sessionId } = c.get('auth')
     const rows = await getDb(c.env)
-      .select({ id: sessions.id, deviceName: sessions.deviceName, createdAt: sessions.createdAt, lastSeenAt: sessions.lastSeenAt })
+      .select({ id: sessions.id, deviceName: sessions.deviceName, createdAt: sessions.createdAt, lastSeenAt: sessions.lastSeenAt, place: sessions.place })
       .from(sessions)
       .where(and(eq(sessions.userId, userId), isNull(sessions.revokedAt)))
       .orderBy(desc(sessions.lastSeenAt))
-    return c.json({ sessions: rows.map((s) => ({ ...s, current: s.id === sessionId })) })
+    return c.json({ sessions: rows.map((s): DeviceSession => ({ ...s, current: s.id === sessionId })) })
   })
   .delete('/sessions/:id', requireAuth, async (c) => {
     const { userId } = c.get('auth')
@@ -114,9 +120,18 @@ export const authRoutes = new Hono<AppEnv>()
     const user = await db.select().from(users).where(eq(users.id, userId)).get()
     if (!user) fail(404, ErrorCode.NOT_FOUND, 'user not found')
     if (!(await tryPassword(c.env, user.handle, null, c.req.valid('json').password, user.passwordHash))) fail(403, ErrorCode.INVALID_CREDENTIALS, 'wrong password')
-    const others = (await db.select({ id: sessions.id }).from(sessions).where(and(eq(sessions.userId, userId), isNull(sessions.revokedAt)))).filter((s) => s.id !== sessionId)
-    for (const s of others) await revokeSession(c.env, db, userId, s.id)
-    return c.json({ revoked: others.length })
+    return c.json({ revoked: await revokeOtherSessions(c.env, db, userId, sessionId) })
+  })
+  /** A new password; every other device is signed out, as whoever knew the old one may hold them. */
+  .post('/password', requireAuth, validate('json', ChangePasswordBody), async (c) => {
+    const { userId, sessionId } = c.get('auth')
+    const { currentPassword, newPassword } = c.req.valid('json')
+    const db = getDb(c.env)
+    const user = await db.select().from(users).where(eq(users.id, userId)).get()
+    if (!user) fail(404, ErrorCode.NOT_FOUND, 'user not found')
+    if (!(await tryPassword(c.env, user.handle, null, currentPassword, user.passwordHash))) fail(403, ErrorCode.INVALID_CREDENTIALS, 'wrong password')
+    await db.update(users).set({ passwordHash: await hashPassword(newPassword) }).where(eq(users.id, userId))
+    return c.json({ revoked: await revokeOtherSessions(c.env, db, userId, sessionId) })
   })
 
 export const meRoutes = new Hono<AppEnv>()

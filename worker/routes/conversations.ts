@@ -11,7 +11,9 @@ import type { AppEnv, Env } from '../env'
 import { fail, requireAuth, validate } from '../http'
 import { newId } from '../ids'
 import { ErrorCode } from '../shared/errors'
+import { MUTED_FOREVER } from '../shared/limits'
 import {
+  ConversationSettingsBody,
   AddMembersBody,
   CreateConversationBody,
   CreateGroupBody,
@@ -37,6 +39,9 @@ interface ListRow {
   last_seq: number
   last_activity_at: number
   read_seq: number
+  muted_until: number | null
+  pinned_at: number | null
+  archived_at: number | null
   unread: number
   preview: string | null
 }
@@ -48,7 +53,7 @@ export function previewText(body: MessageBody | null, recalled: boolean): string
 /** The viewer's conversations with members, unread counts and a preview, newest activity first. */
 async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<ConversationSummary[]> {
   const { results } = await env.DB.prepare(
-    `SELECT c.id, c.kind, c.title, c.last_seq, c.last_activity_at, mem.read_seq,
+    `SELECT c.id, c.kind, c.title, c.last_seq, c.last_activity_at, mem.read_seq, mem.muted_until, mem.pinned_at, mem.archived_at,
        (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.seq > max(mem.read_seq, mem.joined_seq - 1)
           AND m.type = 'message' AND m.sender_id != ?1 AND m.recalled_by IS NULL
           AND m.sender_id NOT IN (SELECT blocked_id FROM blocks WHERE blocker_id = ?1)) AS unread,
@@ -90,6 +95,9 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
       lastActivityAt: c.last_activity_at,
       unread: c.unread,
       readSeq: c.read_seq,
+      mutedUntil: c.muted_until !== null && c.muted_until > Date.now() ? c.muted_until : null,
+      pinned: c.pinned_at !== null,
+      archived: c.archived_at !== null,
       preview: p ? { seq: p.seq, senderId: p.senderId, text: previewText(p.body, !!p.recalled), serverTs: p.serverTs } : null,
     }
   })
@@ -209,6 +217,26 @@ export const conversationRoutes = new Hono<AppEnv>()
     const { userId } = c.get('auth')
     const id = conversationId(c.req.param('id'))
     await requireMember(getDb(c.env), id, userId)
+    return c.json({ conversation: await summaryOf(c.env, userId, id) })
+  })
+  /** The viewer's own mute, pin and archive of a conversation; their other devices follow. */
+  .patch('/:id/settings', validate('json', ConversationSettingsBody), async (c) => {
+    const { userId } = c.get('auth')
+    const id = conversationId(c.req.param('id'))
+    const db = getDb(c.env)
+    await requireMember(db, id, userId)
+    const { mute, pinned, archived } = c.req.valid('json')
+    const now = Date.now()
+    const mutedUntil = { '1h': now + 3600_000, '8h': now + 8 * 3600_000, always: MUTED_FOREVER, off: null } as const
+    await db
+      .update(members)
+      .set({
+        ...(mute !== undefined ? { mutedUntil: mutedUntil[mute] } : {}),
+        ...(pinned !== undefined ? { pinnedAt: pinned ? now : null } : {}),
+        ...(archived !== undefined ? { archivedAt: archived ? now : null } : {}),
+      })
+      .where(and(eq(members.conversationId, id), eq(members.userId, userId)))
+    await tellListChanged(c.env, [userId])
     return c.json({ conversation: await summaryOf(c.env, userId, id) })
   })
   .patch('/:id', validate('json', RenameBody), async (c) => {

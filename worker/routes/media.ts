@@ -7,6 +7,7 @@ import { fail, getAuth, requireAuth } from '../http'
 import { mediaKey } from '../media/UploadSession'
 import { transcriberFor } from '../media/transcriber'
 import { ErrorCode } from '../shared/errors'
+import { newId } from '../ids'
 import { Id, type MediaTokenResult, type ServerMessage } from '../shared/protocol'
 
 interface MediaRow {
@@ -108,6 +109,26 @@ export const mediaRoutes = new Hono<AppEnv>()
       'Content-Length': String(range.length),
       'Content-Range': `bytes ${range.offset}-${range.offset + range.length - 1}/${row.size}`,
     })
+  })
+  /**
+   * Forwarding: a copy of media this user may read, owned by them and ready to go into another
+   * conversation, made inside R2; the client never downloads and uploads it again. Recalling the
+   * original later does not take the forwarded copy with it, as in every messenger.
+   */
+  .post('/:id/copy', requireAuth, async (c) => {
+    const auth = c.get('auth')
+    const row = await readable(c, auth.userId, auth.sessionId, c.req.param('id'))
+    const full = await c.env.DB.prepare('SELECT duration_ms, width, height FROM media WHERE id = ?').bind(row.id).first<{ duration_ms: number | null; width: number | null; height: number | null }>()
+    const object = await c.env.MEDIA.get(mediaKey(row.id))
+    if (!object) fail(404, ErrorCode.NOT_FOUND, 'no such media')
+    const id = newId()
+    await c.env.MEDIA.put(mediaKey(id), object.body, { httpMetadata: object.httpMetadata })
+    await c.env.DB.prepare(
+      `INSERT INTO media (id, owner_id, kind, mime, size, name, duration_ms, width, height, transcript, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    )
+      .bind(id, auth.userId, row.kind, row.mime, row.size, row.name, full?.duration_ms ?? null, full?.width ?? null, full?.height ?? null, row.transcript, Date.now())
+      .run()
+    return c.json({ id }, 201)
   })
   /** Speech to text of a voice note, stored so it is computed once and shown on every device. */
   .post('/:id/transcript', requireAuth, async (c) => {

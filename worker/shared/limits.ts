@@ -50,3 +50,6 @@ export function previewOf(body: { kind: string; text?: string; name?: string; ca
       return 'Message'
   }
 }
+
+/** A mute "always" lasts until this (ms since epoch): far past any real date. */
+export const MUTED_FOREVER = Number.MAX_SAFE_INTEGER

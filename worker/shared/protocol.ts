@@ -8,8 +8,12 @@ export const Id = z.string().regex(/^[A-Za-z0-9_-]{8,64}$/, 'not a valid id')
 export const ClientMsgId = z.uuid()
 export const Seq = z.number().int().nonnegative()
 
+/** Marks a message passed on from another chat ("Forwarded"); set by the forwarding client. */
+const Forwarded = { forwarded: z.literal(true).optional() }
+
 export const TextBody = z.object({
   kind: z.literal('text'),
+  ...Forwarded,
   /** The message this one answers; shown as a quote. */
   replyTo: z.object({ seq: z.number().int().min(1) }).optional(),
   text: z
@@ -28,6 +32,7 @@ const ServerFilled = {
 }
 export const VoiceBody = z.object({
   kind: z.literal('voice'),
+  ...Forwarded,
   mediaId: Id,
   ...ServerFilled,
   durationMs: z.number().int().nonnegative().optional(),
@@ -36,6 +41,7 @@ export const VoiceBody = z.object({
 })
 export const ImageBody = z.object({
   kind: z.literal('image'),
+  ...Forwarded,
   mediaId: Id,
   /** A small version for the chat list, uploaded separately. */
   thumbId: Id.optional(),
@@ -46,6 +52,7 @@ export const ImageBody = z.object({
 })
 export const FileBody = z.object({
   kind: z.literal('file'),
+  ...Forwarded,
   mediaId: Id,
   ...ServerFilled,
   name: z
@@ -197,6 +204,16 @@ export type ServerMessage =
   /** A frame was rejected; ref is the clientMsgId it was about, when known. */
   | { type: 'error'; code: ErrorCode; message: string; ref?: string }
 
+/** A link's card: what the page says about itself (`GET /api/link-preview?url=`). */
+export interface LinkPreview {
+  url: string
+  title: string
+  description: string | null
+  siteName: string | null
+  /** Served by this Worker (the page's own picture, fetched once), or null. */
+  image: string | null
+}
+
 /** What this deployment can do, so the PWA offers only what works (`GET /api/capabilities`). */
 export interface Capabilities {
   /** Speech to text of voice notes (Workers AI, or the local transcriber). */
@@ -232,6 +249,24 @@ export const LoginBody = z.object({
 export const RefreshBody = z.object({ refreshToken: z.string().min(20).max(200) })
 /** The password again, for what a stolen access token alone must not do. */
 export const ReauthBody = z.object({ password: z.string().min(1).max(256) })
+export const ChangePasswordBody = z.object({ currentPassword: z.string().min(1).max(256), newPassword: Password })
+
+/** How long a mute lasts; 'off' ends one. */
+export const MUTE_CHOICES = ['1h', '8h', 'always', 'off'] as const
+export const ConversationSettingsBody = z
+  .object({ mute: z.enum(MUTE_CHOICES).optional(), pinned: z.boolean().optional(), archived: z.boolean().optional() })
+  .refine((b) => b.mute !== undefined || b.pinned !== undefined || b.archived !== undefined, 'nothing to change')
+
+/** One signed-in device, as the Devices list shows it. */
+export interface DeviceSession {
+  id: string
+  deviceName: string
+  createdAt: number
+  lastSeenAt: number
+  /** "Lisbon, PT" where Cloudflare knows it; null locally. */
+  place: string | null
+  current: boolean
+}
 
 export const CreateConversationBody = z.object({ peerHandle: Handle })
 export const CreateGroupBody = z.object({
@@ -331,6 +366,10 @@ export interface ConversationSummary {
   unread: number
   /** The viewer's read cursor: a recall above it takes an unread message away. */
   readSeq: number
+  /** The viewer's own settings: no push until then (ms since epoch), pinned and archived. */
+  mutedUntil: number | null
+  pinned: boolean
+  archived: boolean
   /** The newest message, for the list preview; null when there is none. */
   preview: { seq: number; senderId: string; text: string; serverTs: number } | null
 }
