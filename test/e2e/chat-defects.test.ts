@@ -142,7 +142,11 @@ describe('defects a new user found', () => {
 
   it('opening a chat lands on the newest message even when images load after the scroll', async ({ expect }) => {
     const { a, b } = await pair('scroll')
-    for (let i = 0; i < 25; i++) await say(a, `line ${i}`)
+    for (let i = 0; i < 25; i++) {
+      await a.getByTestId('composer-input').fill(`line ${i}`)
+      await a.getByTestId('composer-input').press('Enter')
+    }
+    await a.getByTestId('message').filter({ hasText: 'line 24' }).and(a.locator('[data-seq]')).waitFor()
     for (const [w, h] of [[300, 900], [320, 640]] as const) {
       await a.getByTestId('attach-input').setInputFiles({ name: `tall-${w}.png`, mimeType: 'image/png', buffer: png(w, h) })
       await expect.poll(() => a.locator('[data-testid="message"][data-seq]').filter({ has: a.getByTestId('image-thumb') }).count(), { timeout: 20_000 }).toBe(w === 300 ? 1 : 2)
@@ -204,7 +208,12 @@ describe('defects a new user found', () => {
   it('a search result scrolls to and marks the message; a new query clears the old results', async ({ expect }) => {
     const { a, b } = await pair('find')
     await say(a, 'the needle is here')
-    for (let i = 0; i < 40; i++) await say(a, `hay ${i}`)
+    // Sent back to back (the outbox pipelines them); the last one acked means all are.
+    for (let i = 0; i < 40; i++) {
+      await a.getByTestId('composer-input').fill(`hay ${i}`)
+      await a.getByTestId('composer-input').press('Enter')
+    }
+    await a.getByTestId('message').filter({ hasText: 'hay 39' }).and(a.locator('[data-seq]')).waitFor()
     await b.getByTestId('message-search').fill('needle')
     await b.getByTestId('message-search').press('Enter')
     // Anywhere on the result opens it, not only its text.
@@ -222,7 +231,6 @@ describe('defects a new user found', () => {
       )
       .toBe(true)
 
-    await b.getByTestId('chat-back').click().catch(() => undefined)
     await b.getByTestId('message-search').fill('nothing like this at all')
     await b.getByTestId('message-search').press('Enter')
     // The old hit is gone at once, before (and after) the new answer.

@@ -243,6 +243,43 @@ describe('everyday chat features', () => {
     await a.page.locator('[data-testid="message"][data-seq]').filter({ hasText: 'pasted.txt' }).waitFor({ timeout: 20_000 })
   })
 
+  it('on a phone: a long press on a chat opens its menu (pin, mute) without opening it; forwarding fits the screen', async ({ expect }) => {
+    const s = Date.now().toString(36)
+    const phoneCtx = await product.browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true })
+    const phone = await phoneCtx.newPage()
+    await registerInUi(phone, product.server.url, `ph_${s}`, 'Pho')
+    const b = await person('Qin', s)
+    await befriendInUi(phone, b.page, b.handle)
+    await chatWith(b.page, 'ph_' + s)
+    await say(b.page, 'forward me, phone')
+    const row = item(phone, 'Qin')
+    await row.waitFor()
+    const box = (await row.boundingBox())!
+    const cdp = await phoneCtx.newCDPSession(phone)
+    await cdp.send('Input.dispatchTouchEvent', { type: 'touchStart', touchPoints: [{ x: box.x + box.width / 2, y: box.y + box.height / 2 }] })
+    await phone.waitForTimeout(700)
+    await cdp.send('Input.dispatchTouchEvent', { type: 'touchEnd', touchPoints: [] })
+    await phone.getByTestId('conv-pin').click()
+    await row.getByTestId('pinned-icon').waitFor()
+    // The press did not open the chat.
+    expect(await phone.getByTestId('composer-input').count()).toBe(0)
+
+    await row.click()
+    const msg = phone.getByTestId('message').filter({ hasText: 'forward me, phone' })
+    await msg.waitFor()
+    const mb = (await msg.getByTestId('bubble').boundingBox())!
+    await cdp.send('Input.dispatchTouchEvent', { type: 'touchStart', touchPoints: [{ x: mb.x + mb.width / 2, y: mb.y + mb.height / 2 }] })
+    await phone.waitForTimeout(700)
+    await cdp.send('Input.dispatchTouchEvent', { type: 'touchEnd', touchPoints: [] })
+    await msg.getByTestId('message-forward').click()
+    const dialog = phone.getByTestId('forward-dialog')
+    await dialog.waitFor()
+    const d = (await dialog.boundingBox())!
+    expect(d.x).toBeGreaterThanOrEqual(0)
+    expect(d.x + d.width).toBeLessThanOrEqual(390)
+    await phone.keyboard.press('Escape')
+  })
+
   it('switches theme (system, light, dark) and keeps it on this device', async ({ expect }) => {
     const s = Date.now().toString(36)
     const a = await person('Theo', s)
