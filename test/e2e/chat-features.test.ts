@@ -41,6 +41,15 @@ async function chatWith(page: Page, handle: string) {
   await page.getByTestId('composer-input').waitFor()
 }
 
+/** Three people; the first is friends with the other two. */
+async function trio(names: [string, string, string]) {
+  const s = Date.now().toString(36)
+  const [a, b, c] = [await person(names[0], s), await person(names[1], s), await person(names[2], s)]
+  await befriendInUi(a.page, b.page, b.handle)
+  await befriendInUi(a.page, c.page, c.handle)
+  return { a, b, c }
+}
+
 const item = (page: Page, title: string) => page.getByTestId('conversation-item').filter({ has: page.locator('.title').getByText(title, { exact: true }) })
 
 describe('everyday chat features', () => {
@@ -107,12 +116,7 @@ describe('everyday chat features', () => {
   })
 
   it('mutes, pins and archives conversations, kept on the server', async ({ expect }) => {
-    const s = Date.now().toString(36)
-    const a = await person('Pam', s)
-    const b = await person('Bea', s)
-    const c = await person('Cal', s)
-    await befriendInUi(a.page, b.page, b.handle)
-    await befriendInUi(a.page, c.page, c.handle)
+    const { a, b, c } = await trio(['Pam', 'Bea', 'Cal'])
     await chatWith(b.page, a.handle)
     await say(b.page, 'from Bea')
     await chatWith(c.page, a.handle)
@@ -157,12 +161,7 @@ describe('everyday chat features', () => {
   })
 
   it('forwards text and a photo to other chats without uploading the photo again', async ({ expect }) => {
-    const s = Date.now().toString(36)
-    const a = await person('Fay', s)
-    const b = await person('Gus', s)
-    const c = await person('Hal', s)
-    await befriendInUi(a.page, b.page, b.handle)
-    await befriendInUi(a.page, c.page, c.handle)
+    const { a, b, c } = await trio(['Fay', 'Gus', 'Hal'])
     await chatWith(a.page, c.handle)
     await chatWith(b.page, a.handle)
     await say(b.page, 'worth passing on')
@@ -196,12 +195,7 @@ describe('everyday chat features', () => {
   })
 
   it('keeps a draft per conversation across switches and reloads; paste and drop attach files', async ({ expect }) => {
-    const s = Date.now().toString(36)
-    const a = await person('Ida', s)
-    const b = await person('Jon', s)
-    const c = await person('Kit', s)
-    await befriendInUi(a.page, b.page, b.handle)
-    await befriendInUi(a.page, c.page, c.handle)
+    const { a, b, c } = await trio(['Ida', 'Jon', 'Kit'])
     await chatWith(a.page, b.handle)
     await chatWith(a.page, c.handle)
     const input = a.page.getByTestId('composer-input')
