@@ -10,6 +10,7 @@ import { friendRoutes } from './routes/friends'
 import { pushRoutes } from './routes/push'
 import { linkPreviewRoutes } from './routes/link-preview'
 import { mediaRoutes } from './routes/media'
+import { voiceRoutes } from './routes/voice'
 import { searchRoutes } from './routes/search'
 import { uploadRoutes } from './routes/uploads'
 import { profileRoutes, userRoutes } from './routes/users'
@@ -45,6 +46,7 @@ export const app = new Hono<AppEnv>()
   .route('/uploads', uploadRoutes)
   .route('/media', mediaRoutes)
   .route('/link-preview', linkPreviewRoutes)
+  .route('/voice', voiceRoutes)
 
 app.notFound((c) => c.json(errorBody(ErrorCode.NOT_FOUND, 'no such endpoint'), 404))
 app.onError(renderError)

@@ -11,3 +11,8 @@ export function getUserHub(env: Env, userId: string) {
 export function getUploadSession(env: Env, uploadId: string) {
   return env.UPLOAD.get(env.UPLOAD.idFromName(uploadId))
 }
+
+/** One voice room per conversation: at most one is live at a time. */
+export function getVoiceRoom(env: Env, conversationId: string) {
+  return env.VOICE.get(env.VOICE.idFromName(conversationId))
+}

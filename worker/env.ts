@@ -1,3 +1,4 @@
+import type { VoiceRoom } from './voice/VoiceRoom'
 import type { ConversationRoom } from './conversation/ConversationRoom'
 import type { QueueMessage } from './shared/jobs'
 import type { UploadSession } from './media/UploadSession'
@@ -8,6 +9,7 @@ export interface Env {
   DB: D1Database
   ASSETS: Fetcher
   CONVERSATION: DurableObjectNamespace<ConversationRoom>
+  VOICE: DurableObjectNamespace<VoiceRoom>
   USER: DurableObjectNamespace<UserHub>
   PUSH_QUEUE: Queue<QueueMessage>
   MEDIA: R2Bucket

@@ -7,7 +7,7 @@ import type { ZodType } from 'zod'
 import { ErrorCode, errorBody } from './shared/errors'
 import { sessionActive } from './auth/session-check'
 import { verifyAccessToken } from './auth/tokens'
-import type { AppEnv, AuthContext } from './env'
+import type { AppEnv, AuthContext, Env } from './env'
 
 /** Throws the one error shape; `retryAfterS` adds a Retry-After header (429s). */
 export function fail(status: ContentfulStatusCode, code: ErrorCode, message: string, retryAfterS?: number): never {
@@ -69,3 +69,12 @@ export const requireAuth = createMiddleware<AppEnv>(async (c, next) => {
   c.set('auth', auth)
   await next()
 })
+
+/** Browsers always send Origin on a WebSocket upgrade; other clients send none, and that is what the check protects. */
+export function originAllowed(env: Env, request: Request): boolean {
+  const origin = request.headers.get('origin')
+  // Non-browser clients send no Origin; browsers always do, and that is what the check protects.
+  if (!origin) return true
+  if (origin === new URL(request.url).origin) return true
+  return env.ALLOWED_ORIGINS.split(',').map((s) => s.trim()).filter(Boolean).includes(origin)
+}

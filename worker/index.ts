@@ -6,6 +6,7 @@ export { ConversationRoom } from './conversation/ConversationRoom'
 export { UserHub } from './user/UserHub'
 export { UploadSession } from './media/UploadSession'
 export { LoginGuard } from './auth/LoginGuard'
+export { VoiceRoom } from './voice/VoiceRoom'
 
 export default {
   fetch: app.fetch,

@@ -1,5 +1,5 @@
 import { DurableObject } from 'cloudflare:workers'
-import { getUserHub } from '../durable-objects'
+import { getUserHub, getVoiceRoom } from '../durable-objects'
 import { mediaKey } from '../media/UploadSession'
 import type { Env } from '../env'
 import type { UserHub } from '../user/UserHub'
@@ -543,7 +543,27 @@ export class ConversationRoom extends DurableObject<Env> {
 
   private dropMember(userId: string): number[] {
     this.sql.exec('DELETE FROM members WHERE user_id = ?', userId)
+    // Out of the group, out of its voice room at once (the call leaves after this commit, as every output does).
+    const conversationId = this.conversationId!
+    void getVoiceRoom(this.env, conversationId)
+      .dropUser(conversationId, userId)
+      .catch((e: unknown) => console.warn('voice room drop failed', String(e)))
     return []
+  }
+
+  /**
+   * The end of a voice room, as an event of the log. Written by the room's VoiceRoom object on
+   * behalf of whoever started it (who may have left the group since), once per room: a retry with
+   * the same clientMsgId gets the first ack.
+   */
+  async voiceEnded(conversationId: string, starterId: string, clientMsgId: string, startedAt: number, durationMs: number, people: number): Promise<RoomResult<Ack>> {
+    return this.inSenderOrder(starterId, async () => {
+      const loaded = await this.ensureLoaded(conversationId)
+      if (!loaded.ok) return loaded
+      const dup = this.findBySender(starterId, clientMsgId)
+      if (dup) return ok(dup)
+      return ok(this.commit({ type: 'voice', conversationId, seq: this.lastSeq + 1, senderId: starterId, clientMsgId, serverTs: this.now(), startedAt, durationMs, people }))
+    })
   }
 
   private setRoleRow(userId: string, role: Role): number[] {

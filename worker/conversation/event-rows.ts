@@ -32,6 +32,8 @@ export function rowToEvent(conversationId: string, r: EventRow): ConversationEve
       return { ...base, type: 'renamed', title: (body as { title: string }).title }
     case 'reaction':
       return { ...base, type: 'reaction', targetSeq: r.target_seq!, ...(body as { emoji: string; on: boolean }) }
+    case 'voice':
+      return { ...base, type: 'voice', ...(body as { startedAt: number; durationMs: number; people: number }) }
     default:
       return {
         ...base,
@@ -56,6 +58,8 @@ function payloadOf(e: ConversationEvent): unknown {
       return { title: e.title }
     case 'reaction':
       return { emoji: e.emoji, on: e.on }
+    case 'voice':
+      return { startedAt: e.startedAt, durationMs: e.durationMs, people: e.people }
   }
 }
 

@@ -62,6 +62,8 @@ export const conversations = sqliteTable('conversations', {
   createdAt: integer('created_at').notNull().default(now),
   lastSeq: integer('last_seq').notNull().default(0),
   lastActivityAt: integer('last_activity_at').notNull().default(now),
+  /** When its voice room started, while one is live (the list shows it); null otherwise. */
+  voiceLiveSince: integer('voice_live_since'),
 })
 export type Conversation = typeof conversations.$inferSelect
 

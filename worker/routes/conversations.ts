@@ -39,6 +39,7 @@ interface ListRow {
   last_seq: number
   last_activity_at: number
   read_seq: number
+  voice_live_since: number | null
   muted_until: number | null
   pinned_at: number | null
   archived_at: number | null
@@ -53,7 +54,7 @@ export function previewText(body: MessageBody | null, recalled: boolean): string
 /** The viewer's conversations with members, unread counts and a preview, newest activity first. */
 async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<ConversationSummary[]> {
   const { results } = await env.DB.prepare(
-    `SELECT c.id, c.kind, c.title, c.last_seq, c.last_activity_at, mem.read_seq, mem.muted_until, mem.pinned_at, mem.archived_at,
+    `SELECT c.id, c.kind, c.title, c.last_seq, c.last_activity_at, c.voice_live_since, mem.read_seq, mem.muted_until, mem.pinned_at, mem.archived_at,
        (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.seq > max(mem.read_seq, mem.joined_seq - 1)
           AND m.type = 'message' AND m.sender_id != ?1 AND m.recalled_by IS NULL
           AND m.sender_id NOT IN (SELECT blocked_id FROM blocks WHERE blocker_id = ?1)) AS unread,
@@ -98,6 +99,7 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
       mutedUntil: c.muted_until !== null && c.muted_until > Date.now() ? c.muted_until : null,
       pinned: c.pinned_at !== null,
       archived: c.archived_at !== null,
+      voiceLiveSince: c.voice_live_since,
       preview: p ? { seq: p.seq, senderId: p.senderId, text: previewText(p.body, !!p.recalled), serverTs: p.serverTs } : null,
     }
   })

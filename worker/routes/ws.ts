@@ -2,18 +2,11 @@ import { Hono } from 'hono'
 import { sessionActive } from '../auth/session-check'
 import { signWsTicket, verifyWsTicket, WS_TICKET_TTL_S } from '../auth/tokens'
 import { getUserHub } from '../durable-objects'
-import type { AppEnv, Env } from '../env'
-import { fail, requireAuth } from '../http'
+import type { AppEnv } from '../env'
+import { fail, originAllowed, requireAuth } from '../http'
 import { ErrorCode } from '../shared/errors'
 import { UPGRADE_HEADERS } from '../user/UserHub'
 
-function originAllowed(env: Env, request: Request): boolean {
-  const origin = request.headers.get('origin')
-  // Non-browser clients send no Origin; browsers always do, and that is what the check protects.
-  if (!origin) return true
-  if (origin === new URL(request.url).origin) return true
-  return env.ALLOWED_ORIGINS.split(',').map((s) => s.trim()).filter(Boolean).includes(origin)
-}
 
 export const wsRoutes = new Hono<AppEnv>()
   .post('/ticket', requireAuth, async (c) => {

@@ -1,4 +1,5 @@
 import { z } from 'zod'
+import type { VoiceRoomSummary } from './voice'
 import type { ErrorCode } from './errors'
 import { MAX_CAPTION_LENGTH, MAX_TEXT_LENGTH, MAX_WAVEFORM_BARS, SYNC_PAGE_LIMIT } from './limits'
 
@@ -161,6 +162,14 @@ export interface RenameEvent extends EventBase {
   type: 'renamed'
   title: string
 }
+/** A voice room ended; senderId is whoever started it. */
+export interface VoiceEvent extends EventBase {
+  type: 'voice'
+  startedAt: number
+  durationMs: number
+  /** Everyone who was in it at some point. */
+  people: number
+}
 export interface ReactionEvent extends EventBase {
   type: 'reaction'
   targetSeq: number
@@ -168,7 +177,7 @@ export interface ReactionEvent extends EventBase {
   on: boolean
 }
 /** Everything that happens in a conversation, in seq order. */
-export type ConversationEvent = MessageEvent | EditEvent | RecallEvent | MemberEvent | RenameEvent | ReactionEvent
+export type ConversationEvent = MessageEvent | EditEvent | RecallEvent | MemberEvent | RenameEvent | ReactionEvent | VoiceEvent
 
 /** A member's receipt cursors; ticks and unread counts derive from them. */
 export interface Receipt {
@@ -199,6 +208,8 @@ export type ServerMessage =
   | { type: 'conversations-changed' }
   /** Friend requests or the friend list changed. */
   | { type: 'friends-changed' }
+  /** A voice room of the conversation started, changed who speaks or how many listen, or ended. */
+  | { type: 'voice-room'; summary: VoiceRoomSummary }
   /** A voice note in the conversation got its transcript (computed once, for everyone). */
   | { type: 'transcript'; conversationId: string; mediaId: string; text: string }
   /** A frame was rejected; ref is the clientMsgId it was about, when known. */
@@ -370,6 +381,8 @@ export interface ConversationSummary {
   mutedUntil: number | null
   pinned: boolean
   archived: boolean
+  /** When a live voice room started, while one is on. */
+  voiceLiveSince: number | null
   /** The newest message, for the list preview; null when there is none. */
   preview: { seq: number; senderId: string; text: string; serverTs: number } | null
 }
