@@ -13,9 +13,11 @@ import type {
   RecallEvent,
   RenameEvent,
   SearchHit,
+  VoiceEvent,
   ServerMessage,
 } from '../../worker/shared/protocol'
 import { TYPING_TTL_MS } from '../../worker/shared/limits'
+import type { VoiceRoomSummary } from '../../worker/shared/voice'
 import { api } from './api'
 import { ChatCache, type OutboxItem, type PendingUpload } from './cache'
 import { completeUpload, createUpload, finalUploadError } from './tus'
@@ -29,8 +31,8 @@ export type SendState = 'saving' | 'pending' | 'failed' | 'sent' | 'delivered' |
 /** What the chat view renders: a message as it stands now, or one still in the outbox. */
 export interface DisplayMessage {
   key: string
-  /** Membership and rename events show as a line of their own. */
-  system?: MemberEvent | RenameEvent
+  /** Membership, rename and voice-room events show as a line of their own. */
+  system?: MemberEvent | RenameEvent | VoiceEvent
   seq: number | null
   senderId: string
   body: MessageBody | null
@@ -91,6 +93,8 @@ export class ChatStore {
   #cache: ChatCache
   #socket: ChatSocket
   #activeId = $state<string | null>(null)
+  /** Live voice rooms by conversation, as their rooms last said. */
+  #voice = new SvelteMap<string, VoiceRoomSummary>()
   #unreadAtOpen = new SvelteMap<string, number>()
   #olderLoads = new Map<string, Promise<void>>()
   #error = $state<string | null>(null)
@@ -296,7 +300,7 @@ export class ChatStore {
       const reactions = this.#reactions(s, seqs)
       for (const seq of seqs) {
         const e = s.events.get(seq)!
-        if (e.type === 'member' || e.type === 'renamed') {
+        if (e.type === 'member' || e.type === 'renamed' || e.type === 'voice') {
           out.push({ key: `sys-${e.seq}`, system: e, seq: e.seq, senderId: e.senderId, body: null, serverTs: e.serverTs, state: null, readBy: 0 })
           continue
         }
@@ -389,6 +393,22 @@ export class ChatStore {
     const s = this.#state(id)
     for (let i = 0; i < maxPages && !s.events.has(seq) && s.hasOlder && s.base > seq; i++) await this.loadOlder(id)
     return s.events.has(seq)
+  }
+
+  /** The live room of a conversation, or null; the list's flag until a room has said more. */
+  voiceRoom(id: string): VoiceRoomSummary | null {
+    const known = this.#voice.get(id)
+    if (known) return known.live ? known : null
+    const since = this.conversation(id)?.voiceLiveSince
+    return since ? { conversationId: id, live: true, startedAt: since, hostId: null, speakers: [], listeners: 0 } : null
+  }
+
+  async loadVoiceRoom(id: string) {
+    try {
+      this.#voice.set(id, (await api<{ summary: VoiceRoomSummary }>(`/api/voice/${id}`)).summary)
+    } catch {
+      // Offline: the list's flag stands.
+    }
   }
 
   /** True once the conversation's cached or newest page is in (reactive). */
@@ -703,6 +723,9 @@ export class ChatStore {
         return
       case 'presence':
         this.hooks.presence?.(msg.userId, { online: msg.online, lastSeenAt: msg.lastSeenAt })
+        return
+      case 'voice-room':
+        this.#voice.set(msg.summary.conversationId, msg.summary)
         return
       case 'transcript':
         transcripts.set(msg.mediaId, msg.text)
