@@ -14,6 +14,9 @@ import { BenchClient, type LoadClient } from './client'
 import { floorTarget, productTarget } from './workerd-targets'
 import { prosodyTarget } from './prosody'
 import type { Target, User } from './target'
+import type WebSocket from 'ws'
+import { captureClock, decodeVoiceFrame, encodeVoiceFrame, VOICE_GOT_EVERY_MS } from '../worker/shared/voice'
+import { opusFixture } from './opus-packets'
 
 const QUICK = process.argv.includes('--quick')
 const listArg = (name: string) => process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1]?.split(',')
@@ -34,7 +37,11 @@ const SIZES = {
   sync: QUICK ? [1000] : [1000, 10_000],
   restartClients: 100,
   idle: QUICK ? 300 : 1000,
+  /** [speakers, listeners] per voice room. */
+  voice: (QUICK ? [[1, 50]] : [[1, 50], [3, 50], [1, 200]]) as [number, number][],
 }
+/** How long each voice room speaks. */
+const VOICE_SECONDS = QUICK ? 5 : 10
 
 // ---- measurement helpers ----
 
@@ -447,6 +454,63 @@ async function idleConnections(t: Target, users: User[]) {
   clients.forEach((c) => c.close())
 }
 
+/**
+ * Voice rooms: speakers send real 20 ms Opus packets at their real pace; every listener reads as
+ * fast as frames come (they keep up), so any frame missing is lost by the relay. Latency is the
+ * frame's capture time (written by the speaker) to its arrival at a listener, one clock.
+ */
+async function voiceRooms(t: Target, users: User[]) {
+  if (!t.voice) return
+  const packets = opusFixture(VOICE_SECONDS)
+  for (const [speakers, listeners] of SIZES.voice) {
+    const people = users.slice(0, speakers + listeners)
+    const conv = await t.group(people[0]!, people.slice(1))
+    const sockets: WebSocket[] = []
+    for (const u of people) sockets.push(await t.voice.join(u, conv))
+    for (let i = 1; i < speakers; i++) await t.voice.promote(sockets[0]!, people[i]!.id)
+    const latencies: number[] = []
+    const received = new Map<WebSocket, number>()
+    const reporters: ReturnType<typeof setInterval>[] = []
+    for (const ws of sockets.slice(speakers)) {
+      received.set(ws, 0)
+      ws.on('message', (data: ArrayBuffer, binary: boolean) => {
+        if (!binary) return
+        const f = decodeVoiceFrame(data)
+        if (!f) return
+        latencies.push((captureClock() - f.captureMs) >>> 0)
+        received.set(ws, received.get(ws)! + 1)
+      })
+      // What the PWA does: tell the room how much arrived, so it knows this listener keeps up.
+      reporters.push(setInterval(() => ws.send(JSON.stringify({ type: 'got', n: received.get(ws) })), VOICE_GOT_EVERY_MS))
+    }
+    await settle(t.pid())
+    const { genCpu, serverCpu } = await withCpu(async () => {
+      await Promise.all(
+        sockets.slice(0, speakers).map(async (ws, s) => {
+          const t0 = performance.now() + s * 7
+          for (let i = 0; i < packets.length; i++) {
+            // At the frame's due time, as a microphone would deliver it (drift-free).
+            const due = t0 + i * 20 - performance.now()
+            if (due > 0) await new Promise((r) => setTimeout(r, due))
+            ws.send(encodeVoiceFrame({ level: 100, seq: i, captureMs: captureClock(), packet: packets[i]! }))
+          }
+        }),
+      )
+      await new Promise((r) => setTimeout(r, 500))
+    }, t.pid())
+    const expected = packets.length * speakers
+    const lost = [...received.values()].reduce((n, got) => n + Math.max(0, expected - got), 0)
+    const label = `${speakers} speaker${speakers > 1 ? 's' : ''} → ${listeners} listeners`
+    const note = saturated(genCpu, serverCpu)
+    record(`voice relay p50, ${label}`, 'ms', 'lower', t.name, pct(latencies, 50), note)
+    record(`voice relay p99, ${label}`, 'ms', 'lower', t.name, pct(latencies, 99))
+    record(`voice frames lost of ${expected * listeners}, ${label}`, 'frames', 'lower', t.name, lost)
+    record(`voice relay server CPU, ${label}`, '% of a core', 'lower', t.name, serverCpu * 100)
+    reporters.forEach(clearInterval)
+    sockets.forEach((ws) => ws.close())
+  }
+}
+
 // ---- main ----
 
 const SYSTEM_NAMES = ['echovalley', 'floor', 'echovalley-bare', 'floor-bare', 'reference', 'prosody'] as const
@@ -485,7 +549,7 @@ async function main() {
     console.warn('taskset is not available: generator and servers share cores')
   }
   const started = new Date()
-  const want: Record<string, number> = { latency: 2, rest: 1, load: SIZES.loadConversations * 2, fanout: Math.max(...SIZES.fanout), throughput: SIZES.loadConversations * 2, sync: 2, idle: SIZES.idle, restart: SIZES.restartClients }
+  const want: Record<string, number> = { latency: 2, rest: 1, load: SIZES.loadConversations * 2, fanout: Math.max(...SIZES.fanout), throughput: SIZES.loadConversations * 2, sync: 2, idle: SIZES.idle, restart: SIZES.restartClients, voice: Math.max(...SIZES.voice.map(([s, l]) => s + l)) }
   const needUsers = Math.max(...Object.entries(want).filter(([k]) => !ONLY || ONLY.includes(k)).map(([, n]) => n))
   const makers: [string, () => Promise<Target>][] = [
     ['echovalley', () => productTarget('wrangler')],
@@ -519,6 +583,7 @@ async function main() {
         ['sync', () => syncAfterAbsence(t, users)],
         ['idle', () => idleConnections(t, users)],
         ['restart', () => afterRestart(t, users)],
+        ['voice', () => voiceRooms(t, users)],
       ]
       for (const [name, run] of scenarios) {
         if (ONLY && !ONLY.includes(name)) continue

@@ -17,6 +17,14 @@ export interface Target {
   pid(): number
   /** HTTP systems only: one authenticated REST read (token, session check, a row) and one unauthenticated. */
   rest?: { authed(u: User): Promise<void>; open(): Promise<void> }
+  /**
+   * Voice rooms: a binary socket to the conversation's room (the first to join hosts), and what
+   * lets a second or third speaker speak. Systems without voice rooms leave it out.
+   */
+  voice?: {
+    join(u: User, conversationId: string): Promise<import('ws').WebSocket>
+    promote(host: import('ws').WebSocket, userId: string): Promise<void>
+  }
   /** kill -9 and start again on the same state. */
   restart(): Promise<void>
   stop(): Promise<void>

@@ -8,6 +8,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { DEV_ENV, freePort, killTree, migrateLocal, startServer } from '../test/e2e/server'
 import { generateVapidKeys } from '../test/support/push-service'
+import WebSocket from 'ws'
 import { BenchClient, FloorClient } from './client'
 import type { Target, User } from './target'
 
@@ -75,6 +76,7 @@ async function bareServer(kind: 'product' | 'floor', vars: Record<string, string
       USER: { className: 'UserHub', useSQLite: true },
       UPLOAD: { className: 'UploadSession', useSQLite: true },
       LOGIN_GUARD: { className: 'LoginGuard', useSQLite: true },
+      VOICE: { className: 'VoiceRoom', useSQLite: true },
     },
     ratelimits: { LOGIN_IP_LIMIT: { simple: { limit: 30, period: 60 } }, TICKET_LIMIT: { simple: { limit: 120, period: 60 } } },
     queueProducers: { PUSH_QUEUE: { queueName: 'echovalley-push' } },
@@ -132,6 +134,23 @@ async function bareServer(kind: 'product' | 'floor', vars: Record<string, string
   }
 }
 
+/** A socket for binary frames, open once the server's first frame (`first`) arrived. */
+function openBinary(url: string, first: string): Promise<WebSocket> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, { perMessageDeflate: false })
+    ws.binaryType = 'arraybuffer'
+    const timer = setTimeout(() => reject(new Error(`no ${first} from ${url}`)), 15_000)
+    ws.on('message', function wait(data, binary) {
+      if (!binary && String(data).includes(`"${first}"`)) {
+        clearTimeout(timer)
+        ws.off('message', wait)
+        resolve(ws)
+      }
+    })
+    ws.once('error', reject)
+  })
+}
+
 function serverFor(runtime: Runtime, kind: 'product' | 'floor', vars: Record<string, string>) {
   return runtime === 'wrangler' ? wranglerServer(kind, vars) : bareServer(kind, vars)
 }
@@ -186,6 +205,16 @@ export async function productTarget(runtime: Runtime): Promise<Target> {
       const { ticket } = await json<{ ticket: string }>(`${server.url}/api/ws/ticket`, { method: 'POST', token: u.token })
       return BenchClient.open(`${server.url.replace(/^http/, 'ws')}/api/ws?ticket=${encodeURIComponent(ticket)}`, true)
     },
+    voice: {
+      async join(u, conversationId) {
+        const { ticket } = await json<{ ticket: string }>(`${server.url}/api/ws/ticket`, { method: 'POST', token: u.token })
+        return openBinary(`${server.url.replace(/^http/, 'ws')}/api/voice/${conversationId}/ws?ticket=${encodeURIComponent(ticket)}`, 'welcome')
+      },
+      async promote(host, userId) {
+        host.send(JSON.stringify({ type: 'promote', userId }))
+        await new Promise((r) => setTimeout(r, 50))
+      },
+    },
     rest: {
       async authed(u) {
         await json(`${server.url}/api/me`, { token: u.token })
@@ -231,6 +260,11 @@ export async function floorTarget(runtime: Runtime): Promise<Target> {
     async connect(u) {
       const convs = convsOf.get(u.id) ?? []
       return FloorClient.open(server.url.replace(/^http/, 'ws'), u.id, convs[convs.length - 1] ?? `lobby-${u.id}`)
+    },
+    // The floor relays any binary frame to the room's other sockets; nobody needs promoting.
+    voice: {
+      join: (u, conversationId) => openBinary(`${server.url.replace(/^http/, 'ws')}/ws?conv=${encodeURIComponent(conversationId)}&user=${encodeURIComponent(u.id)}`, 'hello'),
+      promote: async () => undefined,
     },
     pid: () => server.pid(),
     async restart() {

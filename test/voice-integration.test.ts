@@ -1,7 +1,7 @@
 import { exports } from 'cloudflare:workers'
 import { describe, it } from 'vitest'
 import type { AuthResult, ConversationEvent, ConversationSummary } from '../worker/shared/protocol'
-import { captureClock, decodeVoiceFrame, encodeVoiceFrame, type VoiceClientMessage, type VoiceFrame, type VoiceServerMessage } from '../worker/shared/voice'
+import { captureClock, decodeVoiceFrame, encodeVoiceFrame, VOICE_MAX_OUTSTANDING, type VoiceClientMessage, type VoiceFrame, type VoiceServerMessage } from '../worker/shared/voice'
 import { api, createGroup, Device, json, register, ticketFor } from './helpers'
 
 const BASE = 'https://echovalley.test'
@@ -125,6 +125,30 @@ describe('voice rooms', () => {
     await h.until(() => h.audio.length === 2)
     expect(h.audio[1]!.slot).toBe(a.state().participants.find((p) => p.userId === ann.user.id)!.slot)
     for (const c of [h, a, b]) c.ws.close()
+  })
+
+  it('a listener that falls behind loses frames and catches up; one that keeps up gets every frame and nobody waits', async ({ expect }) => {
+    const { host, ann, bob, group } = await trio()
+    const h = await VoiceClient.join(host, group.id)
+    const keeps = await VoiceClient.join(ann, group.id)
+    const lags = await VoiceClient.join(bob, group.id)
+    const report = setInterval(() => keeps.control({ type: 'got', n: keeps.audio.length }), 20)
+    for (let i = 0; i < VOICE_MAX_OUTSTANDING + 50; i++) {
+      h.speak()
+      if (i % 10 === 9) await new Promise((r) => setTimeout(r, 30))
+    }
+    await keeps.until(() => keeps.audio.length === VOICE_MAX_OUTSTANDING + 50)
+    // Bob never said what he got: the room stopped at the outstanding limit.
+    await new Promise((r) => setTimeout(r, 200))
+    expect(lags.audio).toHaveLength(VOICE_MAX_OUTSTANDING)
+    // Caught up (he reports), he hears what is said from then on.
+    lags.control({ type: 'got', n: lags.audio.length })
+    await new Promise((r) => setTimeout(r, 100))
+    for (let i = 0; i < 5; i++) h.speak()
+    await lags.until(() => lags.audio.length === VOICE_MAX_OUTSTANDING + 5)
+    expect(lags.audio.at(-1)!.seq).toBe(VOICE_MAX_OUTSTANDING + 54)
+    clearInterval(report)
+    for (const c of [h, keeps, lags]) c.ws.close()
   })
 
   it('refuses host actions from others, and joining to non-members; a removed member is dropped at once', async ({ expect }) => {

@@ -2,7 +2,8 @@
 // SQLite object per conversation holds its members' sockets (hibernation API), inserts each
 // message as one row (deduplicated on sender and client id), acks after the write, and sends the
 // event to the other sockets. No auth, no hubs, no receipts, no D1, no push: every echovalley
-// figure is read against this one, measured on the same runtime in the same run.
+// figure is read against this one, measured on the same runtime in the same run. Binary frames
+// (voice) are relayed to the other sockets as they come: the floor of a voice room.
 import { DurableObject } from 'cloudflare:workers'
 
 interface Env {
@@ -39,7 +40,12 @@ export class FloorRoom extends DurableObject<Env> {
   }
 
   override async webSocketMessage(ws: WebSocket, data: string | ArrayBuffer) {
-    if (typeof data !== 'string' || data === 'ping') return
+    // A voice frame: the least a relay can do is send it to every other socket.
+    if (typeof data !== 'string') {
+      for (const other of this.ctx.getWebSockets()) if (other !== ws) other.send(data)
+      return
+    }
+    if (data === 'ping') return
     const f = JSON.parse(data) as Frame
     const user = ws.deserializeAttachment() as string
     if (f.type === 'send' && f.clientMsgId) {

@@ -126,6 +126,18 @@ describe('voice rooms in the PWA', () => {
     await expect.poll(async () => (await energyAt(bob.page, 600)) - (await energyAt(bob.page, 1000)), { timeout: 20_000 }).toBeGreaterThan(20)
     expect(await energyAt(bob.page, 600)).toBeGreaterThan(-50)
 
+    // A deploy (here: the runtime killed and started again) closes every socket: all rejoin, roles kept.
+    await server.crash()
+    await bob.page.getByTestId('voice-bar').filter({ hasText: 'Reconnecting…' }).waitFor()
+    await server.restart()
+    const up = Date.now()
+    await bob.page.getByTestId('voice-bar').filter({ hasText: 'Listener' }).waitFor({ timeout: 10_000 })
+    await ann.page.getByTestId('voice-bar').filter({ hasText: 'Speaker' }).waitFor({ timeout: 10_000 })
+    const rejoinMs = Date.now() - up
+    console.log(`voice rejoin after restart: ${rejoinMs} ms`)
+    expect(rejoinMs).toBeLessThan(2_500)
+    await expect.poll(() => energyAt(bob.page, 600), { timeout: 20_000 }).toBeGreaterThan(-50)
+
     // Aiko leaves; the host ends the room for everyone; the chat records it.
     await ann.page.getByTestId('voice-leave').click()
     await host.page.getByTestId('voice-people').click()
@@ -134,5 +146,31 @@ describe('voice rooms in the PWA', () => {
     await bob.page.getByTestId('voice-bar').filter({ hasText: 'The voice room ended.' }).waitFor()
     await bob.page.getByTestId('system-line').filter({ hasText: /Voice room · \d+ min · 3 people/ }).waitFor()
     await bob.page.getByTestId('voice-start').waitFor()
+  })
+
+  it('a browser without WebCodecs audio is told so, in both languages, and nothing starts', async ({ expect }) => {
+    const s = Date.now().toString(36)
+    const ctx = await hostBrowser.newContext()
+    await ctx.addInitScript(() => {
+      delete (window as { AudioEncoder?: unknown }).AudioEncoder
+      delete (window as { AudioDecoder?: unknown }).AudioDecoder
+    })
+    const page = await ctx.newPage()
+    const friend = await person(guestBrowser, 'Fitz', s)
+    await registerInUi(page, server.url, `old_${s}`, 'Oldie')
+    await befriendInUi(page, friend.page, friend.handle)
+    await page.getByTestId('new-chat-handle').fill(friend.handle)
+    await page.getByTestId('new-chat-submit').click()
+    await page.getByTestId('voice-start').click()
+    expect(await page.getByTestId('voice-unsupported').textContent()).toContain('WebCodecs')
+    expect(await page.getByTestId('voice-bar').count()).toBe(0)
+    await page.getByTestId('tab-me').click()
+    await page.getByTestId('language').selectOption('zh-CN')
+    await page.getByTestId('tab-chats').click()
+    await page.getByTestId('conversation-item').first().click()
+    await page.getByTestId('voice-start').click()
+    expect(await page.getByTestId('voice-unsupported').textContent()).toContain('浏览器')
+    // No room was started on the server.
+    expect(await friend.page.getByTestId('voice-live-badge').count()).toBe(0)
   })
 })

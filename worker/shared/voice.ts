@@ -4,12 +4,19 @@ import { Id } from './protocol'
 
 /** Unmuted speakers at once (the host counts). */
 export const VOICE_MAX_SPEAKERS = 8
-/** Everyone in a room: four times the 50 listeners the seeds ask for. */
-export const VOICE_MAX_PEOPLE = 200
+/** Listeners in a room: four times the 50 the seeds ask for (speakers come on top). */
+export const VOICE_MAX_LISTENERS = 200
 /** A dropped participant keeps their place (and role) this long. */
 export const VOICE_REJOIN_GRACE_MS = 30_000
 /** Opus's largest packet (RFC 6716) plus the header. */
 export const VOICE_MAX_FRAME = 12 + 1275
+/**
+ * Audio frames a listener may have outstanding (sent to it, not yet reported as received) before
+ * the room stops sending it more: about a second of two speakers. Workers' sockets do not expose
+ * their buffered amount, so listeners report what they got (`got`, every GOT_EVERY_MS).
+ */
+export const VOICE_MAX_OUTSTANDING = 100
+export const VOICE_GOT_EVERY_MS = 250
 
 /**
  * Binary audio frame, both ways (little-endian):
@@ -67,6 +74,8 @@ export const VoiceClientMessage = z.discriminatedUnion('type', [
   z.object({ type: z.literal('handover'), userId: Id }),
   z.object({ type: z.literal('end') }),
   z.object({ type: z.literal('leave') }),
+  /** Audio frames received on this socket so far: the room's measure of a listener falling behind. */
+  z.object({ type: z.literal('got'), n: z.number().int().nonnegative() }),
 ])
 export type VoiceClientMessage = z.infer<typeof VoiceClientMessage>
 

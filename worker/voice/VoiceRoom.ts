@@ -5,7 +5,8 @@ import { pool } from '../pool'
 import { ErrorCode } from '../shared/errors'
 import {
   decodeVoiceFrame,
-  VOICE_MAX_PEOPLE,
+  VOICE_MAX_LISTENERS,
+  VOICE_MAX_OUTSTANDING,
   VOICE_MAX_SPEAKERS,
   VOICE_REJOIN_GRACE_MS,
   VoiceClientMessage,
@@ -64,6 +65,8 @@ export class VoiceRoom extends DurableObject<Env> {
   /** Open sockets by user: the relay's fan-out list, rebuilt after a wake. */
   private sockets = new Map<string, WebSocket>()
   private lastRefusal = new WeakMap<WebSocket, number>()
+  /** Per socket: audio frames sent, the count it last reported, frames skipped because it lagged. */
+  private flow = new WeakMap<WebSocket, { sent: number; got: number; dropped: number }>()
   private summaryTimer: ReturnType<typeof setTimeout> | null = null
   private members: string[] | null = null
 
@@ -76,6 +79,13 @@ export class VoiceRoom extends DurableObject<Env> {
     for (const ws of ctx.getWebSockets()) {
       const a = ws.deserializeAttachment() as Attachment | null
       if (a) this.sockets.set(a.userId, ws)
+    }
+    // Woken with a room but after a crash or deploy its sockets are gone: whoever does not come
+    // back within the grace is dropped by the alarm, so a room nobody rejoins still ends.
+    if (this.meta) {
+      void ctx.storage.getAlarm().then(async (at) => {
+        if (at === null) await ctx.storage.setAlarm(Date.now() + VOICE_REJOIN_GRACE_MS)
+      })
     }
   }
 
@@ -92,7 +102,7 @@ export class VoiceRoom extends DurableObject<Env> {
     this.sql.exec('INSERT INTO used_tickets (jti, exp) VALUES (?, ?)', jti, exp)
 
     const known = this.people.get(userId)
-    if (!known && this.people.size >= VOICE_MAX_PEOPLE) return error(429, ErrorCode.RATE_LIMITED, `a voice room holds ${VOICE_MAX_PEOPLE} people`)
+    if (!known && this.listeners() >= VOICE_MAX_LISTENERS) return error(429, ErrorCode.RATE_LIMITED, `a voice room holds ${VOICE_MAX_LISTENERS} listeners`)
     const starting = !this.meta
     if (!this.meta) {
       this.meta = { conversationId, startedAt: Date.now(), hostId: userId, starterId: userId, endEventId: crypto.randomUUID(), people: [], nextSlot: 1 }
@@ -134,6 +144,12 @@ export class VoiceRoom extends DurableObject<Env> {
     }
     const parsed = VoiceClientMessage.safeParse(json)
     if (!parsed.success) return send(ws, { type: 'error', code: ErrorCode.BAD_REQUEST, message: parsed.error.issues[0]?.message ?? 'invalid frame' })
+    if (parsed.data.type === 'got') {
+      const f = this.flow.get(ws)
+      // Counted on the socket, so a report can only ever move forward to what was sent.
+      if (f) f.got = Math.min(f.sent, Math.max(f.got, parsed.data.n))
+      return
+    }
     const refusal = await this.control(from.userId, parsed.data)
     if (refusal) send(ws, { type: 'error', code: refusal.code, message: refusal.message })
   }
@@ -154,8 +170,16 @@ export class VoiceRoom extends DurableObject<Env> {
     new DataView(data).setUint16(2, me.slot, true)
     for (const [id, other] of this.sockets) {
       if (id === userId) continue
+      let f = this.flow.get(other)
+      if (!f) this.flow.set(other, (f = { sent: 0, got: 0, dropped: 0 }))
+      // A listener that fell behind loses frames until it catches up; nobody else waits for it.
+      if (f.sent - f.got >= VOICE_MAX_OUTSTANDING) {
+        f.dropped++
+        continue
+      }
       try {
         other.send(data)
+        f.sent++
       } catch {
         // A socket closing right now: its close handler tidies up.
       }
@@ -207,6 +231,8 @@ export class VoiceRoom extends DurableObject<Env> {
       case 'end':
         await this.end('host-ended')
         return null
+      case 'got':
+        return null
       case 'leave':
         this.drop(userId, 1000, 'left', null)
         if (this.people.size === 0) await this.end('empty')
@@ -243,6 +269,8 @@ export class VoiceRoom extends DurableObject<Env> {
 
   override async alarm(): Promise<void> {
     const now = Date.now()
+    // Places whose socket vanished without a close (the process died) had the grace since the wake.
+    for (const p of this.people.values()) if (p.leftAt === null && !this.sockets.has(p.userId)) p.leftAt = now - VOICE_REJOIN_GRACE_MS
     for (const p of [...this.people.values()]) if (p.leftAt !== null && now - p.leftAt >= VOICE_REJOIN_GRACE_MS) this.people.delete(p.userId)
     if (this.meta && this.people.size === 0) return this.end('empty')
     this.handOnIfHostGone()
@@ -334,6 +362,12 @@ export class VoiceRoom extends DurableObject<Env> {
       hostId: meta.hostId,
       participants: [...this.people.values()].map(({ leftAt, ...p }) => ({ ...p, connected: leftAt === null })),
     }
+  }
+
+  private listeners(): number {
+    let n = 0
+    for (const p of this.people.values()) if (p.role === 'listener') n++
+    return n
   }
 
   private unmutedSpeakers(): number {

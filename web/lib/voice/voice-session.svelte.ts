@@ -1,5 +1,5 @@
 import { SvelteMap } from 'svelte/reactivity'
-import { captureClock, decodeVoiceFrame, encodeVoiceFrame, type VoiceClientMessage, type VoiceRoomState, type VoiceServerMessage } from '../../../worker/shared/voice'
+import { captureClock, decodeVoiceFrame, encodeVoiceFrame, VOICE_GOT_EVERY_MS, type VoiceClientMessage, type VoiceRoomState, type VoiceServerMessage } from '../../../worker/shared/voice'
 import { api } from '../api'
 import captureUrl from './capture.worklet.ts?worker&url'
 import playbackUrl from './playback.worklet.ts?worker&url'
@@ -40,6 +40,9 @@ export class VoiceSession {
   /** Per speaker: last transit time and the smoothed jitter, for the buffer's depth. */
   #transit = new Map<number, { last: number; jitter: number }>()
   #jitterTimer: ReturnType<typeof setInterval> | null = null
+  /** Audio frames received on the current socket, reported so the room knows we keep up. */
+  #got = 0
+  #gotTimer: ReturnType<typeof setInterval> | null = null
 
   constructor(readonly selfId: string) {}
 
@@ -91,6 +94,12 @@ export class VoiceSession {
     const ws = new WebSocket(url)
     ws.binaryType = 'arraybuffer'
     this.#ws = ws
+    this.#got = 0
+    if (this.#gotTimer) clearInterval(this.#gotTimer)
+    let reported = 0
+    this.#gotTimer = setInterval(() => {
+      if (this.#got !== reported && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: 'got', n: (reported = this.#got) } satisfies VoiceClientMessage))
+    }, VOICE_GOT_EVERY_MS)
     ws.onmessage = (e) => (typeof e.data === 'string' ? this.#control(JSON.parse(e.data) as VoiceServerMessage) : this.#audio(e.data as ArrayBuffer))
     ws.onclose = (e) => {
       if (this.#ws !== ws) return
@@ -187,6 +196,7 @@ export class VoiceSession {
   }
 
   #audio(data: ArrayBuffer) {
+    this.#got++
     const frame = decodeVoiceFrame(data)
     if (!frame || !this.#player) return
     const now = Date.now()
@@ -251,6 +261,8 @@ export class VoiceSession {
     for (const slot of [...this.#decoders.keys()]) this.#forget(slot)
     if (this.#jitterTimer) clearInterval(this.#jitterTimer)
     this.#jitterTimer = null
+    if (this.#gotTimer) clearInterval(this.#gotTimer)
+    this.#gotTimer = null
     const ws = this.#ws
     this.#ws = null
     ws?.close(1000, 'left')
