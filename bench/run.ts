@@ -138,7 +138,9 @@ async function withCpu<T>(fn: () => Promise<T>, serverPid?: number): Promise<{ v
   const value = await fn()
   const used = process.cpuUsage(start)
   const elapsed = performance.now() - t0
-  return { value, genCpu: (used.user + used.system) / 1000 / elapsed, serverCpu: serverPid ? (treeCpuMs(serverPid) - server0) / elapsed : NaN }
+  // A process of the tree that exited (a reload) takes its CPU time with it: no figure then.
+  const serverCpu = serverPid ? (treeCpuMs(serverPid) - server0) / elapsed : NaN
+  return { value, genCpu: (used.user + used.system) / 1000 / elapsed, serverCpu: serverCpu >= 0 ? serverCpu : NaN }
 }
 
 /** Waits (up to a minute) until the server is nearly idle, so one scenario's backlog does not land in the next. */

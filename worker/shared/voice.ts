@@ -12,10 +12,11 @@ export const VOICE_REJOIN_GRACE_MS = 30_000
 export const VOICE_MAX_FRAME = 12 + 1275
 /**
  * Audio frames a listener may have outstanding (sent to it, not yet reported as received) before
- * the room stops sending it more: about a second of two speakers. Workers' sockets do not expose
- * their buffered amount, so listeners report what they got (`got`, every GOT_EVERY_MS).
+ * the room stops sending it more: four seconds of one speaker, half a second of eight. Workers'
+ * sockets do not expose their buffered amount, so listeners report what they got (`got`, every
+ * VOICE_GOT_EVERY_MS while frames arrive).
  */
-export const VOICE_MAX_OUTSTANDING = 100
+export const VOICE_MAX_OUTSTANDING = 200
 export const VOICE_GOT_EVERY_MS = 250
 
 /**
