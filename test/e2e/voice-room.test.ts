@@ -104,6 +104,8 @@ describe('voice rooms in the PWA', () => {
     // Both listeners hear the host's 1 kHz tone; nobody hears 600 Hz yet.
     await expect.poll(() => energyAt(ann.page, 1000), { timeout: 20_000 }).toBeGreaterThan(-50)
     await expect.poll(() => energyAt(bob.page, 1000), { timeout: 20_000 }).toBeGreaterThan(-50)
+    // The bar says who is talking, from the frames' audio level.
+    await bob.page.getByTestId('voice-talking').filter({ hasText: 'Hana' }).waitFor({ timeout: 10_000 })
     // (Opus and the analyser's window leak a little energy next to a tone: compare, with a margin.)
     expect(await energyAt(bob.page, 600)).toBeLessThan((await energyAt(bob.page, 1000)) - 20)
     await expect.poll(() => host.page.getByTestId('voice-card-listeners').textContent()).toBe('2 listening')

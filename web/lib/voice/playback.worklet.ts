@@ -1,7 +1,8 @@
 /// <reference path="./worklet-globals.d.ts" />
 // Plays every speaker of a voice room: a jitter buffer per speaker (its depth set by the main
-// thread from the measured jitter, 40–200 ms), mixed into one output. A missing frame is covered
-// once by the last one, faded; after that the speaker is silent until their buffer refills.
+// thread from the measured jitter, 40–200 ms), mixed into one output. A frame lost on the way (a
+// gap in the speaker's sequence) is covered by the last one, faded; an empty buffer is covered
+// once the same way, after which the speaker is silent until their buffer refills.
 
 interface Speaker {
   queue: Float32Array[]
@@ -20,10 +21,11 @@ class PlaybackProcessor extends AudioWorkletProcessor {
 
   constructor() {
     super()
-    this.port.onmessage = (e: MessageEvent<{ slot: number; pcm: Float32Array } | { targetMs: number } | { forget: number }>) => {
+    this.port.onmessage = (e: MessageEvent<{ slot: number; pcm: Float32Array } | { targetMs: number } | { forget: number } | { slot: number; lost: number }>) => {
       const m = e.data
       if ('targetMs' in m) this.target = Math.round((Math.min(200, Math.max(40, m.targetMs)) / 1000) * sampleRate)
       else if ('forget' in m) this.speakers.delete(m.forget)
+      else if ('lost' in m) this.conceal(m.slot, m.lost)
       else this.push(m.slot, m.pcm)
     }
   }
@@ -40,6 +42,14 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       s.offset = 0
     }
     if (!s.playing && s.buffered >= this.target) s.playing = true
+  }
+
+  /** Stands in for `n` lost frames with the last one heard, each quieter than the one before. */
+  private conceal(slot: number, n: number) {
+    const s = this.speakers.get(slot)
+    const last = s?.queue[s.queue.length - 1] ?? s?.last
+    if (!s || !last) return
+    for (let k = 1; k <= n; k++) this.push(slot, last.map((x) => x * 0.6 ** k))
   }
 
   process(_inputs: Float32Array[][], outputs: Float32Array[][]): boolean {

@@ -39,6 +39,10 @@ export class VoiceSession {
   #retries = 0
   /** Per speaker: last transit time and the smoothed jitter, for the buffer's depth. */
   #transit = new Map<number, { last: number; jitter: number }>()
+  /** Per speaker: the last sequence number heard, to notice frames lost on the way. */
+  #lastSeq = new Map<number, number>()
+  /** Per speaker: frames missing before each packet in the decoder, in decode order. */
+  #gaps = new Map<number, number[]>()
   #jitterTimer: ReturnType<typeof setInterval> | null = null
   /** Audio frames received on the current socket, reported so the room knows we keep up. */
   #got = 0
@@ -207,11 +211,22 @@ export class VoiceSession {
       t.jitter += (Math.abs(transit - t.last) - t.jitter) / 16
       t.last = transit
     } else this.#transit.set(frame.slot, { last: transit, jitter: 0 })
+    // A late duplicate is dropped; a sequence far behind is a speaker who rejoined and starts over.
+    const prev = this.#lastSeq.get(frame.slot)
+    if (prev !== undefined && frame.seq <= prev && prev - frame.seq < 50) return
+    // Up to three frames missing (60 ms) are covered in the player, in order; a longer gap is silence.
+    const gap = prev !== undefined && frame.seq > prev ? frame.seq - prev - 1 : 0
+    this.#lastSeq.set(frame.slot, frame.seq)
     let decoder = this.#decoders.get(frame.slot)
     if (!decoder) {
       const slot = frame.slot
+      const gaps: number[] = []
+      this.#gaps.set(slot, gaps)
       decoder = new AudioDecoder({
+        // One output per packet, in order: the gap noted with a packet is covered just before it.
         output: (audio) => {
+          const lost = gaps.shift() ?? 0
+          if (lost > 0 && lost <= 3) this.#player?.port.postMessage({ slot, lost })
           const pcm = new Float32Array(audio.numberOfFrames)
           audio.copyTo(pcm, { planeIndex: 0, format: 'f32-planar' })
           audio.close()
@@ -222,6 +237,7 @@ export class VoiceSession {
       decoder.configure({ codec: 'opus', sampleRate: SAMPLE_RATE, numberOfChannels: 1 })
       this.#decoders.set(frame.slot, decoder)
     }
+    this.#gaps.get(frame.slot)?.push(gap)
     decoder.decode(new EncodedAudioChunk({ type: 'key', timestamp: frame.seq * 20_000, data: frame.packet }))
   }
 
@@ -236,6 +252,8 @@ export class VoiceSession {
     if (d && d.state !== 'closed') d.close()
     this.#decoders.delete(slot)
     this.#transit.delete(slot)
+    this.#lastSeq.delete(slot)
+    this.#gaps.delete(slot)
     this.#player?.port.postMessage({ forget: slot })
   }
 
