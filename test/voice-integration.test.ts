@@ -146,7 +146,9 @@ describe('voice rooms', () => {
     await new Promise((r) => setTimeout(r, 100))
     for (let i = 0; i < 5; i++) h.speak()
     await lags.until(() => lags.audio.length === VOICE_MAX_OUTSTANDING + 5)
-    expect(lags.audio.at(-1)!.seq).toBe(VOICE_MAX_OUTSTANDING + 54)
+    // The new frames, not the skipped ones. (As a set: this pool's in-isolate client sockets can
+    // reorder a burst of binary frames; through real sockets the order holds, test/e2e/voice-order.)
+    expect(lags.audio.slice(VOICE_MAX_OUTSTANDING).map((f) => f.seq).sort((x, y) => x - y)).toEqual([250, 251, 252, 253, 254].map((n) => n + VOICE_MAX_OUTSTANDING - 200))
     clearInterval(report)
     for (const c of [h, keeps, lags]) c.ws.close()
   })

@@ -65,8 +65,8 @@ export class VoiceRoom extends DurableObject<Env> {
   /** Open sockets by user: the relay's fan-out list, rebuilt after a wake. */
   private sockets = new Map<string, WebSocket>()
   private lastRefusal = new WeakMap<WebSocket, number>()
-  /** Per socket: audio frames sent, the count it last reported, frames skipped because it lagged. */
-  private flow = new WeakMap<WebSocket, { sent: number; got: number; dropped: number }>()
+  /** Per person's current socket: audio frames sent, the count it last reported, frames skipped because it lagged. */
+  private flow = new Map<string, { sent: number; got: number; dropped: number }>()
   private summaryTimer: ReturnType<typeof setTimeout> | null = null
   private members: string[] | null = null
 
@@ -121,6 +121,8 @@ export class VoiceRoom extends DurableObject<Env> {
     // One socket per person: a second device (or a rejoin racing the old socket) takes over.
     const previous = this.sockets.get(userId)
     this.sockets.set(userId, server)
+    // A new socket starts counting afresh (its client counts from zero too).
+    this.flow.set(userId, { sent: 0, got: 0, dropped: 0 })
     if (previous) previous.close(4001, 'joined from another connection')
     this.save()
     send(server, { type: 'welcome', userId, state: this.state() })
@@ -145,7 +147,7 @@ export class VoiceRoom extends DurableObject<Env> {
     const parsed = VoiceClientMessage.safeParse(json)
     if (!parsed.success) return send(ws, { type: 'error', code: ErrorCode.BAD_REQUEST, message: parsed.error.issues[0]?.message ?? 'invalid frame' })
     if (parsed.data.type === 'got') {
-      const f = this.flow.get(ws)
+      const f = this.flow.get(from.userId)
       // Counted on the socket, so a report can only ever move forward to what was sent.
       if (f) f.got = Math.min(f.sent, Math.max(f.got, parsed.data.n))
       return
@@ -170,8 +172,8 @@ export class VoiceRoom extends DurableObject<Env> {
     new DataView(data).setUint16(2, me.slot, true)
     for (const [id, other] of this.sockets) {
       if (id === userId) continue
-      let f = this.flow.get(other)
-      if (!f) this.flow.set(other, (f = { sent: 0, got: 0, dropped: 0 }))
+      let f = this.flow.get(id)
+      if (!f) this.flow.set(id, (f = { sent: 0, got: 0, dropped: 0 }))
       // A listener that fell behind loses frames until it catches up; nobody else waits for it.
       if (f.sent - f.got >= VOICE_MAX_OUTSTANDING) {
         f.dropped++
