@@ -22,3 +22,13 @@ describe('the deployable Worker bundle', () => {
     }
   })
 })
+
+// The PWA's policy forbids eval; a library that probes for it (zod does) reports a violation.
+describe('the PWA bundle', () => {
+  it('has no eval or new Function (zod stays on the Worker side)', async ({ expect }) => {
+    const dir = path.join(ROOT, 'dist/assets')
+    const code = readdirSync(dir).filter((f) => f.endsWith('.js')).map((f) => readFileSync(path.join(dir, f), 'utf8')).join('\n')
+    expect(code.length).toBeGreaterThan(1000)
+    expect(code).not.toMatch(/\bnew Function\s*\(|\beval\s*\(/)
+  })
+})

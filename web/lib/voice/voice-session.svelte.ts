@@ -1,5 +1,6 @@
 import { SvelteMap } from 'svelte/reactivity'
-import { captureClock, decodeVoiceFrame, encodeVoiceFrame, VOICE_GOT_EVERY_MS, type VoiceClientMessage, type VoiceRoomState, type VoiceServerMessage } from '../../../worker/shared/voice'
+import { captureClock, decodeVoiceFrame, encodeVoiceFrame, VOICE_GOT_EVERY_MS } from '../../../worker/shared/voice-frames'
+import type { VoiceClientMessage, VoiceRoomState, VoiceServerMessage } from '../../../worker/shared/voice'
 import { api } from '../api'
 import captureUrl from './capture.worklet.ts?worker&url'
 import playbackUrl from './playback.worklet.ts?worker&url'
