@@ -77,6 +77,7 @@ async function bareServer(kind: 'product' | 'floor', vars: Record<string, string
       UPLOAD: { className: 'UploadSession', useSQLite: true },
       LOGIN_GUARD: { className: 'LoginGuard', useSQLite: true },
       VOICE: { className: 'VoiceRoom', useSQLite: true },
+      CALL: { className: 'CallRoom', useSQLite: true },
     },
     ratelimits: { LOGIN_IP_LIMIT: { simple: { limit: 30, period: 60 } }, TICKET_LIMIT: { simple: { limit: 120, period: 60 } } },
     queueProducers: { PUSH_QUEUE: { queueName: 'echovalley-push' } },

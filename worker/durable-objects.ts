@@ -16,3 +16,8 @@ export function getUploadSession(env: Env, uploadId: string) {
 export function getVoiceRoom(env: Env, conversationId: string) {
   return env.VOICE.get(env.VOICE.idFromName(conversationId))
 }
+
+/** One per call (by the call's id): its state and its signalling. */
+export function getCallRoom(env: Env, callId: string) {
+  return env.CALL.get(env.CALL.idFromName(callId))
+}

@@ -1,4 +1,5 @@
 import type { VoiceRoom } from './voice/VoiceRoom'
+import type { CallRoom } from './calls/CallRoom'
 import type { ConversationRoom } from './conversation/ConversationRoom'
 import type { QueueMessage } from './shared/jobs'
 import type { UploadSession } from './media/UploadSession'
@@ -10,6 +11,7 @@ export interface Env {
   ASSETS: Fetcher
   CONVERSATION: DurableObjectNamespace<ConversationRoom>
   VOICE: DurableObjectNamespace<VoiceRoom>
+  CALL: DurableObjectNamespace<CallRoom>
   USER: DurableObjectNamespace<UserHub>
   PUSH_QUEUE: Queue<QueueMessage>
   MEDIA: R2Bucket

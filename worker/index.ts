@@ -7,6 +7,7 @@ export { UserHub } from './user/UserHub'
 export { UploadSession } from './media/UploadSession'
 export { LoginGuard } from './auth/LoginGuard'
 export { VoiceRoom } from './voice/VoiceRoom'
+export { CallRoom } from './calls/CallRoom'
 
 export default {
   fetch: app.fetch,

@@ -14,6 +14,7 @@ import type {
   RenameEvent,
   SearchHit,
   VoiceEvent,
+  CallEvent,
   ServerMessage,
 } from '../../worker/shared/protocol'
 import { TYPING_TTL_MS } from '../../worker/shared/limits'
@@ -23,7 +24,7 @@ import { ChatCache, type OutboxItem, type PendingUpload } from './cache'
 import { completeUpload, createUpload, finalUploadError } from './tus'
 import { bodyText, transcripts } from './media.svelte'
 import { ChatSocket } from './chat-socket.svelte'
-import { localizeError, t } from './i18n.svelte'
+import { localizeError, t, type MessageKey } from './i18n.svelte'
 
 /** `saving`: shown at once, not yet committed to IndexedDB; `pending`: safe on the device, not yet acked. */
 export type SendState = 'saving' | 'pending' | 'failed' | 'sent' | 'delivered' | 'read'
@@ -31,8 +32,8 @@ export type SendState = 'saving' | 'pending' | 'failed' | 'sent' | 'delivered' |
 /** What the chat view renders: a message as it stands now, or one still in the outbox. */
 export interface DisplayMessage {
   key: string
-  /** Membership, rename and voice-room events show as a line of their own. */
-  system?: MemberEvent | RenameEvent | VoiceEvent
+  /** Membership, rename, voice-room and call events show as a line of their own. */
+  system?: MemberEvent | RenameEvent | VoiceEvent | CallEvent
   seq: number | null
   senderId: string
   body: MessageBody | null
@@ -49,6 +50,14 @@ export interface DisplayMessage {
   local?: { main: Blob; thumb?: Blob }
   /** 0–1 while the media uploads. */
   progress?: number
+}
+
+/** "Missed voice call", "Video call · 3:24", in the reader's language. */
+export function callText(e: CallEvent): string {
+  const video = e.video
+  if (e.outcome !== 'answered') return t(`call.${e.outcome}${video ? 'Video' : 'Voice'}` as MessageKey)
+  const s = Math.round(e.durationMs / 1000)
+  return t(video ? 'call.videoFor' : 'call.voiceFor', { time: `${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}` })
 }
 
 /** Codes after which resending the same write cannot succeed. */
@@ -300,7 +309,7 @@ export class ChatStore {
       const reactions = this.#reactions(s, seqs)
       for (const seq of seqs) {
         const e = s.events.get(seq)!
-        if (e.type === 'member' || e.type === 'renamed' || e.type === 'voice') {
+        if (e.type === 'member' || e.type === 'renamed' || e.type === 'voice' || e.type === 'call') {
           out.push({ key: `sys-${e.seq}`, system: e, seq: e.seq, senderId: e.senderId, body: null, serverTs: e.serverTs, state: null, readBy: 0 })
           continue
         }
@@ -696,7 +705,7 @@ export class ChatStore {
         const e = msg.event
         const target = e.type === 'edit' || e.type === 'recall' ? s.events.get(e.targetSeq) : undefined
         this.#ingest(id, [e], true)
-        if (fresh && e.type === 'message') this.#bump(e)
+        if (fresh && (e.type === 'message' || e.type === 'call')) this.#bump(e)
         if (fresh && (e.type === 'edit' || e.type === 'recall')) this.#follow(e, target?.type === 'message' ? target : undefined)
         if (msg.event.seq > s.contiguous + 1 && s.loaded) this.#sync(id)
         if (msg.event.type === 'member' || msg.event.type === 'renamed') void this.refreshConversations()
@@ -763,6 +772,11 @@ export class ChatStore {
         return
       }
       case 'hello':
+      // Calls: the call screen (issue 15) is not built yet; the log's call entries show as lines.
+      case 'call-ring':
+      case 'call-update':
+      case 'call-ended':
+      case 'call-signal':
         return
     }
   }
@@ -776,13 +790,13 @@ export class ChatStore {
   }
 
   /** Moves a conversation to the top with the new message as preview, counting it unread unless open. */
-  #bump(e: MessageEvent) {
+  #bump(e: MessageEvent | CallEvent) {
     const c = this.conversation(e.conversationId)
     if (!c) return
     // Someone the user blocked can still write in a shared group: it counts for nothing and moves nothing.
     if (this.hooks.isBlocked?.(e.senderId)) return
     const unread = e.senderId !== this.userId && e.conversationId !== this.#activeId ? c.unread + 1 : c.unread
-    const text = bodyText(e.body) ?? t('msg.recalled')
+    const text = e.type === 'call' ? callText(e) : (bodyText(e.body) ?? t('msg.recalled'))
     // Sending implies having read everything before (the server moves the cursor the same way).
     const readSeq = e.senderId === this.userId ? Math.max(c.readSeq, e.seq) : c.readSeq
     const updated = { ...c, unread, readSeq, lastSeq: e.seq, lastActivityAt: e.serverTs, preview: { seq: e.seq, senderId: e.senderId, text, serverTs: e.serverTs } }

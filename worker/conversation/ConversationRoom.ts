@@ -5,6 +5,7 @@ import type { Env } from '../env'
 import type { UserHub } from '../user/UserHub'
 import { ErrorCode } from '../shared/errors'
 import {
+  type CallOutcome,
   EDIT_WINDOW_MS,
   MessageBody,
   RECALL_WINDOW_MS,
@@ -549,6 +550,17 @@ export class ConversationRoom extends DurableObject<Env> {
       .dropUser(conversationId, userId)
       .catch((e: unknown) => console.warn('voice room drop failed', String(e)))
     return []
+  }
+
+  /** The end of a call, written by its CallRoom in the caller's name, once (the clientMsgId is the call's). */
+  async callEnded(conversationId: string, callerId: string, clientMsgId: string, video: boolean, outcome: CallOutcome, durationMs: number): Promise<RoomResult<Ack>> {
+    return this.inSenderOrder(callerId, async () => {
+      const loaded = await this.ensureLoaded(conversationId)
+      if (!loaded.ok) return loaded
+      const dup = this.findBySender(callerId, clientMsgId)
+      if (dup) return ok(dup)
+      return ok(this.commit({ type: 'call', conversationId, seq: this.lastSeq + 1, senderId: callerId, clientMsgId, serverTs: this.now(), video, outcome, durationMs }))
+    })
   }
 
   /**

@@ -1,4 +1,4 @@
-import type { ConversationEvent, MemberEvent, MessageBody } from '../shared/protocol'
+import type { CallOutcome, ConversationEvent, MemberEvent, MessageBody } from '../shared/protocol'
 
 /** Column layout shared by the room's SQLite log and D1's messages table. */
 export interface EventRow extends Record<string, SqlStorageValue> {
@@ -34,6 +34,8 @@ export function rowToEvent(conversationId: string, r: EventRow): ConversationEve
       return { ...base, type: 'reaction', targetSeq: r.target_seq!, ...(body as { emoji: string; on: boolean }) }
     case 'voice':
       return { ...base, type: 'voice', ...(body as { startedAt: number; durationMs: number; people: number }) }
+    case 'call':
+      return { ...base, type: 'call', ...(body as { video: boolean; outcome: CallOutcome; durationMs: number }) }
     default:
       return {
         ...base,
@@ -60,6 +62,8 @@ function payloadOf(e: ConversationEvent): unknown {
       return { emoji: e.emoji, on: e.on }
     case 'voice':
       return { startedAt: e.startedAt, durationMs: e.durationMs, people: e.people }
+    case 'call':
+      return { video: e.video, outcome: e.outcome, durationMs: e.durationMs }
   }
 }
 

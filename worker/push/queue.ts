@@ -1,6 +1,7 @@
 import { getConversationRoom } from '../durable-objects'
 import type { Env } from '../env'
 import { QueueMessage, type PushJob } from '../shared/jobs'
+import { callPreview } from '../shared/limits'
 import { previewOf, type PushPayload } from '../shared/protocol'
 import { sendWebPush } from './web-push'
 
@@ -41,7 +42,15 @@ async function deliverPush(env: Env, job: PushJob): Promise<boolean> {
   // Not a member any more, already seen on some device, or recalled: nothing to say.
   if (!found.ok || !found.value.event || found.value.receipt.deliveredSeq >= job.seq) return true
   const event = found.value.event
+  // A call ended: "Missed voice call" pushes like a message.
+  if (event.type === 'call' && event.senderId !== job.userId) return sendPushes(env, job, event.senderId, callPreview(event))
   if (event.type !== 'message' || event.body === null || event.senderId === job.userId) return true
+  return sendPushes(env, job, event.senderId, previewOf(event.body, false))
+}
+
+/** Sends one notification to each of the user's endpoints, once per (endpoint, message). */
+async function sendPushes(env: Env, job: PushJob, senderId: string, text: string): Promise<boolean> {
+  const event = { senderId }
 
   const [subs, people, blocked] = await env.DB.batch<Record<string, unknown>>([
     env.DB.prepare('SELECT endpoint, p256dh, auth FROM push_subscriptions WHERE user_id = ?').bind(job.userId),
@@ -54,7 +63,6 @@ async function deliverPush(env: Env, job: PushJob): Promise<boolean> {
   const users = people!.results as { id: string; display_name: string; push_previews: number }[]
   const recipient = users.find((u) => u.id === job.userId)
   const sender = users.find((u) => u.id === event.senderId)?.display_name ?? null
-  const text = previewOf(event.body, false)
   const payload = pushPayload(job, sender, text, !!recipient?.push_previews)
 
   let allDone = true

@@ -13,6 +13,7 @@ import { newId } from '../ids'
 import { ErrorCode } from '../shared/errors'
 import { MUTED_FOREVER } from '../shared/limits'
 import {
+  type CallOutcome,
   ConversationSettingsBody,
   AddMembersBody,
   CreateConversationBody,
@@ -29,6 +30,7 @@ import {
   previewOf,
 } from '../shared/protocol'
 import { publicUser } from '../auth/sessions'
+import { callPreview } from '../shared/limits'
 import { areFriends, blockedEitherWay } from '../social/policy'
 import { directKey } from './blocks'
 
@@ -56,10 +58,10 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
   const { results } = await env.DB.prepare(
     `SELECT c.id, c.kind, c.title, c.last_seq, c.last_activity_at, c.voice_live_since, mem.read_seq, mem.muted_until, mem.pinned_at, mem.archived_at,
        (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.seq > max(mem.read_seq, mem.joined_seq - 1)
-          AND m.type = 'message' AND m.sender_id != ?1 AND m.recalled_by IS NULL
+          AND m.type IN ('message', 'call') AND m.sender_id != ?1 AND m.recalled_by IS NULL
           AND m.sender_id NOT IN (SELECT blocked_id FROM blocks WHERE blocker_id = ?1)) AS unread,
-       (SELECT json_object('seq', p.seq, 'senderId', p.sender_id, 'body', json(p.body), 'serverTs', p.created_at, 'recalled', p.recalled_by IS NOT NULL)
-          FROM messages p WHERE p.conversation_id = c.id AND p.type = 'message' AND p.seq >= mem.joined_seq
+       (SELECT json_object('seq', p.seq, 'type', p.type, 'senderId', p.sender_id, 'body', json(p.body), 'serverTs', p.created_at, 'recalled', p.recalled_by IS NOT NULL)
+          FROM messages p WHERE p.conversation_id = c.id AND p.type IN ('message', 'call') AND p.seq >= mem.joined_seq
             AND p.sender_id NOT IN (SELECT blocked_id FROM blocks WHERE blocker_id = ?1)
           ORDER BY p.seq DESC LIMIT 1) AS preview
      FROM members mem JOIN conversations c ON c.id = mem.conversation_id
@@ -86,7 +88,7 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
   return results.map((c) => {
     const roster = people.filter((p) => p.conversationId === c.id).map((p) => ({ ...publicUser(p), role: p.role }))
     const others = roster.filter((p) => p.id !== viewerId)
-    const p = c.preview ? (JSON.parse(c.preview) as { seq: number; senderId: string; body: MessageBody | null; serverTs: number; recalled: number }) : null
+    const p = c.preview ? (JSON.parse(c.preview) as { seq: number; type: string; senderId: string; body: MessageBody | null; serverTs: number; recalled: number }) : null
     return {
       id: c.id,
       kind: c.kind,
@@ -100,7 +102,7 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
       pinned: c.pinned_at !== null,
       archived: c.archived_at !== null,
       voiceLiveSince: c.voice_live_since,
-      preview: p ? { seq: p.seq, senderId: p.senderId, text: previewText(p.body, !!p.recalled), serverTs: p.serverTs } : null,
+      preview: p ? { seq: p.seq, senderId: p.senderId, text: p.type === 'call' ? callPreview(p.body as unknown as { video: boolean; outcome: CallOutcome; durationMs: number }) : previewText(p.body, !!p.recalled), serverTs: p.serverTs } : null,
     }
   })
 }

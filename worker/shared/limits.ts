@@ -53,3 +53,12 @@ export function previewOf(body: { kind: string; text?: string; name?: string; ca
 
 /** A mute "always" lasts until this (ms since epoch): far past any real date. */
 export const MUTED_FOREVER = Number.MAX_SAFE_INTEGER
+
+/** "Missed voice call", "Video call · 3:24": a call in the list, in push and in search. */
+export function callPreview(c: { video: boolean; outcome: 'answered' | 'missed' | 'declined' | 'busy' | 'cancelled'; durationMs: number }): string {
+  const kind = c.video ? 'video call' : 'voice call'
+  if (c.outcome !== 'answered') return `${c.outcome === 'missed' ? 'Missed' : c.outcome === 'declined' ? 'Declined' : c.outcome === 'busy' ? 'Busy:' : 'Cancelled'} ${kind}`
+  const s = Math.round(c.durationMs / 1000)
+  return `${kind[0]!.toUpperCase()}${kind.slice(1)} · ${Math.floor(s / 60)}:${String(s % 60).padStart(2, '0')}`
+}
+

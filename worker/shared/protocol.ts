@@ -74,6 +74,37 @@ export function mediaIdsOf(body: MessageBody | null): string[] {
 }
 
 /** Frames a device sends over its socket. */
+export const CallId = z.uuid()
+/** At most this many people in a call (full mesh); bigger groups use a voice room. */
+export const CALL_MAX_PEOPLE = 4
+export const CallSignal = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('offer'), sdp: z.string().min(1).max(30_000) }),
+  z.object({ kind: z.literal('answer'), sdp: z.string().min(1).max(30_000) }),
+  z.object({
+    kind: z.literal('ice'),
+    candidate: z.object({
+      candidate: z.string().max(2_000),
+      sdpMid: z.string().max(64).nullable().optional(),
+      sdpMLineIndex: z.number().int().min(0).max(64).nullable().optional(),
+      usernameFragment: z.string().max(256).nullable().optional(),
+    }),
+  }),
+])
+export type CallSignal = z.infer<typeof CallSignal>
+export type CallPersonState = 'ringing' | 'joined' | 'declined' | 'left' | 'busy' | 'missed'
+export interface CallInfo {
+  callId: string
+  conversationId: string
+  video: boolean
+  callerId: string
+  startedAt: number
+  /** When the first callee accepted; null while it rings. */
+  answeredAt: number | null
+  people: { userId: string; state: CallPersonState; sessionId: string | null; audio: boolean; video: boolean }[]
+}
+export type CallEndReason = 'hangup' | 'declined' | 'missed' | 'busy' | 'cancelled' | 'answered-elsewhere' | 'declined-elsewhere'
+export type CallOutcome = 'answered' | 'missed' | 'declined' | 'busy' | 'cancelled'
+
 export const ClientMessage = z.discriminatedUnion('type', [
   /** Send a message; retried with the same clientMsgId until acked. */
   z.object({
@@ -119,6 +150,17 @@ export const ClientMessage = z.discriminatedUnion('type', [
     afterSeq: Seq,
     limit: z.number().int().min(1).max(SYNC_PAGE_LIMIT).optional(),
   }),
+  /** Ring the other members of a conversation (1:1, or a group of up to CALL_MAX_PEOPLE). */
+  z.object({ type: z.literal('call-start'), conversationId: Id, callId: CallId, video: z.boolean() }),
+  /** This device takes the call (the user's other devices stop ringing). */
+  z.object({ type: z.literal('call-accept'), callId: CallId }),
+  z.object({ type: z.literal('call-decline'), callId: CallId }),
+  /** Leave the call; the caller hanging up before anyone answered cancels it. */
+  z.object({ type: z.literal('call-hangup'), callId: CallId }),
+  /** Own microphone and camera state, for the others' screens. */
+  z.object({ type: z.literal('call-media'), callId: CallId, audio: z.boolean(), video: z.boolean() }),
+  /** WebRTC offer, answer or ICE candidate for one device in the call. */
+  z.object({ type: z.literal('call-signal'), callId: CallId, toSession: z.string().min(1).max(64), data: CallSignal }),
 ])
 export type ClientMessage = z.infer<typeof ClientMessage>
 
@@ -162,6 +204,14 @@ export interface RenameEvent extends EventBase {
   type: 'renamed'
   title: string
 }
+/** A call ended: "missed voice call", "video call · 3:24". senderId is the caller. */
+export interface CallEvent extends EventBase {
+  type: 'call'
+  video: boolean
+  outcome: CallOutcome
+  /** From the first answer to the end; 0 when nobody answered. */
+  durationMs: number
+}
 /** A voice room ended; senderId is whoever started it. */
 export interface VoiceEvent extends EventBase {
   type: 'voice'
@@ -177,7 +227,7 @@ export interface ReactionEvent extends EventBase {
   on: boolean
 }
 /** Everything that happens in a conversation, in seq order. */
-export type ConversationEvent = MessageEvent | EditEvent | RecallEvent | MemberEvent | RenameEvent | ReactionEvent | VoiceEvent
+export type ConversationEvent = MessageEvent | EditEvent | RecallEvent | MemberEvent | RenameEvent | ReactionEvent | VoiceEvent | CallEvent
 
 /** A member's receipt cursors; ticks and unread counts derive from them. */
 export interface Receipt {
@@ -208,6 +258,14 @@ export type ServerMessage =
   | { type: 'conversations-changed' }
   /** Friend requests or the friend list changed. */
   | { type: 'friends-changed' }
+  /** Someone calls: ring (every device of the callee gets it). */
+  | { type: 'call-ring'; call: CallInfo }
+  /** Who joined, left or changed their microphone or camera. */
+  | { type: 'call-update'; call: CallInfo }
+  /** The call is over for this device (or was taken or declined on another of the user's devices). */
+  | { type: 'call-ended'; callId: string; reason: CallEndReason }
+  /** A WebRTC offer, answer or candidate from one device in the call to this one. */
+  | { type: 'call-signal'; callId: string; fromUser: string; fromSession: string; data: CallSignal }
   /** A voice room of the conversation started, changed who speaks or how many listen, or ended. */
   | { type: 'voice-room'; summary: VoiceRoomSummary }
   /** A voice note in the conversation got its transcript (computed once, for everyone). */

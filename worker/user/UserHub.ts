@@ -1,6 +1,6 @@
 import { DurableObject } from 'cloudflare:workers'
 import type { Ack, ConversationRoom, DeliveredEvent, DeliveryReply, RoomResult } from '../conversation/ConversationRoom'
-import { getConversationRoom, getUserHub } from '../durable-objects'
+import { getCallRoom, getConversationRoom, getUserHub } from '../durable-objects'
 import type { Env } from '../env'
 import { assertNever } from '../shared/assert'
 import { APP_CLOSE_CODE, ErrorCode, errorBody } from '../shared/errors'
@@ -262,8 +262,57 @@ export class UserHub extends DurableObject<Env> {
         if (!result.ok) return send(ws, errorFrame(result.code, result.message))
         return send(ws, { type: 'events', conversationId: msg.conversationId, ...result.value })
       }
+      case 'call-start': {
+        const r = await getCallRoom(this.env, msg.callId).start(msg.conversationId, userId, device.sessionId, msg.callId, msg.video)
+        return r.ok ? send(ws, { type: 'call-update', call: r.value }) : send(ws, errorFrame(r.code, r.message, msg.callId))
+      }
+      case 'call-accept':
+      case 'call-decline':
+      case 'call-hangup':
+      case 'call-media':
+      case 'call-signal': {
+        const call = getCallRoom(this.env, msg.callId)
+        const r =
+          msg.type === 'call-accept' ? await call.accept(userId, device.sessionId)
+          : msg.type === 'call-decline' ? await call.decline(userId, device.sessionId)
+          : msg.type === 'call-hangup' ? await call.hangup(userId, device.sessionId)
+          : msg.type === 'call-media' ? await call.media(userId, device.sessionId, msg.audio, msg.video)
+          : await call.signal(userId, device.sessionId, msg.toSession, msg.data)
+        if (!r.ok) send(ws, errorFrame(r.code, r.message, msg.callId))
+        return
+      }
       default:
         assertNever(msg)
+    }
+  }
+
+  // ---- calls ----
+
+  /** The call this user is in (on any device), so a second caller hears "busy". */
+  async activeCall(): Promise<string | null> {
+    const callId = this.ctx.storage.kv.get<string>('active_call') ?? null
+    if (!callId) return null
+    // The mark outlives a call that never ended cleanly (a crash): ask the call itself.
+    const userId = this.knownUser ?? this.userId()
+    if (userId && (await getCallRoom(this.env, callId).isIn(userId))) return callId
+    this.ctx.storage.kv.delete('active_call')
+    return null
+  }
+
+  /** Marks the user in a call, or out of it (only out of `onlyIf` when given, so a late end cannot clear a newer call). */
+  async setActiveCall(callId: string | null, onlyIf?: string): Promise<void> {
+    if (callId === null && onlyIf && this.ctx.storage.kv.get<string>('active_call') !== onlyIf) return
+    if (callId === null) this.ctx.storage.kv.delete('active_call')
+    else this.ctx.storage.kv.put('active_call', callId)
+  }
+
+  /** A frame for this user's devices: all, one (`only`), or all but one (`except`). */
+  async tell(frame: ServerMessage, to: { only?: string; except?: string } = {}): Promise<void> {
+    const text = JSON.stringify(frame)
+    for (const ws of this.openSockets()) {
+      const session = sessionOf(ws)
+      if ((to.only && session !== to.only) || (to.except && session === to.except)) continue
+      send(ws, text)
     }
   }
 
@@ -316,7 +365,7 @@ export class UserHub extends DurableObject<Env> {
   async deliver(userId: string, event: DeliveredEvent, frame: string): Promise<DeliveryReply> {
     this.rememberUser(userId)
     if (this.openSockets().length === 0) {
-      if (event.type === 'message' && event.senderId !== userId) this.requestPush(event.conversationId, event.seq)
+      if ((event.type === 'message' || event.type === 'call') && event.senderId !== userId) this.requestPush(event.conversationId, event.seq)
       return null
     }
     this.show(event as ConversationEvent, null, userId, frame)

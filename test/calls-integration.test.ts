@@ -1,0 +1,144 @@
+import { runDurableObjectAlarm, runInDurableObject } from 'cloudflare:test'
+import { env } from 'cloudflare:workers'
+import { describe, it } from 'vitest'
+import { CALL_RING_MS, type CallRoom } from '../worker/calls/CallRoom'
+import type { AuthResult, CallEvent, ConversationEvent, ConversationSummary } from '../worker/shared/protocol'
+import { api, createGroup, Device, json, openChat, register } from './helpers'
+
+const callRoom = (callId: string) => env.CALL.get(env.CALL.idFromName(callId))
+
+async function history(token: string, conversationId: string): Promise<ConversationEvent[]> {
+  return (await json<{ events: ConversationEvent[] }>(await api(`/api/conversations/${conversationId}/messages?limit=50`, { token }))).events
+}
+
+describe('calls: ringing, answering and signalling', () => {
+  it('rings every device of the callee; accepting on one stops the other; signalling reaches only the call’s devices', { timeout: 20_000 }, async ({ expect }) => {
+    const [ann, bob] = [await register(), await register()]
+    const conv = await openChat(ann, bob)
+    const a = await Device.connect(ann)
+    const b1 = await Device.connect(bob)
+    // Bob's second device: a sign-in of its own (a device is a session).
+    const bobPhone = await json<AuthResult>(await api('/api/auth/login', { body: { handle: bob.user.handle, password: 'correct horse battery' } }))
+    const b2 = await Device.connect(bobPhone)
+    const callId = crypto.randomUUID()
+    a.send({ type: 'call-start', conversationId: conv.id, callId, video: true })
+    const started = await a.next('call-update')
+    expect(started.call).toMatchObject({ callId, video: true, callerId: ann.user.id, answeredAt: null })
+    const ring1 = await b1.next('call-ring')
+    await b2.next('call-ring')
+    expect(ring1.call.people.find((p) => p.userId === bob.user.id)!.state).toBe('ringing')
+
+    b1.send({ type: 'call-accept', callId })
+    expect((await b2.next('call-ended')).reason).toBe('answered-elsewhere')
+    const joined = await a.next((m) => m.type === 'call-update' && m.call.answeredAt !== null)
+    expect(joined.type === 'call-update' && joined.call.people.find((p) => p.userId === bob.user.id)).toMatchObject({ state: 'joined', sessionId: b1.sessionId })
+
+    // An offer from the caller to the device that answered, and a candidate back.
+    a.send({ type: 'call-signal', callId, toSession: b1.sessionId, data: { kind: 'offer', sdp: 'v=0 offer' } })
+    const offer = await b1.next('call-signal')
+    expect(offer).toMatchObject({ fromUser: ann.user.id, fromSession: a.sessionId, data: { kind: 'offer', sdp: 'v=0 offer' } })
+    b1.send({ type: 'call-signal', callId, toSession: a.sessionId, data: { kind: 'ice', candidate: { candidate: 'candidate:1 1 udp 1 127.0.0.1 5000 typ host', sdpMid: '0', sdpMLineIndex: 0 } } })
+    expect((await a.next('call-signal')).data.kind).toBe('ice')
+
+    // The other device of Bob is not in the call: it can neither signal nor be signalled.
+    b2.send({ type: 'call-signal', callId, toSession: a.sessionId, data: { kind: 'answer', sdp: 'x' } })
+    expect((await b2.next('error')).code).toBe('NOT_ALLOWED')
+    a.send({ type: 'call-signal', callId, toSession: b2.sessionId, data: { kind: 'offer', sdp: 'x' } })
+    expect((await a.next('error')).code).toBe('NOT_FOUND')
+    // Bad signalling is refused by the protocol before any object sees it.
+    a.send(JSON.stringify({ type: 'call-signal', callId, toSession: b1.sessionId, data: { kind: 'offer' } }))
+    expect((await a.next('error')).code).toBe('BAD_REQUEST')
+
+    // Hang-up ends both sides and writes "video call · m:ss" once.
+    a.send({ type: 'call-hangup', callId })
+    expect((await b1.next('call-ended')).reason).toBe('hangup')
+    const ev = (await b1.next((m) => m.type === 'event' && m.event.type === 'call')) as { event: CallEvent }
+    expect(ev.event).toMatchObject({ type: 'call', video: true, outcome: 'answered', senderId: ann.user.id })
+    b1.send({ type: 'call-hangup', callId })
+    await b1.next('error')
+    await expect.poll(async () => (await history(bob.accessToken, conv.id)).filter((e) => e.type === 'call').length, { timeout: 3000 }).toBe(1)
+    for (const d of [a, b1, b2]) d.close()
+  })
+
+  it('refuses a call from a non-member and a group over four; a busy callee ends the call as busy', async ({ expect }) => {
+    const [ann, bob, cy, dee, eve] = [await register(), await register(), await register(), await register(), await register()]
+    const big = await createGroup(ann, [bob, cy, dee, eve], 'Five')
+    // Friends already (the group made them): the 1:1 opens directly.
+    const conv = (await json<{ conversation: ConversationSummary }>(await api('/api/conversations', { token: ann.accessToken, body: { peerHandle: bob.user.handle } }))).conversation
+    const outsider = await Device.connect(eve)
+    outsider.send({ type: 'call-start', conversationId: conv.id, callId: crypto.randomUUID(), video: false })
+    expect((await outsider.next('error')).code).toBe('NOT_MEMBER')
+    const a = await Device.connect(ann)
+    a.send({ type: 'call-start', conversationId: big.id, callId: crypto.randomUUID(), video: false })
+    expect((await a.next('error')).message).toContain('voice room')
+
+    // Bob talks with Ann; Cy calls Bob: busy.
+    const b = await Device.connect(bob)
+    const first = crypto.randomUUID()
+    a.send({ type: 'call-start', conversationId: conv.id, callId: first, video: false })
+    await b.next('call-ring')
+    b.send({ type: 'call-accept', callId: first })
+    await a.next((m) => m.type === 'call-update' && m.call.answeredAt !== null)
+    const cyBob = await openChat(cy, bob)
+    const c = await Device.connect(cy)
+    const second = crypto.randomUUID()
+    c.send({ type: 'call-start', conversationId: cyBob.id, callId: second, video: false })
+    expect((await c.next('call-ended')).reason).toBe('busy')
+    await expect.poll(async () => (await history(cy.accessToken, cyBob.id)).find((e) => e.type === 'call'), { timeout: 3000 }).toMatchObject({ outcome: 'busy' })
+    for (const d of [a, b, c, outsider]) d.close()
+  })
+
+  it('no answer in 45 s: a missed call in the log, unread and previewed like a message; decline ends a 1:1 call', async ({ expect }) => {
+    const [ann, bob] = [await register(), await register()]
+    const conv = await openChat(ann, bob)
+    const a = await Device.connect(ann)
+    const callId = crypto.randomUUID()
+    a.send({ type: 'call-start', conversationId: conv.id, callId, video: false })
+    await a.next('call-update')
+    const room = callRoom(callId)
+    // The ring timeout, on the call's own clock.
+    await runInDurableObject(room, (o: CallRoom) => {
+      o.now = () => Date.now() + CALL_RING_MS + 1_000
+    })
+    expect(await runDurableObjectAlarm(room)).toBe(true)
+    expect((await a.next('call-ended')).reason).toBe('missed')
+    await expect.poll(async () => (await history(bob.accessToken, conv.id)).filter((e) => e.type === 'call'), { timeout: 3000 }).toMatchObject([{ outcome: 'missed', video: false }])
+    const list = (await json<{ conversations: ConversationSummary[] }>(await api('/api/conversations', { token: bob.accessToken }))).conversations.find((c) => c.id === conv.id)!
+    expect(list.unread).toBe(1)
+    expect(list.preview?.text).toBe('Missed voice call')
+    // The alarm again changes nothing: still one event.
+    await runDurableObjectAlarm(room)
+    expect((await history(bob.accessToken, conv.id)).filter((e) => e.type === 'call')).toHaveLength(1)
+
+    const b = await Device.connect(bob)
+    const second = crypto.randomUUID()
+    a.send({ type: 'call-start', conversationId: conv.id, callId: second, video: true })
+    await b.next('call-ring')
+    b.send({ type: 'call-decline', callId: second })
+    expect((await a.next('call-ended')).reason).toBe('declined')
+    await expect.poll(async () => (await history(bob.accessToken, conv.id)).filter((e) => e.type === 'call').length, { timeout: 3000 }).toBe(2)
+    a.close()
+    b.close()
+  })
+
+  it('a group call of three: everyone joins, the call stays on when one leaves, ends when one is left', async ({ expect }) => {
+    const [ann, bob, cy] = [await register(), await register(), await register()]
+    const group = await createGroup(ann, [bob, cy], 'Trio call')
+    const [a, b, c] = [await Device.connect(ann), await Device.connect(bob), await Device.connect(cy)]
+    const callId = crypto.randomUUID()
+    a.send({ type: 'call-start', conversationId: group.id, callId, video: false })
+    await b.next('call-ring')
+    await c.next('call-ring')
+    b.send({ type: 'call-accept', callId })
+    c.send({ type: 'call-accept', callId })
+    await a.next((m) => m.type === 'call-update' && m.call.people.filter((p) => p.state === 'joined').length === 3)
+    // Bob may signal Cy directly: a full mesh.
+    b.send({ type: 'call-signal', callId, toSession: c.sessionId, data: { kind: 'offer', sdp: 'mesh' } })
+    expect((await c.next('call-signal')).fromUser).toBe(bob.user.id)
+    b.send({ type: 'call-hangup', callId })
+    await a.next((m) => m.type === 'call-update' && m.call.people.find((p) => p.userId === bob.user.id)?.state === 'left')
+    c.send({ type: 'call-hangup', callId })
+    expect((await a.next('call-ended')).reason).toBe('hangup')
+    for (const d of [a, b, c]) d.close()
+  })
+})
