@@ -11,6 +11,7 @@ import { pushRoutes } from './routes/push'
 import { linkPreviewRoutes } from './routes/link-preview'
 import { mediaRoutes } from './routes/media'
 import { voiceRoutes } from './routes/voice'
+import { callRoutes } from './routes/calls'
 import { searchRoutes } from './routes/search'
 import { uploadRoutes } from './routes/uploads'
 import { profileRoutes, userRoutes } from './routes/users'
@@ -47,6 +48,7 @@ export const app = new Hono<AppEnv>()
   .route('/media', mediaRoutes)
   .route('/link-preview', linkPreviewRoutes)
   .route('/voice', voiceRoutes)
+  .route('/calls', callRoutes)
 
 app.notFound((c) => c.json(errorBody(ErrorCode.NOT_FOUND, 'no such endpoint'), 404))
 app.onError(renderError)

@@ -25,6 +25,14 @@ export interface Env {
   AI?: Ai
   /** Local transcriber service (scripts/transcriber.ts) when there is no AI binding. */
   TRANSCRIBER_URL?: string
+  /** Calls: STUN URLs (comma-separated), e.g. stun:stun.cloudflare.com:3478. */
+  STUN_URLS?: string
+  /** Calls, Cloudflare TURN: the TURN key id and its API token (a secret). */
+  TURN_KEY_ID?: string
+  TURN_KEY_API_TOKEN?: string
+  /** Calls, any TURN server with the REST shared secret (coturn use-auth-secret): its URLs and the secret. */
+  TURN_URLS?: string
+  TURN_SECRET?: string
   /** Tests only: host:port pairs link previews may fetch although they are private addresses. */
   LINK_PREVIEW_ALLOW?: string
   JWT_SECRET: string
