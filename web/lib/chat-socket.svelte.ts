@@ -24,6 +24,8 @@ export function backoffDelay(attempt: number, outageMs: number): number {
  * and jitter, and detects silent stalls with a heartbeat.
  */
 export class ChatSocket {
+  /** This device's session, from the server's hello (calls address devices by it). */
+  sessionId: string | null = null
   #status = $state<SocketStatus>('offline')
   #ws: WebSocket | null = null
   #attempt = 0
@@ -116,6 +118,7 @@ export class ChatSocket {
       }
       if (msg.type === 'hello') {
         if (msg.protocol !== PROTOCOL_VERSION) console.warn('server speaks protocol', msg.protocol)
+        this.sessionId = msg.sessionId
         this.#attempt = 0
         this.#outageSince = 0
         this.#status = 'online'

@@ -110,7 +110,13 @@ export class ChatStore {
 
   constructor(
     readonly userId: string,
-    private readonly hooks: { presence?: (userId: string, p: Presence) => void; friendsChanged?: () => void; isBlocked?: (userId: string) => boolean } = {},
+    private readonly hooks: {
+      presence?: (userId: string, p: Presence) => void
+      friendsChanged?: () => void
+      isBlocked?: (userId: string) => boolean
+      /** Call frames go to the call screen. */
+      call?: (m: Extract<ServerMessage, { type: `call-${string}` }>) => void
+    } = {},
   ) {
     this.#cache = new ChatCache(userId)
     this.#socket = new ChatSocket(
@@ -772,13 +778,24 @@ export class ChatStore {
         return
       }
       case 'hello':
-      // Calls: the call screen (issue 15) is not built yet; the log's call entries show as lines.
+        return
       case 'call-ring':
       case 'call-update':
       case 'call-ended':
       case 'call-signal':
+        this.hooks.call?.(msg)
         return
     }
+  }
+
+  /** This device's session (from the socket's hello): calls address devices by it. */
+  get sessionId() {
+    return this.#socket.sessionId
+  }
+
+  /** A frame of another feature (calls) on the one socket; false when it is not open. */
+  sendFrame(msg: ClientMessage): boolean {
+    return this.#socket.send(msg)
   }
 
   /** Cursors only move forward: a late or replayed receipt never takes a tick back. */

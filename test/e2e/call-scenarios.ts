@@ -1,0 +1,130 @@
+// Call scenarios in real Chromium, run inside a network namespace that has only loopback (see
+// calls.test.ts): WebRTC media cannot leave the machine, and ICE pairs 127.0.0.1 with itself.
+// Prints one JSON line of findings for the test to judge.
+import type { Browser, BrowserContext, Page } from 'playwright-core'
+import { befriendInUi, launchBrowser, registerInUi } from './browser'
+import { startServer } from './server'
+
+// Every RTCPeerConnection the app makes, for getStats from the test.
+const TAP = () => {
+  const pcs: RTCPeerConnection[] = []
+  ;(window as unknown as { __pcs: RTCPeerConnection[] }).__pcs = pcs
+  const Native = window.RTCPeerConnection
+  window.RTCPeerConnection = function (this: unknown, ...args: ConstructorParameters<typeof RTCPeerConnection>) {
+    const pc = new Native(...args)
+    pcs.push(pc)
+    return pc
+  } as unknown as typeof RTCPeerConnection
+  window.RTCPeerConnection.prototype = Native.prototype
+}
+
+/** Bytes in and out by kind over all of the page's connections. */
+function bytes(page: Page) {
+  return page.evaluate(async () => {
+    const out = { inAudio: 0, inVideo: 0, outAudio: 0, outVideo: 0, states: [] as string[] }
+    for (const pc of (window as unknown as { __pcs: RTCPeerConnection[] }).__pcs) {
+      out.states.push(pc.iceConnectionState)
+      if (pc.connectionState === 'closed') continue
+      const stats = await pc.getStats()
+      stats.forEach((s: Record<string, unknown>) => {
+        const kind = s.kind === 'video' ? 'Video' : 'Audio'
+        if (s.type === 'inbound-rtp') out[`in${kind}`] += Number(s.bytesReceived ?? 0)
+        if (s.type === 'outbound-rtp') out[`out${kind}`] += Number(s.bytesSent ?? 0)
+      })
+    }
+    return out
+  })
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+async function main() {
+  const server = await startServer()
+  const browser: Browser = await launchBrowser(['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream', '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required'])
+  const findings: Record<string, unknown> = {}
+  try {
+    const s = Date.now().toString(36)
+    const person = async (name: string): Promise<{ page: Page; ctx: BrowserContext; handle: string }> => {
+      const ctx = await browser.newContext({ permissions: ['camera', 'microphone'] })
+      await ctx.addInitScript(TAP)
+      const page = await ctx.newPage()
+      if (process.env.CALL_DEBUG) page.on('console', (m) => console.error(name, m.type(), m.text()))
+      const handle = `${name.toLowerCase()}_${s}`
+      await registerInUi(page, server.url, handle, name)
+      return { page, ctx, handle }
+    }
+    const ann = await person('Ann')
+    const bob = await person('Bob')
+    await befriendInUi(ann.page, bob.page, bob.handle)
+    // Bob's second device, signed in as Bob: it rings too, and stops when the first answers.
+    const bobPhone = await browser.newContext({ permissions: ['camera', 'microphone'] })
+    await bobPhone.addInitScript(TAP)
+    const phone = await bobPhone.newPage()
+    await phone.goto(server.url)
+    if (await phone.getByTestId('auth-display-name').isVisible()) await phone.getByTestId('auth-toggle').click()
+    await phone.getByTestId('auth-handle').fill(bob.handle)
+    await phone.getByTestId('auth-password').fill('e2e-password-1')
+    await phone.getByTestId('auth-submit').click()
+    await phone.getByTestId('current-user').waitFor()
+
+    await ann.page.getByTestId('new-chat-handle').fill(bob.handle)
+    await ann.page.getByTestId('new-chat-submit').click()
+    await ann.page.getByTestId('call-video').click()
+    await bob.page.getByTestId('call-screen').and(bob.page.locator('[data-phase="incoming"]')).waitFor({ timeout: 15_000 })
+    await phone.getByTestId('call-screen').and(phone.locator('[data-phase="incoming"]')).waitFor({ timeout: 15_000 })
+    await bob.page.getByTestId('call-accept').click()
+    await phone.getByTestId('call-end-reason').waitFor({ timeout: 10_000 })
+    findings.phoneStopped = await phone.getByTestId('call-end-reason').textContent()
+    await ann.page.locator('[data-testid="call-screen"][data-phase="connected"]').waitFor({ timeout: 20_000 })
+    await bob.page.locator('[data-testid="call-screen"][data-phase="connected"]').waitFor({ timeout: 20_000 })
+    findings.iceStates = { ann: (await bytes(ann.page)).states, bob: (await bytes(bob.page)).states }
+    const a1 = await bytes(ann.page)
+    const b1 = await bytes(bob.page)
+    await sleep(2500)
+    const a2 = await bytes(ann.page)
+    const b2 = await bytes(bob.page)
+    findings.grew = {
+      annInAudio: a2.inAudio - a1.inAudio, annInVideo: a2.inVideo - a1.inVideo,
+      bobInAudio: b2.inAudio - b1.inAudio, bobInVideo: b2.inVideo - b1.inVideo,
+    }
+    findings.quality = await ann.page.getByTestId('call-quality').textContent().catch(() => null)
+    // Mute: Ann's outbound audio stops growing.
+    await ann.page.getByTestId('call-mute').click()
+    await sleep(1000)
+    const m1 = await bytes(ann.page)
+    await sleep(2000)
+    const m2 = await bytes(ann.page)
+    findings.mutedOutAudio = m2.outAudio - m1.outAudio
+    findings.mutedOutVideo = m2.outVideo - m1.outVideo
+    // Hang up ends both.
+    await ann.page.getByTestId('call-hangup').click()
+    await bob.page.locator('[data-testid="call-screen"][data-phase="ended"]').waitFor({ timeout: 10_000 })
+    findings.bobEnd = await bob.page.getByTestId('call-end-reason').textContent()
+    // The chat records it.
+    await bob.page.getByTestId('call-close').click()
+    await bob.page.getByTestId('conversation-item').first().click()
+    findings.log = await bob.page.getByTestId('system-line').filter({ hasText: /Video call · \d+:\d\d/ }).first().textContent({ timeout: 10_000 })
+
+    // Decline: Bob declines a voice call; Ann's screen says so.
+    await ann.page.getByTestId('call-close').click()
+    await ann.page.getByTestId('call-voice').click()
+    await bob.page.locator('[data-testid="call-screen"][data-phase="incoming"]').waitFor({ timeout: 15_000 })
+    await bob.page.getByTestId('call-decline').click()
+    await ann.page.locator('[data-testid="call-screen"][data-phase="ended"]').waitFor({ timeout: 10_000 })
+    findings.declined = await ann.page.getByTestId('call-end-reason').textContent()
+  } catch (e) {
+    findings.error = String(e)
+    if (process.env.CALL_DEBUG) {
+      for (const p of browser.contexts().flatMap((c) => c.pages())) {
+        console.error('PCS', await p.evaluate(() => (window as unknown as { __pcs?: RTCPeerConnection[] }).__pcs?.map((pc) => [pc.signalingState, pc.iceConnectionState, pc.iceGatheringState, pc.localDescription?.sdp.match(/a=candidate[^\r\n]*/g)?.slice(0, 3)])).catch(() => 'n/a'))
+      }
+    }
+  } finally {
+    console.log(`FINDINGS ${JSON.stringify(findings)}`)
+    await browser.close()
+    await server.stop()
+  }
+}
+
+await main()
+process.exit(0)
