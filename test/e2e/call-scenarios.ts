@@ -1,6 +1,7 @@
 // Call scenarios in real Chromium, run inside a network namespace that has only loopback (see
 // calls.test.ts): WebRTC media cannot leave the machine, and ICE pairs 127.0.0.1 with itself.
 // Prints one JSON line of findings for the test to judge.
+import AxeBuilder from '@axe-core/playwright'
 import type { Browser, BrowserContext, Page } from 'playwright-core'
 import { befriendInUi, launchBrowser, registerInUi } from './browser'
 import { startServer } from './server'
@@ -38,6 +39,11 @@ function bytes(page: Page) {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
+async function axe(page: Page): Promise<string[]> {
+  const r = await new AxeBuilder({ page: page as never }).analyze()
+  return r.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical').map((v) => v.id)
+}
+
 async function main() {
   const server = await startServer()
   const browser: Browser = await launchBrowser(['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream', '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required'])
@@ -72,6 +78,7 @@ async function main() {
     await ann.page.getByTestId('call-video').click()
     await bob.page.getByTestId('call-screen').and(bob.page.locator('[data-phase="incoming"]')).waitFor({ timeout: 15_000 })
     await phone.getByTestId('call-screen').and(phone.locator('[data-phase="incoming"]')).waitFor({ timeout: 15_000 })
+    findings.axeIncoming = await axe(bob.page)
     await bob.page.getByTestId('call-accept').click()
     await phone.getByTestId('call-end-reason').waitFor({ timeout: 10_000 })
     findings.phoneStopped = await phone.getByTestId('call-end-reason').textContent()
@@ -88,6 +95,7 @@ async function main() {
       bobInAudio: b2.inAudio - b1.inAudio, bobInVideo: b2.inVideo - b1.inVideo,
     }
     findings.quality = await ann.page.getByTestId('call-quality').textContent().catch(() => null)
+    findings.axeInCall = await axe(ann.page)
     // Mute: Ann's outbound audio stops growing.
     await ann.page.getByTestId('call-mute').click()
     await sleep(1000)
@@ -112,10 +120,38 @@ async function main() {
     await bob.page.getByTestId('call-decline').click()
     await ann.page.locator('[data-testid="call-screen"][data-phase="ended"]').waitFor({ timeout: 10_000 })
     findings.declined = await ann.page.getByTestId('call-end-reason').textContent()
+    await ann.page.getByTestId('call-close').click()
+
+    // A group of three: everyone accepts, every pair connects (a full mesh).
+    const cy = await person('Cy')
+    await befriendInUi(ann.page, cy.page, cy.handle)
+    await ann.page.getByTestId('new-group').click()
+    await ann.page.getByTestId('group-title').fill('Trio')
+    // Both friends listed (the list follows the accepted request).
+    await ann.page.getByTestId('group-member').nth(1).waitFor({ timeout: 10_000 })
+    for (const box of await ann.page.getByTestId('group-member').all()) await box.check()
+    await ann.page.getByTestId('group-create').click()
+    await ann.page.locator('.chat-head h2').filter({ hasText: 'Trio' }).waitFor()
+    await ann.page.getByTestId('call-voice').click()
+    for (const p of [bob.page, cy.page]) {
+      await p.locator('[data-testid="call-screen"][data-phase="incoming"]').waitFor({ timeout: 15_000 })
+      await p.getByTestId('call-accept').click()
+    }
+    const connectedPairs = async (p: Page) => (await bytes(p)).states.filter((x) => x === 'connected' || x === 'completed').length
+    const deadline = Date.now() + 20_000
+    let pairs = [0, 0, 0]
+    while (Date.now() < deadline) {
+      pairs = [await connectedPairs(ann.page), await connectedPairs(bob.page), await connectedPairs(cy.page)]
+      if (pairs.every((n) => n >= 2)) break
+      await sleep(500)
+    }
+    findings.groupPairs = pairs
+    await ann.page.getByTestId('call-hangup').click()
   } catch (e) {
     findings.error = String(e)
     if (process.env.CALL_DEBUG) {
       for (const p of browser.contexts().flatMap((c) => c.pages())) {
+        console.error('SCREEN', await p.evaluate(() => [document.querySelector('[data-testid="call-screen"]')?.getAttribute('data-phase'), document.querySelector('[data-testid="call-screen"]')?.textContent?.slice(0, 120), document.querySelector('.chat-head h2')?.textContent, [...document.querySelectorAll('[role="alert"]')].map((e) => e.textContent)]).catch(() => 'n/a'))
         console.error('PCS', await p.evaluate(() => (window as unknown as { __pcs?: RTCPeerConnection[] }).__pcs?.map((pc) => [pc.signalingState, pc.iceConnectionState, pc.iceGatheringState, pc.localDescription?.sdp.match(/a=candidate[^\r\n]*/g)?.slice(0, 3)])).catch(() => 'n/a'))
       }
     }

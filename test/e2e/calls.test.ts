@@ -8,7 +8,7 @@ import { describe, it } from 'vitest'
 const ROOT = path.resolve(import.meta.dirname, '../..')
 
 describe('calls in the PWA', () => {
-  it('a video call rings both of the callee’s devices, connects on loopback, carries audio and video both ways, mutes, hangs up, and a decline ends it', { timeout: 240_000 }, ({ expect }) => {
+  it('a video call rings both of the callee’s devices, connects on loopback, carries audio and video both ways, mutes, hangs up; a decline ends it; a group of three connects every pair; axe is clean', { timeout: 240_000 }, ({ expect }) => {
     const r = spawnSync('unshare', ['-rn', 'sh', '-c', `ip link set lo up && exec node --import tsx ${path.join(ROOT, 'test/e2e/call-scenarios.ts')}`], { cwd: ROOT, encoding: 'utf8', timeout: 230_000 })
     const line = r.stdout.split('\n').find((l) => l.startsWith('FINDINGS '))
     expect(line, `${r.stdout.slice(-2000)}\n${r.stderr.slice(-2000)}`).toBeTruthy()
@@ -23,5 +23,9 @@ describe('calls in the PWA', () => {
     expect(f.bobEnd).toBe('The call ended.')
     expect(f.log).toMatch(/Video call · 0:0\d/)
     expect(f.declined).toBe('Declined.')
+    expect(f.axeIncoming).toEqual([])
+    expect(f.axeInCall).toEqual([])
+    // Each of the three holds a live connection to each of the other two.
+    expect(f.groupPairs).toEqual([2, 2, 2])
   })
 })
