@@ -4,6 +4,7 @@ import { describe, it } from 'vitest'
 import { CALL_RING_MS, type CallRoom } from '../worker/calls/CallRoom'
 import type { AuthResult, CallEvent, ConversationEvent, ConversationSummary } from '../worker/shared/protocol'
 import { api, createGroup, Device, json, openChat, register } from './helpers'
+import { newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
 
 const callRoom = (callId: string) => env.CALL.get(env.CALL.idFromName(callId))
 
@@ -140,5 +141,29 @@ describe('calls: ringing, answering and signalling', () => {
     c.send({ type: 'call-hangup', callId })
     expect((await a.next('call-ended')).reason).toBe('hangup')
     for (const d of [a, b, c]) d.close()
+  })
+
+  it('rings a device with no socket through Web Push, which stops when the call ends; the device can pick the call up by id', { timeout: 30_000 }, async ({ expect }) => {
+    const [ann, bob, outsider] = [await register(), await register(), await register()]
+    const conv = await openChat(ann, bob)
+    const sub = await newPushSubscription()
+    await subscribe(bob, sub)
+    const a = await Device.connect(ann)
+    const callId = crypto.randomUUID()
+    a.send({ type: 'call-start', conversationId: conv.id, callId, video: true })
+    await a.next('call-update')
+    const ring = await waitFor(async () => (await receivedPushes(sub)).received.find((r) => (r.payload as { callId?: string }).callId === callId))
+    expect(ring.payload).toEqual({ type: 'call', callId, conversationId: conv.id, ringing: true, title: ann.user.displayName, body: 'Incoming video call' })
+    expect(Number(ring.ttl)).toBeLessThanOrEqual(45)
+    // Opened from that notification, Bob's device finds the call still ringing for him.
+    const seen = await json<{ call: { people: { userId: string; state: string }[] } }>(await api(`/api/calls/${callId}`, { token: bob.accessToken }))
+    expect(seen.call.people.find((p) => p.userId === bob.user.id)!.state).toBe('ringing')
+    expect((await api(`/api/calls/${callId}`, { token: outsider.accessToken })).status).toBe(404)
+    // Ann gives up: the ringing stops on Bob's devices.
+    a.send({ type: 'call-hangup', callId })
+    await a.next((m) => m.type === 'event' && m.event.type === 'call')
+    const stop = await waitFor(async () => (await receivedPushes(sub)).received.find((r) => (r.payload as { callId?: string; ringing?: boolean }).callId === callId && (r.payload as { ringing: boolean }).ringing === false))
+    expect(stop.payload).toMatchObject({ type: 'call', callId, ringing: false })
+    a.close()
   })
 })

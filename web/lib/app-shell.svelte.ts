@@ -42,8 +42,9 @@ export class AppShell {
       this.#update = registerSW({ onNeedRefresh: () => (this.#needRefresh = true) })
       // A notification click on an open window arrives as a message: go to that conversation.
       navigator.serviceWorker.addEventListener('message', (e) => {
-        const data = e.data as { type?: string; conversationId?: string } | null
+        const data = e.data as { type?: string; conversationId?: string; callId?: string } | null
         if (data?.type === 'open-conversation' && data.conversationId) location.hash = `#/c/${data.conversationId}`
+        if (data?.type === 'open-call' && data.callId) location.hash = `#/call/${data.callId}`
       })
     }
     void this.#readPushState()

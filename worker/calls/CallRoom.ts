@@ -89,7 +89,10 @@ export class CallRoom extends DurableObject<Env> {
     }
     await this.ctx.storage.setAlarm(startedAt + CALL_RING_MS)
     const ring: ServerMessage = { type: 'call-ring', call: this.info() }
-    await Promise.all(this.call.people.filter((p) => p.state === 'ringing').map((p) => getUserHub(this.env, p.userId).tell(ring)))
+    const rung = this.call.people.filter((p) => p.state === 'ringing')
+    await Promise.all(rung.map((p) => getUserHub(this.env, p.userId).tell(ring)))
+    // Devices without a socket ring through Web Push (a visible window skips the notification).
+    await this.pushRing(rung.map((p) => p.userId), true)
     return ok(this.info())
   }
 
@@ -105,8 +108,9 @@ export class CallRoom extends DurableObject<Env> {
     call.answeredAt ??= this.now()
     this.save()
     await getUserHub(this.env, userId).setActiveCall(call.callId)
-    // Accepted here: the user's other devices stop ringing.
+    // Accepted here: the user's other devices stop ringing (those without a socket through push).
     await getUserHub(this.env, userId).tell({ type: 'call-ended', callId: call.callId, reason: 'answered-elsewhere' }, { except: sessionId })
+    await this.pushRing([userId], false)
     await this.broadcast()
     return ok(this.info())
   }
@@ -155,6 +159,17 @@ export class CallRoom extends DurableObject<Env> {
     if (!to) return fail(ErrorCode.NOT_FOUND, 'that device is not in the call')
     await getUserHub(this.env, to.userId).tell({ type: 'call-signal', callId: this.call!.callId, fromUser: userId, fromSession: sessionId, data }, { only: toSession })
     return ok(null)
+  }
+
+  /** The call as one of its people sees it (the push consumer and a device opened from a notification ask). */
+  async infoFor(userId: string): Promise<CallInfo | null> {
+    return this.call && this.call.people.some((p) => p.userId === userId) ? this.info() : null
+  }
+
+  private async pushRing(userIds: string[], ringing: boolean) {
+    if (userIds.length === 0) return
+    const { callId, conversationId } = this.call!
+    await this.env.PUSH_QUEUE.sendBatch(userIds.map((userId) => ({ body: { type: 'call-push' as const, userId, conversationId, callId, ringing } }))).catch((e: unknown) => console.warn('call push enqueue failed', String(e)))
   }
 
   /** Whether this user is talking in this call now (their hub's "busy" mark checks it). */
@@ -210,6 +225,8 @@ export class CallRoom extends DurableObject<Env> {
         if (p.state === 'joined' || p.state === 'ringing') await hub.tell({ type: 'call-ended', callId: call.callId, reason })
       }),
     )
+    // Notifications that still ring stop (a missed one says so).
+    await this.pushRing(call.people.filter((p) => p.userId !== call.callerId).map((p) => p.userId), false)
     const written = await getConversationRoom(this.env, call.conversationId).callEnded(call.conversationId, call.callerId, call.eventId, call.video, outcome, durationMs)
     if (!written.ok) console.warn('call event refused', written.code, written.message)
   }

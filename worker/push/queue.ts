@@ -1,8 +1,8 @@
-import { getConversationRoom } from '../durable-objects'
+import { getCallRoom, getConversationRoom } from '../durable-objects'
 import type { Env } from '../env'
-import { QueueMessage, type PushJob } from '../shared/jobs'
+import { QueueMessage, type CallPushJob, type PushJob } from '../shared/jobs'
 import { callPreview } from '../shared/limits'
-import { previewOf, type PushPayload } from '../shared/protocol'
+import { previewOf, type CallPushPayload, type PushPayload } from '../shared/protocol'
 import { sendWebPush } from './web-push'
 
 export const PUSH_QUEUE = 'echovalley-push'
@@ -91,6 +91,31 @@ async function sendPushes(env: Env, job: PushJob, senderId: string, text: string
   return allDone
 }
 
+/** "Incoming video call" to every subscribed device of the callee, or the end of that ringing. */
+async function deliverCallPush(env: Env, job: CallPushJob): Promise<void> {
+  const { results: subs } = await env.DB.prepare('SELECT endpoint, p256dh, auth FROM push_subscriptions WHERE user_id = ?').bind(job.userId).all<SubscriptionRow>()
+  if (subs.length === 0) return
+  const info = await getCallRoom(env, job.callId).infoFor(job.userId)
+  if (!info) return
+  // Still ringing for this user when the job runs, or it is a stop.
+  const ringing = job.ringing && info.people.some((p) => p.userId === job.userId && p.state === 'ringing')
+  if (job.ringing && !ringing) return
+  const caller = await env.DB.prepare('SELECT display_name FROM users WHERE id = ?').bind(info.callerId).first<{ display_name: string }>()
+  const missed = !job.ringing && info.people.some((p) => p.userId === job.userId && p.state === 'missed')
+  const payload: CallPushPayload = {
+    type: 'call',
+    callId: job.callId,
+    conversationId: job.conversationId,
+    ringing,
+    title: caller?.display_name ?? 'echovalley',
+    body: ringing ? (info.video ? 'Incoming video call' : 'Incoming voice call') : missed ? (info.video ? 'Missed video call' : 'Missed voice call') : '',
+  }
+  for (const sub of subs) {
+    const outcome = await sendWebPush(env, { endpoint: sub.endpoint, expirationTime: null, keys: { p256dh: sub.p256dh, auth: sub.auth } }, payload).catch(() => 'failed' as const)
+    if (outcome === 'gone') await env.DB.prepare('DELETE FROM push_subscriptions WHERE endpoint = ?').bind(sub.endpoint).run()
+  }
+}
+
 export async function handleQueue(batch: MessageBatch<unknown>, env: Env): Promise<void> {
   for (const msg of batch.messages) {
     const parsed = QueueMessage.safeParse(msg.body)
@@ -101,6 +126,12 @@ export async function handleQueue(batch: MessageBatch<unknown>, env: Env): Promi
       continue
     }
     const job = parsed.data
+    if (job.type === 'call-push') {
+      // A call rings for 45 s: a retry later than that is worthless, so one try.
+      await deliverCallPush(env, job).catch((e: unknown) => console.warn('call push failed', String(e)))
+      msg.ack()
+      continue
+    }
     if (batch.queue === PUSH_DLQ) {
       await env.DB.prepare('INSERT INTO push_dead_letters (user_id, conversation_id, seq, attempts) VALUES (?, ?, ?, ?)')
         .bind(job.userId, job.conversationId, job.seq, msg.attempts)

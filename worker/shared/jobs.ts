@@ -9,5 +9,14 @@ export const PushJob = z.object({
   seq: Seq.min(1),
 })
 export type PushJob = z.infer<typeof PushJob>
-export const QueueMessage = z.discriminatedUnion('type', [PushJob])
+/** An incoming call for a user's devices (`ringing`), or the end of its ringing (answered, declined, missed). */
+export const CallPushJob = z.object({
+  type: z.literal('call-push'),
+  userId: Id,
+  conversationId: Id,
+  callId: z.uuid(),
+  ringing: z.boolean(),
+})
+export type CallPushJob = z.infer<typeof CallPushJob>
+export const QueueMessage = z.discriminatedUnion('type', [PushJob, CallPushJob])
 export type QueueMessage = z.infer<typeof QueueMessage>

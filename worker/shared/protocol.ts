@@ -470,6 +470,15 @@ export interface PushPayload {
   title: string
   body: string
 }
+/** A call's push: ring (the notification opens the app into the ringing call), or stop ringing. */
+export interface CallPushPayload {
+  type: 'call'
+  callId: string
+  conversationId: string
+  ringing: boolean
+  title: string
+  body: string
+}
 
 export interface MediaTokenResult {
   token: string

@@ -83,6 +83,17 @@ export class CallSession {
     this.#finish('hangup')
   }
 
+  /** Opened from an "incoming call" notification: ring here if the call still rings for us. */
+  async resume(callId: string) {
+    if (this.phase !== 'idle' && this.phase !== 'ended') return
+    const r = await api<{ call: CallInfo }>(`/api/calls/${callId}`).catch(() => null)
+    const me = r?.call.people.find((p) => p.userId === this.selfId)
+    if (!r || me?.state !== 'ringing') return
+    this.#reset()
+    this.call = r.call
+    this.phase = 'incoming'
+  }
+
   dismiss() {
     if (this.phase === 'ended') this.#reset()
   }
