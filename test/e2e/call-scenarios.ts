@@ -2,6 +2,7 @@
 // calls.test.ts): WebRTC media cannot leave the machine, and ICE pairs 127.0.0.1 with itself.
 // Prints one JSON line of findings for the test to judge.
 import AxeBuilder from '@axe-core/playwright'
+import { execFileSync } from 'node:child_process'
 import type { Browser, BrowserContext, Page } from 'playwright-core'
 import { befriendInUi, launchBrowser, registerInUi } from './browser'
 import { startServer } from './server'
@@ -95,6 +96,17 @@ async function main() {
       bobInAudio: b2.inAudio - b1.inAudio, bobInVideo: b2.inVideo - b1.inVideo,
     }
     findings.quality = await ann.page.getByTestId('call-quality').textContent().catch(() => null)
+    // A network blip: the only network there is (loopback) goes down for 3 s, then comes back.
+    // The call survives: the connection recovers and media flows again, no one redials.
+    execFileSync('ip', ['link', 'set', 'lo', 'down'])
+    await sleep(3000)
+    execFileSync('ip', ['link', 'set', 'lo', 'up'])
+    await ann.page.locator('[data-testid="call-screen"][data-phase="connected"]').waitFor({ timeout: 30_000 })
+    await sleep(2000)
+    const r1 = await bytes(bob.page)
+    await sleep(2500)
+    const r2 = await bytes(bob.page)
+    findings.afterBlip = { bobInAudio: r2.inAudio - r1.inAudio, bobInVideo: r2.inVideo - r1.inVideo, states: r2.states }
     findings.axeInCall = await axe(ann.page)
     // Mute: Ann's outbound audio stops growing.
     await ann.page.getByTestId('call-mute').click()
@@ -151,7 +163,7 @@ async function main() {
     findings.error = String(e)
     if (process.env.CALL_DEBUG) {
       for (const p of browser.contexts().flatMap((c) => c.pages())) {
-        console.error('SCREEN', await p.evaluate(() => [document.querySelector('[data-testid="call-screen"]')?.getAttribute('data-phase'), document.querySelector('[data-testid="call-screen"]')?.textContent?.slice(0, 120), document.querySelector('.chat-head h2')?.textContent, [...document.querySelectorAll('[role="alert"]')].map((e) => e.textContent)]).catch(() => 'n/a'))
+        console.error('SCREEN', await p.evaluate(() => [document.querySelector('[data-testid="call-screen"]')?.getAttribute('data-phase'), document.querySelector('[data-testid="call-screen"]')?.textContent?.slice(0, 120), document.querySelector('.chat-head h2')?.textContent, Array.from(document.querySelectorAll('[role="alert"]'), (e) => e.textContent)]).catch(() => 'n/a'))
         console.error('PCS', await p.evaluate(() => (window as unknown as { __pcs?: RTCPeerConnection[] }).__pcs?.map((pc) => [pc.signalingState, pc.iceConnectionState, pc.iceGatheringState, pc.localDescription?.sdp.match(/a=candidate[^\r\n]*/g)?.slice(0, 3)])).catch(() => 'n/a'))
       }
     }
