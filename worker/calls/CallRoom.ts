@@ -3,33 +3,20 @@ import type { RoomResult } from '../conversation/ConversationRoom'
 import { getConversationRoom, getUserHub } from '../durable-objects'
 import type { Env } from '../env'
 import { ErrorCode } from '../shared/errors'
-import { CALL_MAX_PEOPLE, type CallEndReason, type CallInfo, type CallOutcome, type CallPersonState, type CallSignal, type ServerMessage } from '../shared/protocol'
+import { CALL_MAX_PEOPLE, type CallEndReason, type CallInfo, type CallOutcome, type CallSignal, type ServerMessage } from '../shared/protocol'
 import { blockedEitherWay } from '../social/policy'
 import { getDb } from '../db/client'
 
 /** Nobody answered in this long: a missed call. */
 export const CALL_RING_MS = 45_000
 
-interface Person {
-  userId: string
-  state: CallPersonState
-  /** The device in the call, once joined. */
-  sessionId: string | null
-  audio: boolean
-  video: boolean
-}
+/** One person in the call: `sessionId` is the device in the call, once joined. */
+type Person = CallInfo['people'][number]
 
-interface CallState {
-  callId: string
-  conversationId: string
-  video: boolean
-  callerId: string
-  startedAt: number
-  answeredAt: number | null
+interface CallState extends CallInfo {
   /** The log entry's clientMsgId, fixed at the start so the end lands once. */
   eventId: string
   ended: boolean
-  people: Person[]
 }
 
 const ok = <T>(value: T): RoomResult<T> => ({ ok: true, value })
@@ -237,8 +224,8 @@ export class CallRoom extends DurableObject<Env> {
   }
 
   private info(): CallInfo {
-    const { callId, conversationId, video, callerId, startedAt, answeredAt, people } = this.call!
-    return { callId, conversationId, video, callerId, startedAt, answeredAt, people: people.map((p) => ({ ...p })) }
+    const { eventId: _e, ended: _x, people, ...call } = this.call!
+    return { ...call, people: people.map((p) => ({ ...p })) }
   }
 
   private save() {

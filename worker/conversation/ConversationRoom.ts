@@ -554,13 +554,7 @@ export class ConversationRoom extends DurableObject<Env> {
 
   /** The end of a call, written by its CallRoom in the caller's name, once (the clientMsgId is the call's). */
   async callEnded(conversationId: string, callerId: string, clientMsgId: string, video: boolean, outcome: CallOutcome, durationMs: number): Promise<RoomResult<Ack>> {
-    return this.inSenderOrder(callerId, async () => {
-      const loaded = await this.ensureLoaded(conversationId)
-      if (!loaded.ok) return loaded
-      const dup = this.findBySender(callerId, clientMsgId)
-      if (dup) return ok(dup)
-      return ok(this.commit({ type: 'call', conversationId, seq: this.lastSeq + 1, senderId: callerId, clientMsgId, serverTs: this.now(), video, outcome, durationMs }))
-    })
+    return this.appendOnce(conversationId, callerId, clientMsgId, (base) => ({ ...base, type: 'call', video, outcome, durationMs }))
   }
 
   /**
@@ -569,14 +563,20 @@ export class ConversationRoom extends DurableObject<Env> {
    * the same clientMsgId gets the first ack.
    */
   async voiceEnded(conversationId: string, starterId: string, clientMsgId: string, startedAt: number, durationMs: number, people: number): Promise<RoomResult<Ack>> {
-    return this.inSenderOrder(starterId, async () => {
+    return this.appendOnce(conversationId, starterId, clientMsgId, (base) => ({ ...base, type: 'voice', startedAt, durationMs, people }))
+  }
+
+  /** A system event in someone's name that is not theirs to write (no membership or rate check), deduplicated by clientMsgId. */
+  private appendOnce(conversationId: string, senderId: string, clientMsgId: string, make: (base: { conversationId: string; seq: number; senderId: string; clientMsgId: string; serverTs: number }) => ConversationEvent): Promise<RoomResult<Ack>> {
+    return this.inSenderOrder(senderId, async () => {
       const loaded = await this.ensureLoaded(conversationId)
       if (!loaded.ok) return loaded
-      const dup = this.findBySender(starterId, clientMsgId)
+      const dup = this.findBySender(senderId, clientMsgId)
       if (dup) return ok(dup)
-      return ok(this.commit({ type: 'voice', conversationId, seq: this.lastSeq + 1, senderId: starterId, clientMsgId, serverTs: this.now(), startedAt, durationMs, people }))
+      return ok(this.commit(make({ conversationId, seq: this.lastSeq + 1, senderId, clientMsgId, serverTs: this.now() })))
     })
   }
+
 
   private setRoleRow(userId: string, role: Role): number[] {
     this.sql.exec('UPDATE members SET role = ? WHERE user_id = ?', role, userId)
