@@ -96,10 +96,10 @@ async function main() {
       bobInAudio: b2.inAudio - b1.inAudio, bobInVideo: b2.inVideo - b1.inVideo,
     }
     findings.quality = await ann.page.getByTestId('call-quality').textContent().catch(() => null)
-    // A network blip: the only network there is (loopback) goes down for 3 s, then comes back.
-    // The call survives: the connection recovers and media flows again, no one redials.
+    // A network blip: the only network there is (loopback) goes down for 8 s, then comes back.
+    // The call says it is reconnecting, then recovers and carries media again; no one redials.
     execFileSync('ip', ['link', 'set', 'lo', 'down'])
-    await sleep(3000)
+    findings.sawReconnecting = await ann.page.locator('[data-testid="call-screen"][data-phase="reconnecting"]').waitFor({ timeout: 8000 }).then(() => true, () => false)
     execFileSync('ip', ['link', 'set', 'lo', 'up'])
     await ann.page.locator('[data-testid="call-screen"][data-phase="connected"]').waitFor({ timeout: 30_000 })
     await sleep(2000)

@@ -18,7 +18,8 @@ describe('calls in the PWA', () => {
     expect(f.iceStates.ann.some((s: string) => s === 'connected' || s === 'completed')).toBe(true)
     for (const [k, v] of Object.entries(f.grew as Record<string, number>)) expect(v, k).toBeGreaterThan(1000)
     expect(f.quality).toMatch(/ms/)
-    // Loopback down for 3 s and back: the same call carries media again.
+    expect(f.sawReconnecting).toBe(true)
+    // Loopback down for a few seconds and back: the same call carries media again.
     expect(f.afterBlip.bobInAudio).toBeGreaterThan(1000)
     expect(f.afterBlip.bobInVideo).toBeGreaterThan(1000)
     expect(f.mutedOutAudio).toBe(0)

@@ -115,18 +115,32 @@ export class CallSession {
     this.#sendMedia()
   }
 
-  /** Front and back camera on phones: the new track replaces the old one in every connection. */
+  /**
+   * The next camera (front and back on a phone, any others on a computer): the new track replaces
+   * the old one in every connection, with no renegotiation.
+   */
   async switchCamera() {
+    const cams = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === 'videoinput')
+    const current = this.local?.getVideoTracks()[0]?.getSettings().deviceId
+    const next = cams[(cams.findIndex((c) => c.deviceId === current) + 1) % Math.max(1, cams.length)]
     this.#facing = this.#facing === 'user' ? 'environment' : 'user'
-    const stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: this.#facing } }).catch(() => null)
+    const constraints: MediaTrackConstraints = next && next.deviceId !== current ? { deviceId: { exact: next.deviceId } } : { facingMode: this.#facing }
+    const stream = await navigator.mediaDevices.getUserMedia({ video: constraints }).catch(() => null)
     const track = stream?.getVideoTracks()[0]
     if (!track || !this.local) return
-    for (const old of this.local.getVideoTracks()) {
-      this.local.removeTrack(old)
-      old.stop()
+    // The new camera goes out first, then the old one is let go (no gap, no renegotiation).
+    track.enabled = !this.cameraOff
+    for (const { pc } of this.#peers.values()) {
+      for (const t of pc.getTransceivers()) if (t.receiver.track.kind === 'video') await t.sender.replaceTrack(track).catch((e: unknown) => (this.error = String(e)))
     }
+    const old = this.local.getVideoTracks()
     this.local.addTrack(track)
-    for (const { pc } of this.#peers.values()) for (const s of pc.getSenders()) if (s.track?.kind === 'video' || (!s.track && s.dtmf === null)) void s.replaceTrack(track)
+    for (const o of old) {
+      this.local.removeTrack(o)
+      o.stop()
+    }
+    // The self view follows (a new stream object, so the <video> element picks it up).
+    this.local = new MediaStream(this.local.getTracks())
   }
 
   // ---- frames from the server ----
