@@ -4,7 +4,7 @@ import { getConversationRoom, getUserHub } from '../durable-objects'
 import type { Env } from '../env'
 import { ErrorCode } from '../shared/errors'
 import { CALL_MAX_PEOPLE, type CallEndReason, type CallInfo, type CallOutcome, type CallSignal, type ServerMessage } from '../shared/protocol'
-import { blockedEitherWay } from '../social/policy'
+import { liveAccess } from '../social/policy'
 import { getDb } from '../db/client'
 
 /** Nobody answered in this long: a missed call. */
@@ -39,17 +39,11 @@ export class CallRoom extends DurableObject<Env> {
 
   async start(conversationId: string, callerId: string, sessionId: string, callId: string, video: boolean): Promise<RoomResult<CallInfo>> {
     if (this.call) return this.call.callerId === callerId && this.call.conversationId === conversationId ? ok(this.info()) : fail(ErrorCode.CONFLICT, 'this call id is taken')
-    const { results } = await this.env.DB.prepare(
-      `SELECT m.user_id, c.kind FROM members m JOIN conversations c ON c.id = m.conversation_id WHERE m.conversation_id = ?`,
-    )
-      .bind(conversationId)
-      .all<{ user_id: string; kind: string }>()
-    const members = results.map((r) => r.user_id)
-    if (!members.includes(callerId)) return fail(ErrorCode.NOT_MEMBER, 'not a member of this conversation')
-    if (members.length > CALL_MAX_PEOPLE) return fail(ErrorCode.NOT_ALLOWED, `calls hold at most ${CALL_MAX_PEOPLE} people; start a voice room instead`)
-    const others = members.filter((m) => m !== callerId)
+    const access = await liveAccess(getDb(this.env), conversationId, callerId)
+    if (!access.ok) return access.why === 'not-member' ? fail(ErrorCode.NOT_MEMBER, 'not a member of this conversation') : fail(ErrorCode.FORBIDDEN, 'you cannot call this person')
+    if (access.members.length > CALL_MAX_PEOPLE) return fail(ErrorCode.NOT_ALLOWED, `calls hold at most ${CALL_MAX_PEOPLE} people; start a voice room instead`)
+    const others = access.members.filter((m) => m !== callerId)
     if (others.length === 0) return fail(ErrorCode.BAD_REQUEST, 'nobody to call')
-    if (results[0]?.kind === 'direct' && (await blockedEitherWay(getDb(this.env), callerId, others[0]!))) return fail(ErrorCode.FORBIDDEN, 'you cannot call this person')
     if (await getUserHub(this.env, callerId).activeCall()) return fail(ErrorCode.CONFLICT, 'you are already in a call')
     const busy = new Set<string>()
     await Promise.all(others.map(async (id) => (await getUserHub(this.env, id).activeCall()) && busy.add(id)))
@@ -77,7 +71,7 @@ export class CallRoom extends DurableObject<Env> {
     await this.ctx.storage.setAlarm(startedAt + CALL_RING_MS)
     const ring: ServerMessage = { type: 'call-ring', call: this.info() }
     const rung = this.call.people.filter((p) => p.state === 'ringing')
-    await Promise.all(rung.map((p) => getUserHub(this.env, p.userId).tell(ring)))
+    await Promise.all(rung.map((p) => getUserHub(this.env, p.userId).notify(ring)))
     // Devices without a socket ring through Web Push (a visible window skips the notification).
     await this.pushRing(rung.map((p) => p.userId), true)
     return ok(this.info())
@@ -96,7 +90,7 @@ export class CallRoom extends DurableObject<Env> {
     this.save()
     await getUserHub(this.env, userId).setActiveCall(call.callId)
     // Accepted here: the user's other devices stop ringing (those without a socket through push).
-    await getUserHub(this.env, userId).tell({ type: 'call-ended', callId: call.callId, reason: 'answered-elsewhere' }, { except: sessionId })
+    await getUserHub(this.env, userId).notify({ type: 'call-ended', callId: call.callId, reason: 'answered-elsewhere' }, { except: sessionId })
     await this.pushRing([userId], false)
     await this.broadcast()
     return ok(this.info())
@@ -109,7 +103,7 @@ export class CallRoom extends DurableObject<Env> {
     if (me.state !== 'ringing') return fail(ErrorCode.CONFLICT, 'this call is not ringing for you')
     me.state = 'declined'
     this.save()
-    await getUserHub(this.env, userId).tell({ type: 'call-ended', callId: call.callId, reason: 'declined-elsewhere' }, { except: sessionId })
+    await getUserHub(this.env, userId).notify({ type: 'call-ended', callId: call.callId, reason: 'declined-elsewhere' }, { except: sessionId })
     if (!this.stillOn()) await this.end(call.answeredAt ? 'hangup' : 'declined')
     else await this.broadcast()
     return ok(this.info())
@@ -144,7 +138,7 @@ export class CallRoom extends DurableObject<Env> {
     if (!this.joined(userId, sessionId)) return fail(ErrorCode.NOT_ALLOWED, 'this device is not in the call')
     const to = this.call!.people.find((p) => p.state === 'joined' && p.sessionId === toSession)
     if (!to) return fail(ErrorCode.NOT_FOUND, 'that device is not in the call')
-    await getUserHub(this.env, to.userId).tell({ type: 'call-signal', callId: this.call!.callId, fromUser: userId, fromSession: sessionId, data }, { only: toSession })
+    await getUserHub(this.env, to.userId).notify({ type: 'call-signal', callId: this.call!.callId, fromUser: userId, fromSession: sessionId, data }, { only: toSession })
     return ok(null)
   }
 
@@ -175,7 +169,7 @@ export class CallRoom extends DurableObject<Env> {
     for (const p of call.people) {
       if (p.state !== 'ringing') continue
       p.state = 'missed'
-      await getUserHub(this.env, p.userId).tell({ type: 'call-ended', callId: call.callId, reason: 'missed' })
+      await getUserHub(this.env, p.userId).notify({ type: 'call-ended', callId: call.callId, reason: 'missed' })
     }
     this.save()
     if (!call.answeredAt) await this.end('missed')
@@ -209,7 +203,7 @@ export class CallRoom extends DurableObject<Env> {
       call.people.map(async (p) => {
         const hub = getUserHub(this.env, p.userId)
         if (p.state === 'joined' || p.state === 'left') await hub.setActiveCall(null, call.callId)
-        if (p.state === 'joined' || p.state === 'ringing') await hub.tell({ type: 'call-ended', callId: call.callId, reason })
+        if (p.state === 'joined' || p.state === 'ringing') await hub.notify({ type: 'call-ended', callId: call.callId, reason })
       }),
     )
     // Notifications that still ring stop (a missed one says so).
@@ -220,7 +214,7 @@ export class CallRoom extends DurableObject<Env> {
 
   private async broadcast() {
     const frame: ServerMessage = { type: 'call-update', call: this.info() }
-    await Promise.all(this.call!.people.filter((p) => p.state === 'joined' && p.sessionId).map((p) => getUserHub(this.env, p.userId).tell(frame, { only: p.sessionId! })))
+    await Promise.all(this.call!.people.filter((p) => p.state === 'joined' && p.sessionId).map((p) => getUserHub(this.env, p.userId).notify(frame, { only: p.sessionId! })))
   }
 
   private info(): CallInfo {

@@ -3,7 +3,7 @@ import type { Env } from '../env'
 import { QueueMessage, type CallPushJob, type PushJob } from '../shared/jobs'
 import { callPreview } from '../shared/limits'
 import { previewOf, type CallPushPayload, type PushPayload } from '../shared/protocol'
-import { sendWebPush } from './web-push'
+import { sendWebPush, type SendOutcome } from './web-push'
 
 export const PUSH_QUEUE = 'echovalley-push'
 export const PUSH_DLQ = 'echovalley-push-dlq'
@@ -50,19 +50,17 @@ async function deliverPush(env: Env, job: PushJob): Promise<boolean> {
 
 /** Sends one notification to each of the user's endpoints, once per (endpoint, message). */
 async function sendPushes(env: Env, job: PushJob, senderId: string, text: string): Promise<boolean> {
-  const event = { senderId }
-
   const [subs, people, blocked] = await env.DB.batch<Record<string, unknown>>([
     env.DB.prepare('SELECT endpoint, p256dh, auth FROM push_subscriptions WHERE user_id = ?').bind(job.userId),
-    env.DB.prepare('SELECT id, display_name, push_previews FROM users WHERE id IN (?, ?)').bind(job.userId, event.senderId),
-    env.DB.prepare('SELECT 1 FROM blocks WHERE blocker_id = ? AND blocked_id = ?').bind(job.userId, event.senderId),
+    env.DB.prepare('SELECT id, display_name, push_previews FROM users WHERE id IN (?, ?)').bind(job.userId, senderId),
+    env.DB.prepare('SELECT 1 FROM blocks WHERE blocker_id = ? AND blocked_id = ?').bind(job.userId, senderId),
   ])
   const subscriptions = subs!.results as unknown as SubscriptionRow[]
   // Someone the recipient blocked still writes in a group they share: no notification for it.
   if (subscriptions.length === 0 || blocked!.results.length > 0) return true
   const users = people!.results as { id: string; display_name: string; push_previews: number }[]
   const recipient = users.find((u) => u.id === job.userId)
-  const sender = users.find((u) => u.id === event.senderId)?.display_name ?? null
+  const sender = users.find((u) => u.id === senderId)?.display_name ?? null
   const payload = pushPayload(job, sender, text, !!recipient?.push_previews)
 
   let allDone = true
@@ -72,16 +70,7 @@ async function sendPushes(env: Env, job: PushJob, senderId: string, text: string
       .bind(sub.endpoint, job.conversationId, job.seq)
       .run()
     if (claim.meta.changes === 0) continue
-    let outcome: Awaited<ReturnType<typeof sendWebPush>>
-    try {
-      outcome = await sendWebPush(env, { endpoint: sub.endpoint, expirationTime: null, keys: { p256dh: sub.p256dh, auth: sub.auth } }, payload)
-    } catch (e) {
-      console.warn('push send threw', String(e))
-      outcome = 'failed'
-    }
-    if (outcome === 'gone') {
-      await env.DB.prepare('DELETE FROM push_subscriptions WHERE endpoint = ?').bind(sub.endpoint).run()
-    } else if (outcome === 'failed') {
+    if ((await sendTo(env, sub, payload)) === 'failed') {
       await env.DB.prepare('DELETE FROM push_deliveries WHERE endpoint = ? AND conversation_id = ? AND seq = ?')
         .bind(sub.endpoint, job.conversationId, job.seq)
         .run()
@@ -110,10 +99,20 @@ async function deliverCallPush(env: Env, job: CallPushJob): Promise<void> {
     title: caller?.display_name ?? 'echovalley',
     body: ringing ? (info.video ? 'Incoming video call' : 'Incoming voice call') : missed ? (info.video ? 'Missed video call' : 'Missed voice call') : '',
   }
-  for (const sub of subs) {
-    const outcome = await sendWebPush(env, { endpoint: sub.endpoint, expirationTime: null, keys: { p256dh: sub.p256dh, auth: sub.auth } }, payload).catch(() => 'failed' as const)
-    if (outcome === 'gone') await env.DB.prepare('DELETE FROM push_subscriptions WHERE endpoint = ?').bind(sub.endpoint).run()
+  for (const sub of subs) await sendTo(env, sub, payload)
+}
+
+/** One notification to one endpoint; an endpoint the push service says is gone is forgotten. */
+async function sendTo(env: Env, sub: SubscriptionRow, payload: PushPayload | CallPushPayload): Promise<SendOutcome> {
+  let outcome: SendOutcome
+  try {
+    outcome = await sendWebPush(env, { endpoint: sub.endpoint, expirationTime: null, keys: { p256dh: sub.p256dh, auth: sub.auth } }, payload)
+  } catch (e) {
+    console.warn('push send threw', String(e))
+    outcome = 'failed'
   }
+  if (outcome === 'gone') await env.DB.prepare('DELETE FROM push_subscriptions WHERE endpoint = ?').bind(sub.endpoint).run()
+  return outcome
 }
 
 export async function handleQueue(batch: MessageBatch<unknown>, env: Env): Promise<void> {

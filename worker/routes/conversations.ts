@@ -13,7 +13,7 @@ import { newId } from '../ids'
 import { ErrorCode } from '../shared/errors'
 import { MUTED_FOREVER } from '../shared/limits'
 import {
-  type CallOutcome,
+  type CallEvent,
   ConversationSettingsBody,
   AddMembersBody,
   CreateConversationBody,
@@ -102,7 +102,7 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
       pinned: c.pinned_at !== null,
       archived: c.archived_at !== null,
       voiceLiveSince: c.voice_live_since,
-      preview: p ? { seq: p.seq, senderId: p.senderId, text: p.type === 'call' ? callPreview(p.body as unknown as { video: boolean; outcome: CallOutcome; durationMs: number }) : previewText(p.body, !!p.recalled), serverTs: p.serverTs } : null,
+      preview: p ? { seq: p.seq, senderId: p.senderId, text: p.type === 'call' ? callPreview(p.body as unknown as Pick<CallEvent, 'video' | 'outcome' | 'durationMs'>) : previewText(p.body, !!p.recalled), serverTs: p.serverTs } : null,
     }
   })
 }

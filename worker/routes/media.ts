@@ -1,14 +1,13 @@
 import { Hono, type Context } from 'hono'
 import { signMediaToken, verifyMediaToken } from '../auth/tokens'
-import { getUserHub } from '../durable-objects'
-import type { AppEnv, Env } from '../env'
-import { pool } from '../pool'
+import { memberIds, notifyUsers } from '../conversation/member-notify'
+import type { AppEnv } from '../env'
 import { fail, getAuth, requireAuth } from '../http'
 import { mediaKey } from '../media/UploadSession'
 import { transcriberFor } from '../media/transcriber'
 import { ErrorCode } from '../shared/errors'
 import { newId } from '../ids'
-import { Id, type MediaTokenResult, type ServerMessage } from '../shared/protocol'
+import { Id, type MediaTokenResult } from '../shared/protocol'
 
 interface MediaRow {
   id: string
@@ -42,12 +41,6 @@ async function readable(c: Context<AppEnv>, userId: string, sessionId: string, r
     .first<MediaRow>()
   if (!row) fail(404, ErrorCode.NOT_FOUND, 'no such media')
   return row
-}
-
-/** A transient frame to every member's hub, a few at a time. */
-async function tellMembers(env: Env, conversationId: string, frame: ServerMessage) {
-  const { results } = await env.DB.prepare('SELECT user_id FROM members WHERE conversation_id = ?').bind(conversationId).all<{ user_id: string }>()
-  await pool(results, 8, (r) => getUserHub(env, r.user_id).notify(frame).catch((e: unknown) => console.warn('transcript notice failed', String(e))))
 }
 
 /** One byte range ("bytes=a-b", "bytes=a-", "bytes=-n"); several ranges get the whole file, as RFC 9110 allows. */
@@ -150,7 +143,10 @@ export const mediaRoutes = new Hono<AppEnv>()
     // A recall may have run meanwhile: only a note still there keeps its transcript.
     const stored = await c.env.DB.prepare(`UPDATE media SET transcript = ? WHERE id = ? AND status = 'ready'`).bind(text, row.id).run()
     // Every member's devices show it at once, not only the one that asked.
-    if (stored.meta.changes > 0 && row.conversation_id) c.executionCtx.waitUntil(tellMembers(c.env, row.conversation_id, { type: 'transcript', conversationId: row.conversation_id, mediaId: row.id, text }))
+    if (stored.meta.changes > 0 && row.conversation_id) {
+      const conversationId = row.conversation_id
+      c.executionCtx.waitUntil(memberIds(c.env, conversationId).then((ids) => notifyUsers(c.env, ids, { type: 'transcript', conversationId, mediaId: row.id, text })))
+    }
     return c.json({ text })
   })
   .get('/:id/transcript', requireAuth, async (c) => {

@@ -6,21 +6,11 @@ import type { AppEnv, Env } from '../env'
 import { fail, originAllowed, requireAuth } from '../http'
 import { Id } from '../shared/protocol'
 import { ErrorCode } from '../shared/errors'
-import { blockedEitherWay } from '../social/policy'
+import { liveAccess } from '../social/policy'
 import { getDb } from '../db/client'
 import { VOICE_UPGRADE_HEADERS } from '../voice/VoiceRoom'
 
-/** Members only; in a 1:1 chat, not while either blocked the other. */
-async function mayJoin(env: Env, conversationId: string, userId: string): Promise<boolean> {
-  const row = await env.DB.prepare(
-    `SELECT c.kind, (SELECT o.user_id FROM members o WHERE o.conversation_id = c.id AND o.user_id != ?2 LIMIT 1) AS other
-     FROM conversations c JOIN members m ON m.conversation_id = c.id AND m.user_id = ?2 WHERE c.id = ?1`,
-  )
-    .bind(conversationId, userId)
-    .first<{ kind: string; other: string | null }>()
-  if (!row) return false
-  return !(row.kind === 'direct' && row.other && (await blockedEitherWay(getDb(env), userId, row.other)))
-}
+const mayJoin = async (env: Env, conversationId: string, userId: string) => (await liveAccess(getDb(env), conversationId, userId)).ok
 
 function conversationIdOf(raw: string): string {
   const id = Id.safeParse(raw)

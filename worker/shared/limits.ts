@@ -1,4 +1,5 @@
 // Runtime-free limits shared by worker and web: importing them pulls in no schema code.
+import type { CallEvent } from './protocol'
 
 /** Bumped on any incompatible change to the frames below. */
 export const PROTOCOL_VERSION = 1
@@ -55,7 +56,7 @@ export function previewOf(body: { kind: string; text?: string; name?: string; ca
 export const MUTED_FOREVER = Number.MAX_SAFE_INTEGER
 
 /** "Missed voice call", "Video call · 3:24": a call in the list, in push and in search. */
-export function callPreview(c: { video: boolean; outcome: 'answered' | 'missed' | 'declined' | 'busy' | 'cancelled'; durationMs: number }): string {
+export function callPreview(c: Pick<CallEvent, 'video' | 'outcome' | 'durationMs'>): string {
   const kind = c.video ? 'video call' : 'voice call'
   if (c.outcome !== 'answered') return `${c.outcome === 'missed' ? 'Missed' : c.outcome === 'declined' ? 'Declined' : c.outcome === 'busy' ? 'Busy:' : 'Cancelled'} ${kind}`
   const s = Math.round(c.durationMs / 1000)

@@ -1,7 +1,7 @@
 import { and, eq, or } from 'drizzle-orm'
 import { publicUser } from '../auth/sessions'
 import type { Db } from '../db/client'
-import { blocks, friendRequests, friendships, users, type User } from '../db/schema'
+import { blocks, conversations, friendRequests, friendships, members, users, type User } from '../db/schema'
 import type { Presence, Profile, Relationship } from '../shared/protocol'
 
 export function profileOf(u: User): Profile {
@@ -21,6 +21,24 @@ export async function blockedEitherWay(db: Db, a: string, b: string): Promise<bo
     .where(or(and(eq(blocks.blockerId, a), eq(blocks.blockedId, b)), and(eq(blocks.blockerId, b), eq(blocks.blockedId, a))))
     .get()
   return !!row
+}
+
+/**
+ * Who may take part live in a conversation (its voice room, a call): its members; in a 1:1, not
+ * while either blocked the other. Gives the members, or why not.
+ */
+export async function liveAccess(db: Db, conversationId: string, userId: string): Promise<{ ok: true; kind: 'direct' | 'group'; members: string[] } | { ok: false; why: 'not-member' | 'blocked' }> {
+  const rows = await db
+    .select({ userId: members.userId, kind: conversations.kind })
+    .from(members)
+    .innerJoin(conversations, eq(conversations.id, members.conversationId))
+    .where(eq(members.conversationId, conversationId))
+  const ids = rows.map((r) => r.userId)
+  if (!ids.includes(userId)) return { ok: false, why: 'not-member' }
+  const kind = rows[0]!.kind
+  const other = ids.find((id) => id !== userId)
+  if (kind === 'direct' && other && (await blockedEitherWay(db, userId, other))) return { ok: false, why: 'blocked' }
+  return { ok: true, kind, members: ids }
 }
 
 export async function hasBlocked(db: Db, blocker: string, blocked: string): Promise<boolean> {

@@ -306,16 +306,6 @@ export class UserHub extends DurableObject<Env> {
     else this.ctx.storage.kv.put('active_call', callId)
   }
 
-  /** A frame for this user's devices: all, one (`only`), or all but one (`except`). */
-  async tell(frame: ServerMessage, to: { only?: string; except?: string } = {}): Promise<void> {
-    const text = JSON.stringify(frame)
-    for (const ws of this.openSockets()) {
-      const session = sessionOf(ws)
-      if ((to.only && session !== to.only) || (to.except && session === to.except)) continue
-      send(ws, text)
-    }
-  }
-
   /**
    * Answers a write with its ack, then shows the new event on every device of this user (the room
    * leaves the writer's own devices to this hub). The sending device has the ack, so only the
@@ -377,10 +367,17 @@ export class UserHub extends DurableObject<Env> {
     return { delivered: report.delivered }
   }
 
-  /** Transient frames (typing, presence, a room's gathered receipts): best effort, never retried. */
-  async notify(frame: ServerMessage): Promise<void> {
+  /**
+   * Transient frames (typing, presence, a room's gathered receipts, calls): best effort, never
+   * retried. To every device, one device (`only`), or all but one (`except`).
+   */
+  async notify(frame: ServerMessage, to: { only?: string; except?: string } = {}): Promise<void> {
     const text = JSON.stringify(frame)
-    for (const ws of this.ctx.getWebSockets()) send(ws, text)
+    for (const ws of this.openSockets()) {
+      const session = sessionOf(ws)
+      if ((to.only && session !== to.only) || (to.except && session === to.except)) continue
+      send(ws, text)
+    }
   }
 
   // ---- cursors: devices → rooms, batched ----

@@ -1,7 +1,7 @@
 import { DurableObject } from 'cloudflare:workers'
-import { getConversationRoom, getUserHub } from '../durable-objects'
+import { memberIds, notifyUsers } from '../conversation/member-notify'
+import { getConversationRoom } from '../durable-objects'
 import type { Env } from '../env'
-import { pool } from '../pool'
 import { ErrorCode } from '../shared/errors'
 import {
   decodeVoiceFrame,
@@ -65,8 +65,8 @@ export class VoiceRoom extends DurableObject<Env> {
   /** Open sockets by user: the relay's fan-out list, rebuilt after a wake. */
   private sockets = new Map<string, WebSocket>()
   private lastRefusal = new WeakMap<WebSocket, number>()
-  /** Per person's current socket: audio frames sent, the count it last reported, frames skipped because it lagged. */
-  private flow = new Map<string, { sent: number; got: number; dropped: number }>()
+  /** Per person's current socket: audio frames sent, and the count it last reported receiving. */
+  private flow = new Map<string, { sent: number; got: number }>()
   private summaryTimer: ReturnType<typeof setTimeout> | null = null
   private members: string[] | null = null
 
@@ -122,7 +122,7 @@ export class VoiceRoom extends DurableObject<Env> {
     const previous = this.sockets.get(userId)
     this.sockets.set(userId, server)
     // A new socket starts counting afresh (its client counts from zero too).
-    this.flow.set(userId, { sent: 0, got: 0, dropped: 0 })
+    this.flow.set(userId, { sent: 0, got: 0 })
     if (previous) previous.close(4001, 'joined from another connection')
     this.save()
     send(server, { type: 'welcome', userId, state: this.state() })
@@ -173,12 +173,9 @@ export class VoiceRoom extends DurableObject<Env> {
     for (const [id, other] of this.sockets) {
       if (id === userId) continue
       let f = this.flow.get(id)
-      if (!f) this.flow.set(id, (f = { sent: 0, got: 0, dropped: 0 }))
+      if (!f) this.flow.set(id, (f = { sent: 0, got: 0 }))
       // A listener that fell behind loses frames until it catches up; nobody else waits for it.
-      if (f.sent - f.got >= VOICE_MAX_OUTSTANDING) {
-        f.dropped++
-        continue
-      }
+      if (f.sent - f.got >= VOICE_MAX_OUTSTANDING) continue
       try {
         other.send(data)
         f.sent++
@@ -300,6 +297,7 @@ export class VoiceRoom extends DurableObject<Env> {
     const ws = this.sockets.get(userId)
     this.sockets.delete(userId)
     this.people.delete(userId)
+    this.flow.delete(userId)
     if (ws) {
       if (tell) send(ws, { type: 'ended', reason: tell })
       ws.close(code, reason)
@@ -404,9 +402,8 @@ export class VoiceRoom extends DurableObject<Env> {
   }
 
   private async tellMembers(summary: VoiceRoomSummary) {
-    this.members ??= (await this.env.DB.prepare('SELECT user_id FROM members WHERE conversation_id = ?').bind(summary.conversationId).all<{ user_id: string }>()).results.map((r) => r.user_id)
-    const frame = { type: 'voice-room', summary } as const
-    await pool(this.members, 8, (id) => getUserHub(this.env, id).notify(frame).catch(() => undefined))
+    this.members ??= await memberIds(this.env, summary.conversationId)
+    await notifyUsers(this.env, this.members, { type: 'voice-room', summary })
     if (!summary.live) this.members = null
   }
 
