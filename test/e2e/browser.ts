@@ -77,3 +77,13 @@ export async function recallMessage(page: Page, message: Locator) {
   await messageAction(message, 'recall')
   await page.getByTestId('recall-confirm').click()
 }
+
+/** Signs an existing account in on `page` (another device of the same person). */
+export async function signInUi(page: Page, baseUrl: string, handle: string, password = 'e2e-password-1') {
+  await page.goto(baseUrl)
+  if (await page.getByTestId('auth-display-name').isVisible()) await page.getByTestId('auth-toggle').click()
+  await page.getByTestId('auth-handle').fill(handle)
+  await page.getByTestId('auth-password').fill(password)
+  await page.getByTestId('auth-submit').click()
+  await page.getByTestId('current-user').waitFor()
+}

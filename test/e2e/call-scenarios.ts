@@ -4,7 +4,7 @@
 import AxeBuilder from '@axe-core/playwright'
 import { execFileSync } from 'node:child_process'
 import type { Browser, BrowserContext, Page } from 'playwright-core'
-import { befriendInUi, launchBrowser, registerInUi } from './browser'
+import { befriendInUi, launchBrowser, registerInUi, signInUi } from './browser'
 import { startServer } from './server'
 
 // Every RTCPeerConnection the app makes, for getStats from the test.
@@ -67,12 +67,7 @@ async function main() {
     const bobPhone = await browser.newContext({ permissions: ['camera', 'microphone'] })
     await bobPhone.addInitScript(TAP)
     const phone = await bobPhone.newPage()
-    await phone.goto(server.url)
-    if (await phone.getByTestId('auth-display-name').isVisible()) await phone.getByTestId('auth-toggle').click()
-    await phone.getByTestId('auth-handle').fill(bob.handle)
-    await phone.getByTestId('auth-password').fill('e2e-password-1')
-    await phone.getByTestId('auth-submit').click()
-    await phone.getByTestId('current-user').waitFor()
+    await signInUi(phone, server.url, bob.handle)
 
     await ann.page.getByTestId('new-chat-handle').fill(bob.handle)
     await ann.page.getByTestId('new-chat-submit').click()

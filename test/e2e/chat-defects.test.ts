@@ -1,21 +1,13 @@
 // Defects a new user found (issue 13): each test here failed on the main of before the fix.
-import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import path from 'node:path'
+import { readFileSync } from 'node:fs'
 import type { BrowserContext, Page } from 'playwright-core'
 import { describe, it } from 'vitest'
-import { befriendInUi, launchBrowser, messageAction, registerInUi, say, useProduct } from './browser'
+import { testPng } from '../support/image-fixtures'
+import { befriendInUi, launchBrowser, messageAction, registerInUi, say, signInUi, useProduct } from './browser'
 
 const product = useProduct()
-const dir = mkdtempSync(path.join(tmpdir(), 'echovalley-defects-'))
-
-/** A real, decodable PNG of this size (ffmpeg's test pattern). */
-function png(width: number, height: number): Buffer {
-  const file = path.join(dir, `${width}x${height}.png`)
-  execFileSync('ffmpeg', ['-loglevel', 'error', '-y', '-f', 'lavfi', '-i', `testsrc=size=${width}x${height}`, '-frames:v', '1', file])
-  return readFileSync(file)
-}
+/** A real, decodable PNG of this size. */
+const png = (width: number, height: number): Buffer => readFileSync(testPng(width, height))
 const IPHONE_UA = 'Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1'
 
 async function pair(prefix: string, bOptions: Parameters<typeof product.browser.newContext>[0] = {}) {
@@ -263,11 +255,7 @@ describe('defects a new user found', () => {
     try {
       const m = await (await micBrowser.newContext({ permissions: ['microphone'] })).newPage()
       // Ada signs in on a second device.
-      await m.goto(product.server.url)
-      if (await m.getByTestId('auth-display-name').isVisible()) await m.getByTestId('auth-toggle').click()
-      await m.getByTestId('auth-handle').fill(handles.a)
-      await m.getByTestId('auth-password').fill('e2e-password-1')
-      await m.getByTestId('auth-submit').click()
+      await signInUi(m, product.server.url, handles.a)
       await m.getByTestId('conversation-item').first().click()
       await m.getByTestId('record').click()
       await m.getByTestId('recorder').waitFor()

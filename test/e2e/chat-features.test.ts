@@ -1,13 +1,11 @@
 // The everyday features of issue 13, driven through the PWA in Chromium.
-import { execFileSync } from 'node:child_process'
-import { mkdtempSync, readFileSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
-import { tmpdir } from 'node:os'
-import path from 'node:path'
 import type { Page } from 'playwright-core'
 import { afterAll, describe, it } from 'vitest'
 import { linkSite } from '../support/link-site'
-import { befriendInUi, messageAction, registerInUi, say, useProduct } from './browser'
+import { testPng } from '../support/image-fixtures'
+import { befriendInUi, messageAction, registerInUi, say, signInUi, useProduct } from './browser'
 
 // The link-preview fixture site on loopback; the server may fetch it (LINK_PREVIEW_ALLOW), nothing else private.
 let site: Server
@@ -25,7 +23,6 @@ const product = useProduct(async () => {
   return { LINK_PREVIEW_ALLOW: new URL(siteUrl()).host }
 })
 afterAll(() => site?.close())
-const dir = mkdtempSync(path.join(tmpdir(), 'echovalley-features-'))
 
 async function person(name: string, s: string) {
   const ctx = await product.browser.newContext()
@@ -82,12 +79,7 @@ describe('everyday chat features', () => {
     const s = Date.now().toString(36)
     const a = await person('Dev', s)
     const other = await (await product.browser.newContext()).newPage()
-    await other.goto(product.server.url)
-    if (await other.getByTestId('auth-display-name').isVisible()) await other.getByTestId('auth-toggle').click()
-    await other.getByTestId('auth-handle').fill(a.handle)
-    await other.getByTestId('auth-password').fill('e2e-password-1')
-    await other.getByTestId('auth-submit').click()
-    await other.getByTestId('current-user').waitFor()
+    await signInUi(other, product.server.url, a.handle)
 
     await a.page.getByTestId('tab-me').click()
     await expect.poll(() => a.page.getByTestId('session').count()).toBe(2)
@@ -99,20 +91,14 @@ describe('everyday chat features', () => {
     await other.reload()
     await other.getByTestId('auth-submit').waitFor()
 
-    await other.getByTestId('auth-handle').fill(a.handle)
-    await other.getByTestId('auth-password').fill('e2e-password-1')
-    await other.getByTestId('auth-submit').click()
-    await other.getByTestId('current-user').waitFor()
+    await signInUi(other, product.server.url, a.handle)
     await a.page.getByTestId('current-password').fill('e2e-password-1')
     await a.page.getByTestId('new-password').fill('a-brand-new-password')
     await a.page.getByTestId('change-password').click()
     await expect.poll(() => a.page.getByTestId('devices-info').textContent()).toContain('1 other device')
     await other.reload()
     await other.getByTestId('auth-submit').waitFor()
-    await other.getByTestId('auth-handle').fill(a.handle)
-    await other.getByTestId('auth-password').fill('a-brand-new-password')
-    await other.getByTestId('auth-submit').click()
-    await other.getByTestId('current-user').waitFor()
+    await signInUi(other, product.server.url, a.handle, 'a-brand-new-password')
   })
 
   it('mutes, pins and archives conversations, kept on the server', async ({ expect }) => {
@@ -165,8 +151,7 @@ describe('everyday chat features', () => {
     await chatWith(a.page, c.handle)
     await chatWith(b.page, a.handle)
     await say(b.page, 'worth passing on')
-    const photo = path.join(dir, 'photo.png')
-    execFileSync('ffmpeg', ['-loglevel', 'error', '-y', '-f', 'lavfi', '-i', 'testsrc=size=640x480', '-frames:v', '1', photo])
+    const photo = testPng(640, 480)
     await b.page.getByTestId('attach-input').setInputFiles(photo)
     await b.page.locator('[data-testid="message"][data-seq]').filter({ has: b.page.getByTestId('image-thumb') }).waitFor()
 

@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process'
 import { mkdtempSync, readFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -7,6 +6,7 @@ import type { Browser, Page } from 'playwright-core'
 import { Upload } from 'tus-js-client'
 import { afterAll, beforeAll, describe, it } from 'vitest'
 import { startTranscriber, type TranscriberService } from '../../scripts/transcriber'
+import { testPng } from '../support/image-fixtures'
 import { speechWav } from '../support/voice-fixtures'
 import { befriendInUi, launchBrowser, recallMessage, registerInUi } from './browser'
 import { startServer, type LocalServer } from './server'
@@ -131,8 +131,7 @@ describe('voice notes', () => {
 describe('photos and files', () => {
   it('sends a photo downscaled with a thumbnail and a file with its name; the other side views and downloads them', async ({ expect }) => {
     const { a, b } = await twoFriends('p')
-    const png = path.join(dir, 'big.png')
-    execFileSync('ffmpeg', ['-loglevel', 'error', '-y', '-f', 'lavfi', '-i', 'testsrc=size=2400x1600', '-frames:v', '1', png])
+    const png = testPng(2400, 1600)
     await a.getByTestId('attach-input').setInputFiles(png)
     const photo = a.getByTestId('message').filter({ has: a.getByTestId('image-thumb') })
     await expect.poll(() => photo.getAttribute('data-seq'), { timeout: 20_000 }).not.toBeNull()

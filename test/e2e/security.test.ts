@@ -1,11 +1,8 @@
 // Issue 12 in the browser: the app's pages carry security headers and still work under them
 // (service worker, media); a 429 reads as a wait in the person's language.
-import { execFileSync } from 'node:child_process'
-import { mkdtempSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import path from 'node:path'
 import type { Page } from 'playwright-core'
 import { afterAll, describe, it } from 'vitest'
+import { testPng } from '../support/image-fixtures'
 import { befriendInUi, launchBrowser, registerInUi, useProduct } from './browser'
 import { startServer } from './server'
 
@@ -51,9 +48,7 @@ describe('security headers', () => {
     await a.getByTestId('new-chat-submit').click()
     await a.getByTestId('composer-input').fill('under the policy')
     await a.getByTestId('composer-input').press('Enter')
-    const dir = mkdtempSync(path.join(tmpdir(), 'echovalley-csp-'))
-    const png = path.join(dir, 'photo.png')
-    execFileSync('ffmpeg', ['-loglevel', 'error', '-y', '-f', 'lavfi', '-i', 'testsrc=size=640x480', '-frames:v', '1', png])
+    const png = testPng(640, 480)
     await a.getByTestId('attach-input').setInputFiles(png)
     await b.getByTestId('conversation-item').first().click()
     await b.getByTestId('message').filter({ hasText: 'under the policy' }).waitFor()

@@ -174,10 +174,20 @@ export class ChatStore {
     return conversation.id
   }
 
-  /** The list as it stands goes to IndexedDB, so a reload offline shows the same previews and counts. */
+  #listSaveQueued = false
+
+  /**
+   * The list as it stands goes to IndexedDB, so a reload offline shows the same previews and counts;
+   * once per turn, however many changes it had (a message read in the open chat is two).
+   */
   #saveList() {
-    // A Svelte state proxy cannot be stored (DataCloneError): store a plain copy.
-    void this.#cache.saveConversations($state.snapshot(this.#conversations) as ConversationSummary[]).catch((e: unknown) => console.warn('list not cached', e))
+    if (this.#listSaveQueued) return
+    this.#listSaveQueued = true
+    queueMicrotask(() => {
+      this.#listSaveQueued = false
+      // A Svelte state proxy cannot be stored (DataCloneError): store a plain copy.
+      void this.#cache.saveConversations($state.snapshot(this.#conversations) as ConversationSummary[]).catch((e: unknown) => console.warn('list not cached', e))
+    })
   }
 
   #replaceSummary(id: string, change: (c: ConversationSummary) => ConversationSummary) {

@@ -1,7 +1,8 @@
 import { SvelteMap } from 'svelte/reactivity'
-import { captureClock, decodeVoiceFrame, encodeVoiceFrame, VOICE_GOT_EVERY_MS } from '../../../worker/shared/voice-frames'
+import { captureClock, decodeVoiceFrame, encodeVoiceFrame, VOICE_GOT_EVERY_MS, VOICE_REJOIN_GRACE_MS } from '../../../worker/shared/voice-frames'
 import type { VoiceClientMessage, VoiceRoomState, VoiceServerMessage } from '../../../worker/shared/voice'
 import { api } from '../api'
+import { backoffDelay } from '../chat-socket.svelte'
 import captureUrl from './capture.worklet.ts?worker&url'
 import playbackUrl from './playback.worklet.ts?worker&url'
 
@@ -12,8 +13,6 @@ const FRAME_SAMPLES = 960
 /** A speaker counts as speaking this long after a loud frame. */
 const SPEAKING_HOLD_MS = 400
 const SPEAKING_LEVEL = 12
-/** Rejoin after a drop: the first try at once, then with jitter up to this. */
-const MAX_RETRY_MS = 2_000
 
 /**
  * The user's place in one voice room: a socket to the room's Durable Object, the microphone
@@ -38,6 +37,8 @@ export class VoiceSession {
   #seq = 0
   #leaving = false
   #retries = 0
+  /** When the current outage began (0 while connected). */
+  #outageSince = 0
   /** Per speaker: last transit time and the smoothed jitter, for the buffer's depth. */
   #transit = new Map<number, { last: number; jitter: number }>()
   /** Per speaker: the last sequence number heard, to notice frames lost on the way. */
@@ -74,6 +75,8 @@ export class VoiceSession {
     this.status = 'connecting'
     this.error = null
     this.#leaving = false
+    this.#retries = 0
+    this.#outageSince = 0
     // Made on the user's click, so the browser lets it play.
     this.#ctx = new AudioContext({ sampleRate: SAMPLE_RATE, latencyHint: 'interactive' })
     await Promise.all([this.#ctx.audioWorklet.addModule(captureUrl), this.#ctx.audioWorklet.addModule(playbackUrl)])
@@ -119,8 +122,12 @@ export class VoiceSession {
     if (this.#leaving) return
     this.status = 'reconnecting'
     this.error = null
-    const delay = this.#retries++ === 0 ? 0 : Math.min(MAX_RETRY_MS, 250 * 2 ** this.#retries) * (0.5 + Math.random() / 2)
-    if (this.#retries > 20) {
+    this.#outageSince ||= Date.now()
+    // The chat socket's backoff: almost at once first, then growing with jitter; after the room's
+    // rejoin grace the place is gone, so the bar says so instead of trying on.
+    const outage = Date.now() - this.#outageSince
+    const delay = backoffDelay(this.#retries++, outage)
+    if (outage > VOICE_REJOIN_GRACE_MS) {
       this.status = 'error'
       this.error = reason
       return
@@ -135,6 +142,7 @@ export class VoiceSession {
         this.room = m.state
         this.status = 'live'
         this.#retries = 0
+        this.#outageSince = 0
         void this.#followRole()
         for (const slot of this.#decoders.keys()) if (!m.state.participants.some((p) => p.slot === slot)) this.#forget(slot)
         return
