@@ -87,6 +87,7 @@ describe('groups', () => {
     const g = await createGroup(owner, [victim])
     const dv = await Device.connect(victim)
     const d = await Device.connect(owner)
+    await dv.sendAndAck(textSend(g.id, 'said while a member'))
     expect((await call(owner, 'DELETE', `/api/conversations/${g.id}/members/${victim.user.id}`)).status).toBe(200)
     const removed = await dv.next((m) => m.type === 'event' && m.event.type === 'member' && (m.event as MemberEvent).action === 'removed')
     expect(removed).toBeDefined()
@@ -97,6 +98,10 @@ describe('groups', () => {
     expect((await dv.next('error')).code).toBe('NOT_MEMBER')
     await drainOutbox(g.id)
     expect((await call(victim, 'GET', `/api/conversations/${g.id}/messages`)).status).toBe(404)
+    // The history still says who they were: their message and the removal name them, members need no help.
+    const history = await json<HistoryPage>(await call(owner, 'GET', `/api/conversations/${g.id}/messages`))
+    expect(history.events.map((e) => e.type)).toEqual(['member', 'message', 'member', 'message'])
+    expect(history.people).toEqual([{ id: victim.user.id, handle: victim.user.handle, displayName: victim.user.displayName, avatar: null }])
     const list = await json<{ conversations: ConversationSummary[] }>(await call(victim, 'GET', '/api/conversations'))
     expect(list.conversations.map((c) => c.id)).not.toContain(g.id)
     d.close()

@@ -75,6 +75,15 @@ describe('people, groups, unread, presence and search in the PWA', () => {
     await ann.getByTestId('group-member-row').filter({ hasText: 'Cy' }).getByTestId('remove-member').click()
     await ann.getByTestId('system-line').filter({ hasText: 'removed Cy' }).waitFor()
     await cy.getByTestId('system-line').filter({ hasText: 'removed You' }).waitFor()
+    // Once the member list no longer holds Cy, the history still names her, and after a reload too.
+    await expect.poll(() => ann.getByTestId('chat-subtitle').textContent()).toBe('2 members')
+    const namesCy = async () => {
+      await ann.getByTestId('system-line').filter({ hasText: 'You removed Cy' }).waitFor()
+      expect(await ann.getByTestId('message').filter({ hasText: 'passport' }).getByText('Cy', { exact: true }).count()).toBe(1)
+    }
+    await namesCy()
+    await ann.reload()
+    await namesCy()
     await expect.poll(() => conv(cy, 'Trip to Lisbon').count()).toBe(0)
 
     // Bo blocks Ann: she is gone from Bo's friends, and Ann's next message is refused.

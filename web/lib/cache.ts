@@ -1,5 +1,5 @@
 import { clear, createStore, del, get, set, type UseStore } from 'idb-keyval'
-import type { ConversationEvent, ConversationSummary, MessageBody } from '../../worker/shared/protocol'
+import type { ConversationEvent, ConversationSummary, MessageBody, PublicUser } from '../../worker/shared/protocol'
 import type { UploadKind } from '../../worker/shared/limits'
 
 /** A file a queued message still has to upload; the Blob itself is kept in IndexedDB. */
@@ -52,6 +52,13 @@ export class ChatCache {
   }
   saveConversation(id: string, events: ConversationEvent[]) {
     return set(`c:${id}`, { events: events.slice(-CACHED_EVENTS) } satisfies CachedConversation, this.store)
+  }
+  /** Former members a conversation's history names (see ChatStore.formerMembers). */
+  formerMembers(id: string): Promise<PublicUser[] | undefined> {
+    return get(`people:${id}`, this.store)
+  }
+  saveFormerMembers(id: string, people: PublicUser[]) {
+    return set(`people:${id}`, people, this.store)
   }
   outbox(): Promise<OutboxItem[] | undefined> {
     return get('outbox', this.store)

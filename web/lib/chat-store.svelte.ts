@@ -9,6 +9,7 @@ import type {
   MessageBody,
   MessageEvent,
   Presence,
+  PublicUser,
   Receipt,
   RecallEvent,
   RenameEvent,
@@ -72,6 +73,8 @@ class ConversationState {
   events = new SvelteMap<number, ConversationEvent>()
   receipts = new SvelteMap<string, Receipt>()
   typing = new SvelteMap<string, number>()
+  /** People its events name who are no longer members (the list only holds members). */
+  people = new SvelteMap<string, PublicUser>()
   /** Every seq from `base` to `contiguous` is held; sync resumes after `contiguous`. */
   base = $state(0)
   contiguous = $state(0)
@@ -160,6 +163,7 @@ export class ChatStore {
   async refreshConversations() {
     try {
       const { conversations } = await api<{ conversations: ConversationSummary[] }>('/api/conversations')
+      this.#keepFormerMembers(conversations)
       this.#conversations = conversations
       this.#saveList()
     } catch {
@@ -188,6 +192,29 @@ export class ChatStore {
       // A Svelte state proxy cannot be stored (DataCloneError): store a plain copy.
       void this.#cache.saveConversations($state.snapshot(this.#conversations) as ConversationSummary[]).catch((e: unknown) => console.warn('list not cached', e))
     })
+  }
+
+  /** Whoever leaves a list's member list keeps their name in that conversation's history. */
+  #keepFormerMembers(next: ConversationSummary[]) {
+    for (const now of next) {
+      const before = this.conversation(now.id)
+      if (!before) continue
+      const still = new Set(now.members.map((m) => m.id))
+      const gone = before.members.filter((m) => !still.has(m.id))
+      if (gone.length) this.#addPeople(now.id, gone)
+    }
+  }
+
+  #addPeople(id: string, people: PublicUser[]) {
+    if (people.length === 0) return
+    const s = this.#state(id)
+    for (const { id: userId, handle, displayName, avatar } of people) s.people.set(userId, { id: userId, handle, displayName, avatar })
+    void this.#cache.saveFormerMembers(id, [...s.people.values()].map((p) => ({ ...p }))).catch((e: unknown) => console.warn('names not cached', e))
+  }
+
+  /** Former members of a conversation whose names its history still shows. */
+  formerMembers(id: string): PublicUser[] {
+    return [...(this.#byId.get(id)?.people.values() ?? [])]
   }
 
   #replaceSummary(id: string, change: (c: ConversationSummary) => ConversationSummary) {
@@ -272,6 +299,7 @@ export class ChatStore {
     const s = this.#state(id)
     if (!s.loaded) {
       const cached = await this.#cache.conversation(id)
+      for (const p of (await this.#cache.formerMembers(id)) ?? []) if (!s.people.has(p.id)) s.people.set(p.id, p)
       if (cached && s.events.size === 0) {
         this.#ingest(id, cached.events, false)
         s.hasOlder = s.base > 1
@@ -286,6 +314,7 @@ export class ChatStore {
   async #loadLatestPage(id: string) {
     try {
       const page = await api<HistoryPage>(`/api/conversations/${id}/messages?limit=${HISTORY_PAGE}`)
+      this.#addPeople(id, page.people)
       this.#ingest(id, page.events, false)
       this.#state(id).hasOlder = page.nextBefore !== null
     } catch {
@@ -308,6 +337,7 @@ export class ChatStore {
     if (!s.hasOlder || s.base <= 1) return
     try {
       const page = await api<HistoryPage>(`/api/conversations/${id}/messages?limit=${HISTORY_PAGE}&before=${s.base}`)
+      this.#addPeople(id, page.people)
       this.#ingest(id, page.events, false)
       s.hasOlder = page.nextBefore !== null
     } catch {

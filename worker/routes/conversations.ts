@@ -14,6 +14,7 @@ import { ErrorCode } from '../shared/errors'
 import { MUTED_FOREVER } from '../shared/limits'
 import {
   type CallEvent,
+  type ConversationEvent,
   ConversationSettingsBody,
   AddMembersBody,
   CreateConversationBody,
@@ -26,6 +27,7 @@ import {
   type ConversationSummary,
   type HistoryPage,
   type MessageBody,
+  type PublicUser,
   type Role,
   previewOf,
 } from '../shared/protocol'
@@ -296,9 +298,27 @@ export const conversationRoutes = new Hono<AppEnv>()
       .bind(id, member.joinedSeq, before ?? null, from ?? null, to ?? null, limit)
       .all<EventRow>()
     results.reverse()
+    const events = results.map((r) => rowToEvent(id, r))
     const page: HistoryPage = {
-      events: results.map((r) => rowToEvent(id, r)),
+      events,
+      people: await formerMembers(c.env.DB, id, events),
       nextBefore: results.length === limit && results[0]!.seq > Math.max(1, member.joinedSeq) ? results[0]!.seq : null,
     }
     return c.json(page)
   })
+
+/** The people a page of events names who have since left, so the page can still say who they were. */
+async function formerMembers(db: D1Database, id: string, events: ConversationEvent[]): Promise<PublicUser[]> {
+  const named = new Set(events.flatMap((e) => (e.type === 'member' ? [e.senderId, ...e.userIds] : [e.senderId])))
+  if (named.size === 0) return []
+  const ids = [...named]
+  const { results } = await db
+    .prepare(
+      `SELECT id, handle, display_name AS displayName, avatar_key AS avatarKey FROM users
+       WHERE id IN (SELECT value FROM json_each(?1))
+         AND id NOT IN (SELECT user_id FROM members WHERE conversation_id = ?2)`,
+    )
+    .bind(JSON.stringify(ids), id)
+    .all<{ id: string; handle: string; displayName: string; avatarKey: string | null }>()
+  return results.map(publicUser)
+}

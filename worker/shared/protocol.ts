@@ -447,6 +447,8 @@ export interface ConversationSummary {
 export interface HistoryPage {
   /** Events in ascending seq; messages already reflect later edits and recalls. */
   events: ConversationEvent[]
+  /** People these events name who are no longer members, so "Ann removed Cy" and Cy's old messages keep Cy's name. */
+  people: PublicUser[]
   /** Pass as `before` for the next older page; null at the start. */
   nextBefore: number | null
 }
