@@ -1,7 +1,8 @@
 // `npm run bench`: echovalley beside the platform floor (a minimal SQLite Durable Object chat,
 // bench/floor/worker.ts), both under wrangler dev (the runtime `npm run dev` uses) and on bare
 // workerd through Miniflare, a Node reference server (ws + SQLite, bench/reference-server.ts) and
-// Prosody, the same workloads against each in one run. Prints a table and writes bench/results.md.
+// Prosody, the same workloads against each in one run. Prints a table and writes bench/results.md
+// (a subset or --quick run writes bench/results-partial.md, so it never replaces the full record).
 //   npm run bench [-- --quick] [-- --only=latency,fanout] [-- --systems=echovalley,floor]
 //   BENCH_TP_S=40 lengthens the throughput runs (to take a CPU profile with BENCH_INSPECTOR).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
@@ -24,6 +25,8 @@ const listArg = (name: string) => process.argv.find((a) => a.startsWith(`--${nam
 const ONLY = listArg('only')
 const SYSTEMS = listArg('systems')
 const ROOT = path.resolve(import.meta.dirname, '..')
+/** Only a full run replaces the recorded results; a subset or --quick run goes beside them (not committed). */
+const RESULTS = QUICK || ONLY || SYSTEMS ? 'bench/results-partial.md' : 'bench/results.md'
 /** Durable Objects hibernate after 10 s without events; idle readings wait longer than that. */
 const HIBERNATE_MS = 12_000
 const SIZES = {
@@ -603,7 +606,7 @@ async function main() {
     }
     writeResults(started)
   }
-  console.log(`\n${table()}\n\nwritten to bench/results.md`)
+  console.log(`\n${table()}\n\nwritten to ${RESULTS}`)
   process.exit(0)
 }
 
@@ -629,7 +632,7 @@ ${table()}
 ${failures.length ? `\nScenarios that failed (a finding, not left out):\n\n${failures.map((f) => `- ${f}`).join('\n')}\n` : ''}
 Rerun with \`npm run bench\` (\`-- --quick\` for smaller sizes, \`-- --systems=echovalley,floor\` and \`-- --only=latency,fanout\` for a subset).
 `
-  writeFileSync(path.join(ROOT, 'bench/results.md'), out)
+  writeFileSync(path.join(ROOT, RESULTS), out)
 }
 
 await main()
