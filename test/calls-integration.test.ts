@@ -143,6 +143,33 @@ describe('calls: ringing, answering and signalling', () => {
     for (const d of [a, b, c]) d.close()
   })
 
+  it('someone removed from the group is out of its call at once; someone removed while it rang cannot pick it up', async ({ expect }) => {
+    const [ann, bob, cy, dee] = [await register(), await register(), await register(), await register()]
+    const group = await createGroup(ann, [bob, cy, dee], 'Four')
+    const [a, b, c, d] = [await Device.connect(ann), await Device.connect(bob), await Device.connect(cy), await Device.connect(dee)]
+    const callId = crypto.randomUUID()
+    a.send({ type: 'call-start', conversationId: group.id, callId, video: false })
+    for (const x of [b, c, d]) await x.next('call-ring')
+    b.send({ type: 'call-accept', callId })
+    c.send({ type: 'call-accept', callId })
+    await a.next((m) => m.type === 'call-update' && m.call.people.filter((p) => p.state === 'joined').length === 3)
+    // Ann removes Cy, who is talking: Cy's device hears why, the others see Cy gone, Cy can signal no one.
+    expect((await api(`/api/conversations/${group.id}/members/${cy.user.id}`, { method: 'DELETE', token: ann.accessToken })).status).toBe(200)
+    expect((await c.next('call-ended')).reason).toBe('removed')
+    await a.next((m) => m.type === 'call-update' && m.call.people.find((p) => p.userId === cy.user.id)?.state === 'left')
+    c.send({ type: 'call-signal', callId, toSession: a.sessionId, data: { kind: 'offer', sdp: 'still here?' } })
+    expect((await c.next('error')).code).toBe('NOT_ALLOWED')
+    // Cy is free for other calls again.
+    expect(await runInDurableObject(callRoom(callId), (room: CallRoom) => room.isIn(cy.user.id))).toBe(false)
+    // Dee, still ringing, is removed: her accept is refused.
+    expect((await api(`/api/conversations/${group.id}/members/${dee.user.id}`, { method: 'DELETE', token: ann.accessToken })).status).toBe(200)
+    d.send({ type: 'call-accept', callId })
+    expect((await d.next('error')).code).toBe('NOT_MEMBER')
+    // Ann and Bob still talk.
+    expect(await runInDurableObject(callRoom(callId), (room: CallRoom) => room.isIn(bob.user.id))).toBe(true)
+    for (const x of [a, b, c, d]) x.close()
+  })
+
   it('rings a device with no socket through Web Push, which stops when the call ends; the device can pick the call up by id', { timeout: 30_000 }, async ({ expect }) => {
     const [ann, bob, outsider] = [await register(), await register(), await register()]
     const conv = await openChat(ann, bob)

@@ -119,6 +119,8 @@ export class ChatStore {
       isBlocked?: (userId: string) => boolean
       /** Call frames go to the call screen. */
       call?: (m: Extract<ServerMessage, { type: `call-${string}` }>) => void
+      /** This user is out of a conversation (removed, or left on some device). */
+      left?: (conversationId: string) => void
     } = {},
   ) {
     this.#cache = new ChatCache(userId)
@@ -755,6 +757,7 @@ export class ChatStore {
         if (fresh && (e.type === 'edit' || e.type === 'recall')) this.#follow(e, target?.type === 'message' ? target : undefined)
         if (msg.event.seq > s.contiguous + 1 && s.loaded) this.#sync(id)
         if (msg.event.type === 'member' || msg.event.type === 'renamed') void this.refreshConversations()
+        if (e.type === 'member' && (e.action === 'removed' || e.action === 'left') && e.userIds.includes(this.userId)) this.hooks.left?.(id)
         return
       }
       case 'events': {

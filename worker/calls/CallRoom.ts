@@ -1,6 +1,6 @@
 import { DurableObject } from 'cloudflare:workers'
 import type { RoomResult } from '../conversation/ConversationRoom'
-import { getConversationRoom, getUserHub } from '../durable-objects'
+import { getCallRoom, getConversationRoom, getUserHub } from '../durable-objects'
 import type { Env } from '../env'
 import { ErrorCode } from '../shared/errors'
 import { CALL_MAX_PEOPLE, type CallEndReason, type CallInfo, type CallOutcome, type CallSignal, type ServerMessage } from '../shared/protocol'
@@ -17,6 +17,12 @@ interface CallState extends CallInfo {
   /** The log entry's clientMsgId, fixed at the start so the end lands once. */
   eventId: string
   ended: boolean
+}
+
+/** Someone out of a conversation is out of the call they are in there, if any (their hub knows which). */
+export async function dropFromCall(env: Env, conversationId: string, userId: string): Promise<void> {
+  const callId = await getUserHub(env, userId).activeCall()
+  if (callId) await getCallRoom(env, callId).dropUser(conversationId, userId)
 }
 
 const ok = <T>(value: T): RoomResult<T> => ({ ok: true, value })
@@ -84,6 +90,9 @@ export class CallRoom extends DurableObject<Env> {
     if (me.state === 'joined' && me.sessionId === sessionId) return ok(this.info())
     if (me.state !== 'ringing') return fail(ErrorCode.CONFLICT, me.state === 'joined' ? 'answered on another device' : 'this call is not ringing for you')
     if (await getUserHub(this.env, userId).activeCall()) return fail(ErrorCode.CONFLICT, 'you are already in a call')
+    // Still allowed to talk here: a member, and in a 1:1 not blocked since the ring.
+    const access = await liveAccess(getDb(this.env), call.conversationId, userId)
+    if (!access.ok) return fail(access.why === 'not-member' ? ErrorCode.NOT_MEMBER : ErrorCode.FORBIDDEN, 'you can no longer join this call')
     me.state = 'joined'
     me.sessionId = sessionId
     call.answeredAt ??= this.now()
@@ -140,6 +149,22 @@ export class CallRoom extends DurableObject<Env> {
     if (!to) return fail(ErrorCode.NOT_FOUND, 'that device is not in the call')
     await getUserHub(this.env, to.userId).notify({ type: 'call-signal', callId: this.call!.callId, fromUser: userId, fromSession: sessionId, data }, { only: toSession })
     return ok(null)
+  }
+
+  /** Out of the conversation (removed, or left), out of its call at once: their devices stop ringing or talking. */
+  async dropUser(conversationId: string, userId: string): Promise<void> {
+    const call = this.call
+    const me = call?.people.find((p) => p.userId === userId)
+    if (!call || call.ended || call.conversationId !== conversationId || !me || (me.state !== 'joined' && me.state !== 'ringing')) return
+    me.state = 'left'
+    this.save()
+    const hub = getUserHub(this.env, userId)
+    await hub.setActiveCall(null, call.callId)
+    await hub.notify({ type: 'call-ended', callId: call.callId, reason: 'removed' })
+    await this.pushRing([userId], false)
+    if (userId === call.callerId && !call.answeredAt) await this.end('cancelled')
+    else if (!this.stillOn()) await this.end('hangup')
+    else await this.broadcast()
   }
 
   /** The call as one of its people sees it (the push consumer and a device opened from a notification ask). */

@@ -1,4 +1,5 @@
 import { DurableObject } from 'cloudflare:workers'
+import { dropFromCall } from '../calls/CallRoom'
 import { getUserHub, getVoiceRoom } from '../durable-objects'
 import { mediaKey } from '../media/UploadSession'
 import type { Env } from '../env'
@@ -544,11 +545,12 @@ export class ConversationRoom extends DurableObject<Env> {
 
   private dropMember(userId: string): number[] {
     this.sql.exec('DELETE FROM members WHERE user_id = ?', userId)
-    // Out of the group, out of its voice room at once (the call leaves after this commit, as every output does).
+    // Out of the group, out of its voice room and its call at once (the calls leave after this commit, as every output does).
     const conversationId = this.conversationId!
     void getVoiceRoom(this.env, conversationId)
       .dropUser(conversationId, userId)
       .catch((e: unknown) => console.warn('voice room drop failed', String(e)))
+    void dropFromCall(this.env, conversationId, userId).catch((e: unknown) => console.warn('call drop failed', String(e)))
     return []
   }
 

@@ -102,7 +102,8 @@ export interface CallInfo {
   answeredAt: number | null
   people: { userId: string; state: CallPersonState; sessionId: string | null; audio: boolean; video: boolean }[]
 }
-export type CallEndReason = 'hangup' | 'declined' | 'missed' | 'busy' | 'cancelled' | 'answered-elsewhere' | 'declined-elsewhere'
+/** `removed`: this person left the conversation, or was removed from it, during the call. */
+export type CallEndReason = 'hangup' | 'declined' | 'missed' | 'busy' | 'cancelled' | 'answered-elsewhere' | 'declined-elsewhere' | 'removed'
 export type CallOutcome = 'answered' | 'missed' | 'declined' | 'busy' | 'cancelled'
 
 export const ClientMessage = z.discriminatedUnion('type', [

@@ -117,30 +117,70 @@ export class CallSession {
 
   /**
    * The next camera (front and back on a phone, any others on a computer): the new track replaces
-   * the old one in every connection, with no renegotiation.
+   * the old one in every connection, with no renegotiation. A camera whose picture cannot be sent
+   * (a depth camera, as Chromium's second fake camera is) is skipped for the one after it; when no
+   * other camera gives a picture, the current one stays.
    */
   async switchCamera() {
+    if (!this.local) return
     const cams = (await navigator.mediaDevices.enumerateDevices()).filter((d) => d.kind === 'videoinput')
-    const current = this.local?.getVideoTracks()[0]?.getSettings().deviceId
-    const next = cams[(cams.findIndex((c) => c.deviceId === current) + 1) % Math.max(1, cams.length)]
-    this.#facing = this.#facing === 'user' ? 'environment' : 'user'
-    const constraints: MediaTrackConstraints = next && next.deviceId !== current ? { deviceId: { exact: next.deviceId } } : { facingMode: this.#facing }
-    const stream = await navigator.mediaDevices.getUserMedia({ video: constraints }).catch(() => null)
-    const track = stream?.getVideoTracks()[0]
-    if (!track || !this.local) return
-    // The new camera goes out first, then the old one is let go (no gap, no renegotiation).
-    track.enabled = !this.cameraOff
+    const current = this.local.getVideoTracks()[0]?.getSettings().deviceId
+    const at = cams.findIndex((c) => c.deviceId === current)
+    for (let step = 1; step <= Math.max(1, cams.length - 1); step++) {
+      const next = cams[(at + step) % Math.max(1, cams.length)]
+      this.#facing = this.#facing === 'user' ? 'environment' : 'user'
+      const constraints: MediaTrackConstraints = next && next.deviceId !== current ? { deviceId: { exact: next.deviceId } } : { facingMode: this.#facing }
+      const track = (await navigator.mediaDevices.getUserMedia({ video: constraints }).catch(() => null))?.getVideoTracks()[0]
+      if (!track || !this.local) return
+      // The new camera goes out first, then the old one is let go (no gap, no renegotiation).
+      track.enabled = !this.cameraOff
+      await this.#sendVideo(track)
+      if (!(await this.#framesFlow())) {
+        // No picture from it: the current camera goes back out, and the one after is tried.
+        await this.#sendVideo(this.local.getVideoTracks()[0] ?? null)
+        track.stop()
+        continue
+      }
+      const old = this.local.getVideoTracks()
+      this.local.addTrack(track)
+      for (const o of old) {
+        this.local.removeTrack(o)
+        o.stop()
+      }
+      // The self view follows (a new stream object, so the <video> element picks it up).
+      this.local = new MediaStream(this.local.getTracks())
+      return
+    }
+  }
+
+  async #sendVideo(track: MediaStreamTrack | null) {
     for (const { pc } of this.#peers.values()) {
       for (const t of pc.getTransceivers()) if (t.receiver.track.kind === 'video') await t.sender.replaceTrack(track).catch((e: unknown) => (this.error = String(e)))
     }
-    const old = this.local.getVideoTracks()
-    this.local.addTrack(track)
-    for (const o of old) {
-      this.local.removeTrack(o)
-      o.stop()
+  }
+
+  /** Video frames encoded for the peers so far; null while nobody is connected (nothing to check). */
+  async #videoFramesOut(): Promise<number | null> {
+    let frames: number | null = null
+    for (const { pc } of this.#peers.values()) {
+      if (pc.connectionState !== 'connected') continue
+      ;(await pc.getStats()).forEach((r: { type: string; kind?: string; framesEncoded?: number }) => {
+        if (r.type === 'outbound-rtp' && r.kind === 'video') frames = (frames ?? 0) + (r.framesEncoded ?? 0)
+      })
     }
-    // The self view follows (a new stream object, so the <video> element picks it up).
-    this.local = new MediaStream(this.local.getTracks())
+    return frames
+  }
+
+  /** Whether the camera just put in reaches the encoder within two seconds (true when there is no one to check with). */
+  async #framesFlow(): Promise<boolean> {
+    const before = await this.#videoFramesOut()
+    if (before === null) return true
+    for (let waited = 0; waited < 2000; waited += 250) {
+      await new Promise((r) => setTimeout(r, 250))
+      // A couple of frames may still come from the old camera's queue.
+      if (((await this.#videoFramesOut()) ?? 0) > before + 2) return true
+    }
+    return false
   }
 
   // ---- frames from the server ----
@@ -301,6 +341,11 @@ export class CallSession {
   }
 
   // ---- tidy up ----
+
+  /** Out of a conversation (removed, or left on another device): its call stops ringing or talking here. */
+  leftConversation(conversationId: string) {
+    if (this.call?.conversationId === conversationId && this.phase !== 'idle' && this.phase !== 'ended') this.#finish('removed')
+  }
 
   #drop(session: string, peer: Peer) {
     peer.pc.close()
