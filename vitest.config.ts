@@ -4,6 +4,7 @@ import { cloudflareTest, readD1Migrations } from '@cloudflare/vitest-pool-worker
 import { defineConfig } from 'vitest/config'
 import { createPushService, generateVapidKeys } from './test/support/push-service'
 import { linkSite } from './test/support/link-site'
+import { cloudflareTurn } from './test/support/cloudflare-turn'
 import { makeVoiceFixtures } from './test/support/voice-fixtures'
 import { startTranscriber } from './scripts/transcriber'
 
@@ -38,6 +39,7 @@ export default defineConfig({
                 if (request.url.startsWith(transcriber.url)) return fetch(request.url, { method: request.method, headers: request.headers, body: await request.arrayBuffer() })
                 const url = new URL(request.url)
                 if (url.hostname === 'links.example.com') return linkSite(url.pathname) ?? new Response('not found', { status: 404 })
+                if (url.hostname === 'rtc.live.cloudflare.com') return cloudflareTurn(request)
                 return pushService(request)
               },
             },

@@ -2,6 +2,8 @@ import { runDurableObjectAlarm, runInDurableObject } from 'cloudflare:test'
 import { env } from 'cloudflare:workers'
 import { describe, it } from 'vitest'
 import { CALL_RING_MS, type CallRoom } from '../worker/calls/CallRoom'
+import { iceServersFor, TURN_TTL_S } from '../worker/calls/ice-servers'
+import { TURN_KEY } from './support/cloudflare-turn'
 import type { AuthResult, CallEvent, ConversationEvent, ConversationSummary } from '../worker/shared/protocol'
 import { api, createGroup, Device, json, openChat, register } from './helpers'
 import { newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
@@ -192,5 +194,40 @@ describe('calls: ringing, answering and signalling', () => {
     const stop = await waitFor(async () => (await receivedPushes(sub)).received.find((r) => (r.payload as { callId?: string; ringing?: boolean }).callId === callId && (r.payload as { ringing: boolean }).ringing === false))
     expect(stop.payload).toMatchObject({ type: 'call', callId, ringing: false })
     a.close()
+  })
+})
+
+describe('ICE servers for a call', () => {
+  const STUN = 'stun:stun.example.com:3478'
+  it('mints Cloudflare TURN credentials per request (no port 53); a refused key leaves STUN; a REST secret mints coturn-style ones', async ({ expect }) => {
+    const cf = await iceServersFor({ ...env, STUN_URLS: STUN, TURN_KEY_ID: TURN_KEY.id, TURN_KEY_API_TOKEN: TURN_KEY.token }, 'u1')
+    expect(cf[0]).toEqual({ urls: [STUN] })
+    expect(cf).toHaveLength(2)
+    const relay = cf[1]!
+    expect(relay.urls).toContain('turns:turn.cloudflare.com:443?transport=tcp')
+    expect(relay.urls.filter((u) => /:53(\?|$)/.test(u))).toEqual([])
+    expect(relay.username).toBe(`minted-${TURN_TTL_S}`)
+    expect(relay.credential).toBeTruthy()
+    // The key refused (revoked token): the call still gets STUN, nothing breaks.
+    expect(await iceServersFor({ ...env, STUN_URLS: STUN, TURN_KEY_ID: TURN_KEY.id, TURN_KEY_API_TOKEN: 'revoked' }, 'u1')).toEqual([{ urls: [STUN] }])
+    // The TURN REST secret: username "<expiry>:<user>", credential HMAC-SHA1 of it, as coturn checks.
+    const now = Date.now()
+    const [rest] = await iceServersFor({ ...env, TURN_URLS: 'turn:127.0.0.1:3478', TURN_SECRET: 'shared-secret' }, 'u1')
+    expect(rest!.urls).toEqual(['turn:127.0.0.1:3478'])
+    const [expiry, user] = rest!.username!.split(':')
+    expect(user).toBe('u1')
+    expect(Number(expiry)).toBeGreaterThanOrEqual(Math.floor(now / 1000) + TURN_TTL_S)
+    const key = await crypto.subtle.importKey('raw', new TextEncoder().encode('shared-secret'), { name: 'HMAC', hash: 'SHA-1' }, false, ['verify'])
+    const mac = Uint8Array.from(atob(rest!.credential!), (ch) => ch.charCodeAt(0))
+    expect(await crypto.subtle.verify('HMAC', key, mac, new TextEncoder().encode(rest!.username!))).toBe(true)
+  })
+
+  it('are given only to a signed-in user, never cached', async ({ expect }) => {
+    expect((await api('/api/calls/ice-servers')).status).toBe(401)
+    const me = await register()
+    const res = await api('/api/calls/ice-servers', { token: me.accessToken })
+    expect(res.status).toBe(200)
+    expect(res.headers.get('cache-control')).toBe('no-store')
+    expect(await res.json()).toEqual({ iceServers: [] })
   })
 })

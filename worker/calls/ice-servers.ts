@@ -24,21 +24,35 @@ export async function restCredential(secret: string, userId: string, now = Date.
   return { username, credential: btoa(String.fromCharCode(...mac)) }
 }
 
+/** Mints Cloudflare Realtime TURN credentials with the key's API token (the documented generate-ice-servers call). */
+async function cloudflareTurn(keyId: string, token: string): Promise<IceServer[]> {
+  const res = await fetch(`https://rtc.live.cloudflare.com/v1/turn/keys/${encodeURIComponent(keyId)}/credentials/generate-ice-servers`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ ttl: TURN_TTL_S }),
+  })
+  if (!res.ok) throw new Error(`Cloudflare TURN answered ${res.status}`)
+  // The older generate call answered one object, this one a list: take either.
+  const { iceServers } = (await res.json()) as { iceServers: IceServer | IceServer[] }
+  return (Array.isArray(iceServers) ? iceServers : [iceServers])
+    .map((s) => ({ ...s, urls: (Array.isArray(s.urls) ? s.urls : [s.urls]).filter((u) => !/:53(\?|$)/.test(u)) }))
+    .filter((s) => s.urls.length > 0)
+}
+
 export async function iceServersFor(env: Env, userId: string): Promise<IceServer[]> {
   const servers: IceServer[] = []
   const stun = list(env.STUN_URLS)
   if (stun.length) servers.push({ urls: stun })
   if (env.TURN_KEY_ID && env.TURN_KEY_API_TOKEN) {
-    // Cloudflare Realtime TURN: the key's API token mints credentials for one TTL.
-    const res = await fetch(`https://rtc.live.cloudflare.com/v1/turn/keys/${env.TURN_KEY_ID}/credentials/generate`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${env.TURN_KEY_API_TOKEN}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ ttl: TURN_TTL_S }),
-    })
-    if (!res.ok) throw new Error(`TURN credentials: ${res.status}`)
-    const { iceServers } = (await res.json()) as { iceServers: IceServer | IceServer[] }
-    servers.push(...(Array.isArray(iceServers) ? iceServers : [iceServers]))
-  } else if (env.TURN_SECRET && list(env.TURN_URLS).length) {
+    // Port 53 is left out: browsers refuse it and would wait on it before the others.
+    try {
+      return [...servers, ...(await cloudflareTurn(env.TURN_KEY_ID, env.TURN_KEY_API_TOKEN))]
+    } catch (e) {
+      // A call without a relay still connects on most networks: STUN (and a REST-secret TURN) go on.
+      console.warn(JSON.stringify({ msg: 'TURN credentials not minted', error: String(e) }))
+    }
+  }
+  if (env.TURN_SECRET && list(env.TURN_URLS).length) {
     servers.push({ urls: list(env.TURN_URLS), ...(await restCredential(env.TURN_SECRET, userId)) })
   }
   return servers
