@@ -1,12 +1,13 @@
 import { createExecutionContext, createMessageBatch, getQueueResult, runDurableObjectAlarm, runInDurableObject } from 'cloudflare:test'
 import { env } from 'cloudflare:workers'
 import { describe, it } from 'vitest'
-import { getUserHub } from '../worker/durable-objects'
+import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
+import { getConversationRoom, getUserHub } from '../worker/durable-objects'
 import { handleQueue, PUSH_QUEUE } from '../worker/push/queue'
 import { PUSH_COALESCE_MS, type UserHub } from '../worker/user/UserHub'
 import type { PushJob } from '../worker/shared/jobs'
 import { api, Device, openChat, register, textSend } from './helpers'
-import { newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
+import { drainOutbox, newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
 
 /** Alice writes to Bob, who has no device online, so every message becomes a push job. */
 async function offlineBob(mode: 'ok' | 'gone' | 'fail' = 'ok') {
@@ -67,6 +68,10 @@ describe('web push for offline members', () => {
     })
     expect(first.received.map((p) => p.payload.body)).toEqual(['burst 1'])
     const hub = getUserHub(env, bob.user.id)
+    // The room stopped calling Bob's hub after it said nobody is online; its next flush hands the hub the newest.
+    await drainOutbox(conv.id)
+    await expect.poll(() => runInDurableObject(hub, (h) => (h as unknown as { pushes: Map<string, { waitingSeq: number | null }> }).pushes.get(conv.id)?.waitingSeq ?? null)).toBe(5)
+    await expect.poll(() => runInDurableObject(hub, (_h, state) => state.storage.getAlarm())).not.toBeNull()
     const later = Date.now() + PUSH_COALESCE_MS + 1
     await runInDurableObject<UserHub, void>(hub, (h) => {
       h.now = () => later
@@ -78,6 +83,30 @@ describe('web push for offline members', () => {
     })
     expect(both.received.map((p) => p.payload.body)).toEqual(['burst 1', 'burst 5'])
     a.close()
+  })
+
+  it('a member with no device online costs the room one call per flush, not one per message; back online, calls resume at once', { timeout: 30_000 }, async ({ expect }) => {
+    const { bob, conv, sub, a } = await offlineBob()
+    const hub = getUserHub(env, bob.user.id)
+    const calls = () => runInDurableObject(hub, (h: UserHub) => h.deliveries)
+    const before = await calls()
+    for (let i = 1; i <= 20; i++) await a.sendAndAck(textSend(conv.id, `while away ${i}`))
+    await drainOutbox(conv.id)
+    // The first call (answered "away", and pushed), then the newest at each flush: not twenty.
+    const spent = (await calls()) - before
+    expect(spent).toBeGreaterThanOrEqual(1)
+    expect(spent).toBeLessThanOrEqual(3)
+    await waitFor(async () => (await receivedPushes(sub)).received.length > 0)
+    // Bob's phone comes online: his hub tells the room, which calls it for every event again.
+    const room = getConversationRoom(env, conv.id)
+    const marked = () => runInDurableObject(room, (r: ConversationRoom) => (r as unknown as { away: Map<string, unknown> }).away.has(bob.user.id))
+    expect(await marked()).toBe(true)
+    const b = await Device.connect(bob)
+    await expect.poll(marked).toBe(false)
+    await a.sendAndAck(textSend(conv.id, 'welcome back'))
+    expect((await b.next((m) => m.type === 'event' && m.event.seq === 21)).type).toBe('event')
+    a.close()
+    b.close()
   })
 
   it('a duplicated job produces one notification', async ({ expect }) => {

@@ -40,8 +40,11 @@ export interface Ack {
 }
 /** What a hub needs to know of an event it delivers; the devices get the room's serialised frame. */
 export type DeliveredEvent = Pick<ConversationEvent, 'type' | 'conversationId' | 'seq' | 'senderId'> & { body?: { kind: string } | null }
-/** What a member's hub hands back with a delivery: its devices' newest confirmation in that conversation. */
-export type DeliveryReply = { delivered: number } | null
+/**
+ * What a member's hub hands back with a delivery: its devices' newest confirmation in that
+ * conversation, or that no device of the member is online (the room then stops calling; see `away`).
+ */
+export type DeliveryReply = { delivered: number } | { away: true } | null
 export interface SyncPage {
   events: ConversationEvent[]
   hasMore: boolean
@@ -64,6 +67,12 @@ export const groupLimit = (env: Env) => Math.max(MAX_GROUP_MEMBERS, Number(env.G
 
 /** D1 gets what the log gained at most this long after it was acked, in one batch... */
 export const FLUSH_DELAY_MS = 250
+/**
+ * ...but a room that keeps talking starts a flush at most once this often: each batch costs D1 a
+ * commit whatever it holds, and D1 is shared by every room (with 100 busy rooms, 400 batches/s
+ * instead of 100 held the benchmark's 100-conversation rate at 740 msg/s; bench/results.md)...
+ */
+export const FLUSH_MIN_GAP_MS = 1000
 /** ...or at once when this many events wait. */
 const FLUSH_BATCH = 100
 /**
@@ -115,6 +124,10 @@ export class ConversationRoom extends DurableObject<Env> {
   private flushing: Promise<void> | null = null
   private flushAgain = false
   private flushTimer: ReturnType<typeof setTimeout> | null = null
+  /** When the last flush started (wall time), for FLUSH_MIN_GAP_MS. */
+  private lastFlushAt = 0
+  /** Unknown after a wake, so the first flush looks; then known from the recalls this object makes. */
+  private purgePending = true
   private loading: Promise<RoomResult<null>> | null = null
   /** Writes of one sender that wait for I/O (a media claim, the first load) hold that sender's later writes, so seqs follow send order. */
   private senderTails = new Map<string, Promise<unknown>>()
@@ -126,6 +139,13 @@ export class ConversationRoom extends DurableObject<Env> {
   /** The newest events' senders, so a receipt finds whom it concerns without reading the log. */
   private recent: { seq: number; senderId: string; message: boolean }[] = []
   private fanOutQueue: { userId: string; meta: DeliveredEvent; frame: string }[] = []
+  /**
+   * Members whose hub answered that none of their devices is online: they are not called per event.
+   * `newest` is the newest event skipped for them, `push` the newest one worth a push (a message or
+   * call from someone else). Each flush hands the hub that one event (its push, coalesced there as
+   * before); the hub says when a device is back. In memory only: a new instance calls everyone.
+   */
+  private away = new Map<string, { newest: number; push: number }>()
   private fanOutTimer: ReturnType<typeof setTimeout> | null = null
   /** When the safety-net alarm is due, as far as this instance knows (null: none set by it). */
   private alarmAt: number | null = null
@@ -445,7 +465,10 @@ export class ConversationRoom extends DurableObject<Env> {
       return ok(
         this.commit({ type: 'recall', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: now, targetSeq, byAdmin }, () => {
           // The blobs go too: queued here, in the same transaction, and deleted by the flush.
-          for (const id of mediaIdsOf(target.body ? (JSON.parse(target.body) as MessageBody) : null)) this.sql.exec('INSERT OR IGNORE INTO media_purge (media_id) VALUES (?)', id)
+          for (const id of mediaIdsOf(target.body ? (JSON.parse(target.body) as MessageBody) : null)) {
+            this.sql.exec('INSERT OR IGNORE INTO media_purge (media_id) VALUES (?)', id)
+            this.purgePending = true
+          }
           this.sql.exec('UPDATE events SET body = NULL, kind = NULL, recalled_by = ?, recalled_by_admin = ? WHERE seq = ?', userId, Number(byAdmin), targetSeq)
           const edits = this.sql.exec<{ seq: number }>(`SELECT seq FROM events WHERE type = 'edit' AND target_seq = ?`, targetSeq).toArray().map((r) => r.seq)
           this.sql.exec(`UPDATE events SET body = NULL WHERE type = 'edit' AND target_seq = ?`, targetSeq)
@@ -747,9 +770,7 @@ export class ConversationRoom extends DurableObject<Env> {
    */
   private fanOut(event: ConversationEvent, except: string | null, alsoTell: string[] = []) {
     const targets = [...new Set([...this.members.keys(), ...alsoTell])].filter((id) => id !== except)
-    // Serialised once for every member; only the routing facts cross as an object.
-    const frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage)
-    const meta: DeliveredEvent = { type: event.type, conversationId: event.conversationId, seq: event.seq, senderId: event.senderId, ...(event.type === 'message' ? { body: event.body && { kind: event.body.kind } } : {}) }
+    const { meta, frame } = deliveryOf(event)
     if (this.fanOutQueue.length === 0 && targets.length <= FANOUT_CHUNK) {
       for (const userId of targets) this.deliverTo(userId, meta, frame)
       return
@@ -765,11 +786,22 @@ export class ConversationRoom extends DurableObject<Env> {
   }
 
   private deliverTo(userId: string, meta: DeliveredEvent, frame: string) {
+    const away = this.away.get(userId)
+    if (away) {
+      away.newest = meta.seq
+      if ((meta.type === 'message' || meta.type === 'call') && meta.senderId !== userId) away.push = meta.seq
+      return
+    }
     this.hub(userId)
       .deliver(userId, meta, frame)
       // A hub answers with its devices' newest confirmation: in a busy chat, delivery receipts
       // ride on deliveries instead of calls of their own.
       .then((reply) => {
+        if (reply && 'away' in reply) {
+          if (this.members.has(userId) && !this.away.has(userId)) this.away.set(userId, { newest: 0, push: 0 })
+          return
+        }
+        this.away.delete(userId)
         const m = reply && this.members.get(userId)
         if (m) this.applyCursors(userId, m, reply.delivered, null)
       })
@@ -778,6 +810,36 @@ export class ConversationRoom extends DurableObject<Env> {
         this.hubs.delete(userId)
         console.warn('fan-out failed', userId, String(e))
       })
+  }
+
+  /** Once per flush: each away member's hub gets the newest event it was spared (its push, or a check that nobody is back). */
+  private remindAway() {
+    const conversationId = this.conversationId
+    if (!conversationId) return
+    for (const [userId, mark] of this.away) {
+      if (!this.members.has(userId)) {
+        this.away.delete(userId)
+        continue
+      }
+      if (mark.newest > 0) this.handBack(conversationId, userId, mark.push || mark.newest)
+    }
+  }
+
+  /** A device of this member is online again: calls resume, starting with the newest event it was spared. */
+  async back(conversationId: string, userId: string): Promise<void> {
+    const mark = this.away.get(userId)
+    if (!mark || this.conversationId !== conversationId) return
+    this.away.delete(userId)
+    if (mark.newest > 0) this.handBack(conversationId, userId, mark.newest)
+  }
+
+  /** Calls the member's hub again with one event as it is now (an answer of "away" marks them again). */
+  private handBack(conversationId: string, userId: string, seq: number) {
+    this.away.delete(userId)
+    const row = this.eventRow(seq)
+    if (!row) return
+    const { meta, frame } = deliveryOf(rowToEvent(conversationId, row))
+    this.deliverTo(userId, meta, frame)
   }
 
   // ---- write-behind: this object's cursors, and D1 ----
@@ -793,13 +855,15 @@ export class ConversationRoom extends DurableObject<Env> {
       return
     }
     if (this.lastSeq - this.d1Seq >= FLUSH_BATCH) return void this.startFlush()
-    this.flushTimer ??= setTimeout(() => this.startFlush(), FLUSH_DELAY_MS)
+    this.flushTimer ??= setTimeout(() => this.startFlush(), Math.max(FLUSH_DELAY_MS, this.lastFlushAt + FLUSH_MIN_GAP_MS - Date.now()))
   }
 
   private startFlush(): Promise<void> {
     if (this.flushTimer) clearTimeout(this.flushTimer)
     this.flushTimer = null
     if (this.flushing) return this.flushing
+    this.lastFlushAt = Date.now()
+    this.remindAway()
     this.flushing = this.flush()
       .catch((e: unknown) => console.warn('D1 flush failed; the alarm retries', String(e)))
       .finally(() => {
@@ -926,8 +990,9 @@ export class ConversationRoom extends DurableObject<Env> {
 
   /** Recalled media: the R2 blob goes and D1 forgets it can be downloaded (and its transcript). */
   private async purgeMedia() {
+    if (!this.purgePending) return
     const ids = this.sql.exec<{ media_id: string }>('SELECT media_id FROM media_purge LIMIT 100').toArray().map((r) => r.media_id)
-    if (ids.length === 0) return
+    if (ids.length === 0) return void (this.purgePending = false)
     await this.env.MEDIA.delete(ids.map(mediaKey))
     const forget = this.env.DB.prepare(`UPDATE media SET status = 'deleted', transcript = NULL WHERE id = ?`)
     await this.env.DB.batch(ids.map((id) => forget.bind(id)))
@@ -971,4 +1036,11 @@ export class ConversationRoom extends DurableObject<Env> {
       receipts: this.receipts(),
     }
   }
+}
+
+/** An event as hubs get it: serialised once for every member; only the routing facts cross as an object. */
+function deliveryOf(event: ConversationEvent): { meta: DeliveredEvent; frame: string } {
+  const frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage)
+  const meta: DeliveredEvent = { type: event.type, conversationId: event.conversationId, seq: event.seq, senderId: event.senderId, ...(event.type === 'message' ? { body: event.body && { kind: event.body.kind } } : {}) }
+  return { meta, frame }
 }

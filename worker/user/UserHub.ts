@@ -114,6 +114,8 @@ export class UserHub extends DurableObject<Env> {
   /** Push coalescing per conversation: when the last push went, and the newest seq waiting for the next. */
   private pushes = new Map<string, { sentAt: number; waitingSeq: number | null; stored: boolean }>()
   private pushesDirty = new Set<string>()
+  /** Rooms told that no device is online, so they stop calling until told otherwise; in storage (key `away_rooms`), since the hub may be evicted meanwhile. */
+  private awayRooms: Set<string> | null = null
   private recoveryAlarmSet = false
   private knownUser: string | null = null
   /** Friends to tell when this user goes offline (online friends who said hello); mirrored in storage, since hibernation empties memory. */
@@ -124,6 +126,8 @@ export class UserHub extends DurableObject<Env> {
   private frameRate: [number, number]
   /** Injectable clock so retry timing is testable. */
   now: () => number = () => Date.now()
+  /** Deliveries this instance took (tests count what a message costs). */
+  deliveries = 0
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env)
@@ -206,7 +210,10 @@ export class UserHub extends DurableObject<Env> {
     this.ctx.acceptWebSocket(server, [sessionId])
     server.serializeAttachment({ userId, sessionId } satisfies DeviceAttachment)
     send(server, { type: 'hello', protocol: PROTOCOL_VERSION, userId, sessionId })
-    if (wasOffline) this.ctx.waitUntil(this.announceOnline(userId).catch((e: unknown) => console.warn('presence fan-out failed', String(e))))
+    if (wasOffline) {
+      this.ctx.waitUntil(this.announceOnline(userId).catch((e: unknown) => console.warn('presence fan-out failed', String(e))))
+      this.ctx.waitUntil(this.backInRooms(userId).catch((e: unknown) => console.warn('rooms not told of the return', String(e))))
+    }
     return new Response(null, { status: 101, webSocket: client })
   }
 
@@ -353,10 +360,12 @@ export class UserHub extends DurableObject<Env> {
    * frame the room serialised once for every member.
    */
   async deliver(userId: string, event: DeliveredEvent, frame: string): Promise<DeliveryReply> {
+    this.deliveries++
     this.rememberUser(userId)
     if (this.openSockets().length === 0) {
       if ((event.type === 'message' || event.type === 'call') && event.senderId !== userId) this.requestPush(event.conversationId, event.seq)
-      return null
+      this.noteAway(event.conversationId)
+      return { away: true }
     }
     this.show(event as ConversationEvent, null, userId, frame)
     // A waiting delivery confirmation for this conversation goes back with the answer (a read
@@ -410,6 +419,25 @@ export class UserHub extends DurableObject<Env> {
         })
     }
     this.reports.clear()
+  }
+
+  // ---- rooms that stopped calling while no device was online ----
+
+  private noteAway(conversationId: string) {
+    const rooms = (this.awayRooms ??= new Set(this.ctx.storage.kv.get<string[]>('away_rooms') ?? []))
+    if (rooms.has(conversationId)) return
+    rooms.add(conversationId)
+    // One write per conversation per absence, not per event.
+    this.ctx.storage.kv.put('away_rooms', [...rooms])
+  }
+
+  /** A device is online again: every room that stopped calling calls again (and hands over the newest event it held back). */
+  private async backInRooms(userId: string) {
+    const rooms = this.awayRooms ?? new Set(this.ctx.storage.kv.get<string[]>('away_rooms') ?? [])
+    this.awayRooms = new Set()
+    if (rooms.size === 0) return
+    this.ctx.storage.kv.delete('away_rooms')
+    await pool([...rooms], PRESENCE_CONCURRENCY, (conversationId) => this.room(conversationId).back(conversationId, userId))
   }
 
   // ---- resends and pushes ----
