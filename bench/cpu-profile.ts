@@ -50,7 +50,9 @@ let total = 0
 profile.samples.forEach((id, i) => {
   const f = nodes.get(id)!.callFrame
   const key = `${f.functionName || '(anonymous)'} ${f.url.split('/').pop()}:${f.lineNumber}`
-  const dt = profile.timeDeltas[i] ?? 0
+  // The first delta runs from the start of profiling to the first sample (seconds, when the isolate
+  // was busy elsewhere): it says nothing about the function sampled.
+  const dt = i === 0 ? 0 : (profile.timeDeltas[i] ?? 0)
   self.set(key, (self.get(key) ?? 0) + dt)
   total += dt
 })

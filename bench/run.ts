@@ -34,7 +34,7 @@ const SIZES = {
   loadRate: 2000,
   loadSeconds: QUICK ? 3 : 5,
   loadConversations: 100,
-  fanout: QUICK ? [10, 100] : [10, 100, 1000],
+  fanout: process.env.BENCH_FANOUT ? process.env.BENCH_FANOUT.split(',').map(Number) : QUICK ? [10, 100] : [10, 100, 1000],
   fanoutSends: QUICK ? 10 : 30,
   throughputSeconds: Number(process.env.BENCH_TP_S ?? (QUICK ? 3 : 5)),
   sync: QUICK ? [1000] : [1000, 10_000],
@@ -332,7 +332,7 @@ async function fanout(t: Target, users: User[], size: number) {
   }
   const times: number[] = []
   let incomplete = 0
-  const sends = size >= 1000 ? Math.min(10, SIZES.fanoutSends) : SIZES.fanoutSends
+  const sends = Number(process.env.BENCH_FANOUT_SENDS) || (size >= 1000 ? Math.min(10, SIZES.fanoutSends) : SIZES.fanoutSends)
   const sendAndWait = async (i: number) => {
     const id = randomUUID()
     const all = new Promise<boolean>((resolve) => {
