@@ -211,7 +211,14 @@ export class ChatStore {
     if (people.length === 0) return
     const s = this.#state(id)
     for (const { id: userId, handle, displayName, avatar } of people) s.people.set(userId, { id: userId, handle, displayName, avatar })
-    void this.#cache.saveFormerMembers(id, [...s.people.values()].map((p) => ({ ...p }))).catch((e: unknown) => console.warn('names not cached', e))
+    // Merged with what is stored: a conversation not opened yet holds none of its earlier names in memory.
+    void this.#cache
+      .formerMembers(id)
+      .then((stored) => {
+        for (const p of stored ?? []) if (!s.people.has(p.id)) s.people.set(p.id, p)
+        return this.#cache.saveFormerMembers(id, [...s.people.values()].map((p) => ({ ...p })))
+      })
+      .catch((e: unknown) => console.warn('names not cached', e))
   }
 
   /** Former members of a conversation whose names its history still shows. */

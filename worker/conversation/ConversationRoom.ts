@@ -151,6 +151,8 @@ export class ConversationRoom extends DurableObject<Env> {
    * before); the hub says when a device is back. In memory only: a new instance calls everyone.
    */
   private away = new Map<string, { newest: number; push: number }>()
+  private remindTimer: ReturnType<typeof setTimeout> | null = null
+  private lastRemindAt = 0
   private fanOutTimer: ReturnType<typeof setTimeout> | null = null
   /** When the safety-net alarm is due, as far as this instance knows (null: none set by it). */
   private alarmAt: number | null = null
@@ -795,6 +797,7 @@ export class ConversationRoom extends DurableObject<Env> {
     if (away) {
       away.newest = meta.seq
       if ((meta.type === 'message' || meta.type === 'call') && meta.senderId !== userId) away.push = meta.seq
+      this.scheduleRemind()
       return
     }
     this.hub(userId)
@@ -817,7 +820,16 @@ export class ConversationRoom extends DurableObject<Env> {
       })
   }
 
-  /** Once per flush: each away member's hub gets the newest event it was spared (its push, or a check that nobody is back). */
+  /** Held-back events go to their hubs 250 ms after the first, then at most once a second (like D1 flushes, on a timer of their own). */
+  private scheduleRemind() {
+    this.remindTimer ??= setTimeout(() => {
+      this.remindTimer = null
+      this.lastRemindAt = Date.now()
+      this.remindAway()
+    }, Math.max(FLUSH_DELAY_MS, this.lastRemindAt + FLUSH_MIN_GAP_MS - Date.now()))
+  }
+
+  /** Each away member's hub gets the newest event worth a push and the newest event of all it was spared (one call when they are the same). */
   private remindAway() {
     const conversationId = this.conversationId
     if (!conversationId) return
@@ -826,7 +838,8 @@ export class ConversationRoom extends DurableObject<Env> {
         this.away.delete(userId)
         continue
       }
-      if (mark.newest > 0) this.handBack(conversationId, userId, mark.push || mark.newest)
+      if (mark.push > 0) this.handBack(conversationId, userId, mark.push)
+      if (mark.newest > mark.push) this.handBack(conversationId, userId, mark.newest)
     }
   }
 
@@ -868,7 +881,6 @@ export class ConversationRoom extends DurableObject<Env> {
     this.flushTimer = null
     if (this.flushing) return this.flushing
     this.lastFlushAt = Date.now()
-    this.remindAway()
     this.flushing = this.flush()
       .catch((e: unknown) => console.warn('D1 flush failed; the alarm retries', String(e)))
       .finally(() => {

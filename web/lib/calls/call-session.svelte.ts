@@ -131,11 +131,16 @@ export class CallSession {
       this.#facing = this.#facing === 'user' ? 'environment' : 'user'
       const constraints: MediaTrackConstraints = next && next.deviceId !== current ? { deviceId: { exact: next.deviceId } } : { facingMode: this.#facing }
       const track = (await navigator.mediaDevices.getUserMedia({ video: constraints }).catch(() => null))?.getVideoTracks()[0]
-      if (!track || !this.local) return
+      if (!track) return
+      if (!this.local) return track.stop()
       // The new camera goes out first, then the old one is let go (no gap, no renegotiation).
       track.enabled = !this.cameraOff
       await this.#sendVideo(track)
-      if (!(await this.#framesFlow())) {
+      // A camera turned off sends hardly any frames: nothing to judge it by.
+      const flows = this.cameraOff || (await this.#framesFlow())
+      // The call may have ended meanwhile: the new camera must not stay on.
+      if (!this.local) return track.stop()
+      if (!flows) {
         // No picture from it: the current camera goes back out, and the one after is tried.
         await this.#sendVideo(this.local.getVideoTracks()[0] ?? null)
         track.stop()
