@@ -145,7 +145,7 @@ describe('calls: ringing, answering and signalling', () => {
     for (const d of [a, b, c]) d.close()
   })
 
-  it('someone removed from the group is out of its call at once; someone removed while it rang cannot pick it up', async ({ expect }) => {
+  it('someone removed from the group is out of its call at once; someone removed while it rang stops ringing and cannot pick it up', async ({ expect }) => {
     const [ann, bob, cy, dee] = [await register(), await register(), await register(), await register()]
     const group = await createGroup(ann, [bob, cy, dee], 'Four')
     const [a, b, c, d] = [await Device.connect(ann), await Device.connect(bob), await Device.connect(cy), await Device.connect(dee)]
@@ -163,10 +163,11 @@ describe('calls: ringing, answering and signalling', () => {
     expect((await c.next('error')).code).toBe('NOT_ALLOWED')
     // Cy is free for other calls again.
     expect(await runInDurableObject(callRoom(callId), (room: CallRoom) => room.isIn(cy.user.id))).toBe(false)
-    // Dee, still ringing, is removed: her accept is refused.
+    // Dee, still ringing, is removed: her device stops ringing, and an accept is refused.
     expect((await api(`/api/conversations/${group.id}/members/${dee.user.id}`, { method: 'DELETE', token: ann.accessToken })).status).toBe(200)
+    expect((await d.next('call-ended')).reason).toBe('removed')
     d.send({ type: 'call-accept', callId })
-    expect((await d.next('error')).code).toBe('NOT_MEMBER')
+    expect((await d.next('error')).code).toBe('CONFLICT')
     // Ann and Bob still talk.
     expect(await runInDurableObject(callRoom(callId), (room: CallRoom) => room.isIn(bob.user.id))).toBe(true)
     for (const x of [a, b, c, d]) x.close()

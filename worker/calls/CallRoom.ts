@@ -19,9 +19,12 @@ interface CallState extends CallInfo {
   ended: boolean
 }
 
-/** Someone out of a conversation is out of the call they are in there, if any (their hub knows which). */
-export async function dropFromCall(env: Env, conversationId: string, userId: string): Promise<void> {
-  const callId = await getUserHub(env, userId).activeCall()
+/**
+ * Someone out of a conversation is out of the call they are in there: the one their hub knows they
+ * joined, else the one still ringing in that conversation (`ringing`, as its room remembers it).
+ */
+export async function dropFromCall(env: Env, conversationId: string, userId: string, ringing: string | null): Promise<void> {
+  const callId = (await getUserHub(env, userId).activeCall()) ?? ringing
   if (callId) await getCallRoom(env, callId).dropUser(conversationId, userId)
 }
 
@@ -75,6 +78,8 @@ export class CallRoom extends DurableObject<Env> {
       return ok(this.info())
     }
     await this.ctx.storage.setAlarm(startedAt + CALL_RING_MS)
+    // The conversation's room remembers the call, so someone removed while it rings stops ringing.
+    await getConversationRoom(this.env, conversationId).callStarted(conversationId, callId).catch((e: unknown) => console.warn('room not told of the call', String(e)))
     const ring: ServerMessage = { type: 'call-ring', call: this.info() }
     const rung = this.call.people.filter((p) => p.state === 'ringing')
     await Promise.all(rung.map((p) => getUserHub(this.env, p.userId).notify(ring)))

@@ -152,6 +152,8 @@ export class ConversationRoom extends DurableObject<Env> {
    */
   private away = new Map<string, { newest: number; push: number }>()
   private remindTimer: ReturnType<typeof setTimeout> | null = null
+  /** The call last started in this conversation (an ended one ignores a drop, so it need not be forgotten). */
+  private liveCall: string | null = null
   private lastRemindAt = 0
   private fanOutTimer: ReturnType<typeof setTimeout> | null = null
   /** When the safety-net alarm is due, as far as this instance knows (null: none set by it). */
@@ -580,11 +582,16 @@ export class ConversationRoom extends DurableObject<Env> {
     void getVoiceRoom(this.env, conversationId)
       .dropUser(conversationId, userId)
       .catch((e: unknown) => console.warn('voice room drop failed', String(e)))
-    void dropFromCall(this.env, conversationId, userId).catch((e: unknown) => console.warn('call drop failed', String(e)))
+    void dropFromCall(this.env, conversationId, userId, this.liveCall).catch((e: unknown) => console.warn('call drop failed', String(e)))
     return []
   }
 
   /** The end of a call, written by its CallRoom in the caller's name, once (the clientMsgId is the call's). */
+  /** A call started here (in memory: a room that restarts meanwhile finds joined people through their hubs only). */
+  async callStarted(conversationId: string, callId: string): Promise<void> {
+    if (this.conversationId === null || this.conversationId === conversationId) this.liveCall = callId
+  }
+
   async callEnded(conversationId: string, callerId: string, clientMsgId: string, video: boolean, outcome: CallOutcome, durationMs: number): Promise<RoomResult<Ack>> {
     return this.appendOnce(conversationId, callerId, clientMsgId, (base) => ({ ...base, type: 'call', video, outcome, durationMs }))
   }
