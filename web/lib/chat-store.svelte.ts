@@ -83,6 +83,11 @@ class ConversationState {
   loaded = $state(false)
 }
 
+/** Stored former members join the ones in memory; a name heard this session wins. */
+function keepNames(s: ConversationState, stored: PublicUser[] | undefined) {
+  for (const p of stored ?? []) if (!s.people.has(p.id)) s.people.set(p.id, p)
+}
+
 /**
  * All chat state of the signed-in user: conversations, events by seq, receipts, and the outbox
  * that survives reloads and goes out one write per conversation at a time.
@@ -215,7 +220,7 @@ export class ChatStore {
     void this.#cache
       .formerMembers(id)
       .then((stored) => {
-        for (const p of stored ?? []) if (!s.people.has(p.id)) s.people.set(p.id, p)
+        keepNames(s, stored)
         return this.#cache.saveFormerMembers(id, [...s.people.values()].map((p) => ({ ...p })))
       })
       .catch((e: unknown) => console.warn('names not cached', e))
@@ -308,7 +313,7 @@ export class ChatStore {
     const s = this.#state(id)
     if (!s.loaded) {
       const cached = await this.#cache.conversation(id)
-      for (const p of (await this.#cache.formerMembers(id)) ?? []) if (!s.people.has(p.id)) s.people.set(p.id, p)
+      keepNames(s, await this.#cache.formerMembers(id))
       if (cached && s.events.size === 0) {
         this.#ingest(id, cached.events, false)
         s.hasOlder = s.base > 1

@@ -147,14 +147,14 @@ export class ConversationRoom extends DurableObject<Env> {
   /**
    * Members whose hub answered that none of their devices is online: they are not called per event.
    * `newest` is the newest event skipped for them, `push` the newest one worth a push (a message or
-   * call from someone else). Each flush hands the hub that one event (its push, coalesced there as
-   * before); the hub says when a device is back. In memory only: a new instance calls everyone.
+   * call from someone else). A reminder timer hands the hub those events (its push, coalesced there
+   * as before); the hub says when a device is back. In memory only: a new instance calls everyone.
    */
   private away = new Map<string, { newest: number; push: number }>()
   private remindTimer: ReturnType<typeof setTimeout> | null = null
+  private lastRemindAt = 0
   /** The call last started in this conversation (an ended one ignores a drop, so it need not be forgotten). */
   private liveCall: string | null = null
-  private lastRemindAt = 0
   private fanOutTimer: ReturnType<typeof setTimeout> | null = null
   /** When the safety-net alarm is due, as far as this instance knows (null: none set by it). */
   private alarmAt: number | null = null
@@ -586,12 +586,12 @@ export class ConversationRoom extends DurableObject<Env> {
     return []
   }
 
-  /** The end of a call, written by its CallRoom in the caller's name, once (the clientMsgId is the call's). */
   /** A call started here (in memory: a room that restarts meanwhile finds joined people through their hubs only). */
   async callStarted(conversationId: string, callId: string): Promise<void> {
     if (this.conversationId === null || this.conversationId === conversationId) this.liveCall = callId
   }
 
+  /** The end of a call, written by its CallRoom in the caller's name, once (the clientMsgId is the call's). */
   async callEnded(conversationId: string, callerId: string, clientMsgId: string, video: boolean, outcome: CallOutcome, durationMs: number): Promise<RoomResult<Ack>> {
     return this.appendOnce(conversationId, callerId, clientMsgId, (base) => ({ ...base, type: 'call', video, outcome, durationMs }))
   }
@@ -833,7 +833,7 @@ export class ConversationRoom extends DurableObject<Env> {
       this.remindTimer = null
       this.lastRemindAt = Date.now()
       this.remindAway()
-    }, Math.max(FLUSH_DELAY_MS, this.lastRemindAt + FLUSH_MIN_GAP_MS - Date.now()))
+    }, spacedDelay(this.lastRemindAt))
   }
 
   /** Each away member's hub gets the newest event worth a push and the newest event of all it was spared (one call when they are the same). */
@@ -845,6 +845,8 @@ export class ConversationRoom extends DurableObject<Env> {
         this.away.delete(userId)
         continue
       }
+      if (mark.newest === 0) continue
+      this.away.delete(userId)
       if (mark.push > 0) this.handBack(conversationId, userId, mark.push)
       if (mark.newest > mark.push) this.handBack(conversationId, userId, mark.newest)
     }
@@ -858,9 +860,8 @@ export class ConversationRoom extends DurableObject<Env> {
     if (mark.newest > 0) this.handBack(conversationId, userId, mark.newest)
   }
 
-  /** Calls the member's hub again with one event as it is now (an answer of "away" marks them again). */
+  /** Calls the member's hub (no longer marked) with one event as it is now (an answer of "away" marks them again). */
   private handBack(conversationId: string, userId: string, seq: number) {
-    this.away.delete(userId)
     const row = this.eventRow(seq)
     if (!row) return
     const { meta, frame } = deliveryOf(rowToEvent(conversationId, row))
@@ -880,7 +881,7 @@ export class ConversationRoom extends DurableObject<Env> {
       return
     }
     if (this.lastSeq - this.d1Seq >= FLUSH_BATCH) return void this.startFlush()
-    this.flushTimer ??= setTimeout(() => this.startFlush(), Math.max(FLUSH_DELAY_MS, this.lastFlushAt + FLUSH_MIN_GAP_MS - Date.now()))
+    this.flushTimer ??= setTimeout(() => this.startFlush(), spacedDelay(this.lastFlushAt))
   }
 
   private startFlush(): Promise<void> {
@@ -1060,6 +1061,11 @@ export class ConversationRoom extends DurableObject<Env> {
       receipts: this.receipts(),
     }
   }
+}
+
+/** FLUSH_DELAY_MS from now, and at least FLUSH_MIN_GAP_MS after `last` (wall time): the pace of flushes and reminders. */
+function spacedDelay(last: number): number {
+  return Math.max(FLUSH_DELAY_MS, last + FLUSH_MIN_GAP_MS - Date.now())
 }
 
 /** An event as hubs get it: serialised once for every member; only the routing facts cross as an object. */

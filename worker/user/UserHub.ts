@@ -423,8 +423,12 @@ export class UserHub extends DurableObject<Env> {
 
   // ---- rooms that stopped calling while no device was online ----
 
+  private storedAwayRooms(): Set<string> {
+    return new Set(this.ctx.storage.kv.get<string[]>('away_rooms') ?? [])
+  }
+
   private noteAway(conversationId: string) {
-    const rooms = (this.awayRooms ??= new Set(this.ctx.storage.kv.get<string[]>('away_rooms') ?? []))
+    const rooms = (this.awayRooms ??= this.storedAwayRooms())
     if (rooms.has(conversationId)) return
     rooms.add(conversationId)
     // One write per conversation per absence, not per event.
@@ -433,7 +437,7 @@ export class UserHub extends DurableObject<Env> {
 
   /** A device is online again: every room that stopped calling calls again (and hands over the newest event it held back). */
   private async backInRooms(userId: string) {
-    const rooms = this.awayRooms ?? new Set(this.ctx.storage.kv.get<string[]>('away_rooms') ?? [])
+    const rooms = this.awayRooms ?? this.storedAwayRooms()
     this.awayRooms = new Set()
     if (rooms.size === 0) return
     this.ctx.storage.kv.delete('away_rooms')
