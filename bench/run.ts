@@ -4,7 +4,7 @@
 // Prosody, the same workloads against each in one run. Prints a table and writes bench/results.md
 // (a subset or --quick run writes bench/results-partial.md, so it never replaces the full record).
 //   npm run bench [-- --quick] [-- --only=latency,fanout] [-- --systems=echovalley,floor]
-//   BENCH_TP_S=40 lengthens the throughput runs (to take a CPU profile with BENCH_INSPECTOR).
+//   BENCH_TP_S=40 lengthens the throughput runs and BENCH_LATENCY_SENDS=20000 the one-in-flight run (to take a CPU profile with BENCH_INSPECTOR).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -30,7 +30,9 @@ const RESULTS = QUICK || ONLY || SYSTEMS ? 'bench/results-partial.md' : 'bench/r
 /** Durable Objects hibernate after 10 s without events; idle readings wait longer than that. */
 const HIBERNATE_MS = 12_000
 const SIZES = {
-  latencySends: QUICK ? 200 : 500,
+  /** Sends before the timed ones, so every system is measured with its code compiled (JIT), not while it warms up. */
+  latencyWarm: QUICK ? 100 : 1000,
+  latencySends: Number(process.env.BENCH_LATENCY_SENDS ?? (QUICK ? 200 : 2000)),
   loadRate: 2000,
   loadSeconds: QUICK ? 3 : 5,
   loadConversations: 100,
@@ -241,7 +243,7 @@ async function latency(t: Target, users: User[]) {
   const a = await t.connect(users[0]!)
   const b = await t.connect(users[1]!)
   const times: number[] = []
-  for (let i = 0; i < 20; i++) await a.send(conv, `warm ${i}`)
+  for (let i = 0; i < SIZES.latencyWarm; i++) await a.send(conv, `warm ${i}`)
   for (let i = 0; i < SIZES.latencySends; i++) {
     const t0 = performance.now()
     await a.send(conv, `ping ${i}`)
