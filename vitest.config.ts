@@ -33,6 +33,10 @@ export default defineConfig({
                 PUSH_RETRY_BASE_S: '0',
                 TRANSCRIBER_URL: transcriber.url,
                 TEST_VOICE: JSON.stringify(voice),
+                // Objects hand metrics over every 200 ms instead of every minute, so tests see them soon.
+                METRICS_MIN_GAP_MS: '200',
+                METRICS_SCRAPE_TOKEN: 'test-scrape-token-0123456789',
+                LOG_LEVEL: 'warn',
               },
               // Outbound fetches reach the transcriber on loopback or a push service in Node, never the internet.
               outboundService: async (request: Request) => {

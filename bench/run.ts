@@ -269,7 +269,7 @@ async function restCalls(t: Target, users: User[]) {
     await t.rest.authed(users[0]!)
     authed.push(performance.now() - t0)
   }
-  record('REST p50, GET /api/health (no auth)', 'ms', 'lower', t.name, pct(open, 50))
+  record('REST p50, GET /api/health/live (no auth)', 'ms', 'lower', t.name, pct(open, 50))
   record('REST p50, GET /api/me (token + session check + user row)', 'ms', 'lower', t.name, pct(authed, 50))
 }
 

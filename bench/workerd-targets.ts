@@ -78,6 +78,7 @@ async function bareServer(kind: 'product' | 'floor', vars: Record<string, string
       LOGIN_GUARD: { className: 'LoginGuard', useSQLite: true },
       VOICE: { className: 'VoiceRoom', useSQLite: true },
       CALL: { className: 'CallRoom', useSQLite: true },
+      METRICS_SHARD: { className: 'MetricsShard', useSQLite: true },
     },
     ratelimits: { LOGIN_IP_LIMIT: { simple: { limit: 30, period: 60 } }, TICKET_LIMIT: { simple: { limit: 120, period: 60 } } },
     queueProducers: { PUSH_QUEUE: { queueName: 'echovalley-push' } },
@@ -221,7 +222,7 @@ export async function productTarget(runtime: Runtime): Promise<Target> {
         await json(`${server.url}/api/me`, { token: u.token })
       },
       async open() {
-        await json(`${server.url}/api/health`)
+        await json(`${server.url}/api/health/live`)
       },
     },
     pid: () => server.pid(),

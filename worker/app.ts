@@ -16,6 +16,10 @@ import { searchRoutes } from './routes/search'
 import { uploadRoutes } from './routes/uploads'
 import { profileRoutes, userRoutes } from './routes/users'
 import { wsRoutes } from './routes/ws'
+import { adminRoutes } from './routes/admin'
+import { reportRoutes } from './routes/reports'
+import { healthRoutes } from './routes/health'
+import { requestLog } from './ops/request-log'
 import { transcriberFor } from './media/transcriber'
 import { ErrorCode } from './shared/errors'
 import type { Capabilities } from './shared/protocol'
@@ -24,6 +28,7 @@ const MAX_JSON_BODY = 64 * 1024
 
 export const app = new Hono<AppEnv>()
   .basePath('/api')
+  .use(requestLog)
   // A 101 response's headers are immutable, so upgrades skip the header middleware.
   .use((c, next) => (c.req.header('upgrade') ? next() : secureHeaders()(c, next)))
   // Upload chunks have their own, larger limit (routes/uploads.ts).
@@ -32,7 +37,7 @@ export const app = new Hono<AppEnv>()
       ? next()
       : bodyLimit({ maxSize: MAX_JSON_BODY, onError: () => fail(413, ErrorCode.PAYLOAD_TOO_LARGE, `request bodies are limited to ${MAX_JSON_BODY} bytes`) })(c, next),
   )
-  .get('/health', (c) => c.json({ ok: true }))
+  .route('/health', healthRoutes)
   .get('/capabilities', (c) => c.json({ transcribe: transcriberFor(c.env) !== null, push: !!(c.env.VAPID_PUBLIC_KEY && c.env.VAPID_PRIVATE_KEY) } satisfies Capabilities))
   .route('/auth', authRoutes)
   .route('/me', meRoutes)
@@ -49,6 +54,8 @@ export const app = new Hono<AppEnv>()
   .route('/link-preview', linkPreviewRoutes)
   .route('/voice', voiceRoutes)
   .route('/calls', callRoutes)
+  .route('/reports', reportRoutes)
+  .route('/admin', adminRoutes)
 
 app.notFound((c) => c.json(errorBody(ErrorCode.NOT_FOUND, 'no such endpoint'), 404))
 app.onError(renderError)

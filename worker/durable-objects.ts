@@ -21,3 +21,8 @@ export function getVoiceRoom(env: Env, conversationId: string) {
 export function getCallRoom(env: Env, callId: string) {
   return env.CALL.get(env.CALL.idFromName(callId))
 }
+
+/** One of METRICS_SHARDS objects that sum the metrics of the objects hashed to it. */
+export function getMetricsShard(env: Env, shard: number) {
+  return env.METRICS_SHARD.get(env.METRICS_SHARD.idFromName(`metrics-${shard}`))
+}

@@ -5,6 +5,7 @@ import type { QueueMessage } from './shared/jobs'
 import type { UploadSession } from './media/UploadSession'
 import type { LoginGuard } from './auth/LoginGuard'
 import type { UserHub } from './user/UserHub'
+import type { MetricsShard } from './ops/MetricsShard'
 
 export interface Env {
   DB: D1Database
@@ -17,6 +18,15 @@ export interface Env {
   MEDIA: R2Bucket
   UPLOAD: DurableObjectNamespace<UploadSession>
   LOGIN_GUARD: DurableObjectNamespace<LoginGuard>
+  METRICS_SHARD: DurableObjectNamespace<MetricsShard>
+  /** Workers Analytics Engine dataset for metrics (production; locally a no-op). */
+  METRICS?: AnalyticsEngineDataset
+  /** How often a busy object hands its counts over, ms (default 60000; tests shorten it). */
+  METRICS_MIN_GAP_MS?: string
+  /** How many metrics shards (default 16). */
+  METRICS_SHARDS?: string
+  /** A bearer token Prometheus presents to GET /api/admin/metrics (a secret); admins' tokens work too. */
+  METRICS_SCRAPE_TOKEN?: string
   /** Password tries per client address (Rate Limiting binding: fixed window per location). */
   LOGIN_IP_LIMIT: RateLimit
   /** Socket tickets per session. */
@@ -50,6 +60,8 @@ export interface Env {
   REGISTER_RATE?: string
   /** Frames per socket, "burst/perSecond" (default 200/50); benchmarks lift it. */
   FRAME_RATE?: string
+  /** Request logs below this level are dropped: debug, info (default), warn, error. */
+  LOG_LEVEL?: string
   /** Benchmarks only: a group ceiling above the product's 50. */
   GROUP_LIMIT?: string
 }
@@ -59,4 +71,4 @@ export interface AuthContext {
   sessionId: string
 }
 
-export type AppEnv = { Bindings: Env; Variables: { auth: AuthContext } }
+export type AppEnv = { Bindings: Env; Variables: { auth: AuthContext; requestId: string } }

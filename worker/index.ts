@@ -8,6 +8,7 @@ export { UploadSession } from './media/UploadSession'
 export { LoginGuard } from './auth/LoginGuard'
 export { VoiceRoom } from './voice/VoiceRoom'
 export { CallRoom } from './calls/CallRoom'
+export { MetricsShard } from './ops/MetricsShard'
 
 export default {
   fetch: app.fetch,

@@ -70,7 +70,7 @@ export class FloorRoom extends DurableObject<Env> {
 export default {
   async fetch(request: Request, env: Env): Promise<Response> {
     const url = new URL(request.url)
-    if (url.pathname === '/api/health') return new Response('ok')
+    if (url.pathname === '/api/health/live') return new Response('ok')
     const conv = url.searchParams.get('conv')
     if (url.pathname !== '/ws' || !conv || request.headers.get('upgrade') !== 'websocket') return new Response('not found', { status: 404 })
     return env.ROOM.get(env.ROOM.idFromName(conv)).fetch(request)

@@ -112,7 +112,7 @@ async function launch(port: number, stateDir: string, vars: Record<string, strin
   for (;;) {
     if (child.exitCode !== null) throw new Error(`wrangler dev exited early:\n${log}`)
     try {
-      const res = await fetch(`${url}/api/health`)
+      const res = await fetch(`${url}/api/health/live`)
       if (res.ok) return child
     } catch {
       // not listening yet

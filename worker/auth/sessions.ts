@@ -52,6 +52,7 @@ export async function rotateRefreshToken(env: Env, db: Db, presented: string, pl
     .innerJoin(users, eq(users.id, sessions.userId))
     .where(eq(refreshTokens.tokenHash, tokenHash))
     .get()
+  if (row?.user.suspendedAt != null) fail(403, ErrorCode.SUSPENDED, 'this account is suspended')
   if (!row || row.session.revokedAt !== null || row.token.expiresAt < Date.now()) {
     fail(401, ErrorCode.UNAUTHORIZED, 'refresh token is invalid or expired')
   }
@@ -82,4 +83,12 @@ export async function revokeOtherSessions(env: Env, db: Db, userId: string, keep
   const others = (await db.select({ id: sessions.id }).from(sessions).where(and(eq(sessions.userId, userId), isNull(sessions.revokedAt)))).filter((s) => s.id !== keep)
   for (const s of others) await revokeSession(env, db, userId, s.id)
   return others.length
+}
+
+/** Signs a person out everywhere at once (a suspension): every session revoked, every socket closed. */
+export async function revokeAllSessions(env: Env, db: Db, userId: string, reason: ErrorCode): Promise<number> {
+  const open = await db.update(sessions).set({ revokedAt: Date.now() }).where(and(eq(sessions.userId, userId), isNull(sessions.revokedAt))).returning({ id: sessions.id })
+  for (const s of open) rememberRevoked(s.id)
+  await getUserHub(env, userId).closeAll(reason)
+  return open.length
 }

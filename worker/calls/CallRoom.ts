@@ -6,6 +6,8 @@ import { ErrorCode } from '../shared/errors'
 import { CALL_MAX_PEOPLE, type CallEndReason, type CallInfo, type CallOutcome, type CallSignal, type ServerMessage } from '../shared/protocol'
 import { liveAccess } from '../social/policy'
 import { getDb } from '../db/client'
+import { Metrics } from '../ops/metrics'
+import { Gauge } from '../shared/metrics'
 
 /** Nobody answered in this long: a missed call. */
 export const CALL_RING_MS = 45_000
@@ -37,6 +39,7 @@ const fail = (code: ErrorCode, message: string): RoomResult<never> => ({ ok: fal
  * into the conversation ("missed voice call", "video call · 3:24").
  */
 export class CallRoom extends DurableObject<Env> {
+  private metrics = new Metrics(this.env, `call:${this.ctx.id.toString()}`)
   private call: CallState | null
   /** The clock; tests move it to reach the ring timeout. */
   now = () => Date.now()
@@ -72,6 +75,7 @@ export class CallRoom extends DurableObject<Env> {
       ],
     }
     this.save()
+    this.metrics.gauge(Gauge.callsLive, 1)
     await getUserHub(this.env, callerId).setActiveCall(callId)
     if (!this.call.people.some((p) => p.state === 'ringing')) {
       await this.end('busy')
@@ -226,6 +230,7 @@ export class CallRoom extends DurableObject<Env> {
     if (call.ended) return
     call.ended = true
     this.save()
+    this.metrics.gauge(Gauge.callsLive, 0)
     await this.ctx.storage.deleteAlarm()
     const outcome: CallOutcome = call.answeredAt ? 'answered' : reason === 'busy' ? 'busy' : reason === 'declined' ? 'declined' : reason === 'cancelled' ? 'cancelled' : 'missed'
     const durationMs = call.answeredAt ? this.now() - call.answeredAt : 0

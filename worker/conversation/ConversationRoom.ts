@@ -21,10 +21,12 @@ import {
   type Receipt,
   type Role,
 } from '../shared/protocol'
-import { EVENT_COLUMNS, eventToRow, rowToEvent, type EventRow } from './event-rows'
+import { EVENT_COLUMNS, eventToRow, MODERATOR, rowToEvent, type EventRow } from './event-rows'
 import { fail, ok, type RoomResult } from '../do-result'
 import { parseRate, RateLimiter } from './rate-limit'
 import { migrateRoom, ROOM_SCHEMA_VERSION } from './room-schema'
+import { Metrics } from '../ops/metrics'
+import { Counter, Gauge } from '../shared/metrics'
 
 export type { RoomResult } from '../do-result'
 export interface Ack {
@@ -110,6 +112,7 @@ export class ConversationRoom extends DurableObject<Env> {
   /** A direct chat between two people where one blocked the other takes no writes. */
   private blocked = false
   private members = new Map<string, Member>()
+  readonly metrics: Metrics
   private lastSeq = 0
   /** Every event up to here is in D1. */
   private d1Seq = 0
@@ -167,6 +170,7 @@ export class ConversationRoom extends DurableObject<Env> {
     super(ctx, env)
     this.sql = ctx.storage.sql
     this.limiter = new RateLimiter(...parseRate(env.WRITE_RATE, DEFAULT_WRITE_RATE))
+    this.metrics = new Metrics(env, `room:${ctx.id.toString()}`, () => this.metrics.gauge(Gauge.d1FlushLag, this.flushLagSeconds()))
     // Synchronous: nothing to wait for, and no extra turn before the first call.
     migrateRoom(this.sql)
     this.loadState()
@@ -276,6 +280,21 @@ export class ConversationRoom extends DurableObject<Env> {
     need: 'member' | 'admin' | 'owner',
     act: (member: Member) => RoomResult<Ack>,
   ): Promise<RoomResult<Ack>> {
+    const result = await this.checkedWrite(conversationId, actorId, clientMsgId, need, act)
+    if (!result.ok) {
+      this.metrics.count(Counter.messagesRefused, result.code)
+      if (result.code === ErrorCode.RATE_LIMITED) this.metrics.count(Counter.rateLimited, 'room')
+    }
+    return result
+  }
+
+  private async checkedWrite(
+    conversationId: string,
+    actorId: string,
+    clientMsgId: string,
+    need: 'member' | 'admin' | 'owner',
+    act: (member: Member) => RoomResult<Ack>,
+  ): Promise<RoomResult<Ack>> {
     const auth = await this.authorizeWrite(conversationId, actorId, clientMsgId)
     if (auth.ok === 'dup') return ok(auth.ack)
     if (!auth.ok) return auth
@@ -340,6 +359,7 @@ export class ConversationRoom extends DurableObject<Env> {
       this.persistCursors()
     })
     this.lastSeq = event.seq
+    if (event.type === 'message') this.metrics.count(Counter.messagesAccepted)
     this.recent.push({ seq: event.seq, senderId: event.senderId, message: event.type === 'message' })
     if (this.recent.length > RECENT_EVENTS) this.recent.splice(0, this.recent.length - RECENT_EVENTS)
     if (event.type === 'member') this.reloadMembers()
@@ -471,19 +491,48 @@ export class ConversationRoom extends DurableObject<Env> {
         return fail(ErrorCode.TOO_LATE, `messages can be recalled for ${RECALL_WINDOW_MS / 1000} seconds`)
       }
       const byAdmin = !isSender
-      return ok(
-        this.commit({ type: 'recall', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: now, targetSeq, byAdmin }, () => {
-          // The blobs go too: queued here, in the same transaction, and deleted by the flush.
-          for (const id of mediaIdsOf(target.body ? (JSON.parse(target.body) as MessageBody) : null)) {
-            this.sql.exec('INSERT OR IGNORE INTO media_purge (media_id) VALUES (?)', id)
-            this.purgePending = true
-          }
-          this.sql.exec('UPDATE events SET body = NULL, kind = NULL, recalled_by = ?, recalled_by_admin = ? WHERE seq = ?', userId, Number(byAdmin), targetSeq)
-          const edits = this.sql.exec<{ seq: number }>(`SELECT seq FROM events WHERE type = 'edit' AND target_seq = ?`, targetSeq).toArray().map((r) => r.seq)
-          this.sql.exec(`UPDATE events SET body = NULL WHERE type = 'edit' AND target_seq = ?`, targetSeq)
-          return [targetSeq, ...edits]
-        }, [], origin),
-      )
+      return ok(this.commit({ type: 'recall', conversationId, seq: this.lastSeq + 1, senderId: userId, clientMsgId, serverTs: now, targetSeq, byAdmin }, () => this.erase(target, userId, Number(byAdmin)), [], origin))
+    })
+  }
+
+  /** Inside a recall's commit: the content goes from the log (and its edits); D1 gets the rewrite. */
+  private erase(target: EventRow, by: string, byCode: number): number[] {
+    // The blobs go too: queued here, in the same transaction, and deleted by the flush.
+    for (const id of mediaIdsOf(target.body ? (JSON.parse(target.body) as MessageBody) : null)) {
+      this.sql.exec('INSERT OR IGNORE INTO media_purge (media_id) VALUES (?)', id)
+      this.purgePending = true
+    }
+    this.sql.exec('UPDATE events SET body = NULL, kind = NULL, recalled_by = ?, recalled_by_admin = ? WHERE seq = ?', by, byCode, target.seq)
+    const edits = this.sql.exec<{ seq: number }>(`SELECT seq FROM events WHERE type = 'edit' AND target_seq = ?`, target.seq).toArray().map((r) => r.seq)
+    this.sql.exec(`UPDATE events SET body = NULL WHERE type = 'edit' AND target_seq = ?`, target.seq)
+    return [target.seq, ...edits]
+  }
+
+  // ---- moderation of the service ----
+
+  /** A copy of a message a member reports, as the member sees it now. */
+  async reportedMessage(conversationId: string, reporterId: string, seq: number): Promise<RoomResult<{ senderId: string; serverTs: number; body: MessageBody }>> {
+    const auth = await this.authorize(conversationId, reporterId)
+    if (!auth.ok) return auth
+    const target = this.visibleMessage(auth.value, seq)
+    if (!target || target.body === null) return fail(ErrorCode.NOT_FOUND, 'no such message')
+    return ok({ senderId: target.sender_id, serverTs: target.created_at, body: JSON.parse(target.body) as MessageBody })
+  }
+
+  /**
+   * A moderator removes a message after a report: a recall with no time limit, by someone who is
+   * not a member, shown as "removed by a moderator". Erased everywhere like any recall.
+   */
+  async removeByModerator(conversationId: string, moderatorId: string, clientMsgId: string, targetSeq: number): Promise<RoomResult<Ack>> {
+    const loaded = await this.ensureLoaded(conversationId)
+    if (!loaded.ok) return loaded
+    return this.inSenderOrder(moderatorId, async () => {
+      const dup = this.findBySender(moderatorId, clientMsgId)
+      if (dup) return ok(dup)
+      const target = this.eventRow(targetSeq)
+      if (!target || target.type !== 'message') return fail(ErrorCode.NOT_FOUND, 'no such message')
+      if (target.recalled_by !== null) return fail(ErrorCode.CONFLICT, 'the message was already removed')
+      return ok(this.commit({ type: 'recall', conversationId, seq: this.lastSeq + 1, senderId: moderatorId, clientMsgId, serverTs: this.now(), targetSeq, byAdmin: true, byModerator: true }, () => this.erase(target, moderatorId, MODERATOR)))
     })
   }
 
@@ -870,6 +919,13 @@ export class ConversationRoom extends DurableObject<Env> {
 
   // ---- write-behind: this object's cursors, and D1 ----
 
+  /** How old the oldest event D1 does not have yet is (0 when D1 has them all). */
+  private flushLagSeconds(): number {
+    if (this.lastSeq <= this.d1Seq) return 0
+    const oldest = this.sql.exec<{ created_at: number }>('SELECT created_at FROM events WHERE seq > ? ORDER BY seq LIMIT 1', this.d1Seq).toArray()[0]
+    return oldest ? Math.max(0, (Date.now() - oldest.created_at) / 1000) : 0
+  }
+
   private pendingD1(): number {
     return this.lastSeq - this.d1Seq + this.readDirty.size + this.cursorsDirty.size
   }
@@ -890,7 +946,10 @@ export class ConversationRoom extends DurableObject<Env> {
     if (this.flushing) return this.flushing
     this.lastFlushAt = Date.now()
     this.flushing = this.flush()
-      .catch((e: unknown) => console.warn('D1 flush failed; the alarm retries', String(e)))
+      .catch((e: unknown) => {
+        console.warn('D1 flush failed; the alarm retries', String(e))
+        this.metrics.gauge(Gauge.d1FlushLag, this.flushLagSeconds())
+      })
       .finally(() => {
         this.flushing = null
         if (this.flushAgain) {

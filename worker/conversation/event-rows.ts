@@ -25,7 +25,7 @@ export function rowToEvent(conversationId: string, r: EventRow): ConversationEve
     case 'edit':
       return { ...base, type: 'edit', targetSeq: r.target_seq!, body }
     case 'recall':
-      return { ...base, type: 'recall', targetSeq: r.target_seq!, byAdmin: !!r.recalled_by_admin }
+      return { ...base, type: 'recall', targetSeq: r.target_seq!, byAdmin: !!r.recalled_by_admin, ...(r.recalled_by_admin === MODERATOR ? { byModerator: true } : {}) }
     case 'member':
       return { ...base, type: 'member', ...(body as Pick<MemberEvent, 'action' | 'userIds' | 'role'>) }
     case 'renamed':
@@ -42,7 +42,7 @@ export function rowToEvent(conversationId: string, r: EventRow): ConversationEve
         type: 'message',
         body: body as MessageBody | null,
         ...(r.edited_at !== null ? { editedAt: r.edited_at } : {}),
-        ...(r.recalled_by !== null ? { recalled: { by: r.recalled_by, byAdmin: !!r.recalled_by_admin } } : {}),
+        ...(r.recalled_by !== null ? { recalled: { by: r.recalled_by, byAdmin: !!r.recalled_by_admin, ...(r.recalled_by_admin === MODERATOR ? { byModerator: true } : {}) } } : {}),
       }
   }
 }
@@ -79,7 +79,11 @@ export function eventToRow(e: ConversationEvent): EventRow {
     target_seq: e.type === 'edit' || e.type === 'recall' || e.type === 'reaction' ? e.targetSeq : null,
     edited_at: e.type === 'message' ? (e.editedAt ?? null) : null,
     recalled_by: e.type === 'message' ? (e.recalled?.by ?? null) : null,
-    recalled_by_admin: e.type === 'recall' ? Number(e.byAdmin) : e.type === 'message' && e.recalled ? Number(e.recalled.byAdmin) : null,
+    recalled_by_admin: e.type === 'recall' ? recalledByCode(e.byAdmin, e.byModerator) : e.type === 'message' && e.recalled ? recalledByCode(e.recalled.byAdmin, e.recalled.byModerator) : null,
     created_at: e.serverTs,
   }
 }
+
+/** recalled_by_admin: 0 the sender, 1 a group admin, 2 a moderator of the service. */
+export const MODERATOR = 2
+export const recalledByCode = (byAdmin: boolean, byModerator?: boolean) => (byModerator ? MODERATOR : Number(byAdmin))

@@ -16,6 +16,11 @@ export const users = sqliteTable('users', {
   presenceVisibility: text('presence_visibility', { enum: ['everyone', 'friends', 'nobody'] }).notNull().default('everyone'),
   lastSeenAt: integer('last_seen_at'),
   createdAt: integer('created_at').notNull().default(now),
+  /** Operators of the whole service (monitoring, reports, suspensions); granted only from the command line. */
+  isAdmin: integer('is_admin', { mode: 'boolean' }).notNull().default(false),
+  /** Set while the account is suspended: its sessions are revoked and sign-in is refused. */
+  suspendedAt: integer('suspended_at'),
+  suspendedReason: text('suspended_reason'),
 }, (t) => [index('users_display_name_idx').on(sql`lower(${t.displayName})`)])
 export type User = typeof users.$inferSelect
 
@@ -228,4 +233,45 @@ export const media = sqliteTable(
     createdAt: integer('created_at').notNull().default(now),
   },
   (t) => [index('media_owner_idx').on(t.ownerId), index('media_conversation_idx').on(t.conversationId)],
+)
+
+/**
+ * A person's report of a message or a user. A message report keeps a copy of the message for the
+ * moderators (it survives a recall) until the case is closed; then the copy is deleted.
+ */
+export const reports = sqliteTable(
+  'reports',
+  {
+    id: text('id').primaryKey(),
+    reporterId: text('reporter_id').notNull().references(() => users.id),
+    /** The reported person: the user reported, or the message's sender. */
+    targetUserId: text('target_user_id').notNull().references(() => users.id),
+    conversationId: text('conversation_id'),
+    seq: integer('seq'),
+    reason: text('reason').notNull(),
+    note: text('note').notNull().default(''),
+    /** JSON of the message as it was reported; null for a user report and once the case is closed. */
+    messageCopy: text('message_copy'),
+    status: text('status', { enum: ['open', 'dismissed', 'actioned'] }).notNull().default('open'),
+    createdAt: integer('created_at').notNull().default(now),
+    closedAt: integer('closed_at'),
+    closedBy: text('closed_by'),
+  },
+  (t) => [index('reports_status_idx').on(t.status, t.createdAt), uniqueIndex('reports_once_idx').on(t.reporterId, t.targetUserId, t.conversationId, t.seq)],
+)
+
+/** Every action an operator took, newest last; never edited. */
+export const auditLog = sqliteTable(
+  'audit_log',
+  {
+    id: integer('id').primaryKey({ autoIncrement: true }),
+    /** The admin's user id, or "cli" for the command line. */
+    actor: text('actor').notNull(),
+    action: text('action').notNull(),
+    targetUserId: text('target_user_id'),
+    reportId: text('report_id'),
+    detail: text('detail').notNull().default(''),
+    at: integer('at').notNull().default(now),
+  },
+  (t) => [index('audit_log_at_idx').on(t.at)],
 )

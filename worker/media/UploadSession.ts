@@ -4,6 +4,8 @@ import { ErrorCode } from '../shared/errors'
 import { R2_MIN_PART, UPLOAD_LIMITS, UPLOAD_TTL_MS, type UploadKind } from '../shared/limits'
 import { fail, ok, type RoomResult } from '../do-result'
 import { inspectMedia, SNIFF_BYTES, sniffFor, type MediaInfo } from './inspect'
+import { Metrics } from '../ops/metrics'
+import { Counter } from '../shared/metrics'
 
 /** SQLite rows are capped at 2 MB, so staged bytes are kept in slices of this size. */
 const SLICE = 1024 * 1024
@@ -171,6 +173,7 @@ export class UploadSession extends DurableObject<Env> {
       }
     } catch (e) {
       console.error('upload not assembled', String(e))
+      await this.countUpload('failed')
       return fail(ErrorCode.INTERNAL, 'the upload could not be stored; send the last chunk again')
     }
     // Voice durations need the whole file; image sizes only the header.
@@ -178,6 +181,7 @@ export class UploadSession extends DurableObject<Env> {
     const info = inspectMedia(meta.kind, meta.mime!, bytes, meta.length!)
     if (!info.ok) {
       await this.env.MEDIA.delete(key)
+      await this.countUpload('failed')
       return this.reject(info)
     }
     await this.env.DB.prepare(
@@ -190,7 +194,16 @@ export class UploadSession extends DurableObject<Env> {
       this.sql.exec('DELETE FROM staged')
       this.save({ ...this.meta!, state: 'done', parts: [] })
     })
+    await this.countUpload('ok', info.value.size)
     return ok({ offset: meta.length!, length: meta.length, expiresAt: meta.expiresAt, media: info.value })
+  }
+
+  /** An upload ends once: its counts go to the shard now, since this object is done. */
+  private async countUpload(outcome: 'ok' | 'failed', bytes = 0) {
+    const metrics = new Metrics(this.env, `upload:${this.ctx.id.toString()}`)
+    metrics.count(Counter.uploads, outcome)
+    metrics.count(Counter.uploadBytes, undefined, bytes)
+    await metrics.flush()
   }
 
   /** Bad bytes end the upload: nothing of it is kept. */

@@ -4,6 +4,8 @@ import { QueueMessage, type CallPushJob, type PushJob } from '../shared/jobs'
 import { callPreview } from '../shared/limits'
 import { previewOf, type CallPushPayload, type PushPayload } from '../shared/protocol'
 import { sendWebPush, type SendOutcome } from './web-push'
+import { Metrics } from '../ops/metrics'
+import { Counter } from '../shared/metrics'
 
 export const PUSH_QUEUE = 'echovalley-push'
 export const PUSH_DLQ = 'echovalley-push-dlq'
@@ -28,7 +30,7 @@ function pushPayload(job: PushJob, sender: string | null, text: string | null, p
 }
 
 /** Returns false when some endpoint failed and the job should be retried. */
-async function deliverPush(env: Env, job: PushJob): Promise<boolean> {
+async function deliverPush(env: Env, job: PushJob, metrics: Metrics): Promise<boolean> {
   // Most jobs are for people without a push subscription: one D1 read, and the room is not woken.
   // A muted conversation stays silent (the list still counts it unread).
   const any = await env.DB.prepare(
@@ -43,13 +45,13 @@ async function deliverPush(env: Env, job: PushJob): Promise<boolean> {
   if (!found.ok || !found.value.event || found.value.receipt.deliveredSeq >= job.seq) return true
   const event = found.value.event
   // A call ended: "Missed voice call" pushes like a message.
-  if (event.type === 'call' && event.senderId !== job.userId) return sendPushes(env, job, event.senderId, callPreview(event))
+  if (event.type === 'call' && event.senderId !== job.userId) return sendPushes(env, job, event.senderId, callPreview(event), metrics)
   if (event.type !== 'message' || event.body === null || event.senderId === job.userId) return true
-  return sendPushes(env, job, event.senderId, previewOf(event.body, false))
+  return sendPushes(env, job, event.senderId, previewOf(event.body, false), metrics)
 }
 
 /** Sends one notification to each of the user's endpoints, once per (endpoint, message). */
-async function sendPushes(env: Env, job: PushJob, senderId: string, text: string): Promise<boolean> {
+async function sendPushes(env: Env, job: PushJob, senderId: string, text: string, metrics: Metrics): Promise<boolean> {
   const [subs, people, blocked] = await env.DB.batch<Record<string, unknown>>([
     env.DB.prepare('SELECT endpoint, p256dh, auth FROM push_subscriptions WHERE user_id = ?').bind(job.userId),
     env.DB.prepare('SELECT id, display_name, push_previews FROM users WHERE id IN (?, ?)').bind(job.userId, senderId),
@@ -70,7 +72,7 @@ async function sendPushes(env: Env, job: PushJob, senderId: string, text: string
       .bind(sub.endpoint, job.conversationId, job.seq)
       .run()
     if (claim.meta.changes === 0) continue
-    if ((await sendTo(env, sub, payload)) === 'failed') {
+    if ((await sendTo(env, sub, payload, metrics)) === 'failed') {
       await env.DB.prepare('DELETE FROM push_deliveries WHERE endpoint = ? AND conversation_id = ? AND seq = ?')
         .bind(sub.endpoint, job.conversationId, job.seq)
         .run()
@@ -81,7 +83,7 @@ async function sendPushes(env: Env, job: PushJob, senderId: string, text: string
 }
 
 /** "Incoming video call" to every subscribed device of the callee, or the end of that ringing. */
-async function deliverCallPush(env: Env, job: CallPushJob): Promise<void> {
+async function deliverCallPush(env: Env, job: CallPushJob, metrics: Metrics): Promise<void> {
   const { results: subs } = await env.DB.prepare('SELECT endpoint, p256dh, auth FROM push_subscriptions WHERE user_id = ?').bind(job.userId).all<SubscriptionRow>()
   if (subs.length === 0) return
   const info = await getCallRoom(env, job.callId).infoFor(job.userId)
@@ -99,11 +101,11 @@ async function deliverCallPush(env: Env, job: CallPushJob): Promise<void> {
     title: caller?.display_name ?? 'echovalley',
     body: ringing ? (info.video ? 'Incoming video call' : 'Incoming voice call') : missed ? (info.video ? 'Missed video call' : 'Missed voice call') : '',
   }
-  for (const sub of subs) await sendTo(env, sub, payload)
+  for (const sub of subs) await sendTo(env, sub, payload, metrics)
 }
 
 /** One notification to one endpoint; an endpoint the push service says is gone is forgotten. */
-async function sendTo(env: Env, sub: SubscriptionRow, payload: PushPayload | CallPushPayload): Promise<SendOutcome> {
+async function sendTo(env: Env, sub: SubscriptionRow, payload: PushPayload | CallPushPayload, metrics: Metrics): Promise<SendOutcome> {
   let outcome: SendOutcome
   try {
     outcome = await sendWebPush(env, { endpoint: sub.endpoint, expirationTime: null, keys: { p256dh: sub.p256dh, auth: sub.auth } }, payload)
@@ -111,11 +113,21 @@ async function sendTo(env: Env, sub: SubscriptionRow, payload: PushPayload | Cal
     console.warn('push send threw', String(e))
     outcome = 'failed'
   }
+  metrics.count(Counter.pushes, outcome)
   if (outcome === 'gone') await env.DB.prepare('DELETE FROM push_subscriptions WHERE endpoint = ?').bind(sub.endpoint).run()
   return outcome
 }
 
 export async function handleQueue(batch: MessageBatch<unknown>, env: Env): Promise<void> {
+  const metrics = new Metrics(env, 'queue')
+  try {
+    await handleJobs(batch, env, metrics)
+  } finally {
+    await metrics.flush()
+  }
+}
+
+async function handleJobs(batch: MessageBatch<unknown>, env: Env, metrics: Metrics): Promise<void> {
   for (const msg of batch.messages) {
     const parsed = QueueMessage.safeParse(msg.body)
     if (!parsed.success) {
@@ -125,9 +137,13 @@ export async function handleQueue(batch: MessageBatch<unknown>, env: Env): Promi
       continue
     }
     const job = parsed.data
+    if (job.type === 'ping') {
+      msg.ack()
+      continue
+    }
     if (job.type === 'call-push') {
       // A call rings for 45 s: a retry later than that is worthless, so one try.
-      await deliverCallPush(env, job).catch((e: unknown) => console.warn('call push failed', String(e)))
+      await deliverCallPush(env, job, metrics).catch((e: unknown) => console.warn('call push failed', String(e)))
       msg.ack()
       continue
     }
@@ -135,11 +151,12 @@ export async function handleQueue(batch: MessageBatch<unknown>, env: Env): Promi
       await env.DB.prepare('INSERT INTO push_dead_letters (user_id, conversation_id, seq, attempts) VALUES (?, ?, ?, ?)')
         .bind(job.userId, job.conversationId, job.seq, msg.attempts)
         .run()
+      metrics.count(Counter.pushes, 'dead_letter')
       msg.ack()
       continue
     }
     try {
-      if (await deliverPush(env, job)) msg.ack()
+      if (await deliverPush(env, job, metrics)) msg.ack()
       else msg.retry({ delaySeconds: retryDelaySeconds(env, msg.attempts) })
     } catch (e) {
       console.warn('push job failed', String(e))

@@ -61,7 +61,7 @@ export const authRoutes = new Hono<AppEnv>()
     refuseFor(await loginGuard(c.env, `signup:${clientAddress(c)}`).takeSignup(...parseRate(c.env.REGISTER_RATE, DEFAULT_REGISTER_RATE)), 'too many new accounts from this address; try again later')
     const taken = await db.select({ id: users.id }).from(users).where(eq(users.handle, body.handle)).get()
     if (taken) fail(409, ErrorCode.HANDLE_TAKEN, 'that handle is taken')
-    const user = { id: newId(), handle: body.handle, displayName: body.displayName, passwordHash: await hashPassword(body.password), pushPreviews: true, statusLine: '', avatarKey: null, presenceVisibility: 'everyone' as const, lastSeenAt: null, createdAt: Date.now() }
+    const user = { id: newId(), handle: body.handle, displayName: body.displayName, passwordHash: await hashPassword(body.password), pushPreviews: true, statusLine: '', avatarKey: null, presenceVisibility: 'everyone' as const, lastSeenAt: null, createdAt: Date.now(), isAdmin: false, suspendedAt: null, suspendedReason: null }
     try {
       await db.insert(users).values(user)
     } catch (err) {
@@ -83,6 +83,8 @@ export const authRoutes = new Hono<AppEnv>()
     // An unknown handle is tried against a dummy hash, so it costs and counts the same.
     const ok = await tryPassword(c.env, body.handle, deviceHash, body.password, user?.passwordHash ?? DUMMY_HASH)
     if (!user || !ok) fail(401, ErrorCode.INVALID_CREDENTIALS, 'wrong handle or password')
+    // Said only to whoever knows the password, so it reveals nothing about other people's accounts.
+    if (user.suspendedAt !== null) fail(403, ErrorCode.SUSPENDED, `this account is suspended${user.suspendedReason ? `: ${user.suspendedReason}` : ''}`)
     const result = await startSession(c.env, db, user, deviceFrom(body.deviceName, c.req.header('user-agent')), placeOf(c.req.raw))
     return c.json({ ...result, deviceToken: await knownDevice(c.env, user.handle, body.deviceToken) })
   })
@@ -139,7 +141,7 @@ export const meRoutes = new Hono<AppEnv>()
   .get('/', async (c) => {
     const user = await getDb(c.env).select().from(users).where(eq(users.id, c.get('auth').userId)).get()
     if (!user) fail(404, ErrorCode.NOT_FOUND, 'user not found')
-    return c.json({ user: publicUser(user), profile: profileOf(user), settings: { pushPreviews: user.pushPreviews, presenceVisibility: user.presenceVisibility } })
+    return c.json({ user: publicUser(user), profile: profileOf(user), settings: { pushPreviews: user.pushPreviews, presenceVisibility: user.presenceVisibility }, isAdmin: user.isAdmin })
   })
   .patch('/settings', validate('json', SettingsBody), async (c) => {
     const { pushPreviews } = c.req.valid('json')

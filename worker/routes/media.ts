@@ -8,6 +8,8 @@ import { transcriberFor } from '../media/transcriber'
 import { ErrorCode } from '../shared/errors'
 import { newId } from '../ids'
 import { Id, type MediaTokenResult } from '../shared/protocol'
+import { countInWorker } from '../ops/metrics'
+import { Counter } from '../shared/metrics'
 
 interface MediaRow {
   id: string
@@ -136,8 +138,10 @@ export const mediaRoutes = new Hono<AppEnv>()
     let text: string
     try {
       text = await transcriber.transcribe(new Uint8Array(await object.arrayBuffer()), row.mime)
+      countInWorker(c.env, c.executionCtx, Counter.transcriptions, 'ok')
     } catch (e) {
       console.error('transcription failed', String(e))
+      countInWorker(c.env, c.executionCtx, Counter.transcriptions, 'failed')
       fail(502, ErrorCode.UNAVAILABLE, 'speech to text failed; try again')
     }
     // A recall may have run meanwhile: only a note still there keeps its transcript.

@@ -12,6 +12,8 @@ export const ErrorCode = {
   NOT_ALLOWED: 'NOT_ALLOWED',
   TOO_LATE: 'TOO_LATE',
   RATE_LIMITED: 'RATE_LIMITED',
+  /** The account is suspended by a moderator: sign-in is refused. */
+  SUSPENDED: 'SUSPENDED',
   PAYLOAD_TOO_LARGE: 'PAYLOAD_TOO_LARGE',
   UNSUPPORTED_TYPE: 'UNSUPPORTED_TYPE',
   UNSUPPORTED_PROTOCOL: 'UNSUPPORTED_PROTOCOL',

@@ -18,5 +18,7 @@ export const CallPushJob = z.object({
   ringing: z.boolean(),
 })
 export type CallPushJob = z.infer<typeof CallPushJob>
-export const QueueMessage = z.discriminatedUnion('type', [PushJob, CallPushJob])
+/** GET /api/health proves the producer works; the consumer drops it. */
+export const HealthPing = z.object({ type: z.literal('ping') })
+export const QueueMessage = z.discriminatedUnion('type', [PushJob, CallPushJob, HealthPing])
 export type QueueMessage = z.infer<typeof QueueMessage>

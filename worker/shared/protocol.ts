@@ -177,8 +177,8 @@ export interface MessageEvent extends EventBase {
   type: 'message'
   body: MessageBody | null
   editedAt?: number
-  /** Who recalled it: the sender, or an admin when byAdmin. */
-  recalled?: { by: string; byAdmin: boolean }
+  /** Who recalled it: the sender, or an admin when byAdmin; byModerator when the service's moderators removed it. */
+  recalled?: { by: string; byAdmin: boolean; byModerator?: boolean }
 }
 export interface EditEvent extends EventBase {
   type: 'edit'
@@ -190,6 +190,8 @@ export interface RecallEvent extends EventBase {
   type: 'recall'
   targetSeq: number
   byAdmin: boolean
+  /** Removed by a moderator of the service (after a report), not by anyone in the chat. */
+  byModerator?: boolean
 }
 export const Role = z.enum(['owner', 'admin', 'member'])
 export type Role = z.infer<typeof Role>

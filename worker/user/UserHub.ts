@@ -9,6 +9,8 @@ import { ClientMessage, MAX_FRAME_BYTES, PROTOCOL_VERSION, type ConversationEven
 import { parseRate, refill } from '../conversation/rate-limit'
 import { DeliveryTracker } from './delivery-tracker'
 import { pool } from '../pool'
+import { Metrics } from '../ops/metrics'
+import { Counter, Gauge } from '../shared/metrics'
 
 export interface DeviceAttachment {
   userId: string
@@ -55,7 +57,7 @@ function send(ws: WebSocket, msg: ServerMessage | string) {
   }
 }
 
-function errorFrame(code: ErrorCode, message: string, ref?: string): ServerMessage {
+function errorFrame(code: ErrorCode, message: string, ref?: string): Extract<ServerMessage, { type: 'error' }> {
   return { type: 'error', code, message, ...(ref ? { ref } : {}) }
 }
 
@@ -128,6 +130,7 @@ export class UserHub extends DurableObject<Env> {
   now: () => number = () => Date.now()
   /** Deliveries this instance took (tests count what a message costs). */
   deliveries = 0
+  readonly metrics: Metrics
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env)
@@ -137,6 +140,7 @@ export class UserHub extends DurableObject<Env> {
     // big group its user is in, so waking must cost next to nothing.
     migrateHub(this.sql)
     this.frameRate = parseRate(env.FRAME_RATE, DEFAULT_FRAME_RATE)
+    this.metrics = new Metrics(env, `hub:${ctx.id.toString()}`)
   }
 
   /**
@@ -155,6 +159,7 @@ export class UserHub extends DurableObject<Env> {
       b.tokens -= cost
       return true
     }
+    this.metrics.count(Counter.rateLimited, 'socket')
     if (now - b.since > ABUSE_WINDOW_MS) {
       b.since = now
       b.dropped = 0
@@ -210,6 +215,7 @@ export class UserHub extends DurableObject<Env> {
     this.ctx.acceptWebSocket(server, [sessionId])
     server.serializeAttachment({ userId, sessionId } satisfies DeviceAttachment)
     send(server, { type: 'hello', protocol: PROTOCOL_VERSION, userId, sessionId })
+    this.reportSockets()
     if (wasOffline) {
       this.ctx.waitUntil(this.announceOnline(userId).catch((e: unknown) => console.warn('presence fan-out failed', String(e))))
       this.ctx.waitUntil(this.backInRooms(userId).catch((e: unknown) => console.warn('rooms not told of the return', String(e))))
@@ -220,6 +226,7 @@ export class UserHub extends DurableObject<Env> {
   override async webSocketMessage(ws: WebSocket, data: string | ArrayBuffer) {
     const device = ws.deserializeAttachment() as DeviceAttachment
     const refuse = (frame: ReturnType<typeof errorFrame>) => {
+      this.metrics.count(Counter.messagesRefused, frame.code)
       if (this.spend(ws, 1)) send(ws, frame)
     }
     if (typeof data !== 'string') return refuse(errorFrame(ErrorCode.BAD_REQUEST, 'binary frames are not accepted here'))
@@ -241,14 +248,14 @@ export class UserHub extends DurableObject<Env> {
     // A sync answers with up to SYNC_PAGE_BYTES: it costs more of the budget than a send.
     if (!this.spend(ws, msg.type === 'sync' ? SYNC_COST : 1, 'clientMsgId' in msg ? msg.clientMsgId : undefined, msg.type === 'sync')) return
     // No await before the room call: frames reach the room in the order they arrived here.
-    await this.handle(ws, device, msg)
+    await this.handle(ws, device, msg, Date.now())
   }
 
-  private async handle(ws: WebSocket, device: DeviceAttachment, msg: ClientMessage) {
+  private async handle(ws: WebSocket, device: DeviceAttachment, msg: ClientMessage, arrivedAt: number) {
     const { userId } = device
     switch (msg.type) {
       case 'send':
-        return this.reply(ws, msg.conversationId, msg.clientMsgId, this.room(msg.conversationId).appendMessage(msg.conversationId, userId, msg.clientMsgId, msg.body, 'hub'))
+        return this.reply(ws, msg.conversationId, msg.clientMsgId, this.room(msg.conversationId).appendMessage(msg.conversationId, userId, msg.clientMsgId, msg.body, 'hub'), arrivedAt)
       case 'edit':
         return this.reply(ws, msg.conversationId, msg.clientMsgId, this.room(msg.conversationId).edit(msg.conversationId, userId, msg.clientMsgId, msg.targetSeq, msg.body, 'hub'))
       case 'recall':
@@ -318,7 +325,7 @@ export class UserHub extends DurableObject<Env> {
    * leaves the writer's own devices to this hub). The sending device has the ack, so only the
    * others wait for a confirmation.
    */
-  private async reply(ws: WebSocket, conversationId: string, clientMsgId: string, write: Promise<RoomResult<Ack>>) {
+  private async reply(ws: WebSocket, conversationId: string, clientMsgId: string, write: Promise<RoomResult<Ack>>, sentAt?: number) {
     let result: RoomResult<Ack>
     try {
       result = await write
@@ -330,6 +337,7 @@ export class UserHub extends DurableObject<Env> {
     if (!result.ok) return send(ws, errorFrame(result.code, result.message, clientMsgId))
     const { seq, serverTs, event, receipts } = result.value
     send(ws, { type: 'ack', conversationId, clientMsgId, seq, serverTs })
+    if (sentAt !== undefined) this.metrics.observeSendAck(Date.now() - sentAt)
     if (event) this.show(event, ws, (ws.deserializeAttachment() as DeviceAttachment).userId)
     if (receipts) void this.notify({ type: 'receipts', conversationId, receipts })
   }
@@ -349,6 +357,7 @@ export class UserHub extends DurableObject<Env> {
         continue
       }
       send(ws, frame)
+      this.metrics.count(Counter.deliveries)
       this.tracker.sent(sessionOf(ws), event.conversationId, event.seq, pushable, now)
     }
     this.ensureTick()
@@ -484,6 +493,7 @@ export class UserHub extends DurableObject<Env> {
     const page = await this.room(conversationId).eventsAfter(conversationId, userId, afterSeq)
     if (!page.ok) return this.tracker.forget(sessionId, conversationId)
     for (const event of page.value.events) send(ws, { type: 'event', event })
+    this.metrics.count(Counter.resends, undefined, page.value.events.length)
   }
 
   /** Pushes the newest message of each conversation: the first at once, later ones at most once per PUSH_COALESCE_MS. */
@@ -597,6 +607,11 @@ export class UserHub extends DurableObject<Env> {
     return row?.value ?? null
   }
 
+  /** Closes every socket of this user (a suspension); `reason` tells the client why. */
+  async closeAll(reason: ErrorCode): Promise<void> {
+    for (const ws of this.ctx.getWebSockets()) ws.close(APP_CLOSE_CODE, reason)
+  }
+
   /** Closes the sockets of a revoked session. */
   async closeSession(sessionId: string): Promise<void> {
     for (const ws of this.ctx.getWebSockets(sessionId)) ws.close(APP_CLOSE_CODE, ErrorCode.UNAUTHORIZED)
@@ -621,9 +636,16 @@ export class UserHub extends DurableObject<Env> {
     } catch {
       // Already closed.
     }
+    this.reportSockets()
     // What it had not confirmed is pushed at its next due time (the tick sees no socket).
     const userId = this.knownUser ?? this.userId()
     if (userId && this.openSockets(ws).length === 0) this.ctx.waitUntil(this.announceOffline(userId).catch((e: unknown) => console.warn('presence fan-out failed', String(e))))
+  }
+
+  private reportSockets() {
+    const open = this.openSockets()
+    this.metrics.gauge(Gauge.socketsOpen, open.length)
+    this.metrics.gauge(Gauge.devicesOnline, new Set(open.map(sessionOf)).size)
   }
 
   private openSockets(except?: WebSocket): WebSocket[] {

@@ -15,6 +15,8 @@ import {
   type VoiceRoomSummary,
   type VoiceServerMessage,
 } from '../shared/voice'
+import { Metrics } from '../ops/metrics'
+import { Gauge } from '../shared/metrics'
 
 /** Headers the Worker sets after checking the ticket and the membership. */
 export const VOICE_UPGRADE_HEADERS = {
@@ -59,6 +61,7 @@ interface Attachment {
  * The room ends when the host ends it or the last person leaves (or stays away past the grace).
  */
 export class VoiceRoom extends DurableObject<Env> {
+  private metrics = new Metrics(this.env, `voice:${this.ctx.id.toString()}`)
   private sql: SqlStorage
   private meta: Meta | null = null
   private people = new Map<string, Person>()
@@ -127,7 +130,10 @@ export class VoiceRoom extends DurableObject<Env> {
     this.save()
     send(server, { type: 'welcome', userId, state: this.state() })
     this.broadcast(userId)
-    if (starting) await this.env.DB.prepare('UPDATE conversations SET voice_live_since = ? WHERE id = ?').bind(meta.startedAt, conversationId).run()
+    if (starting) {
+      this.metrics.gauge(Gauge.voiceRoomsLive, 1)
+      await this.env.DB.prepare('UPDATE conversations SET voice_live_since = ? WHERE id = ?').bind(meta.startedAt, conversationId).run()
+    }
     this.summaryChanged(starting)
     return new Response(null, { status: 101, webSocket: client })
   }
@@ -332,6 +338,7 @@ export class VoiceRoom extends DurableObject<Env> {
     if (!ack.ok) console.warn('voice end event refused', ack.code, ack.message)
     await this.env.DB.prepare('UPDATE conversations SET voice_live_since = NULL WHERE id = ? AND voice_live_since = ?').bind(meta.conversationId, meta.startedAt).run()
     this.meta = null
+    this.metrics.gauge(Gauge.voiceRoomsLive, 0)
     this.people.clear()
     this.ctx.storage.kv.delete('meta')
     this.ctx.storage.kv.delete('people')

@@ -1,0 +1,43 @@
+import { createMiddleware } from 'hono/factory'
+import { routePath } from 'hono/route'
+import type { AppEnv } from '../env'
+import { Counter } from '../shared/metrics'
+import { countInWorker } from './metrics'
+
+const LEVELS = { debug: 0, info: 1, warn: 2, error: 3 } as const
+type Level = keyof typeof LEVELS
+
+/** One JSON object per line: `wrangler tail --format json` and Workers Logs filter on its fields. */
+export function log(env: { LOG_LEVEL?: string }, level: Level, msg: string, fields: Record<string, unknown> = {}) {
+  if (LEVELS[level] < (LEVELS[(env.LOG_LEVEL ?? 'info') as Level] ?? LEVELS.info)) return
+  const line = JSON.stringify({ level, msg, ...fields })
+  if (level === 'error') console.error(line)
+  else if (level === 'warn') console.warn(line)
+  else console.log(line)
+}
+
+/**
+ * Gives each request an id (Cloudflare's Ray ID when there is one), answers it in `x-request-id`,
+ * and logs the request when it ends; 5xx answers and refusals for rate are counted by route.
+ */
+export const requestLog = createMiddleware<AppEnv>(async (c, next) => {
+  const requestId = c.req.header('cf-ray') ?? crypto.randomUUID()
+  c.set('requestId', requestId)
+  const started = Date.now()
+  await next()
+  const status = c.res.status
+  // The route as registered ("/api/conversations/:id/messages"), so ids do not split the series.
+  const route = routePath(c, -1)
+  // A 101's headers are immutable.
+  if (status !== 101) c.res.headers.set('x-request-id', requestId)
+  log(c.env, status >= 500 ? 'error' : 'info', 'request', {
+    requestId,
+    method: c.req.method,
+    route,
+    status,
+    ms: Date.now() - started,
+    userId: c.get('auth')?.userId,
+  })
+  if (status >= 500) countInWorker(c.env, c.executionCtx, Counter.http5xx, `${c.req.method} ${route}`)
+  if (status === 429) countInWorker(c.env, c.executionCtx, Counter.rateLimited, 'http')
+})
