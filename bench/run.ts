@@ -520,11 +520,14 @@ async function voiceRooms(t: Target, users: User[]) {
 
 // ---- main ----
 
-const SYSTEM_NAMES = ['echovalley', 'floor', 'echovalley-bare', 'floor-bare', 'reference', 'prosody'] as const
+const SYSTEM_NAMES = ['echovalley', 'floor', 'echovalley-bare', 'floor-bare', 'echovalley-bare-no-metrics', 'reference', 'prosody'] as const
+/** Systems that run only some scenarios: metrics off is there to price metrics on the message path. */
+const SCENARIOS_OF: Record<string, string[]> = { 'echovalley-bare-no-metrics': ['latency', 'throughput'] }
 /** Ratio columns: echovalley against the floor on the same runtime first, then the other servers. */
 const RATIOS: [string, string][] = [
   ['echovalley', 'floor'],
   ['echovalley-bare', 'floor-bare'],
+  ['echovalley-bare', 'echovalley-bare-no-metrics'],
   ['echovalley', 'prosody'],
   ['echovalley-bare', 'prosody'],
   ['echovalley', 'reference'],
@@ -563,6 +566,7 @@ async function main() {
     ['floor', () => floorTarget('wrangler')],
     ['echovalley-bare', () => productTarget('bare')],
     ['floor-bare', () => floorTarget('bare')],
+    ['echovalley-bare-no-metrics', () => productTarget('bare', { metrics: false })],
     ['reference', referenceTarget],
     ['prosody', prosodyTarget],
   ]
@@ -577,9 +581,11 @@ async function main() {
       continue
     }
     try {
-      console.log(`\n${t.name}: creating ${needUsers} users`)
+      const only = SCENARIOS_OF[name]?.filter((k) => !ONLY || ONLY.includes(k))
+      const userCount = only ? Math.max(2, ...only.map((k) => want[k]!)) : needUsers
+      console.log(`\n${t.name}: creating ${userCount} users`)
       const s0 = performance.now()
-      const users = await t.users(needUsers)
+      const users = await t.users(userCount)
       console.log(`  (${((performance.now() - s0) / 1000).toFixed(1)} s)`)
       const scenarios: [string, () => Promise<void>][] = [
         ['latency', () => latency(t, users)],
@@ -595,6 +601,7 @@ async function main() {
       ]
       for (const [name, run] of scenarios) {
         if (ONLY && !ONLY.includes(name)) continue
+        if (SCENARIOS_OF[t.name] && !SCENARIOS_OF[t.name]!.includes(name)) continue
         // One scenario failing (a server that falls over under load) is a finding, not the end of the run.
         try {
           await settle(t.pid())

@@ -158,9 +158,11 @@ function serverFor(runtime: Runtime, kind: 'product' | 'floor', vars: Record<str
 }
 
 /** echovalley as shipped, with rate limits and the 50-person ceiling lifted for load. */
-export async function productTarget(runtime: Runtime): Promise<Target> {
+/** `metrics: false` runs the product with METRICS_ENABLED=false: the benchmark's price of metrics. */
+export async function productTarget(runtime: Runtime, { metrics = true } = {}): Promise<Target> {
   const vapid = generateVapidKeys()
   const server = await serverFor(runtime, 'product', {
+    ...(metrics ? {} : { METRICS_ENABLED: 'false' }),
     WRITE_RATE: '1000000/1000000',
     FRAME_RATE: '1000000/1000000',
     REGISTER_RATE: '1000000/1000000',
@@ -181,7 +183,7 @@ export async function productTarget(runtime: Runtime): Promise<Target> {
     if (req.id) await json(`${server.url}/api/friends/requests/${req.id}/accept`, { method: 'POST', token: b.token })
   }
   return {
-    name: runtime === 'wrangler' ? 'echovalley' : 'echovalley-bare',
+    name: `${runtime === 'wrangler' ? 'echovalley' : 'echovalley-bare'}${metrics ? '' : '-no-metrics'}`,
     async users(n) {
       // Registration hashes a password (PBKDF2, 100,000 rounds): the slow part of setting up.
       return pool(Array.from({ length: n }, (_, i) => i), 4, async () => {

@@ -23,6 +23,8 @@ export interface Env {
   METRICS?: AnalyticsEngineDataset
   /** How often a busy object hands its counts over, ms (default 60000; tests shorten it). */
   METRICS_MIN_GAP_MS?: string
+  /** "false" turns metrics off (for the benchmark's cost row). */
+  METRICS_ENABLED?: string
   /** How many metrics shards (default 16). */
   METRICS_SHARDS?: string
   /** A bearer token Prometheus presents to GET /api/admin/metrics (a secret); admins' tokens work too. */

@@ -20,16 +20,20 @@ export class Metrics {
   #timer: ReturnType<typeof setTimeout> | null = null
   #lastFlushAt = 0
   #flushing: Promise<void> | null = null
+  /** METRICS_ENABLED=false turns counting off (the benchmark measures what it costs). */
+  readonly #off: boolean
 
   /** `refresh` sets gauges that are read at hand-over time (a room's D1 lag). */
   constructor(
     private readonly env: Env,
     private readonly source: string,
     private readonly refresh?: () => void,
-  ) {}
+  ) {
+    this.#off = env.METRICS_ENABLED === 'false'
+  }
 
   count(name: Counter, label?: string, n = 1) {
-    if (n === 0) return
+    if (n === 0 || this.#off) return
     const minute = Math.floor(Date.now() / 60_000)
     let m = this.#minutes.get(minute)
     if (!m) this.#minutes.set(minute, (m = new Map()))
@@ -47,7 +51,7 @@ export class Metrics {
   }
 
   gauge(name: Gauge, value: number) {
-    if (this.#gauges.get(name) === value) return
+    if (this.#off || this.#gauges.get(name) === value) return
     this.#gauges.set(name, value)
     this.#gaugesChanged = true
     this.#arm()
