@@ -18,6 +18,7 @@ function ensureDevVars() {
     JWT_SECRET: randomBytes(32).toString('base64url'),
     VAPID_PUBLIC_KEY: point.toString('base64url'),
     VAPID_PRIVATE_KEY: jwk.d,
+    METRICS_SCRAPE_TOKEN: randomBytes(24).toString('base64url'),
   }
   let text = readFileSync('.dev.vars', 'utf8')
   const filled = []

@@ -28,8 +28,15 @@ export const requestLog = createMiddleware<AppEnv>(async (c, next) => {
   const status = c.res.status
   // The route as registered ("/api/conversations/:id/messages"), so ids do not split the series.
   const route = routePath(c, -1)
-  // A 101's headers are immutable.
-  if (status !== 101) c.res.headers.set('x-request-id', requestId)
+  if (status !== 101) {
+    // A response passed on from a Durable Object has immutable headers: copy it to add one.
+    try {
+      c.res.headers.set('x-request-id', requestId)
+    } catch {
+      c.res = new Response(c.res.body, c.res)
+      c.res.headers.set('x-request-id', requestId)
+    }
+  }
   log(c.env, status >= 500 ? 'error' : 'info', 'request', {
     requestId,
     method: c.req.method,
