@@ -3,6 +3,7 @@ import parsePrometheus from 'parse-prometheus-text-format'
 import { describe, it } from 'vitest'
 import type { AuthResult } from '../worker/shared/protocol'
 import { api, Device, json, openChat, register, textSend } from './helpers'
+import { newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
 
 const SCRAPE = 'test-scrape-token-0123456789'
 
@@ -115,6 +116,28 @@ describe('metrics', () => {
     expect(series.now.socketsOpen).toBeGreaterThanOrEqual(1)
     expect((await api('/api/admin/metrics/series?range=week', { token: admin.accessToken })).status).toBe(400)
     d.close()
+  })
+})
+
+describe('push metrics', () => {
+  it('a push to an offline member counts as sent; one the push service refuses counts as failed', { timeout: 30_000 }, async ({ expect }) => {
+    const before = await scrape()
+    const sent0 = value(before, 'pushes_total', { outcome: 'sent' })
+    const failed0 = value(before, 'pushes_total', { outcome: 'failed' })
+    for (const mode of ['ok', 'fail'] as const) {
+      const alice = await register()
+      const bob = await register()
+      const conv = await openChat(alice, bob)
+      const sub = await newPushSubscription(mode)
+      await subscribe(bob, sub)
+      const a = await Device.connect(alice)
+      await a.sendAndAck(textSend(conv.id, `are you there? (${mode})`))
+      if (mode === 'ok') await waitFor(async () => (await receivedPushes(sub)).received.length > 0)
+      a.close()
+    }
+    await expect.poll(async () => value(await scrape(), 'pushes_total', { outcome: 'sent' }) - sent0, { timeout: 10_000, interval: 200 }).toBe(1)
+    // The refused one is retried by the queue: each try counts as a failure.
+    await expect.poll(async () => value(await scrape(), 'pushes_total', { outcome: 'failed' }) - failed0, { timeout: 10_000, interval: 200 }).toBeGreaterThanOrEqual(1)
   })
 })
 
