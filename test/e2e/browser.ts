@@ -67,7 +67,7 @@ export async function say(page: Page, text: string) {
 }
 
 /** Opens a message's action menu the way a mouse user does (right-click) and picks an item. */
-export async function messageAction(message: Locator, item: 'reply' | 'react' | 'copy' | 'edit' | 'recall' | 'info' | 'forward') {
+export async function messageAction(message: Locator, item: 'reply' | 'react' | 'copy' | 'edit' | 'recall' | 'info' | 'forward' | 'report') {
   await message.getByTestId('bubble').click({ button: 'right' })
   await message.getByTestId(`message-${item}`).click()
 }

@@ -1,3 +1,4 @@
+import { APP_CLOSE_CODE, ErrorCode } from '../../worker/shared/errors'
 import { PROTOCOL_VERSION } from '../../worker/shared/limits'
 import type { ClientMessage, ServerMessage } from '../../worker/shared/protocol'
 import { api } from './api'
@@ -41,6 +42,8 @@ export class ChatSocket {
   constructor(
     private readonly onMessage: (msg: ServerMessage) => void,
     private readonly onOpen: () => void,
+    /** The server closed the socket for good (the account was suspended): no reconnecting. */
+    private readonly onShutOut: () => void = () => undefined,
   ) {}
 
   get status() {
@@ -127,8 +130,13 @@ export class ChatSocket {
       }
       this.onMessage(msg)
     }
-    ws.onclose = () => {
+    ws.onclose = (e) => {
       if (this.#ws !== ws) return
+      if (e.code === APP_CLOSE_CODE && e.reason === ErrorCode.SUSPENDED) {
+        this.stop()
+        this.onShutOut()
+        return
+      }
       this.#teardown()
       this.#retry()
     }

@@ -40,7 +40,7 @@ export interface DisplayMessage {
   body: MessageBody | null
   serverTs: number
   editedAt?: number
-  recalled?: { by: string; byAdmin: boolean }
+  recalled?: { by: string; byAdmin: boolean; byModerator?: boolean }
   state: SendState | null
   readBy: number
   failed?: string
@@ -126,12 +126,15 @@ export class ChatStore {
       call?: (m: Extract<ServerMessage, { type: `call-${string}` }>) => void
       /** This user is out of a conversation (removed, or left on some device). */
       left?: (conversationId: string) => void
+      /** The account was suspended: the server closed the socket for good. */
+      suspended?: () => void
     } = {},
   ) {
     this.#cache = new ChatCache(userId)
     this.#socket = new ChatSocket(
       (m) => this.#onMessage(m),
       () => this.#onOpen(),
+      () => this.hooks.suspended?.(),
     )
   }
 
@@ -892,7 +895,7 @@ export class ChatStore {
     this.#replaceSummary(c.id, (x) => ({
       ...x,
       unread: wasUnread ? x.unread - 1 : x.unread,
-      preview: onPreview && x.preview ? { ...x.preview, text: e.type === 'recall' ? t('msg.recalled') : (bodyText(e.body) ?? x.preview.text) } : x.preview,
+      preview: onPreview && x.preview ? { ...x.preview, text: e.type === 'recall' ? t(e.byModerator ? 'msg.removedByModerator' : 'msg.recalled') : (bodyText(e.body) ?? x.preview.text) } : x.preview,
     }))
   }
 
@@ -912,7 +915,7 @@ export class ChatStore {
             e.targetSeq,
             e.type === 'edit'
               ? { ...target, body: target.recalled ? null : e.body, editedAt: e.serverTs }
-              : { ...target, body: null, recalled: { by: e.senderId, byAdmin: e.byAdmin } },
+              : { ...target, body: null, recalled: { by: e.senderId, byAdmin: e.byAdmin, ...(e.byModerator ? { byModerator: true } : {}) } },
           )
         }
       }

@@ -81,6 +81,8 @@ function rememberDevice(result: AuthResult) {
 export class Session {
   #stored = $state<Stored | null>(null)
   #refreshing: Promise<string | null> | null = null
+  /** Why the user was signed out without asking (a suspension), for the sign-in screen. */
+  #notice = $state<string | null>(null)
 
   constructor() {
     this.#stored = readStored()
@@ -97,6 +99,9 @@ export class Session {
   get sessionId() {
     return this.#stored?.sessionId ?? null
   }
+  get notice() {
+    return this.#notice
+  }
 
   /** Resolves once the tokens are where the next tab to refresh will look. */
   #save(result: AuthResult | null): Promise<void> {
@@ -109,12 +114,14 @@ export class Session {
   }
 
   async register(handle: string, password: string, displayName: string) {
+    this.#notice = null
     const result = await authApi.register({ handle, password, displayName, deviceName: deviceName() })
     rememberDevice(result)
     await this.#save(result)
   }
 
   async login(handle: string, password: string) {
+    this.#notice = null
     const result = await authApi.login({ handle, password, deviceName: deviceName(), deviceToken: knownDevices()[handle.trim().toLowerCase()] })
     rememberDevice(result)
     await this.#save(result)
@@ -137,13 +144,22 @@ export class Session {
         return result.accessToken
       } catch (e) {
         // Offline or overloaded is not signed out; a refused token is.
-        if (e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429) await this.#save(null)
+        if (e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429) {
+          if (e.code === 'SUSPENDED') this.#notice = e.message
+          await this.#save(null)
+        }
         return null
       }
     }).finally(() => {
       this.#refreshing = null
     })
     return this.#refreshing
+  }
+
+  /** The server shut this account out (suspended): its sessions are already revoked, so only this device forgets them. */
+  async shutOut(notice: string) {
+    this.#notice = notice
+    await this.#save(null)
   }
 
   async logout() {
