@@ -139,6 +139,8 @@ describe('suspension', () => {
     expect((await api('/api/me', { token: bob.accessToken })).status).toBe(401)
     const refresh = await api('/api/auth/refresh', { body: { refreshToken: bob.refreshToken } })
     expect(refresh.status).toBe(403)
+    // A device signed out by the suspension learns why when it tries to refresh.
+    expect((await json(refresh)).error.message).toBe('this account is suspended: spam campaign')
     const login = await api('/api/auth/login', { body: { handle, password: 'bob-password-1' } })
     expect(login.status).toBe(403)
     expect((await json(login)).error).toEqual({ code: 'SUSPENDED', message: 'this account is suspended: spam campaign' })
@@ -146,6 +148,8 @@ describe('suspension', () => {
     expect((await api('/api/auth/login', { body: { handle, password: 'not-the-password' } })).status).toBe(401)
 
     expect((await api(`/api/admin/users/${bob.user.id}/unsuspend`, { method: 'POST', token: admin.accessToken })).status).toBe(204)
+    // Twice is a mistake, not a second action in the log.
+    expect((await api(`/api/admin/users/${bob.user.id}/unsuspend`, { method: 'POST', token: admin.accessToken })).status).toBe(409)
     const back = await api('/api/auth/login', { body: { handle, password: 'bob-password-1' } })
     expect(back.status).toBe(200)
     const again = await Device.connect(await json<AuthResult>(back))

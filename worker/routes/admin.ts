@@ -1,4 +1,4 @@
-import { and, desc, eq, inArray } from 'drizzle-orm'
+import { and, desc, eq, inArray, isNotNull } from 'drizzle-orm'
 import { Hono } from 'hono'
 import { createMiddleware } from 'hono/factory'
 import { revokeAllSessions } from '../auth/sessions'
@@ -134,7 +134,9 @@ export const adminRoutes = new Hono<AppEnv>()
     const result = await getConversationRoom(c.env, report.conversationId).removeByModerator(report.conversationId, admin, `moderation-${report.id}`, report.seq)
     if (!result.ok && result.code !== ErrorCode.CONFLICT) fail(result.code === ErrorCode.NOT_FOUND ? 404 : 400, result.code, result.message)
     await closeReport(db, report.id, 'actioned', admin)
-    await audit(db, admin, 'remove-message', report.targetUserId, `${report.conversationId}#${report.seq}`, report.id)
+    // Already recalled by its sender: nothing left to remove, and the log says so.
+    const detail = `${report.conversationId}#${report.seq}${result.ok ? '' : ' (already recalled by the sender)'}`
+    await audit(db, admin, 'remove-message', report.targetUserId, detail, report.id)
     return c.body(null, 204)
   })
   .post('/users/:id/suspend', validate('json', SuspendBody), async (c) => {
@@ -150,8 +152,11 @@ export const adminRoutes = new Hono<AppEnv>()
     const db = getDb(c.env)
     const admin = c.get('auth').userId
     const userId = c.req.param('id')
-    const changed = await db.update(users).set({ suspendedAt: null, suspendedReason: null }).where(eq(users.id, userId)).returning({ id: users.id })
-    if (changed.length === 0) fail(404, ErrorCode.NOT_FOUND, 'no such user')
+    const changed = await db.update(users).set({ suspendedAt: null, suspendedReason: null }).where(and(eq(users.id, userId), isNotNull(users.suspendedAt))).returning({ id: users.id })
+    if (changed.length === 0) {
+      const exists = await db.select({ id: users.id }).from(users).where(eq(users.id, userId)).get()
+      fail(exists ? 409 : 404, exists ? ErrorCode.CONFLICT : ErrorCode.NOT_FOUND, exists ? 'this account is not suspended' : 'no such user')
+    }
     await audit(db, admin, 'unsuspend', userId)
     return c.body(null, 204)
   })
