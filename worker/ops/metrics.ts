@@ -2,15 +2,19 @@ import type { Env } from '../env'
 import { SEND_ACK, SEND_ACK_BUCKETS, seriesKey, type Counter, type Gauge, type MetricsBatch } from '../shared/metrics'
 import { getMetricsShard, shardOf } from './shards'
 
-/** An object hands its counts to its shard at most this often while it stays busy... */
+/** An object that keeps counting hands its counts over once this often... */
 const DEFAULT_MIN_GAP_MS = 60_000
-/** ...and this long after its first count since the last hand-over, so a quiet object can hibernate soon. */
-const FIRST_FLUSH_MS = 2_000
+/**
+ * ...and one that stops hands the rest over this long after its last count. A pending timer keeps
+ * an object awake (and billed for duration), so the wait for quiet stays as short as a Durable
+ * Object's own idle time before hibernation, not a minute.
+ */
+const QUIET_MS = 10_000
 
 /**
- * Counts kept in an object's memory per minute, handed to a metrics shard in one call at most once
- * a minute: no storage write per message anywhere, and no single object that every message waits
- * for (docs/decisions.md "Metrics"). In production each hand-over is also written to Workers
+ * Counts kept in an object's memory per minute, handed to a metrics shard in one call once a minute
+ * while the object stays busy and 10 s after it goes quiet: no storage write per message anywhere,
+ * and no single object that every message waits for (docs/decisions.md "Metrics"). In production each hand-over is also written to Workers
  * Analytics Engine.
  */
 export class Metrics {
@@ -18,7 +22,9 @@ export class Metrics {
   #gauges = new Map<string, number>()
   #gaugesChanged = false
   #timer: ReturnType<typeof setTimeout> | null = null
-  #lastFlushAt = 0
+  /** When the oldest count not yet handed over was made (0: none waiting). */
+  #pendingSince = 0
+  #lastCountAt = 0
   #flushing: Promise<void> | null = null
   /** METRICS_ENABLED=false turns counting off (the benchmark measures what it costs). */
   readonly #off: boolean
@@ -57,14 +63,29 @@ export class Metrics {
     this.#arm()
   }
 
+  #gap(): number {
+    return Number(this.env.METRICS_MIN_GAP_MS) || DEFAULT_MIN_GAP_MS
+  }
+
+  #quiet(): number {
+    return Math.min(QUIET_MS, this.#gap())
+  }
+
+  /** Busy: hand over once the oldest waiting count is a gap old. Otherwise wait for quiet. */
   #arm() {
-    if (this.#timer || this.#flushing) return
-    const gap = Number(this.env.METRICS_MIN_GAP_MS) || DEFAULT_MIN_GAP_MS
-    const delay = Math.max(Math.min(FIRST_FLUSH_MS, gap), this.#lastFlushAt + gap - Date.now())
-    this.#timer = setTimeout(() => {
-      this.#timer = null
-      void this.flush()
-    }, delay)
+    const now = Date.now()
+    this.#lastCountAt = now
+    if (this.#pendingSince === 0) this.#pendingSince = now
+    if (this.#flushing) return
+    if (now - this.#pendingSince >= this.#gap()) return void this.flush()
+    this.#timer ??= setTimeout(() => this.#whenQuiet(), this.#quiet())
+  }
+
+  #whenQuiet() {
+    this.#timer = null
+    const idle = Date.now() - this.#lastCountAt
+    if (idle < this.#quiet()) this.#timer = setTimeout(() => this.#whenQuiet(), this.#quiet() - idle)
+    else void this.flush()
   }
 
   /** Hands everything counted so far to the shard; counts stay for the next try if the shard fails. */
@@ -82,7 +103,7 @@ export class Metrics {
     const taken = this.#minutes
     this.#minutes = new Map()
     this.#gaugesChanged = false
-    this.#lastFlushAt = Date.now()
+    this.#pendingSince = 0
     this.#flushing = (async () => {
       try {
         writeAnalytics(this.env, batch)
@@ -97,7 +118,8 @@ export class Metrics {
         this.#gaugesChanged = true
       } finally {
         this.#flushing = null
-        if (this.#minutes.size > 0 || this.#gaugesChanged) this.#arm()
+        // Counts made meanwhile (or put back after a failure) wait for the next quiet or gap.
+        if ((this.#minutes.size > 0 || this.#gaugesChanged) && !this.#timer) this.#timer = setTimeout(() => this.#whenQuiet(), this.#quiet())
       }
     })()
     return this.#flushing
