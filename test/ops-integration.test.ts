@@ -4,6 +4,8 @@ import { describe, it } from 'vitest'
 import type { AuthResult } from '../worker/shared/protocol'
 import { api, Device, json, openChat, register, textSend } from './helpers'
 import { newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
+import { Metrics } from '../worker/ops/metrics'
+import { Counter } from '../worker/shared/metrics'
 
 const SCRAPE = 'test-scrape-token-0123456789'
 
@@ -116,6 +118,25 @@ describe('metrics', () => {
     expect(series.now.socketsOpen).toBeGreaterThanOrEqual(1)
     expect((await api('/api/admin/metrics/series?range=week', { token: admin.accessToken })).status).toBe(400)
     d.close()
+  })
+})
+
+describe('hand-over', () => {
+  it('an object that hands over from its own wake-ups keeps no timer: counts wait for its quiet wake-up, then arrive once', async ({ expect }) => {
+    // Production's gap: the 'owner' mode uses no timer at all.
+    const m = new Metrics({ ...env, METRICS_MIN_GAP_MS: '60000' }, `test:${crypto.randomUUID()}`, { quietMs: 'owner' })
+    const where = `unit-${crypto.randomUUID().slice(0, 8)}`
+    const seen = async () => value(await scrape(), 'rate_limited_total', { where })
+    for (let i = 0; i < 3; i++) m.count(Counter.rateLimited, where)
+    await new Promise((r) => setTimeout(r, 400))
+    expect(await seen()).toBe(0)
+    // A wake-up while counts are fresh keeps them (and asks to be woken again).
+    expect(await m.flushIfQuiet(10_000)).toBe(true)
+    expect(await seen()).toBe(0)
+    expect(await m.flushIfQuiet(0)).toBe(false)
+    expect(await seen()).toBe(3)
+    expect(await m.flushIfQuiet(0)).toBe(false)
+    expect(await seen()).toBe(3)
   })
 })
 

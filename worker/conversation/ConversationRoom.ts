@@ -170,7 +170,8 @@ export class ConversationRoom extends DurableObject<Env> {
     super(ctx, env)
     this.sql = ctx.storage.sql
     this.limiter = new RateLimiter(...parseRate(env.WRITE_RATE, DEFAULT_WRITE_RATE))
-    this.metrics = new Metrics(env, `room:${ctx.id.toString()}`, () => this.metrics.gauge(Gauge.d1FlushLag, this.flushLagSeconds()))
+    // Handed over from the room's alarm, which activity arms anyway: no timer keeps the room awake for it.
+    this.metrics = new Metrics(env, `room:${ctx.id.toString()}`, { refresh: () => this.metrics.gauge(Gauge.d1FlushLag, this.flushLagSeconds()), quietMs: 'owner' })
     // Synchronous: nothing to wait for, and no extra turn before the first call.
     migrateRoom(this.sql)
     this.loadState()
@@ -284,6 +285,8 @@ export class ConversationRoom extends DurableObject<Env> {
     if (!result.ok) {
       this.metrics.count(Counter.messagesRefused, result.code)
       if (result.code === ErrorCode.RATE_LIMITED) this.metrics.count(Counter.rateLimited, 'room')
+      // A refusal commits nothing, so nothing armed the alarm that hands its count over.
+      this.armFlushAlarm()
     }
     return result
   }
@@ -1098,13 +1101,14 @@ export class ConversationRoom extends DurableObject<Env> {
   override async alarm() {
     this.alarmAt = null
     await this.startFlush()
+    const metricsWait = await this.metrics.flushIfQuiet(FLUSH_RETRY_MS / 2)
     // A room that went quiet writes its mark and cursors here, so a wake after eviction repeats little.
     this.ctx.storage.transactionSync(() => {
       this.saveD1Mark()
       this.persistCursors()
     })
     const purges = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM media_purge').one().n
-    if (this.pendingD1() > 0 || purges > 0) this.armFlushAlarm()
+    if (this.pendingD1() > 0 || purges > 0 || metricsWait) this.armFlushAlarm()
   }
 
   /** For tests and the monitoring view: `outbox` counts what D1 has yet to get. */

@@ -5,11 +5,21 @@ import { getMetricsShard, shardOf } from './shards'
 /** An object that keeps counting hands its counts over once this often... */
 const DEFAULT_MIN_GAP_MS = 60_000
 /**
- * ...and one that stops hands the rest over this long after its last count. A pending timer keeps
- * an object awake (and billed for duration), so the wait for quiet stays as short as a Durable
- * Object's own idle time before hibernation, not a minute.
+ * ...and one that stops hands the rest over this long after its last count (by default). A pending
+ * timer keeps an object awake, and billed for duration, so objects pass a short wait or none.
  */
 const QUIET_MS = 10_000
+
+export interface MetricsOptions {
+  /** Sets gauges that are read at hand-over time (a room's D1 lag). */
+  refresh?: () => void
+  /**
+   * How long after its last count a quiet object hands the rest over; `'owner'`: no timer, the
+   * object calls `flush()` from a wake-up it has anyway (a room's alarm). With a test's gap shorter
+   * than QUIET_MS a timer is used regardless, so tests need not wait for alarms.
+   */
+  quietMs?: number | 'owner'
+}
 
 /**
  * Counts kept in an object's memory per minute, handed to a metrics shard in one call once a minute
@@ -29,11 +39,10 @@ export class Metrics {
   /** METRICS_ENABLED=false turns counting off (the benchmark measures what it costs). */
   readonly #off: boolean
 
-  /** `refresh` sets gauges that are read at hand-over time (a room's D1 lag). */
   constructor(
     private readonly env: Env,
     private readonly source: string,
-    private readonly refresh?: () => void,
+    private readonly options: MetricsOptions = {},
   ) {
     this.#off = env.METRICS_ENABLED === 'false'
   }
@@ -67,8 +76,16 @@ export class Metrics {
     return Number(this.env.METRICS_MIN_GAP_MS) || DEFAULT_MIN_GAP_MS
   }
 
-  #quiet(): number {
-    return Math.min(QUIET_MS, this.#gap())
+  /** The wait for quiet, or null when the owner hands over from its own wake-ups. */
+  #quiet(): number | null {
+    const gap = this.#gap()
+    if (this.options.quietMs === 'owner') return gap < QUIET_MS ? gap : null
+    return Math.min(this.options.quietMs ?? QUIET_MS, gap)
+  }
+
+  #armQuiet(delay = this.#quiet()) {
+    if (delay === null || this.#timer) return
+    this.#timer = setTimeout(() => this.#whenQuiet(), delay)
   }
 
   /** Busy: hand over once the oldest waiting count is a gap old. Otherwise wait for quiet. */
@@ -78,20 +95,35 @@ export class Metrics {
     if (this.#pendingSince === 0) this.#pendingSince = now
     if (this.#flushing) return
     if (now - this.#pendingSince >= this.#gap()) return void this.flush()
-    this.#timer ??= setTimeout(() => this.#whenQuiet(), this.#quiet())
+    this.#armQuiet()
   }
 
   #whenQuiet() {
     this.#timer = null
+    const quiet = this.#quiet() ?? 0
     const idle = Date.now() - this.#lastCountAt
-    if (idle < this.#quiet()) this.#timer = setTimeout(() => this.#whenQuiet(), this.#quiet() - idle)
+    if (idle < quiet) this.#armQuiet(quiet - idle)
     else void this.flush()
+  }
+
+  /**
+   * For an owner's wake-up: hands over when nothing was counted for `quietMs` (a busy object hands
+   * over from the counting path, once a gap); says whether counts still wait, so the owner wakes again.
+   */
+  async flushIfQuiet(quietMs: number): Promise<boolean> {
+    if (this.pending && Date.now() - this.#lastCountAt >= quietMs) await this.flush()
+    return this.pending
+  }
+
+  /** Whether counts wait for a hand-over (an owner without a timer keeps a wake-up for them). */
+  get pending(): boolean {
+    return this.#minutes.size > 0 || this.#gaugesChanged
   }
 
   /** Hands everything counted so far to the shard; counts stay for the next try if the shard fails. */
   async flush(): Promise<void> {
     if (this.#flushing) return this.#flushing
-    this.refresh?.()
+    this.options.refresh?.()
     if (this.#timer) clearTimeout(this.#timer)
     this.#timer = null
     if (this.#minutes.size === 0 && !this.#gaugesChanged) return
@@ -119,7 +151,7 @@ export class Metrics {
       } finally {
         this.#flushing = null
         // Counts made meanwhile (or put back after a failure) wait for the next quiet or gap.
-        if ((this.#minutes.size > 0 || this.#gaugesChanged) && !this.#timer) this.#timer = setTimeout(() => this.#whenQuiet(), this.#quiet())
+        if (this.pending) this.#armQuiet()
       }
     })()
     return this.#flushing

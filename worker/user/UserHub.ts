@@ -140,7 +140,8 @@ export class UserHub extends DurableObject<Env> {
     // big group its user is in, so waking must cost next to nothing.
     migrateHub(this.sql)
     this.frameRate = parseRate(env.FRAME_RATE, DEFAULT_FRAME_RATE)
-    this.metrics = new Metrics(env, `hub:${ctx.id.toString()}`)
+    // A hub is awake a second after each delivery anyway (its tick); 2 s of quiet adds little to that.
+    this.metrics = new Metrics(env, `hub:${ctx.id.toString()}`, { quietMs: 2_000 })
   }
 
   /**
