@@ -19,8 +19,12 @@ export function rememberRevoked(sessionId: string) {
  */
 export async function sessionActive(env: Env, auth: AuthContext): Promise<boolean> {
   if (revoked.has(auth.sessionId)) return false
-  const row = await env.DB.prepare('SELECT revoked_at FROM sessions WHERE id = ? AND user_id = ?').bind(auth.sessionId, auth.userId).first<{ revoked_at: number | null }>()
-  if (row && row.revoked_at === null) return true
+  // The account's suspension is read with the session: a sign-in that raced a suspension (its
+  // session made after the suspension revoked the others) is refused all the same.
+  const row = await env.DB.prepare('SELECT s.revoked_at, u.suspended_at FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ? AND s.user_id = ?')
+    .bind(auth.sessionId, auth.userId)
+    .first<{ revoked_at: number | null; suspended_at: number | null }>()
+  if (row && row.revoked_at === null) return row.suspended_at === null
   if (row) rememberRevoked(auth.sessionId)
   return false
 }

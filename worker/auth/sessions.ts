@@ -52,7 +52,9 @@ export async function rotateRefreshToken(env: Env, db: Db, presented: string, pl
     .innerJoin(users, eq(users.id, sessions.userId))
     .where(eq(refreshTokens.tokenHash, tokenHash))
     .get()
-  if (row?.user.suspendedAt != null) fail(403, ErrorCode.SUSPENDED, `this account is suspended${row.user.suspendedReason ? `: ${row.user.suspendedReason}` : ''}`)
+  // A suspension revokes the sessions: a device that held a live refresh token learns why.
+  const suspended = row?.user.suspendedAt != null && row.token.usedAt === null && row.token.expiresAt >= Date.now()
+  if (suspended) fail(403, ErrorCode.SUSPENDED, `this account is suspended${row.user.suspendedReason ? `: ${row.user.suspendedReason}` : ''}`)
   if (!row || row.session.revokedAt !== null || row.token.expiresAt < Date.now()) {
     fail(401, ErrorCode.UNAUTHORIZED, 'refresh token is invalid or expired')
   }

@@ -21,7 +21,7 @@ import {
   type Receipt,
   type Role,
 } from '../shared/protocol'
-import { EVENT_COLUMNS, eventToRow, MODERATOR, rowToEvent, type EventRow } from './event-rows'
+import { EVENT_COLUMNS, eventToRow, MODERATOR, MODERATOR_ID, rowToEvent, type EventRow } from './event-rows'
 import { fail, ok, type RoomResult } from '../do-result'
 import { parseRate, RateLimiter } from './rate-limit'
 import { migrateRoom, ROOM_SCHEMA_VERSION } from './room-schema'
@@ -285,8 +285,8 @@ export class ConversationRoom extends DurableObject<Env> {
     if (!result.ok) {
       this.metrics.count(Counter.messagesRefused, result.code)
       if (result.code === ErrorCode.RATE_LIMITED) this.metrics.count(Counter.rateLimited, 'room')
-      // A refusal commits nothing, so nothing armed the alarm that hands its count over.
-      this.armFlushAlarm()
+      // A refusal commits nothing, so no alarm may come to hand its count over: a timer then.
+      if (this.alarmAt === null) this.metrics.handOverLater()
     }
     return result
   }
@@ -526,16 +526,17 @@ export class ConversationRoom extends DurableObject<Env> {
    * A moderator removes a message after a report: a recall with no time limit, by someone who is
    * not a member, shown as "removed by a moderator". Erased everywhere like any recall.
    */
-  async removeByModerator(conversationId: string, moderatorId: string, clientMsgId: string, targetSeq: number): Promise<RoomResult<Ack>> {
+  async removeByModerator(conversationId: string, clientMsgId: string, targetSeq: number): Promise<RoomResult<Ack>> {
     const loaded = await this.ensureLoaded(conversationId)
     if (!loaded.ok) return loaded
-    return this.inSenderOrder(moderatorId, async () => {
-      const dup = this.findBySender(moderatorId, clientMsgId)
+    return this.inSenderOrder(MODERATOR_ID, async () => {
+      const dup = this.findBySender(MODERATOR_ID, clientMsgId)
       if (dup) return ok(dup)
       const target = this.eventRow(targetSeq)
       if (!target || target.type !== 'message') return fail(ErrorCode.NOT_FOUND, 'no such message')
       if (target.recalled_by !== null) return fail(ErrorCode.CONFLICT, 'the message was already removed')
-      return ok(this.commit({ type: 'recall', conversationId, seq: this.lastSeq + 1, senderId: moderatorId, clientMsgId, serverTs: this.now(), targetSeq, byAdmin: true, byModerator: true }, () => this.erase(target, moderatorId, MODERATOR)))
+      // Members see "a moderator", never which one: the audit log keeps who.
+      return ok(this.commit({ type: 'recall', conversationId, seq: this.lastSeq + 1, senderId: MODERATOR_ID, clientMsgId, serverTs: this.now(), targetSeq, byAdmin: true, byModerator: true }, () => this.erase(target, MODERATOR_ID, MODERATOR)))
     })
   }
 

@@ -84,6 +84,8 @@ export function eventToRow(e: ConversationEvent): EventRow {
   }
 }
 
+/** The sender id of a moderator's removal: members are not told which admin it was. */
+export const MODERATOR_ID = 'moderator'
 /** recalled_by_admin: 0 the sender, 1 a group admin, 2 a moderator of the service. */
 export const MODERATOR = 2
 export const recalledByCode = (byAdmin: boolean, byModerator?: boolean) => (byModerator ? MODERATOR : Number(byAdmin))

@@ -257,7 +257,12 @@ export const reports = sqliteTable(
     closedAt: integer('closed_at'),
     closedBy: text('closed_by'),
   },
-  (t) => [index('reports_status_idx').on(t.status, t.createdAt), uniqueIndex('reports_once_idx').on(t.reporterId, t.targetUserId, t.conversationId, t.seq)],
+  (t) => [
+    index('reports_status_idx').on(t.status, t.createdAt),
+    uniqueIndex('reports_once_idx').on(t.reporterId, t.targetUserId, t.conversationId, t.seq),
+    // NULLs are distinct in a unique index: reports of a person are one open case per reporter here.
+    uniqueIndex('reports_user_once_idx').on(t.reporterId, t.targetUserId).where(sql`${t.conversationId} IS NULL AND ${t.status} = 'open'`),
+  ],
 )
 
 /** Every action an operator took, newest last; never edited. */

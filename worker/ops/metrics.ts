@@ -85,7 +85,9 @@ export class Metrics {
 
   #armQuiet(delay = this.#quiet()) {
     if (delay === null || this.#timer) return
-    this.#timer = setTimeout(() => this.#whenQuiet(), delay)
+    // Jittered: a message to a big group makes every member's hub count at once, and their
+    // hand-overs should not all land on the shards in the same instant.
+    this.#timer = setTimeout(() => this.#whenQuiet(), delay * (1 + Math.random() / 2))
   }
 
   /** Busy: hand over once the oldest waiting count is a gap old. Otherwise wait for quiet. */
@@ -115,6 +117,11 @@ export class Metrics {
     return this.pending
   }
 
+  /** For an owner that has no wake-up coming: a timer after all, 10 s. */
+  handOverLater() {
+    if (!this.#timer && this.pending) this.#timer = setTimeout(() => this.#whenQuiet(), QUIET_MS)
+  }
+
   /** Whether counts wait for a hand-over (an owner without a timer keeps a wake-up for them). */
   get pending(): boolean {
     return this.#minutes.size > 0 || this.#gaugesChanged
@@ -138,8 +145,13 @@ export class Metrics {
     this.#pendingSince = 0
     this.#flushing = (async () => {
       try {
-        writeAnalytics(this.env, batch)
         await getMetricsShard(this.env, shardOf(this.env, this.source)).record(batch)
+        // After the shard took it: a failed hand-over is retried, and must not reach Analytics Engine twice.
+        try {
+          writeAnalytics(this.env, batch)
+        } catch (e) {
+          console.warn(JSON.stringify({ level: 'warn', msg: 'analytics engine write failed', error: String(e) }))
+        }
       } catch (e) {
         console.warn(JSON.stringify({ level: 'warn', msg: 'metrics hand-over failed', source: this.source, error: String(e) }))
         for (const [minute, m] of taken) {
@@ -167,9 +179,21 @@ function writeAnalytics(env: Env, batch: MetricsBatch) {
   for (const [key, value] of Object.entries(batch.gauges)) env.METRICS.writeDataPoint({ indexes: [key], blobs: [key, batch.source, 'gauge'], doubles: [value, Math.floor(Date.now() / 60_000)] })
 }
 
-/** The Worker's own counts (5xx, refused requests): rare, so each is handed over at once. */
+/** The Worker isolate's own counts (5xx, 429s, transcriptions). */
+let isolateMetrics: Metrics | null = null
+let isolateHandedAt = 0
+const ISOLATE_GAP_MS = 10_000
+
+/**
+ * Counts in the isolate's memory and hands over at most every 10 s (with the request that finds them
+ * due), so a flood of refused requests is not a flood of shard writes. Whatever an isolate counted
+ * after its last hand-over goes with its next one, or with it when it is recycled.
+ */
 export function countInWorker(env: Env, ctx: { waitUntil(p: Promise<unknown>): void }, name: Counter, label?: string) {
-  const m = new Metrics(env, 'worker')
-  m.count(name, label)
-  ctx.waitUntil(m.flush())
+  isolateMetrics ??= new Metrics(env, `worker:${crypto.randomUUID()}`, { quietMs: 'owner' })
+  isolateMetrics.count(name, label)
+  const gap = Math.min(ISOLATE_GAP_MS, Number(env.METRICS_MIN_GAP_MS) || ISOLATE_GAP_MS)
+  if (Date.now() - isolateHandedAt < gap) return
+  isolateHandedAt = Date.now()
+  ctx.waitUntil(isolateMetrics.flush())
 }

@@ -46,7 +46,9 @@ async function audit(db: Db, actor: string, action: AuditEntry['action'], target
 async function peopleById(db: Db, ids: string[]): Promise<Map<string, ReportedUser>> {
   const unique = [...new Set(ids)]
   if (unique.length === 0) return new Map()
-  const rows = await db.select({ id: users.id, handle: users.handle, displayName: users.displayName, suspendedAt: users.suspendedAt }).from(users).where(inArray(users.id, unique))
+  // D1 takes at most 100 bound parameters a query.
+  const chunks = Array.from({ length: Math.ceil(unique.length / 90) }, (_, i) => unique.slice(i * 90, i * 90 + 90))
+  const rows = (await Promise.all(chunks.map((ids) => db.select({ id: users.id, handle: users.handle, displayName: users.displayName, suspendedAt: users.suspendedAt }).from(users).where(inArray(users.id, ids))))).flat()
   return new Map(rows.map((u) => [u.id, { id: u.id, handle: u.handle, displayName: u.displayName, suspended: u.suspendedAt !== null }]))
 }
 
@@ -70,9 +72,9 @@ async function suspend(c: { env: AppEnv['Bindings'] }, db: Db, adminId: string, 
   if (userId === adminId) fail(400, ErrorCode.BAD_REQUEST, 'you cannot suspend yourself')
   // First the mark (sign-in and refresh check it), then the sessions and sockets.
   await db.update(users).set({ suspendedAt: Date.now(), suspendedReason: reason }).where(eq(users.id, userId))
-  const revoked = await revokeAllSessions(c.env, db, userId, ErrorCode.SUSPENDED)
+  // Logged first: the suspension stands (sign-in refuses it) even if closing the sockets fails.
   await audit(db, adminId, 'suspend', userId, reason, reportId)
-  return revoked
+  return revokeAllSessions(c.env, db, userId, ErrorCode.SUSPENDED)
 }
 
 export const adminRoutes = new Hono<AppEnv>()
@@ -131,11 +133,11 @@ export const adminRoutes = new Hono<AppEnv>()
     const report = await openReport(db, c.req.param('id'))
     if (!report.conversationId || report.seq === null) fail(400, ErrorCode.BAD_REQUEST, 'this report is about a user, not a message')
     // The report's id makes the removal idempotent: a retried click finds the first one.
-    const result = await getConversationRoom(c.env, report.conversationId).removeByModerator(report.conversationId, admin, `moderation-${report.id}`, report.seq)
+    const result = await getConversationRoom(c.env, report.conversationId).removeByModerator(report.conversationId, `moderation-${report.id}`, report.seq)
     if (!result.ok && result.code !== ErrorCode.CONFLICT) fail(result.code === ErrorCode.NOT_FOUND ? 404 : 400, result.code, result.message)
     await closeReport(db, report.id, 'actioned', admin)
     // Already recalled by its sender: nothing left to remove, and the log says so.
-    const detail = `${report.conversationId}#${report.seq}${result.ok ? '' : ' (already recalled by the sender)'}`
+    const detail = `${report.conversationId}#${report.seq}${result.ok ? '' : ' (already recalled or removed)'}`
     await audit(db, admin, 'remove-message', report.targetUserId, detail, report.id)
     return c.body(null, 204)
   })
@@ -143,7 +145,7 @@ export const adminRoutes = new Hono<AppEnv>()
     const db = getDb(c.env)
     const admin = c.get('auth').userId
     const { reason, reportId } = c.req.valid('json')
-    if (reportId) await openReport(db, reportId)
+    if (reportId && (await openReport(db, reportId)).targetUserId !== c.req.param('id')) fail(400, ErrorCode.BAD_REQUEST, 'that report is about someone else')
     const revoked = await suspend(c, db, admin, c.req.param('id'), reason, reportId ?? null)
     if (reportId) await closeReport(db, reportId, 'actioned', admin)
     return c.json({ revokedSessions: revoked })

@@ -142,6 +142,8 @@ export class UserHub extends DurableObject<Env> {
     this.frameRate = parseRate(env.FRAME_RATE, DEFAULT_FRAME_RATE)
     // A hub is awake a second after each delivery anyway (its tick); 2 s of quiet adds little to that.
     this.metrics = new Metrics(env, `hub:${ctx.id.toString()}`, { quietMs: 2_000 })
+    // A new instance (after hibernation) reports its sockets, which refreshes the shard's row.
+    if (ctx.getWebSockets().length > 0) this.reportSockets()
   }
 
   /**
@@ -338,7 +340,8 @@ export class UserHub extends DurableObject<Env> {
     if (!result.ok) return send(ws, errorFrame(result.code, result.message, clientMsgId))
     const { seq, serverTs, event, receipts } = result.value
     send(ws, { type: 'ack', conversationId, clientMsgId, seq, serverTs })
-    if (sentAt !== undefined) this.metrics.observeSendAck(Date.now() - sentAt)
+    // A retry answered from the log says nothing about how long a write takes.
+    if (sentAt !== undefined && !result.value.duplicate) this.metrics.observeSendAck(Date.now() - sentAt)
     if (event) this.show(event, ws, (ws.deserializeAttachment() as DeviceAttachment).userId)
     if (receipts) void this.notify({ type: 'receipts', conversationId, receipts })
   }

@@ -1,0 +1,1 @@
+CREATE UNIQUE INDEX `reports_user_once_idx` ON `reports` (`reporter_id`,`target_user_id`) WHERE "reports"."conversation_id" IS NULL AND "reports"."status" = 'open';
