@@ -3,7 +3,7 @@ import parsePrometheus from 'parse-prometheus-text-format'
 import { describe, it } from 'vitest'
 import type { AuthResult } from '../worker/shared/protocol'
 import { api, Device, json, openChat, register, textSend } from './helpers'
-import { newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
+import { offlineRecipient, receivedPushes, waitFor } from './push-helpers'
 import { Metrics } from '../worker/ops/metrics'
 import { Counter } from '../worker/shared/metrics'
 
@@ -148,12 +148,7 @@ describe('push metrics', () => {
     const sent0 = value(before, 'pushes_total', { outcome: 'sent' })
     const failed0 = value(before, 'pushes_total', { outcome: 'failed' })
     for (const mode of ['ok', 'fail'] as const) {
-      const alice = await register()
-      const bob = await register()
-      const conv = await openChat(alice, bob)
-      const sub = await newPushSubscription(mode)
-      await subscribe(bob, sub)
-      const a = await Device.connect(alice)
+      const { conv, sub, a } = await offlineRecipient(mode)
       await a.sendAndAck(textSend(conv.id, `are you there? (${mode})`))
       if (mode === 'ok') await waitFor(async () => (await receivedPushes(sub)).received.length > 0)
       a.close()

@@ -2,7 +2,7 @@ import { runDurableObjectAlarm } from 'cloudflare:test'
 import { env } from 'cloudflare:workers'
 import { getConversationRoom } from '../worker/durable-objects'
 import type { AuthResult } from '../worker/shared/protocol'
-import { api } from './helpers'
+import { api, Device, openChat, register } from './helpers'
 
 export interface FakeSubscription {
   endpoint: string
@@ -43,4 +43,15 @@ export async function drainOutbox(conversationId: string) {
     if (!(await runDurableObjectAlarm(room))) await new Promise((r) => setTimeout(r, 50))
   }
   throw new Error('outbox did not drain')
+}
+
+/** Alice writes to Bob, who has no device online, so every message becomes a push job. */
+export async function offlineRecipient(mode: 'ok' | 'gone' | 'fail' = 'ok') {
+  const alice = await register()
+  const bob = await register()
+  const conv = await openChat(alice, bob)
+  const sub = await newPushSubscription(mode)
+  await subscribe(bob, sub)
+  const a = await Device.connect(alice)
+  return { alice, bob, conv, sub, a }
 }

@@ -7,18 +7,9 @@ import { handleQueue, PUSH_QUEUE } from '../worker/push/queue'
 import { PUSH_COALESCE_MS, type UserHub } from '../worker/user/UserHub'
 import type { PushJob } from '../worker/shared/jobs'
 import { api, Device, openChat, register, textSend } from './helpers'
-import { drainOutbox, newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
+import { drainOutbox, newPushSubscription, offlineRecipient, receivedPushes, subscribe, waitFor } from './push-helpers'
 
-/** Alice writes to Bob, who has no device online, so every message becomes a push job. */
-async function offlineBob(mode: 'ok' | 'gone' | 'fail' = 'ok') {
-  const alice = await register()
-  const bob = await register()
-  const conv = await openChat(alice, bob)
-  const sub = await newPushSubscription(mode)
-  await subscribe(bob, sub)
-  const a = await Device.connect(alice)
-  return { alice, bob, conv, sub, a }
-}
+const offlineBob = offlineRecipient
 
 async function runBatch(jobs: PushJob[]) {
   const batch = createMessageBatch(PUSH_QUEUE, jobs.map((body, i) => ({ id: `m${i}`, timestamp: new Date(), attempts: 1, body })))

@@ -4,21 +4,15 @@ import path from 'node:path'
 import { promisify } from 'node:util'
 import type { Locator, Page } from 'playwright-core'
 import { describe, it } from 'vitest'
-import { befriendInUi, messageAction, recallMessage, registerInUi, say, useProduct } from './browser'
+import { befriendInUi, conversationItem, messageAction, newPerson, recallMessage, say, useProduct } from './browser'
 
 const ROOT = path.resolve(import.meta.dirname, '../..')
 // Objects hand their metrics over every half second instead of every minute.
 const product = useProduct(() => ({ METRICS_MIN_GAP_MS: '500' }))
 
-async function person(handle: string, name: string): Promise<Page> {
-  const page = await (await product.browser.newContext()).newPage()
-  await registerInUi(page, product.server.url, handle, name)
-  return page
-}
+const person = (handle: string, name: string) => newPerson(product, handle, name)
 
-function conv(page: Page, title: string) {
-  return page.getByTestId('conversation-item').filter({ has: page.locator('.title').getByText(title, { exact: true }) })
-}
+const conv = conversationItem
 
 async function axeViolations(page: Page) {
   const result = await new AxeBuilder({ page: page as never }).analyze()

@@ -59,6 +59,18 @@ export function useProduct(vars?: () => Promise<Record<string, string>> | Record
   return ctx
 }
 
+/** A new person signed up in a browser context of their own. */
+export async function newPerson(product: { server: LocalServer; browser: Browser }, handle: string, name: string): Promise<Page> {
+  const page = await (await product.browser.newContext()).newPage()
+  await registerInUi(page, product.server.url, handle, name)
+  return page
+}
+
+/** A conversation in the list by its exact title. */
+export function conversationItem(page: Page, title: string) {
+  return page.getByTestId('conversation-item').filter({ has: page.locator('.title').getByText(title, { exact: true }) })
+}
+
 /** Sends a message from the open chat and waits until the server has acknowledged it. */
 export async function say(page: Page, text: string) {
   await page.getByTestId('composer-input').fill(text)

@@ -1,19 +1,12 @@
 import type { Page } from 'playwright-core'
 import { describe, it } from 'vitest'
-import { befriendInUi, registerInUi, say, useProduct } from './browser'
+import { befriendInUi, conversationItem, newPerson, say, useProduct } from './browser'
 
 const product = useProduct()
 
-async function person(handle: string, name: string): Promise<Page> {
-  const page = await (await product.browser.newContext()).newPage()
-  await registerInUi(page, product.server.url, handle, name)
-  return page
-}
+const person = (handle: string, name: string) => newPerson(product, handle, name)
 
-/** A conversation in the list by its exact title. */
-function conv(page: Page, title: string) {
-  return page.getByTestId('conversation-item').filter({ has: page.locator('.title').getByText(title, { exact: true }) })
-}
+const conv = conversationItem
 
 describe('people, groups, unread, presence and search in the PWA', () => {
   it('befriends, sees presence and typing, runs a group, counts unread, searches, removes and blocks', async ({ expect }) => {
