@@ -36,7 +36,11 @@ export async function befriendInUi(a: Page, b: Page, handleB: string) {
   await a.getByTestId('people-search').fill(handleB)
   await a.getByTestId('people-search').press('Enter')
   await a.getByTestId('search-result').filter({ hasText: `@${handleB}` }).getByTestId('send-request').click()
-  await a.getByRole('status').filter({ hasText: 'Request sent' }).waitFor()
+  // Either the confirmation or the panel's error: a refused request fails here with the server's words.
+  const sent = a.getByRole('status').filter({ hasText: 'Request sent' })
+  const refused = a.getByRole('region', { name: 'People' }).getByRole('alert')
+  await sent.or(refused).first().waitFor()
+  if (!(await sent.isVisible())) throw new Error(`friend request refused: ${await refused.first().textContent()}`)
   await b.getByTestId('tab-people').click()
   await b.getByTestId('incoming-request').first().getByTestId('accept-request').click()
   await b.getByTestId('friend').first().waitFor()
