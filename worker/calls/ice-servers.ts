@@ -4,6 +4,7 @@
 // REST-API shared secret scheme (coturn's `use-auth-secret`, draft-uberti-behave-turn-rest /
 // RFC 7635 style). A static TURN password never reaches the browser.
 import type { Env } from '../env'
+import { log } from '../ops/log'
 
 export interface IceServer {
   urls: string[]
@@ -49,7 +50,7 @@ export async function iceServersFor(env: Env, userId: string): Promise<IceServer
       return [...servers, ...(await cloudflareTurn(env.TURN_KEY_ID, env.TURN_KEY_API_TOKEN))]
     } catch (e) {
       // A call without a relay still connects on most networks: STUN (and a REST-secret TURN) go on.
-      console.warn(JSON.stringify({ msg: 'TURN credentials not minted', error: String(e) }))
+      log(env, 'warn', 'TURN credentials not minted', { error: String(e) })
     }
   }
   if (env.TURN_SECRET && list(env.TURN_URLS).length) {

@@ -270,28 +270,21 @@ export class ConversationRoom extends DurableObject<Env> {
     need: 'member' | 'admin' | 'owner',
     act: (member: Member) => RoomResult<Ack>,
   ): Promise<RoomResult<Ack>> {
-    return this.inSenderOrder(actorId, () => this.writeNow(conversationId, actorId, clientMsgId, need, act))
+    return this.inSenderOrder(actorId, async () => this.counted(await this.writeNow(conversationId, actorId, clientMsgId, need, act)))
+  }
+
+  /** A write's outcome, counted: refusals by code. */
+  private counted(result: RoomResult<Ack>): RoomResult<Ack> {
+    if (result.ok) return result
+    this.metrics.count(Counter.messagesRefused, result.code)
+    if (result.code === ErrorCode.RATE_LIMITED) this.metrics.count(Counter.rateLimited, 'room')
+    // A refusal commits nothing, so no alarm may come to hand its count over: a timer then.
+    if (this.alarmAt === null) this.metrics.handOverLater()
+    return result
   }
 
   /** `write` for a caller already in its sender's order. */
   private async writeNow(
-    conversationId: string,
-    actorId: string,
-    clientMsgId: string,
-    need: 'member' | 'admin' | 'owner',
-    act: (member: Member) => RoomResult<Ack>,
-  ): Promise<RoomResult<Ack>> {
-    const result = await this.checkedWrite(conversationId, actorId, clientMsgId, need, act)
-    if (!result.ok) {
-      this.metrics.count(Counter.messagesRefused, result.code)
-      if (result.code === ErrorCode.RATE_LIMITED) this.metrics.count(Counter.rateLimited, 'room')
-      // A refusal commits nothing, so no alarm may come to hand its count over: a timer then.
-      if (this.alarmAt === null) this.metrics.handOverLater()
-    }
-    return result
-  }
-
-  private async checkedWrite(
     conversationId: string,
     actorId: string,
     clientMsgId: string,
@@ -398,7 +391,7 @@ export class ConversationRoom extends DurableObject<Env> {
           if (!filled.ok) return filled
           message = filled.value
         }
-        return this.writeNow(conversationId, senderId, clientMsgId, 'member', this.messageWriter(conversationId, senderId, clientMsgId, message, undefined, origin))
+        return this.counted(await this.writeNow(conversationId, senderId, clientMsgId, 'member', this.messageWriter(conversationId, senderId, clientMsgId, message, undefined, origin)))
       })
     }
     return this.write(conversationId, senderId, clientMsgId, 'member', this.messageWriter(conversationId, senderId, clientMsgId, message, replyTo, origin))

@@ -1,5 +1,6 @@
 import type { Env } from '../env'
 import { SEND_ACK, SEND_ACK_BUCKETS, seriesKey, type Counter, type Gauge, type MetricsBatch } from '../shared/metrics'
+import { log } from './log'
 import { getMetricsShard, shardOf } from './shards'
 
 /** An object that keeps counting hands its counts over once this often... */
@@ -23,9 +24,9 @@ export interface MetricsOptions {
 
 /**
  * Counts kept in an object's memory per minute, handed to a metrics shard in one call once a minute
- * while the object stays busy and 10 s after it goes quiet: no storage write per message anywhere,
- * and no single object that every message waits for (docs/decisions.md "Metrics"). In production each hand-over is also written to Workers
- * Analytics Engine.
+ * while the object stays busy and when it goes quiet (`MetricsOptions.quietMs`): no storage write
+ * per message anywhere, and no single object that every message waits for (docs/decisions.md
+ * "Metrics"). In production each hand-over is also written to Workers Analytics Engine.
  */
 export class Metrics {
   #minutes = new Map<number, Map<string, number>>()
@@ -150,10 +151,10 @@ export class Metrics {
         try {
           writeAnalytics(this.env, batch)
         } catch (e) {
-          console.warn(JSON.stringify({ level: 'warn', msg: 'analytics engine write failed', error: String(e) }))
+          log(this.env, 'warn', 'analytics engine write failed', { error: String(e) })
         }
       } catch (e) {
-        console.warn(JSON.stringify({ level: 'warn', msg: 'metrics hand-over failed', source: this.source, error: String(e) }))
+        log(this.env, 'warn', 'metrics hand-over failed', { source: this.source, error: String(e) })
         for (const [minute, m] of taken) {
           const now = this.#minutes.get(minute) ?? new Map<string, number>()
           for (const [k, v] of m) now.set(k, (now.get(k) ?? 0) + v)

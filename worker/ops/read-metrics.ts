@@ -56,12 +56,15 @@ export function renderPrometheus(readings: ShardReading[]): string {
   return `${out.join('\n')}\n`
 }
 
+/** Shards' values of one gauge, as one: the sum, or the largest for lag. */
+function combine(name: string, values: number[]): number {
+  return MAX_GAUGES.has(name) ? Math.max(0, ...values) : values.reduce((a, b) => a + b, 0)
+}
+
 function mergeGauges(lists: [string, number][][]): Map<string, number> {
-  const out = new Map<string, number>()
-  for (const list of lists) {
-    for (const [name, v] of list) out.set(name, MAX_GAUGES.has(name) ? Math.max(out.get(name) ?? 0, v) : (out.get(name) ?? 0) + v)
-  }
-  return out
+  const byName = new Map<string, number[]>()
+  for (const list of lists) for (const [name, v] of list) byName.set(name, [...(byName.get(name) ?? []), v])
+  return new Map([...byName].map(([name, vs]) => [name, combine(name, vs)]))
 }
 
 /** Quantile of one minute's histogram deltas, interpolated inside its bucket (as histogram_quantile does). */
@@ -119,8 +122,7 @@ export function toSeries(readings: ShardReading[], fromMinute: number, toMinute:
     })
     return minutes.map((_, i) => {
       const vs = perShard.map((s) => s[i]).filter((v): v is number => v !== null && v !== undefined)
-      if (vs.length === 0) return null
-      return MAX_GAUGES.has(name) ? Math.max(...vs) : vs.reduce((a, b) => a + b, 0)
+      return vs.length === 0 ? null : combine(name, vs)
     })
   }
   const now = mergeGauges(readings.map((r) => r.gauges))

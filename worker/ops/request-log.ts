@@ -2,19 +2,8 @@ import { createMiddleware } from 'hono/factory'
 import { routePath } from 'hono/route'
 import type { AppEnv } from '../env'
 import { Counter } from '../shared/metrics'
+import { log } from './log'
 import { countInWorker } from './metrics'
-
-const LEVELS = { debug: 0, info: 1, warn: 2, error: 3 } as const
-type Level = keyof typeof LEVELS
-
-/** One JSON object per line: `wrangler tail --format json` and Workers Logs filter on its fields. */
-export function log(env: { LOG_LEVEL?: string }, level: Level, msg: string, fields: Record<string, unknown> = {}) {
-  if (LEVELS[level] < (LEVELS[(env.LOG_LEVEL ?? 'info') as Level] ?? LEVELS.info)) return
-  const line = JSON.stringify({ level, msg, ...fields })
-  if (level === 'error') console.error(line)
-  else if (level === 'warn') console.warn(line)
-  else console.log(line)
-}
 
 /**
  * Gives each request an id (Cloudflare's Ray ID when there is one), answers it in `x-request-id`,

@@ -6,30 +6,27 @@ import { getDb, type Db } from '../db/client'
 import { auditLog, reports, users } from '../db/schema'
 import { getConversationRoom } from '../durable-objects'
 import type { AppEnv } from '../env'
-import { fail, getAuth, validate } from '../http'
+import { fail, requireAuth, validate } from '../http'
 import { readShards, renderPrometheus, toSeries } from '../ops/read-metrics'
 import { ErrorCode } from '../shared/errors'
 import { ReportsQuery, SeriesQuery, SuspendBody, type AuditEntry, type ModerationReport, type ReportedUser } from '../shared/moderation'
 import type { MessageBody } from '../shared/protocol'
 
 /** Operators only: a signed-in user whose account has is_admin (granted from the command line). */
-export const requireAdmin = createMiddleware<AppEnv>(async (c, next) => {
-  const auth = await getAuth(c)
-  if (!auth) fail(401, ErrorCode.UNAUTHORIZED, 'missing or invalid access token, or the session was signed out')
-  const row = await c.env.DB.prepare('SELECT is_admin, suspended_at FROM users WHERE id = ?').bind(auth.userId).first<{ is_admin: number; suspended_at: number | null }>()
-  if (!row?.is_admin || row.suspended_at !== null) fail(403, ErrorCode.FORBIDDEN, 'only administrators can do that')
-  c.set('auth', auth)
-  await next()
-})
+// A suspended account never gets this far: its sessions fail requireAuth's check.
+export const requireAdmin = createMiddleware<AppEnv>((c, next) =>
+  requireAuth(c, async () => {
+    const row = await c.env.DB.prepare('SELECT is_admin FROM users WHERE id = ?').bind(c.get('auth').userId).first<{ is_admin: number }>()
+    if (!row?.is_admin) fail(403, ErrorCode.FORBIDDEN, 'only administrators can do that')
+    await next()
+  }),
+)
 
-/** Constant-time comparison of the scrape token. */
+/** Constant-time comparison of the scrape token (the runtime's own). */
 function sameToken(a: string, b: string): boolean {
   const x = new TextEncoder().encode(a)
   const y = new TextEncoder().encode(b)
-  if (x.length !== y.length) return false
-  let diff = 0
-  for (let i = 0; i < x.length; i++) diff |= x[i]! ^ y[i]!
-  return diff === 0
+  return x.byteLength === y.byteLength && crypto.subtle.timingSafeEqual(x, y)
 }
 
 /** Prometheus presents the scrape token (METRICS_SCRAPE_TOKEN); people use their admin sign-in. */
