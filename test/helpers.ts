@@ -70,6 +70,13 @@ export async function upgrade(ticket: string, headers: Record<string, string> = 
   )
 }
 
+/** A writer socket's upgrade: an open chat's writes straight to its room. */
+export async function writerUpgrade(ticket: string, conversationId: string) {
+  return exports.default.fetch(
+    new Request(`${BASE}/api/ws/conversations/${conversationId}?ticket=${encodeURIComponent(ticket)}`, { headers: { upgrade: 'websocket' } }),
+  )
+}
+
 /** A connected device: collects every server frame and lets a test wait for one. */
 export class Device {
   readonly frames: ServerMessage[] = []
@@ -89,6 +96,16 @@ export class Device {
   static async connect(a: AuthResult): Promise<Device> {
     const res = await upgrade(await ticketFor(a))
     if (res.status !== 101 || !res.webSocket) throw new Error(`upgrade failed: ${res.status}`)
+    res.webSocket.accept()
+    const device = new Device(res.webSocket)
+    device.sessionId = (await device.next('hello')).sessionId
+    return device
+  }
+
+  /** A writer socket of `a`'s session for one conversation (it answers writes with acks). */
+  static async writer(a: AuthResult, conversationId: string): Promise<Device> {
+    const res = await writerUpgrade(await ticketFor(a), conversationId)
+    if (res.status !== 101 || !res.webSocket) throw new Error(`writer upgrade failed: ${res.status} ${await res.text()}`)
     res.webSocket.accept()
     const device = new Device(res.webSocket)
     device.sessionId = (await device.next('hello')).sessionId

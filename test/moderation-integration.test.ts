@@ -155,7 +155,10 @@ describe('suspension', () => {
     const bob = await register(handle, 'bob-password-1')
     const phone = await Device.connect(bob)
     const laptop = await Device.connect(bob)
-    const closed = [phone, laptop].map((d) => new Promise<{ code: number; reason: string; at: number }>((resolve) => d.ws.addEventListener('close', (e) => resolve({ code: e.code, reason: e.reason, at: Date.now() }))))
+    // A writer socket lives in the conversation's room, not the hub: it must close too.
+    const writer = await Device.writer(bob, (await openChat(admin, bob)).id)
+    await new Promise((r) => setTimeout(r, 100))
+    const closed = [phone, laptop, writer].map((d) => new Promise<{ code: number; reason: string; at: number }>((resolve) => d.ws.addEventListener('close', (e) => resolve({ code: e.code, reason: e.reason, at: Date.now() }))))
 
     expect((await api(`/api/admin/users/${bob.user.id}/suspend`, { token: admin.accessToken, body: {} })).status).toBe(400)
     expect((await api(`/api/admin/users/${admin.user.id}/suspend`, { token: admin.accessToken, body: { reason: 'me' } })).status).toBe(400)

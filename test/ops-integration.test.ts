@@ -1,36 +1,11 @@
 import { env } from 'cloudflare:workers'
-import parsePrometheus from 'parse-prometheus-text-format'
 import { describe, it } from 'vitest'
 import type { AuthResult } from '../worker/shared/protocol'
 import { api, Device, json, openChat, register, textSend } from './helpers'
 import { offlineRecipient, receivedPushes, waitFor } from './push-helpers'
 import { Metrics } from '../worker/ops/metrics'
 import { Counter } from '../worker/shared/metrics'
-
-const SCRAPE = 'test-scrape-token-0123456789'
-
-interface PromFamily {
-  name: string
-  type: string
-  metrics: { value?: string; labels?: Record<string, string>; buckets?: Record<string, string>; count?: string; sum?: string }[]
-}
-
-async function scrape(token = SCRAPE): Promise<PromFamily[]> {
-  const res = await api('/api/admin/metrics', { token })
-  if (res.status !== 200) throw new Error(`metrics: ${res.status} ${await res.text()}`)
-  return parsePrometheus(await res.text()) as PromFamily[]
-}
-
-function value(families: PromFamily[], name: string, labels: Record<string, string> = {}): number {
-  const f = families.find((x) => x.name === `echovalley_${name}`)
-  const m = f?.metrics.find((x) => Object.entries(labels).every(([k, v]) => x.labels?.[k] === v))
-  return Number(m?.value ?? 0)
-}
-
-function histogram(families: PromFamily[]) {
-  const m = families.find((x) => x.name === 'echovalley_send_ack_ms')!.metrics[0]!
-  return { count: Number(m.count), sum: Number(m.sum), buckets: Object.fromEntries(Object.entries(m.buckets ?? {}).map(([k, v]) => [k, Number(v)])) }
-}
+import { histogram, scrape, SCRAPE, value, type PromFamily } from './metrics-helpers'
 
 async function makeAdmin(a: AuthResult) {
   await env.DB.prepare('UPDATE users SET is_admin = 1 WHERE id = ?').bind(a.user.id).run()

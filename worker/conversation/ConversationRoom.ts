@@ -4,7 +4,7 @@ import { getUserHub, getVoiceRoom } from '../durable-objects'
 import { mediaKey } from '../media/UploadSession'
 import type { Env } from '../env'
 import type { UserHub } from '../user/UserHub'
-import { ErrorCode } from '../shared/errors'
+import { APP_CLOSE_CODE, ErrorCode, errorBody } from '../shared/errors'
 import {
   type CallOutcome,
   EDIT_WINDOW_MS,
@@ -27,6 +27,9 @@ import { parseRate, RateLimiter } from './rate-limit'
 import { migrateRoom, ROOM_SCHEMA_VERSION } from './room-schema'
 import { Metrics } from '../ops/metrics'
 import { Counter, Gauge } from '../shared/metrics'
+import { DEFAULT_FRAME_RATE, FrameBudget } from '../ws/frame-budget'
+import { spendTicket, upgradeClaims, UPGRADE_HEADERS } from '../ws/upgrade'
+import { errorFrame, sendTo, WriterSockets } from './writer-sockets'
 
 export type { RoomResult } from '../do-result'
 export interface Ack {
@@ -60,8 +63,12 @@ interface Member {
   /** First seq this member may see. */
   joinedSeq: number
 }
-/** Who shows a write's event on the writer's own devices. */
-export type WriteOrigin = 'hub' | 'http'
+/**
+ * Where a write came from, which decides who shows its event on the writer's own devices: the
+ * writer's hub (from the ack), the room (an HTTP write), or a writer socket of session `session`
+ * (the room tells the writer's hub, for the other devices, when any is online).
+ */
+export type WriteOrigin = 'hub' | 'http' | { session: string }
 /** Groups hold at most this many people (live voice rooms use the same ceiling). */
 export const MAX_GROUP_MEMBERS = 50
 /** The group ceiling; GROUP_LIMIT raises it only for the fan-out benchmark. */
@@ -146,7 +153,7 @@ export class ConversationRoom extends DurableObject<Env> {
   private hubs = new Map<string, DurableObjectStub<UserHub>>()
   /** The newest events' senders, so a receipt finds whom it concerns without reading the log. */
   private recent: { seq: number; senderId: string; message: boolean }[] = []
-  private fanOutQueue: { userId: string; meta: DeliveredEvent; frame: string }[] = []
+  private fanOutQueue: { userId: string; meta: DeliveredEvent; frame: string; skipSession?: string }[] = []
   /**
    * Members whose hub answered that none of their devices is online: they are not called per event.
    * `newest` is the newest event skipped for them, `push` the newest one worth a push (a message or
@@ -161,6 +168,7 @@ export class ConversationRoom extends DurableObject<Env> {
   private fanOutTimer: ReturnType<typeof setTimeout> | null = null
   /** When the safety-net alarm is due, as far as this instance knows (null: none set by it). */
   private alarmAt: number | null = null
+  private writers: WriterSockets
   /** Replaceable so load tests and benchmarks can lift the per-member limit. */
   limiter: RateLimiter
   /** Injectable clock so time boundaries are testable. */
@@ -170,6 +178,8 @@ export class ConversationRoom extends DurableObject<Env> {
     super(ctx, env)
     this.sql = ctx.storage.sql
     this.limiter = new RateLimiter(...parseRate(env.WRITE_RATE, DEFAULT_WRITE_RATE))
+    ctx.setWebSocketAutoResponse(new WebSocketRequestResponsePair('ping', 'pong'))
+    this.writers = new WriterSockets(ctx, new FrameBudget(parseRate(env.FRAME_RATE, DEFAULT_FRAME_RATE)))
     // Handed over from the room's alarm, which activity arms anyway: no timer keeps the room awake for it.
     this.metrics = new Metrics(env, `room:${ctx.id.toString()}`, { refresh: () => this.metrics.gauge(Gauge.d1FlushLag, this.flushLagSeconds()), quietMs: 'owner' })
     // Synchronous: nothing to wait for, and no extra turn before the first call.
@@ -367,15 +377,15 @@ export class ConversationRoom extends DurableObject<Env> {
       this.readDirty.add(event.senderId)
     }
     this.armFlushAlarm()
-    this.fanOut(event, origin === 'hub' ? event.senderId : null, alsoTell)
+    this.fanOut(event, origin === 'hub' ? event.senderId : null, alsoTell, typeof origin === 'object' ? origin.session : undefined)
     this.scheduleFlush()
     const receipts = origin === 'hub' ? this.takeReceipts(event.senderId) : undefined
     return { conversationId: event.conversationId, clientMsgId: event.clientMsgId, seq: event.seq, serverTs: event.serverTs, duplicate: false, event, ...(receipts ? { receipts } : {}) }
   }
 
   async appendMessage(conversationId: string, senderId: string, clientMsgId: string, body: unknown, origin: WriteOrigin = 'http'): Promise<RoomResult<Ack>> {
-    // The hub has parsed the whole frame with the same schema; anything else is checked here.
-    const parsed = origin === 'hub' ? { success: true as const, data: body as MessageBody } : MessageBody.safeParse(body)
+    // A hub or a writer socket parsed the whole frame with the same schema; HTTP bodies are checked here.
+    const parsed = origin !== 'http' ? { success: true as const, data: body as MessageBody } : MessageBody.safeParse(body)
     if (!parsed.success) return fail(ErrorCode.BAD_REQUEST, parsed.error.issues[0]?.message ?? 'invalid body')
     let message: MessageBody = parsed.data
     const replyTo = message.kind === 'text' ? message.replyTo?.seq : undefined
@@ -623,6 +633,7 @@ export class ConversationRoom extends DurableObject<Env> {
 
   private dropMember(userId: string): number[] {
     this.sql.exec('DELETE FROM members WHERE user_id = ?', userId)
+    this.writers.close(userId, null, ErrorCode.NOT_MEMBER)
     // Out of the group, out of its voice room and its call at once (the calls leave after this commit, as every output does).
     const conversationId = this.conversationId!
     void getVoiceRoom(this.env, conversationId)
@@ -817,6 +828,85 @@ export class ConversationRoom extends DurableObject<Env> {
   }
 
   /** One stub per member: deliveries on one stub arrive in the order they were made (E-order), so each hub gets events in seq order. */
+  // ---- writer sockets: a member's writes straight to the room ----
+
+  /** A writer socket's upgrade, its ticket verified by the Worker: members only, each ticket once. */
+  override async fetch(request: Request): Promise<Response> {
+    if (request.headers.get('upgrade') !== 'websocket') return new Response('expected websocket', { status: 426 })
+    const claims = upgradeClaims(request)
+    const conversationId = request.headers.get(UPGRADE_HEADERS.conversationId)
+    if (!claims || !conversationId) return new Response('bad upgrade', { status: 400 })
+    const auth = await this.authorize(conversationId, claims.userId)
+    // Outsiders learn nothing about the conversation, as over HTTP.
+    if (!auth.ok) return Response.json(errorBody(ErrorCode.NOT_FOUND, 'no such conversation'), { status: 404 })
+    if (!spendTicket(this.sql, claims.jti, claims.exp)) return Response.json(errorBody(ErrorCode.UNAUTHORIZED, 'ticket already used'), { status: 401 })
+    const response = this.writers.accept(claims, conversationId)
+    if (response.status === 101) this.askPeers(claims.userId)
+    return response
+  }
+
+  override async webSocketMessage(ws: WebSocket, data: string | ArrayBuffer) {
+    const arrivedAt = Date.now()
+    const frame = this.writers.parse(ws, data, arrivedAt, (code) => {
+      this.metrics.count(Counter.messagesRefused, code)
+      if (code === ErrorCode.RATE_LIMITED) this.metrics.count(Counter.rateLimited, 'socket')
+    })
+    if (!frame) return
+    const { msg, who } = frame
+    const origin = { session: who.sessionId }
+    // No await before the write: frames of one socket reach the sender's order in arrival order.
+    const result =
+      msg.type === 'send' ? await this.appendMessage(msg.conversationId, who.userId, msg.clientMsgId, msg.body, origin)
+      : msg.type === 'edit' ? await this.edit(msg.conversationId, who.userId, msg.clientMsgId, msg.targetSeq, msg.body, origin)
+      : msg.type === 'recall' ? await this.recall(msg.conversationId, who.userId, msg.clientMsgId, msg.targetSeq, origin)
+      : await this.react(msg.conversationId, who.userId, msg.clientMsgId, msg.targetSeq, msg.emoji, msg.on, origin)
+    if (!result.ok) return sendTo(ws, errorFrame(result.code, result.message, msg.clientMsgId))
+    const { seq, serverTs, event, duplicate } = result.value
+    sendTo(ws, { type: 'ack', conversationId: msg.conversationId, clientMsgId: msg.clientMsgId, seq, serverTs })
+    // The ack leaves after the commit (the output gate holds it); the time is the room's part of it.
+    if (msg.type === 'send' && !duplicate) this.metrics.observeSendAck(Date.now() - arrivedAt)
+    // A text message the device builds from its outbox; anything else (a media body the server
+    // filled in, an edit, a recall, a reaction) it gets as the event.
+    if (event && !(event.type === 'message' && event.body?.kind === 'text')) sendTo(ws, { type: 'event', event })
+  }
+
+  override async webSocketClose(ws: WebSocket, code: number, reason: string) {
+    try {
+      ws.close(code === 1005 || code === 1006 ? 1000 : code, reason)
+    } catch {
+      // Already closed.
+    }
+  }
+
+  override async webSocketError(ws: WebSocket) {
+    await this.webSocketClose(ws, 1011, 'socket error')
+  }
+
+  /** Asks the writer's hub which of their devices are online (it reports changes after this, too). */
+  private askPeers(userId: string) {
+    const conversationId = this.conversationId
+    if (!conversationId) return
+    this.hub(userId)
+      .writerOpened(userId, conversationId)
+      .then((r) => void this.writers.setPeers(userId, r.version, r.sockets))
+      .catch((e: unknown) => {
+        this.hubs.delete(userId)
+        console.warn('writer hub not asked', String(e))
+      })
+  }
+
+  /** The hub's report of a writer's open sockets (their sessions); false when no writer socket of theirs is here (the hub forgets this room). */
+  async writerPeers(conversationId: string, userId: string, version: number, sockets: string[] | null): Promise<boolean> {
+    if (this.conversationId !== conversationId) return false
+    return this.writers.setPeers(userId, version, sockets)
+  }
+
+  /** Closes a person's writer sockets here (a revoked session's, or all of a suspended person's). */
+  async closeWriters(conversationId: string, userId: string, sessionId: string | null, reason: ErrorCode): Promise<boolean> {
+    if (this.conversationId !== conversationId) return false
+    return this.writers.close(userId, sessionId, reason)
+  }
+
   private hub(userId: string): DurableObjectStub<UserHub> {
     let stub = this.hubs.get(userId)
     if (!stub) this.hubs.set(userId, (stub = getUserHub(this.env, userId)))
@@ -825,27 +915,37 @@ export class ConversationRoom extends DurableObject<Env> {
 
   /**
    * Sends to current members but `except` (whose own hub shows it), plus `alsoTell` (people just
-   * removed, who learn it and nothing after). A big group's deliveries go out FANOUT_CHUNK per turn,
-   * so they do not hold up this room's acks or other objects; the queue keeps them in seq order.
+   * removed, who learn it and nothing after). A write from a writer socket (`writerSession`) goes
+   * to its writer's hub only when another of the writer's devices is online, and not to that
+   * device. A big group's deliveries go out FANOUT_CHUNK per turn, so they do not hold up this
+   * room's acks or other objects; the queue keeps them in seq order.
    */
-  private fanOut(event: ConversationEvent, except: string | null, alsoTell: string[] = []) {
-    const targets = [...new Set([...this.members.keys(), ...alsoTell])].filter((id) => id !== except)
+  private fanOut(event: ConversationEvent, except: string | null, alsoTell: string[] = [], writerSession?: string) {
+    let targets = [...new Set([...this.members.keys(), ...alsoTell])].filter((id) => id !== except)
+    let skipSession: string | undefined
+    if (writerSession !== undefined) {
+      const writerHub = this.writers.writerHub(event.senderId, writerSession)
+      if (writerHub.ask) this.askPeers(event.senderId)
+      if (!writerHub.deliver) targets = targets.filter((id) => id !== event.senderId)
+      skipSession = writerHub.skipSession
+    }
     const { meta, frame } = deliveryOf(event)
+    const skip = (userId: string) => (userId === event.senderId ? skipSession : undefined)
     if (this.fanOutQueue.length === 0 && targets.length <= FANOUT_CHUNK) {
-      for (const userId of targets) this.deliverTo(userId, meta, frame)
+      for (const userId of targets) this.deliverTo(userId, meta, frame, skip(userId))
       return
     }
-    for (const userId of targets) this.fanOutQueue.push({ userId, meta, frame })
+    for (const userId of targets) this.fanOutQueue.push({ userId, meta, frame, skipSession: skip(userId) })
     if (!this.fanOutTimer) this.fanOutTimer = setTimeout(() => this.drainFanOut(), 0)
   }
 
   private drainFanOut() {
     this.fanOutTimer = null
-    for (const { userId, meta, frame } of this.fanOutQueue.splice(0, FANOUT_CHUNK)) this.deliverTo(userId, meta, frame)
+    for (const { userId, meta, frame, skipSession } of this.fanOutQueue.splice(0, FANOUT_CHUNK)) this.deliverTo(userId, meta, frame, skipSession)
     if (this.fanOutQueue.length > 0) this.fanOutTimer = setTimeout(() => this.drainFanOut(), 0)
   }
 
-  private deliverTo(userId: string, meta: DeliveredEvent, frame: string) {
+  private deliverTo(userId: string, meta: DeliveredEvent, frame: string, skipSession?: string) {
     const away = this.away.get(userId)
     if (away) {
       away.newest = meta.seq
@@ -854,7 +954,7 @@ export class ConversationRoom extends DurableObject<Env> {
       return
     }
     this.hub(userId)
-      .deliver(userId, meta, frame)
+      .deliver(userId, meta, frame, skipSession)
       // A hub answers with its devices' newest confirmation: in a busy chat, delivery receipts
       // ride on deliveries instead of calls of their own.
       .then((reply) => {

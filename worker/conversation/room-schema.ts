@@ -1,5 +1,5 @@
 /** Bumped when the room's SQLite layout changes; migrateRoom brings older rooms up to date. */
-export const ROOM_SCHEMA_VERSION = 2
+export const ROOM_SCHEMA_VERSION = 3
 
 export function migrateRoom(sql: SqlStorage) {
   // One read when the layout is current: a room wakes often, and a write here would be a commit per wake.
@@ -36,6 +36,8 @@ export function migrateRoom(sql: SqlStorage) {
     CREATE TABLE IF NOT EXISTS d1_dirty (seq INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
     -- Uploads of recalled messages whose R2 blob is still to be deleted.
     CREATE TABLE IF NOT EXISTS media_purge (media_id TEXT PRIMARY KEY);
+    -- Writer sockets' tickets, spent once (version 3).
+    CREATE TABLE IF NOT EXISTS used_tickets (jti TEXT PRIMARY KEY, exp INTEGER NOT NULL);
   `)
   const version = Number(sql.exec<{ value: string }>(`SELECT value FROM meta WHERE key = 'version'`).toArray()[0]?.value ?? ROOM_SCHEMA_VERSION)
   if (version < 2) fromOutboxRows(sql)

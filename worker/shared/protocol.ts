@@ -106,38 +106,51 @@ export interface CallInfo {
 export type CallEndReason = 'hangup' | 'declined' | 'missed' | 'busy' | 'cancelled' | 'answered-elsewhere' | 'declined-elsewhere' | 'removed'
 export type CallOutcome = 'answered' | 'missed' | 'declined' | 'busy' | 'cancelled'
 
+/** Send a message; retried with the same clientMsgId until acked. */
+const SendFrame = z.object({
+  type: z.literal('send'),
+  conversationId: Id,
+  clientMsgId: ClientMsgId,
+  body: MessageBody,
+})
+/** Replace the text of one's own text message. */
+const EditFrame = z.object({
+  type: z.literal('edit'),
+  conversationId: Id,
+  clientMsgId: ClientMsgId,
+  targetSeq: Seq.min(1),
+  body: TextBody,
+})
+/** Erase a message everywhere: the sender within RECALL_WINDOW_MS, or a group admin. */
+const RecallFrame = z.object({
+  type: z.literal('recall'),
+  conversationId: Id,
+  clientMsgId: ClientMsgId,
+  targetSeq: Seq.min(1),
+})
+/** Add or take back an emoji reaction to a message. */
+const ReactFrame = z.object({
+  type: z.literal('react'),
+  conversationId: Id,
+  clientMsgId: ClientMsgId,
+  targetSeq: Seq.min(1),
+  emoji: z.string().min(1).max(16).refine((e) => /\p{Extended_Pictographic}/u.test(e), 'not an emoji'),
+  on: z.boolean(),
+})
+
+/**
+ * What a writer socket takes (`/api/conversations/:id/ws`, straight to the conversation's room):
+ * a conversation's writes, answered there with `ack` or `error`. Everything else, deliveries
+ * included, stays on the device's chat socket.
+ */
+export const WriterMessage = z.discriminatedUnion('type', [SendFrame, EditFrame, RecallFrame, ReactFrame])
+export type WriterMessage = z.infer<typeof WriterMessage>
+
 export const ClientMessage = z.discriminatedUnion('type', [
-  /** Send a message; retried with the same clientMsgId until acked. */
-  z.object({
-    type: z.literal('send'),
-    conversationId: Id,
-    clientMsgId: ClientMsgId,
-    body: MessageBody,
-  }),
-  /** Replace the text of one's own text message. */
-  z.object({
-    type: z.literal('edit'),
-    conversationId: Id,
-    clientMsgId: ClientMsgId,
-    targetSeq: Seq.min(1),
-    body: TextBody,
-  }),
-  /** Erase a message everywhere: the sender within RECALL_WINDOW_MS, or a group admin. */
-  z.object({
-    type: z.literal('recall'),
-    conversationId: Id,
-    clientMsgId: ClientMsgId,
-    targetSeq: Seq.min(1),
-  }),
-  /** Add or take back an emoji reaction to a message. */
-  z.object({
-    type: z.literal('react'),
-    conversationId: Id,
-    clientMsgId: ClientMsgId,
-    targetSeq: Seq.min(1),
-    emoji: z.string().min(1).max(16).refine((e) => /\p{Extended_Pictographic}/u.test(e), 'not an emoji'),
-    on: z.boolean(),
-  }),
+  SendFrame,
+  EditFrame,
+  RecallFrame,
+  ReactFrame,
   /** This device holds every event up to seq. */
   z.object({ type: z.literal('delivered'), conversationId: Id, seq: Seq }),
   /** The user has seen every event up to seq. */

@@ -6,7 +6,9 @@ import { assertNever } from '../shared/assert'
 import { APP_CLOSE_CODE, ErrorCode, errorBody } from '../shared/errors'
 import type { PushJob } from '../shared/jobs'
 import { ClientMessage, MAX_FRAME_BYTES, PROTOCOL_VERSION, type ConversationEvent, type Presence, type ServerMessage } from '../shared/protocol'
-import { parseRate, refill } from '../conversation/rate-limit'
+import { parseRate } from '../conversation/rate-limit'
+import { DEFAULT_FRAME_RATE, FrameBudget } from '../ws/frame-budget'
+import { spendTicket, upgradeClaims } from '../ws/upgrade'
 import { DeliveryTracker } from './delivery-tracker'
 import { pool } from '../pool'
 import { Metrics } from '../ops/metrics'
@@ -17,13 +19,6 @@ export interface DeviceAttachment {
   sessionId: string
 }
 
-/** Headers the Worker sets after verifying a ticket; never taken from the client. */
-export const UPGRADE_HEADERS = {
-  userId: 'x-ev-user-id',
-  sessionId: 'x-ev-session-id',
-  jti: 'x-ev-ticket-jti',
-  exp: 'x-ev-ticket-exp',
-} as const
 
 export { DELIVERY_TIMEOUT_MS, MAX_DELIVERY_RETRIES } from './delivery-tracker'
 /** At most one push job per conversation in this window; later messages wait and coalesce. */
@@ -34,18 +29,17 @@ const CURSOR_REPORT_MS = 200
 const TICK_MS = 1_000
 /** After a crash the alarm turns what was written down into pushes; it is due this long after the write. */
 const RECOVERY_ALARM_MS = 30_000
+/** Rooms that hear of this user's sockets for their writer sockets (see writerOpened). */
+const MAX_WRITER_ROOMS = 64
+/** A connect waits at most this long for writer rooms to learn of the new device. */
+const WRITER_ROOMS_WAIT_MS = 2_000
 /** Presence calls to friends' hubs in flight at once. */
 const PRESENCE_CONCURRENCY = 8
 /** Signed-in devices (sessions) with a socket open at once, and sockets per session (browser tabs). */
 export const MAX_DEVICES = 10
 export const MAX_SOCKETS_PER_DEVICE = 5
-/** Frames per socket, "burst/perSecond"; env FRAME_RATE overrides it. A sync costs SYNC_COST. */
-const DEFAULT_FRAME_RATE: [number, number] = [200, 50]
+/** A sync answers with up to SYNC_PAGE_BYTES: it costs this many frames of the socket's budget. */
 const SYNC_COST = 3
-/** A socket refused more than ABUSE_DROPS frames over at least ABUSE_MIN_MS (within a 10 s window) is closed: one burst is only trimmed. */
-const ABUSE_WINDOW_MS = 10_000
-const ABUSE_MIN_MS = 2_000
-const ABUSE_DROPS = 500
 
 type Room = DurableObjectStub<ConversationRoom>
 
@@ -123,9 +117,11 @@ export class UserHub extends DurableObject<Env> {
   /** Friends to tell when this user goes offline (online friends who said hello); mirrored in storage, since hibernation empties memory. */
   private watchers: Set<string> | null = null
   private visible: boolean | null = null
-  /** Frame budget per socket: a token bucket, and what it refused lately. */
-  private budgets = new WeakMap<WebSocket, { tokens: number; at: number; dropped: number; since: number; warnedAt: number }>()
-  private frameRate: [number, number]
+  private budget: FrameBudget
+  /** Rooms holding writer sockets of this user, newest last; mirrored in storage (`writer_rooms`). */
+  private writerRooms: string[] | null = null
+  /** Orders this hub's reports of its sockets to rooms (wall-clock based, so it grows across instances). */
+  private socketsVersion = 0
   /** Injectable clock so retry timing is testable. */
   now: () => number = () => Date.now()
   /** Deliveries this instance took (tests count what a message costs). */
@@ -139,45 +135,21 @@ export class UserHub extends DurableObject<Env> {
     // Synchronous, and one read when the layout is current: a hub wakes for every message of a
     // big group its user is in, so waking must cost next to nothing.
     migrateHub(this.sql)
-    this.frameRate = parseRate(env.FRAME_RATE, DEFAULT_FRAME_RATE)
+    this.budget = new FrameBudget(parseRate(env.FRAME_RATE, DEFAULT_FRAME_RATE))
     // A hub is awake a second after each delivery anyway (its tick); 2 s of quiet adds little to that.
     this.metrics = new Metrics(env, `hub:${ctx.id.toString()}`, { quietMs: 2_000 })
     // A new instance (after hibernation) reports its sockets, which refreshes the shard's row.
     if (ctx.getWebSockets().length > 0) this.reportSockets()
   }
 
-  /**
-   * Spends `cost` of this socket's frame budget. Over budget, the frame is dropped with one
-   * RATE_LIMITED error a second; a socket that keeps going is closed, so one client cannot take the
-   * object (and everyone whose conversations it serves) for itself.
-   */
+  /** Spends `cost` of this socket's frame budget; false when the frame is dropped (see FrameBudget). */
   private spend(ws: WebSocket, cost: number, ref?: string, alwaysTell = false): boolean {
-    const now = Date.now()
-    const [burst, perSecond] = this.frameRate
-    let b = this.budgets.get(ws)
-    if (!b) this.budgets.set(ws, (b = { tokens: burst, at: now, dropped: 0, since: now, warnedAt: 0 }))
-    b.tokens = refill(b, now, burst, perSecond)
-    b.at = now
-    if (b.tokens >= cost) {
-      b.tokens -= cost
-      return true
-    }
+    const verdict = this.budget.spend(ws, cost, Date.now(), alwaysTell)
+    if (verdict === 'ok') return true
     this.metrics.count(Counter.rateLimited, 'socket')
-    if (now - b.since > ABUSE_WINDOW_MS) {
-      b.since = now
-      b.dropped = 0
-    }
-    if (b.dropped === 0) b.since = now
-    if (++b.dropped > ABUSE_DROPS && now - b.since >= ABUSE_MIN_MS) {
-      ws.close(APP_CLOSE_CODE, ErrorCode.RATE_LIMITED)
-      return false
-    }
-    // One refusal a second is enough to slow a client down (its unanswered writes are retried); a
-    // refused sync is always told, since the client asks again only when it hears of it.
-    if (now - b.warnedAt >= 1000 || alwaysTell) {
-      b.warnedAt = now
-      send(ws, errorFrame(ErrorCode.RATE_LIMITED, 'too many frames: slow down', ref))
-    }
+    if (verdict === 'close') ws.close(APP_CLOSE_CODE, ErrorCode.RATE_LIMITED)
+    // One refusal a second is enough to slow a client down (its unanswered writes are retried).
+    if (verdict === 'tell') send(ws, errorFrame(ErrorCode.RATE_LIMITED, 'too many frames: slow down', ref))
     return false
   }
 
@@ -191,18 +163,11 @@ export class UserHub extends DurableObject<Env> {
 
   override async fetch(request: Request): Promise<Response> {
     if (request.headers.get('upgrade') !== 'websocket') return new Response('expected websocket', { status: 426 })
-    const userId = request.headers.get(UPGRADE_HEADERS.userId)
-    const sessionId = request.headers.get(UPGRADE_HEADERS.sessionId)
-    const jti = request.headers.get(UPGRADE_HEADERS.jti)
-    const exp = Number(request.headers.get(UPGRADE_HEADERS.exp))
-    if (!userId || !sessionId || !jti || !Number.isFinite(exp)) return new Response('bad upgrade', { status: 400 })
-
+    const claims = upgradeClaims(request)
+    if (!claims) return new Response('bad upgrade', { status: 400 })
+    const { userId, sessionId } = claims
     // Single use: a replayed ticket finds its jti already spent.
-    this.sql.exec('DELETE FROM used_tickets WHERE exp < ?', Math.floor(Date.now() / 1000))
-    if (this.sql.exec('SELECT 1 FROM used_tickets WHERE jti = ?', jti).toArray().length > 0) {
-      return Response.json(errorBody(ErrorCode.UNAUTHORIZED, 'ticket already used'), { status: 401 })
-    }
-    this.sql.exec('INSERT INTO used_tickets (jti, exp) VALUES (?, ?)', jti, exp)
+    if (!spendTicket(this.sql, claims.jti, claims.exp)) return Response.json(errorBody(ErrorCode.UNAUTHORIZED, 'ticket already used'), { status: 401 })
     this.rememberUser(userId)
 
     const open = this.openSockets()
@@ -214,6 +179,9 @@ export class UserHub extends DurableObject<Env> {
       return Response.json(errorBody(ErrorCode.RATE_LIMITED, `at most ${MAX_SOCKETS_PER_DEVICE} connections per device`), { status: 429 })
     }
     const wasOffline = open.length === 0
+    // Rooms where this user writes on writer sockets must know of the new device before it syncs,
+    // or it could miss its own writes made meanwhile.
+    await this.tellWriterRooms([...open.map(sessionOf), sessionId], WRITER_ROOMS_WAIT_MS)
     const { 0: client, 1: server } = new WebSocketPair()
     this.ctx.acceptWebSocket(server, [sessionId])
     server.serializeAttachment({ userId, sessionId } satisfies DeviceAttachment)
@@ -351,11 +319,12 @@ export class UserHub extends DurableObject<Env> {
    * it (`origin`) has the ack: a text message it builds from its outbox, so that one is not echoed;
    * everything else it gets (media bodies the server filled in, edits, recalls, reactions).
    */
-  private show(event: ConversationEvent, origin: WebSocket | null, userId: string, frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage)) {
+  private show(event: ConversationEvent, origin: WebSocket | null, userId: string, frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage), skipSession?: string) {
     const pushable = event.type === 'message' && event.senderId !== userId
     const originNeedsIt = !(event.type === 'message' && event.body?.kind === 'text')
     const now = this.now()
     for (const ws of this.openSockets()) {
+      if (skipSession !== undefined && sessionOf(ws) === skipSession) continue
       if (ws === origin) {
         if (originNeedsIt) send(ws, frame)
         continue
@@ -370,9 +339,10 @@ export class UserHub extends DurableObject<Env> {
   /**
    * Fan-out entry point. Connected devices get the event at once; with none connected, a message
    * from someone else goes to the push queue (coalesced per conversation). `frame` is the event
-   * frame the room serialised once for every member.
+   * frame the room serialised once for every member. `skipSession`: the device that wrote it on a
+   * writer socket, which has the ack.
    */
-  async deliver(userId: string, event: DeliveredEvent, frame: string): Promise<DeliveryReply> {
+  async deliver(userId: string, event: DeliveredEvent, frame: string, skipSession?: string): Promise<DeliveryReply> {
     this.deliveries++
     this.rememberUser(userId)
     if (this.openSockets().length === 0) {
@@ -380,7 +350,7 @@ export class UserHub extends DurableObject<Env> {
       this.noteAway(event.conversationId)
       return { away: true }
     }
-    this.show(event as ConversationEvent, null, userId, frame)
+    this.show(event as ConversationEvent, null, userId, frame, skipSession)
     // A waiting delivery confirmation for this conversation goes back with the answer (a read
     // waits for its own report: the user's other devices hear of it from that one).
     const report = this.reports.get(event.conversationId)
@@ -614,11 +584,65 @@ export class UserHub extends DurableObject<Env> {
   /** Closes every socket of this user (a suspension); `reason` tells the client why. */
   async closeAll(reason: ErrorCode): Promise<void> {
     for (const ws of this.ctx.getWebSockets()) ws.close(APP_CLOSE_CODE, reason)
+    await this.closeWriters(null, reason)
   }
 
-  /** Closes the sockets of a revoked session. */
+  /** Closes the sockets of a revoked session, its writer sockets in rooms included. */
   async closeSession(sessionId: string): Promise<void> {
     for (const ws of this.ctx.getWebSockets(sessionId)) ws.close(APP_CLOSE_CODE, ErrorCode.UNAUTHORIZED)
+    await this.closeWriters(sessionId, ErrorCode.UNAUTHORIZED)
+  }
+
+  // ---- writer sockets: rooms this user's devices write to directly ----
+
+  private storedWriterRooms(): string[] {
+    return (this.writerRooms ??= this.ctx.storage.kv.get<string[]>('writer_rooms') ?? [])
+  }
+
+  private saveWriterRooms(rooms: string[]) {
+    this.writerRooms = rooms
+    this.ctx.storage.kv.put('writer_rooms', rooms)
+  }
+
+  /**
+   * A room accepted a writer socket of this user: from now on it hears of every change to this
+   * user's sockets, and gets them now (a session per open socket).
+   */
+  async writerOpened(userId: string, conversationId: string): Promise<{ version: number; sockets: string[] }> {
+    this.rememberUser(userId)
+    const rooms = this.storedWriterRooms().filter((id) => id !== conversationId)
+    rooms.push(conversationId)
+    const evicted = rooms.splice(0, Math.max(0, rooms.length - MAX_WRITER_ROOMS))
+    this.saveWriterRooms(rooms)
+    // A room that will not hear of changes any more delivers every write to this hub, as if unknown.
+    for (const id of evicted) void this.room(id).writerPeers(id, userId, this.nextSocketsVersion(), null).catch(() => undefined)
+    return { version: this.nextSocketsVersion(), sockets: this.openSockets().map(sessionOf) }
+  }
+
+  private nextSocketsVersion(): number {
+    return (this.socketsVersion = Math.max(this.socketsVersion + 1, Date.now()))
+  }
+
+  /** Tells every writer room this user's open sockets; rooms holding no writer socket of the user are forgotten. */
+  private async tellWriterRooms(sockets: string[], waitMs = Infinity): Promise<void> {
+    const rooms = this.storedWriterRooms()
+    const userId = this.knownUser ?? this.userId()
+    if (rooms.length === 0 || !userId) return
+    const version = this.nextSocketsVersion()
+    const gone = new Set<string>()
+    const told = pool(rooms, PRESENCE_CONCURRENCY, async (id) => {
+      if (!(await this.room(id).writerPeers(id, userId, version, sockets).catch(() => true))) gone.add(id)
+    }).then(() => {
+      if (gone.size > 0) this.saveWriterRooms(this.storedWriterRooms().filter((id) => !gone.has(id)))
+    })
+    await (Number.isFinite(waitMs) ? Promise.race([told, new Promise((r) => setTimeout(r, waitMs))]) : told)
+  }
+
+  /** Closes this user's writer sockets in every room (one session's, or all). */
+  private async closeWriters(sessionId: string | null, reason: ErrorCode) {
+    const userId = this.knownUser ?? this.userId()
+    if (!userId) return
+    await pool(this.storedWriterRooms(), PRESENCE_CONCURRENCY, (id) => this.room(id).closeWriters(id, userId, sessionId, reason))
   }
 
   /** For tests and the monitoring view: `pending` counts device × conversation pairs with unconfirmed events. */
@@ -641,6 +665,7 @@ export class UserHub extends DurableObject<Env> {
       // Already closed.
     }
     this.reportSockets()
+    this.ctx.waitUntil(this.tellWriterRooms(this.openSockets(ws).map(sessionOf)))
     // What it had not confirmed is pushed at its next due time (the tick sees no socket).
     const userId = this.knownUser ?? this.userId()
     if (userId && this.openSockets(ws).length === 0) this.ctx.waitUntil(this.announceOffline(userId).catch((e: unknown) => console.warn('presence fan-out failed', String(e))))

@@ -1,0 +1,172 @@
+import { runInDurableObject } from 'cloudflare:test'
+import { env } from 'cloudflare:workers'
+import { describe, it } from 'vitest'
+import { getConversationRoom } from '../worker/durable-objects'
+import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
+import type { AuthResult } from '../worker/shared/protocol'
+import { histogram, scrape, value } from './metrics-helpers'
+import { api, createGroup, Device, json, openChat, register, textSend, ticketFor, writerUpgrade } from './helpers'
+
+async function pair() {
+  const alice = await register()
+  const bob = await register()
+  const conv = await openChat(alice, bob)
+  return { alice, bob, conv }
+}
+
+/** A second signed-in device of the same person (a session of its own). */
+async function secondDevice(a: AuthResult): Promise<AuthResult> {
+  return json<AuthResult>(await api('/api/auth/login', { body: { handle: a.user.handle, password: 'correct horse battery' } }))
+}
+
+const closedOf = (d: Device) => new Promise<{ code: number; reason: string }>((resolve) => d.ws.addEventListener('close', (e) => resolve({ code: e.code, reason: e.reason })))
+const quiet = (ms = 150) => new Promise((r) => setTimeout(r, ms))
+const lastSeq = (conversationId: string) =>
+  runInDurableObject<ConversationRoom, number>(getConversationRoom(env, conversationId), (room) => room['lastSeq'])
+
+describe('writer socket', () => {
+  it('takes pipelined writes straight to the room: acks in send order, the peer gets every event', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const hub = await Device.connect(alice)
+    const writer = await Device.writer(alice, conv.id)
+    expect(writer.sessionId).toBe(hub.sessionId)
+    const peer = await Device.connect(bob)
+    const sends = Array.from({ length: 5 }, (_, i) => textSend(conv.id, `pipelined ${i}`))
+    for (const s of sends) writer.send(s)
+    const acks = await Promise.all(sends.map((s) => writer.next<'ack'>((m) => m.type === 'ack' && m.clientMsgId === (s as { clientMsgId: string }).clientMsgId)))
+    expect(acks.map((a) => a.seq)).toEqual([1, 2, 3, 4, 5])
+    for (let seq = 1; seq <= 5; seq++) {
+      const e = await peer.next<'event'>((m) => m.type === 'event' && m.event.seq === seq)
+      expect(e.event).toMatchObject({ type: 'message', senderId: alice.user.id, body: { kind: 'text', text: `pipelined ${seq - 1}` } })
+    }
+    // A retry of an acked write is answered with its first seq and writes nothing.
+    const again = await writer.sendAndAck(sends[2]!)
+    expect(again.seq).toBe(3)
+    expect(await lastSeq(conv.id)).toBe(5)
+    // The writing device has the acks: its chat socket is not sent its own text.
+    await quiet()
+    expect(hub.frames.some((m) => m.type === 'event')).toBe(false)
+    for (const d of [hub, writer, peer]) d.close()
+  })
+
+  it('shows the writer\'s own writes on their other devices and tabs, including a device that connects later', async ({ expect }) => {
+    const { alice, conv } = await pair()
+    const phone = await Device.connect(alice)
+    const writer = await Device.writer(alice, conv.id)
+    await writer.sendAndAck(textSend(conv.id, 'only my phone is online'))
+    // A laptop connects after the writer socket opened: the room learns of it before its hello.
+    const laptop = await Device.connect(await secondDevice(alice))
+    const ack = await writer.sendAndAck(textSend(conv.id, 'now the laptop sees it'))
+    const seen = await laptop.next<'event'>((m) => m.type === 'event' && m.event.seq === ack.seq)
+    expect(seen.event).toMatchObject({ senderId: alice.user.id, body: { text: 'now the laptop sees it' } })
+    // A second tab of the phone (same session) sees it too; the room cannot tell the tabs apart.
+    const tab = await Device.connect(alice)
+    const third = await writer.sendAndAck(textSend(conv.id, 'both tabs'))
+    await tab.next((m) => m.type === 'event' && m.event.seq === third.seq)
+    await laptop.next((m) => m.type === 'event' && m.event.seq === third.seq)
+    // The laptop goes away; the phone's one tab left: nothing more reaches its chat socket.
+    laptop.close()
+    tab.close()
+    await quiet(300)
+    phone.frames.length = 0
+    await writer.sendAndAck(textSend(conv.id, 'phone alone again'))
+    await quiet()
+    expect(phone.frames.filter((m) => m.type === 'event')).toEqual([])
+    phone.close()
+    writer.close()
+  })
+
+  it('sends the writer the events it cannot build itself: an edit, a reaction, a recall', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const writer = await Device.writer(alice, conv.id)
+    const peer = await Device.connect(bob)
+    const sent = await writer.sendAndAck(textSend(conv.id, 'typo hree'))
+    const edit = { type: 'edit', conversationId: conv.id, clientMsgId: crypto.randomUUID(), targetSeq: sent.seq, body: { kind: 'text', text: 'typo here' } } as const
+    await writer.sendAndAck(edit)
+    expect((await writer.next('event')).event).toMatchObject({ type: 'edit', targetSeq: sent.seq })
+    await writer.sendAndAck({ type: 'react', conversationId: conv.id, clientMsgId: crypto.randomUUID(), targetSeq: sent.seq, emoji: '👍', on: true })
+    expect((await writer.next('event')).event).toMatchObject({ type: 'reaction', emoji: '👍' })
+    await writer.sendAndAck({ type: 'recall', conversationId: conv.id, clientMsgId: crypto.randomUUID(), targetSeq: sent.seq })
+    expect((await writer.next('event')).event).toMatchObject({ type: 'recall', targetSeq: sent.seq })
+    await peer.next((m) => m.type === 'event' && m.event.type === 'recall')
+    writer.close()
+    peer.close()
+  })
+
+  it('refuses bad input with a clear error and writes nothing', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const other = await openChat(alice, await register())
+    const writer = await Device.writer(alice, conv.id)
+    const before = await lastSeq(conv.id)
+    writer.send('not json')
+    expect(await writer.next('error')).toMatchObject({ code: 'BAD_REQUEST', message: 'frame is not valid JSON' })
+    const wrong = textSend(other.id, 'to another conversation')
+    writer.send(wrong)
+    expect(await writer.next('error')).toMatchObject({ code: 'BAD_REQUEST', ref: (wrong as { clientMsgId: string }).clientMsgId })
+    writer.send({ type: 'sync', conversationId: conv.id, afterSeq: 0 })
+    expect((await writer.next('error')).code).toBe('BAD_REQUEST')
+    writer.send(JSON.stringify({ type: 'send', conversationId: conv.id, clientMsgId: crypto.randomUUID(), body: { kind: 'text', text: '' } }))
+    expect((await writer.next('error')).code).toBe('BAD_REQUEST')
+    writer.ws.send(new Uint8Array([1, 2, 3]))
+    expect((await writer.next('error')).message).toBe('binary frames are not accepted here')
+    expect(await lastSeq(conv.id)).toBe(before)
+    expect(await lastSeq(other.id)).toBe(0)
+    writer.close()
+    void bob
+  })
+
+  it('opens for members only, once per ticket', async ({ expect }) => {
+    const { alice, conv } = await pair()
+    const outsider = await register()
+    const refused = await writerUpgrade(await ticketFor(outsider), conv.id)
+    expect(refused.status).toBe(404)
+    expect((await json(refused)).error.code).toBe('NOT_FOUND')
+    expect((await writerUpgrade('forged', conv.id)).status).toBe(401)
+    expect((await writerUpgrade(await ticketFor(alice), 'not-an-id!')).status).toBe(404)
+    const ticket = await ticketFor(alice)
+    const first = await writerUpgrade(ticket, conv.id)
+    expect(first.status).toBe(101)
+    first.webSocket!.accept()
+    expect((await writerUpgrade(ticket, conv.id)).status).toBe(401)
+    first.webSocket!.close()
+  })
+
+  it('closes when the session is signed out, or its person is removed from the group', async ({ expect }) => {
+    const owner = await register()
+    const member = await register()
+    const group = await createGroup(owner, [member, await register()])
+    const laptop = await secondDevice(member)
+    const memberWriter = await Device.writer(laptop, group.id)
+    // Give the room time to register with the member's hub (it asks on accept).
+    await quiet()
+    const signedOut = closedOf(memberWriter)
+    expect((await api('/api/auth/logout', { method: 'POST', token: laptop.accessToken })).status).toBe(204)
+    expect(await signedOut).toMatchObject({ code: 4099, reason: 'UNAUTHORIZED' })
+
+    const writer = await Device.writer(member, group.id)
+    await writer.sendAndAck(textSend(group.id, 'still here'))
+    const removed = closedOf(writer)
+    expect((await api(`/api/conversations/${group.id}/members/${member.user.id}`, { method: 'DELETE', token: owner.accessToken })).status).toBeLessThan(300)
+    expect(await removed).toMatchObject({ code: 4099, reason: 'NOT_MEMBER' })
+    // And a new one is refused.
+    expect((await writerUpgrade(await ticketFor(member), group.id)).status).toBe(404)
+  })
+
+  it('counts writes on writer sockets in the metrics like writes through the hub: accepted, timed, refused', { timeout: 30_000 }, async ({ expect }) => {
+    const { alice, conv } = await pair()
+    const before = await scrape()
+    const writer = await Device.writer(alice, conv.id)
+    const retry = textSend(conv.id, 'once')
+    for (let i = 0; i < 3; i++) await writer.sendAndAck(textSend(conv.id, `m${i}`))
+    await writer.sendAndAck(retry)
+    await writer.sendAndAck(retry)
+    writer.send('{')
+    await writer.next('error')
+    await expect.poll(async () => value(await scrape(), 'messages_accepted_total') - value(before, 'messages_accepted_total'), { timeout: 10_000, interval: 200 }).toBe(4)
+    const after = await scrape()
+    expect(histogram(after).count - histogram(before).count).toBe(4)
+    expect(value(after, 'messages_refused_total', { code: 'BAD_REQUEST' }) - value(before, 'messages_refused_total', { code: 'BAD_REQUEST' })).toBe(1)
+    writer.close()
+  })
+})
+

@@ -1,0 +1,147 @@
+import { APP_CLOSE_CODE, ErrorCode, errorBody } from '../shared/errors'
+import { MAX_FRAME_BYTES, PROTOCOL_VERSION, WriterMessage, type ServerMessage } from '../shared/protocol'
+import { FrameBudget, type Spent } from '../ws/frame-budget'
+import type { TicketClaims } from '../ws/upgrade'
+
+export interface WriterAttachment {
+  userId: string
+  sessionId: string
+  conversationId: string
+}
+
+/** Writer sockets one person may hold in one conversation (their devices' tabs with it open). */
+export const MAX_WRITERS_PER_USER = 10
+
+/** Sockets of two unknown sessions: every write reaches the writer's hub. */
+const ALWAYS = ['', '']
+
+const userTag = (userId: string) => `u:${userId}`
+const sessionTag = (sessionId: string) => `s:${sessionId}`
+
+export function sendTo(ws: WebSocket, msg: ServerMessage | string) {
+  try {
+    ws.send(typeof msg === 'string' ? msg : JSON.stringify(msg))
+  } catch {
+    // Closed under us: the client's unanswered writes go again, deduplicated by clientMsgId.
+  }
+}
+
+export function errorFrame(code: ErrorCode, message: string, ref?: string): Extract<ServerMessage, { type: 'error' }> {
+  return { type: 'error', code, message, ...(ref ? { ref } : {}) }
+}
+
+/**
+ * A conversation's writer sockets: a device with the chat open writes straight to the room (one
+ * hop, like the platform floor) instead of through its UserHub. Deliveries still go through hubs.
+ * The room must tell the writer's hub of a write only when another device of the writer is
+ * online; the hub reports its devices (`peers`), versioned so a late report never wins.
+ */
+export class WriterSockets {
+  private peers = new Map<string, { version: number; sockets: string[] }>()
+
+  constructor(
+    private readonly ctx: DurableObjectState,
+    private readonly budget: FrameBudget,
+  ) {}
+
+  /** Accepts a verified upgrade from a member (the room checked membership). */
+  accept(claims: TicketClaims, conversationId: string): Response {
+    if (this.ctx.getWebSockets(userTag(claims.userId)).length >= MAX_WRITERS_PER_USER) {
+      return Response.json(errorBody(ErrorCode.RATE_LIMITED, `at most ${MAX_WRITERS_PER_USER} writer connections per person and conversation`), { status: 429 })
+    }
+    const { 0: client, 1: server } = new WebSocketPair()
+    this.ctx.acceptWebSocket(server, [userTag(claims.userId), sessionTag(claims.sessionId)])
+    server.serializeAttachment({ userId: claims.userId, sessionId: claims.sessionId, conversationId } satisfies WriterAttachment)
+    sendTo(server, { type: 'hello', protocol: PROTOCOL_VERSION, userId: claims.userId, sessionId: claims.sessionId })
+    return new Response(null, { status: 101, webSocket: client })
+  }
+
+  /**
+   * The frame as a write of this socket's conversation, or null when it is refused (the client is
+   * told, within its frame budget). `refused` counts refusals by code.
+   */
+  parse(ws: WebSocket, data: string | ArrayBuffer, now: number, refused: (code: ErrorCode) => void): { msg: WriterMessage; who: WriterAttachment } | null {
+    const who = ws.deserializeAttachment() as WriterAttachment
+    const refuse = (code: ErrorCode, message: string, ref?: string) => {
+      refused(code)
+      if (this.spent(ws, now) === 'ok') sendTo(ws, errorFrame(code, message, ref))
+      return null
+    }
+    if (typeof data !== 'string') return refuse(ErrorCode.BAD_REQUEST, 'binary frames are not accepted here')
+    if (data.length > MAX_FRAME_BYTES) return refuse(ErrorCode.PAYLOAD_TOO_LARGE, `frames are limited to ${MAX_FRAME_BYTES} bytes`)
+    let json: unknown
+    try {
+      json = JSON.parse(data)
+    } catch {
+      return refuse(ErrorCode.BAD_REQUEST, 'frame is not valid JSON')
+    }
+    const parsed = WriterMessage.safeParse(json)
+    const ref = (json as { clientMsgId?: unknown } | null)?.clientMsgId
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0]
+      return refuse(ErrorCode.BAD_REQUEST, issue ? `${issue.path.join('.') || 'frame'}: ${issue.message}` : 'invalid frame', typeof ref === 'string' ? ref : undefined)
+    }
+    if (parsed.data.conversationId !== who.conversationId) return refuse(ErrorCode.BAD_REQUEST, 'this socket writes to its own conversation only', parsed.data.clientMsgId)
+    const verdict = this.spent(ws, now)
+    if (verdict !== 'ok') {
+      refused(ErrorCode.RATE_LIMITED)
+      if (verdict === 'tell') sendTo(ws, errorFrame(ErrorCode.RATE_LIMITED, 'too many frames: slow down', parsed.data.clientMsgId))
+      return null
+    }
+    return { msg: parsed.data, who }
+  }
+
+  private spent(ws: WebSocket, now: number): Spent {
+    const verdict = this.budget.spend(ws, 1, now)
+    if (verdict === 'close') ws.close(APP_CLOSE_CODE, ErrorCode.RATE_LIMITED)
+    return verdict
+  }
+
+  /** Closes a person's writer sockets (one session's, or all); true when the person still has or had any. */
+  close(userId: string, sessionId: string | null, reason: ErrorCode): boolean {
+    const sockets = this.ctx.getWebSockets(userTag(userId))
+    for (const ws of sockets) {
+      if (sessionId && (ws.deserializeAttachment() as WriterAttachment).sessionId !== sessionId) continue
+      try {
+        ws.close(APP_CLOSE_CODE, reason)
+      } catch {
+        // Already closed.
+      }
+    }
+    if (!sessionId) this.peers.delete(userId)
+    return sockets.length > 0
+  }
+
+  /**
+   * The writer's hub reported its open sockets (a session per socket; null: it will not report
+   * again, so deliver always); false when this room holds none of the person's writer sockets.
+   */
+  setPeers(userId: string, version: number, sockets: string[] | null): boolean {
+    const open = this.ctx.getWebSockets(userTag(userId)).some((ws) => ws.readyState === WebSocket.OPEN)
+    if (!open) {
+      this.peers.delete(userId)
+      return false
+    }
+    const known = this.peers.get(userId)
+    if (!known || known.version < version) this.peers.set(userId, { version, sockets: sockets ?? ALWAYS })
+    return true
+  }
+
+  /**
+   * Which of a writer's hub sockets must get a write made on `sessionId`: none when that device is
+   * the only one online with one socket (its ack is enough); all but that device's when other
+   * devices are online; all when the device has more tabs (each shows its own). While the room does
+   * not know, it delivers (`ask` then says to ask the hub, once per person and instance).
+   */
+  writerHub(userId: string, sessionId: string): { deliver: boolean; skipSession?: string; ask?: true } {
+    const known = this.peers.get(userId)
+    if (!known) {
+      // Until the hub answers, deliver; any real report wins over this placeholder.
+      this.peers.set(userId, { version: -1, sockets: ALWAYS })
+      return { deliver: true, skipSession: sessionId, ask: true }
+    }
+    const mine = known.sockets.filter((s) => s === sessionId).length
+    if (mine > 1) return { deliver: true }
+    return known.sockets.length > mine ? { deliver: true, skipSession: sessionId } : { deliver: false }
+  }
+}
