@@ -27,6 +27,8 @@ export interface LoadClient {
   send(conversationId: string, text: string, clientMsgId?: string): Promise<number>
   /** Fetches every message after `afterSeq` (0: all), page by page; resolves with how many arrived. */
   syncAll(conversationId: string, afterSeq: number): Promise<number>
+  /** Opens what writing to a conversation needs, as a client does when a chat opens (not timed). */
+  ready?(conversationId: string): Promise<void>
   close(): void
 }
 
@@ -177,5 +179,50 @@ export class FloorClient implements LoadClient {
 
   close() {
     for (const s of this.sockets.values()) void s.then((c) => c.close())
+  }
+}
+
+/**
+ * An echovalley device as the PWA runs it: its chat socket (deliveries, receipts, sync) plus a
+ * writer socket per conversation it writes to, opened when first used, which takes the writes
+ * straight to the conversation's room.
+ */
+export class WriterClient implements LoadClient {
+  private writers = new Map<string, Promise<BenchClient>>()
+
+  constructor(
+    private readonly chat: BenchClient,
+    private readonly openWriter: (conversationId: string) => Promise<BenchClient>,
+  ) {}
+
+  get onEvent() {
+    return this.chat.onEvent
+  }
+
+  set onEvent(f: LoadClient['onEvent']) {
+    this.chat.onEvent = f
+  }
+
+  private writer(conversationId: string): Promise<BenchClient> {
+    let w = this.writers.get(conversationId)
+    if (!w) this.writers.set(conversationId, (w = this.openWriter(conversationId)))
+    return w
+  }
+
+  async send(conversationId: string, text: string, clientMsgId?: string): Promise<number> {
+    return (await this.writer(conversationId)).send(conversationId, text, clientMsgId)
+  }
+
+  async ready(conversationId: string): Promise<void> {
+    await this.writer(conversationId)
+  }
+
+  syncAll(conversationId: string, afterSeq: number): Promise<number> {
+    return this.chat.syncAll(conversationId, afterSeq)
+  }
+
+  close() {
+    this.chat.close()
+    for (const w of this.writers.values()) void w.then((c) => c.close())
   }
 }

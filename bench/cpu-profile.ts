@@ -1,6 +1,6 @@
 // A CPU profile of a bare system under load, from workerd's inspector over CDP:
 //   BENCH_TP_S=40 BENCH_INSPECTOR=9333 npx tsx bench/run.ts --systems=echovalley-bare --only=throughput &
-//   npx tsx bench/cpu-profile.ts 9333 25 /tmp/room.cpuprofile
+//   npx tsx bench/cpu-profile.ts 9333 25 /tmp/room.cpuprofile [worker: core:user, or d1:db:0 for local D1's own isolate]
 // Prints self time per function (native work inside a function, such as SQLite, counts as its own)
 // and writes the profile for Chrome DevTools.
 import { writeFileSync } from 'node:fs'
@@ -16,9 +16,9 @@ interface Profile {
   timeDeltas: number[]
 }
 
-const [port = '9333', seconds = '20', out = '/tmp/echovalley.cpuprofile'] = process.argv.slice(2)
+const [port = '9333', seconds = '20', out = '/tmp/echovalley.cpuprofile', worker = 'core:user'] = process.argv.slice(2)
 const targets = (await (await fetch(`http://127.0.0.1:${port}/json`)).json()) as { title?: string; webSocketDebuggerUrl: string }[]
-const target = targets.find((t) => t.title?.includes('core:user')) ?? targets[0]!
+const target = targets.find((t) => t.title?.includes(worker)) ?? targets[0]!
 const ws = new WebSocket(target.webSocketDebuggerUrl)
 let nextId = 0
 const pending = new Map<number, (result: unknown) => void>()

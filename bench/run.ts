@@ -279,7 +279,11 @@ async function restCalls(t: Target, users: User[]) {
 async function underLoad(t: Target, users: User[]) {
   const n = SIZES.loadConversations
   const convs = await pool(Array.from({ length: n }, (_, i) => i), 8, (i) => t.direct(users[2 * i]!, users[2 * i + 1]!))
-  const senders = await pool(convs, 16, (_, i) => t.connect(users[2 * i]!))
+  const senders = await pool(convs, 16, async (conv, i) => {
+    const c = await t.connect(users[2 * i]!)
+    await c.ready?.(conv)
+    return c
+  })
   await settle(t.pid())
   const times: number[] = []
   let acked = 0
@@ -323,6 +327,7 @@ async function fanout(t: Target, users: User[], size: number) {
   const group = users.slice(0, size)
   const conv = await t.group(group[0]!, group.slice(1))
   const clients = await pool(group, 16, (u) => t.connect(u))
+  await clients[0]!.ready?.(conv)
   const latest = new Map<string, number>()
   const counts = new Map<string, number>()
   const waiting = new Map<string, () => void>()
@@ -370,7 +375,11 @@ async function throughput(t: Target, users: User[]) {
   // One conversation, 10 members each with one write in flight.
   const group = users.slice(0, 10)
   const conv = await t.group(group[0]!, group.slice(1))
-  const clients = await pool(group, 10, (u) => t.connect(u))
+  const clients = await pool(group, 10, async (u) => {
+    const c = await t.connect(u)
+    await c.ready?.(conv)
+    return c
+  })
   const run = async (senders: { c: LoadClient; conv: string }[]) => {
     let acked = 0
     let refused = 0
@@ -397,7 +406,11 @@ async function throughput(t: Target, users: User[]) {
   clients.forEach((c) => c.close())
   const n = SIZES.loadConversations
   const convs = await pool(Array.from({ length: n }, (_, i) => i), 8, (i) => t.direct(users[2 * i]!, users[2 * i + 1]!))
-  const senders = await pool(convs, 16, async (conv, i) => ({ c: await t.connect(users[2 * i]!), conv }))
+  const senders = await pool(convs, 16, async (conv, i) => {
+    const c = await t.connect(users[2 * i]!)
+    await c.ready?.(conv)
+    return { c, conv }
+  })
   await settle(t.pid())
   const many = await run(senders)
   record(`sustained msg/s, ${n} conversations`, 'msg/s', 'higher', t.name, many.value, saturated(many.genCpu, many.serverCpu))
@@ -522,13 +535,14 @@ async function voiceRooms(t: Target, users: User[]) {
 
 // ---- main ----
 
-const SYSTEM_NAMES = ['echovalley', 'floor', 'echovalley-bare', 'floor-bare', 'echovalley-bare-no-metrics', 'reference', 'prosody'] as const
-/** Systems that run only some scenarios: metrics off is there to price metrics on the message path. */
-const SCENARIOS_OF: Record<string, string[]> = { 'echovalley-bare-no-metrics': ['latency', 'throughput'] }
+const SYSTEM_NAMES = ['echovalley', 'floor', 'echovalley-bare', 'floor-bare', 'echovalley-bare-hub-writes', 'echovalley-bare-no-metrics', 'reference', 'prosody'] as const
+/** Systems that run only some scenarios: they price one choice on the message path (writer sockets, metrics). */
+const SCENARIOS_OF: Record<string, string[]> = { 'echovalley-bare-hub-writes': ['latency', 'throughput'], 'echovalley-bare-no-metrics': ['latency', 'throughput'] }
 /** Ratio columns: echovalley against the floor on the same runtime first, then the other servers. */
 const RATIOS: [string, string][] = [
   ['echovalley', 'floor'],
   ['echovalley-bare', 'floor-bare'],
+  ['echovalley-bare', 'echovalley-bare-hub-writes'],
   ['echovalley-bare', 'echovalley-bare-no-metrics'],
   ['echovalley', 'prosody'],
   ['echovalley-bare', 'prosody'],
@@ -568,6 +582,7 @@ async function main() {
     ['floor', () => floorTarget('wrangler')],
     ['echovalley-bare', () => productTarget('bare')],
     ['floor-bare', () => floorTarget('bare')],
+    ['echovalley-bare-hub-writes', () => productTarget('bare', { writers: false })],
     ['echovalley-bare-no-metrics', () => productTarget('bare', { metrics: false })],
     ['reference', referenceTarget],
     ['prosody', prosodyTarget],

@@ -9,7 +9,7 @@ import path from 'node:path'
 import { DEV_ENV, freePort, killTree, migrateLocal, startServer } from '../test/e2e/server'
 import { generateVapidKeys } from '../test/support/push-service'
 import WebSocket from 'ws'
-import { BenchClient, FloorClient } from './client'
+import { BenchClient, FloorClient, WriterClient } from './client'
 import type { Target, User } from './target'
 
 const ROOT = path.resolve(import.meta.dirname, '..')
@@ -158,8 +158,12 @@ function serverFor(runtime: Runtime, kind: 'product' | 'floor', vars: Record<str
 }
 
 /** echovalley as shipped, with rate limits and the 50-person ceiling lifted for load. */
-/** `metrics: false` runs the product with METRICS_ENABLED=false: the benchmark's price of metrics. */
-export async function productTarget(runtime: Runtime, { metrics = true } = {}): Promise<Target> {
+/**
+ * `metrics: false` runs the product with METRICS_ENABLED=false: the benchmark's price of metrics.
+ * `writers: false` sends every write through the chat socket and the user's hub, as before writer
+ * sockets: their price the other way round.
+ */
+export async function productTarget(runtime: Runtime, { metrics = true, writers = true } = {}): Promise<Target> {
   const vapid = generateVapidKeys()
   const server = await serverFor(runtime, 'product', {
     ...(metrics ? {} : { METRICS_ENABLED: 'false' }),
@@ -183,7 +187,7 @@ export async function productTarget(runtime: Runtime, { metrics = true } = {}): 
     if (req.id) await json(`${server.url}/api/friends/requests/${req.id}/accept`, { method: 'POST', token: b.token })
   }
   return {
-    name: `${runtime === 'wrangler' ? 'echovalley' : 'echovalley-bare'}${metrics ? '' : '-no-metrics'}`,
+    name: `${runtime === 'wrangler' ? 'echovalley' : 'echovalley-bare'}${metrics ? '' : '-no-metrics'}${writers ? '' : '-hub-writes'}`,
     async users(n) {
       // Registration hashes a password (PBKDF2, 100,000 rounds): the slow part of setting up.
       return pool(Array.from({ length: n }, (_, i) => i), 4, async () => {
@@ -206,8 +210,12 @@ export async function productTarget(runtime: Runtime, { metrics = true } = {}): 
       return id
     },
     async connect(u) {
-      const { ticket } = await json<{ ticket: string }>(`${server.url}/api/ws/ticket`, { method: 'POST', token: u.token })
-      return BenchClient.open(`${server.url.replace(/^http/, 'ws')}/api/ws?ticket=${encodeURIComponent(ticket)}`, true)
+      const socket = async (path: string, confirm: boolean) => {
+        const { ticket } = await json<{ ticket: string }>(`${server.url}/api/ws/ticket`, { method: 'POST', token: u.token })
+        return BenchClient.open(`${server.url.replace(/^http/, 'ws')}${path}?ticket=${encodeURIComponent(ticket)}`, confirm)
+      }
+      const chat = await socket('/api/ws', true)
+      return writers ? new WriterClient(chat, (conversationId) => socket(`/api/ws/conversations/${conversationId}`, false)) : chat
     },
     voice: {
       async join(u, conversationId) {

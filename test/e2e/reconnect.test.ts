@@ -51,4 +51,51 @@ describe('after a restart', () => {
     const shown = (await b.getByTestId('message-text').allTextContents()).filter((t) => t.startsWith('burst'))
     expect(shown).toEqual(texts)
   })
+
+  it('an open chat writes on its own socket straight to the room, and on the chat socket when that one cannot connect', { timeout: 90_000 }, async ({ expect }) => {
+    const suffix = Date.now().toString(36)
+    const a = await (await product.browser.newContext()).newPage()
+    const b = await (await product.browser.newContext()).newPage()
+    /** The `send` frames each of a page's sockets carried, by path. */
+    const sendsOn = (page: typeof a) => {
+      const sends = new Map<string, string[]>()
+      page.on('websocket', (ws) => {
+        const path = new URL(ws.url()).pathname
+        ws.on('framereceived', (f) => {
+          if (typeof f.payload === 'string' && f.payload.includes('"type":"hello"')) sends.set(path, sends.get(path) ?? [])
+        })
+        ws.on('framesent', (f) => {
+          const text = typeof f.payload === 'string' ? f.payload : ''
+          if (text.includes('"type":"send"')) sends.set(path, [...(sends.get(path) ?? []), (JSON.parse(text) as { body: { text: string } }).body.text])
+        })
+      })
+      return sends
+    }
+    const aSends = sendsOn(a)
+    await registerInUi(a, product.server.url, `wra_${suffix}`, 'Wra')
+    await registerInUi(b, product.server.url, `wrb_${suffix}`, 'Wrb')
+    await befriendInUi(a, b, `wrb_${suffix}`)
+    await a.getByTestId('new-chat-handle').fill(`wrb_${suffix}`)
+    await a.getByTestId('new-chat-submit').click()
+    // The chat's writer socket is up (its hello came) before the first write.
+    await expect.poll(() => [...aSends.keys()].some((p) => p.startsWith('/api/ws/conversations/'))).toBe(true)
+    await say(a, 'one')
+    await say(a, 'two')
+    await b.getByTestId('conversation-item').filter({ hasText: 'Wra' }).click()
+    await b.getByTestId('message').filter({ hasText: 'two' }).waitFor()
+    const writerPaths = [...aSends.keys()].filter((p) => p.startsWith('/api/ws/conversations/'))
+    expect(writerPaths).toHaveLength(1)
+    expect(aSends.get(writerPaths[0]!)).toEqual(['one', 'two'])
+    expect(aSends.get('/api/ws') ?? []).toEqual([])
+
+    // B's writer sockets cannot connect (a proxy that drops them, say): after three tries its
+    // writes go on the chat socket, and nothing is lost.
+    await b.routeWebSocket(/\/api\/ws\/conversations\//, (ws) => ws.close())
+    const bSends = sendsOn(b)
+    await b.reload()
+    await b.getByTestId('conversation-item').filter({ hasText: 'Wra' }).click()
+    await say(b, 'through the hub')
+    await a.getByTestId('message').filter({ hasText: 'through the hub' }).waitFor()
+    expect(bSends.get('/api/ws')).toEqual(['through the hub'])
+  })
 })

@@ -20,9 +20,21 @@ export function backoffDelay(attempt: number, outageMs: number): number {
   return Math.min(cap, 250 * 2 ** attempt) * (0.5 + Math.random() * 0.5)
 }
 
+export interface SocketOptions {
+  /** Where it connects: the device's chat socket, or an open chat's writer socket (`/api/ws/conversations/:id`). */
+  path?: string
+  /** A close with the app code and one of these reasons ends it for good (onShutOut). */
+  shutOutReasons?: string[]
+  /** Gives up (onShutOut) after this many connects in a row that got no hello; the chat socket never does. */
+  maxFailures?: number
+  /** It went down and will try again: what was sent on it may need another way. */
+  onDown?: () => void
+}
+
 /**
- * The device's one WebSocket: fetches a single-use ticket per connect, reconnects with backoff
- * and jitter, and detects silent stalls with a heartbeat.
+ * A WebSocket to the server: fetches a single-use ticket per connect, reconnects with backoff
+ * and jitter, and detects silent stalls with a heartbeat. The device's chat socket is one; an
+ * open chat's writer socket another.
  */
 export class ChatSocket {
   /** This device's session, from the server's hello (calls address devices by it). */
@@ -38,12 +50,15 @@ export class ChatSocket {
   #stopped = true
   /** Bumped by every connect, drop and stop, so an attempt that was overtaken while awaiting its ticket gives up. */
   #generation = 0
+  /** Connects in a row that ended without a hello. */
+  #failures = 0
 
   constructor(
     private readonly onMessage: (msg: ServerMessage) => void,
     private readonly onOpen: () => void,
     /** The server closed the socket for good (the account was suspended): no reconnecting. */
     private readonly onShutOut: () => void = () => undefined,
+    private readonly options: SocketOptions = {},
   ) {}
 
   get status() {
@@ -105,7 +120,7 @@ export class ChatSocket {
     }
     if (this.#stopped || generation !== this.#generation) return
     this.#teardown()
-    const url = new URL('/api/ws', location.href)
+    const url = new URL(this.options.path ?? '/api/ws', location.href)
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:'
     url.searchParams.set('ticket', ticket)
     const ws = new WebSocket(url)
@@ -122,6 +137,7 @@ export class ChatSocket {
       if (msg.type === 'hello') {
         if (msg.protocol !== PROTOCOL_VERSION) console.warn('server speaks protocol', msg.protocol)
         this.sessionId = msg.sessionId
+        this.#failures = 0
         this.#attempt = 0
         this.#outageSince = 0
         this.#status = 'online'
@@ -132,7 +148,9 @@ export class ChatSocket {
     }
     ws.onclose = (e) => {
       if (this.#ws !== ws) return
-      if (e.code === APP_CLOSE_CODE && e.reason === ErrorCode.SUSPENDED) {
+      const { shutOutReasons = [ErrorCode.SUSPENDED], maxFailures = Infinity } = this.options
+      const failed = this.#status !== 'online' && ++this.#failures >= maxFailures
+      if ((e.code === APP_CLOSE_CODE && shutOutReasons.includes(e.reason)) || failed) {
         this.stop()
         this.onShutOut()
         return
@@ -166,7 +184,9 @@ export class ChatSocket {
 
   #retry() {
     if (this.#stopped) return
+    const wasOnline = this.#status === 'online'
     this.#status = 'offline'
+    if (wasOnline) this.options.onDown?.()
     if (this.#timer) clearTimeout(this.#timer)
     this.#outageSince ||= Date.now()
     const delay = backoffDelay(this.#attempt++, Date.now() - this.#outageSince)

@@ -19,6 +19,7 @@ import type {
   ServerMessage,
 } from '../../worker/shared/protocol'
 import { TYPING_TTL_MS } from '../../worker/shared/limits'
+import { ErrorCode } from '../../worker/shared/errors'
 import type { VoiceRoomSummary } from '../../worker/shared/voice'
 import { api } from './api'
 import { ChatCache, type OutboxItem, type PendingUpload } from './cache'
@@ -104,6 +105,10 @@ export class ChatStore {
   #byId = new SvelteMap<string, ConversationState>()
   /** Sent and not yet answered, per conversation: clientMsgId → its ack timer. */
   #inFlight = new Map<string, Map<string, ReturnType<typeof setTimeout>>>()
+  /** Which socket a conversation's writes in flight went out on (see #pump). */
+  #flightPath = new Map<string, ChatSocket>()
+  /** The open chat's writer socket: its writes go straight to the conversation's room. */
+  #writer: { id: string; socket: ChatSocket } | null = null
   /** Conversations whose outbox waits after RATE_LIMITED. */
   #paused = new Set<string>()
   #deliveredTimers = new Map<string, ReturnType<typeof setTimeout>>()
@@ -166,6 +171,7 @@ export class ChatStore {
   async stop(clearCache: boolean) {
     document.removeEventListener('visibilitychange', this.#onHidden)
     this.#flushDrafts()
+    this.#openWriter(null)
     this.#socket.stop()
     if (clearCache) await this.#cache.clear()
   }
@@ -310,6 +316,7 @@ export class ChatStore {
   /** Opens a conversation: cached events at once, then the newest page, then live sync. */
   async open(id: string | null) {
     this.#activeId = id
+    this.#openWriter(id)
     if (!id) return
     this.#unreadAtOpen.set(id, this.conversation(id)?.unread ?? 0)
     if (this.conversation(id)?.unread) this.#replaceSummary(id, (c) => ({ ...c, unread: 0, readSeq: Math.max(c.readSeq, c.lastSeq) }))
@@ -698,11 +705,21 @@ export class ChatStore {
     if (this.#paused.has(conversationId)) return
     let flying = this.#inFlight.get(conversationId)
     if (!flying) this.#inFlight.set(conversationId, (flying = new Map()))
+    // The open chat writes on its writer socket when it is up, else on the chat socket. Each keeps
+    // its frames in order, but not across the two: on a switch, whatever is in flight goes again
+    // on the new one, in order (the server answers a repeat with its first seq).
+    const writer = this.#writer?.id === conversationId && this.#writer.socket.status === 'online' ? this.#writer.socket : null
+    const socket = writer ?? this.#socket
+    if (this.#flightPath.get(conversationId) !== socket) {
+      for (const timer of flying.values()) clearTimeout(timer)
+      flying.clear()
+      this.#flightPath.set(conversationId, socket)
+    }
     for (const next of this.#outbox) {
       if (next.conversationId !== conversationId || next.failed || flying.has(next.clientMsgId)) continue
       if (flying.size >= MAX_IN_FLIGHT) return
       if (next.uploads?.some((u) => !u.mediaId)) return void this.#upload(next)
-      if (!this.#socket.send({ type: 'send', conversationId, clientMsgId: next.clientMsgId, body: next.body })) return
+      if (!socket.send({ type: 'send', conversationId, clientMsgId: next.clientMsgId, body: next.body })) return
       const id = next.clientMsgId
       flying.set(
         id,
@@ -721,6 +738,29 @@ export class ChatStore {
     if (timer === undefined) return
     clearTimeout(timer)
     flying!.delete(clientMsgId)
+  }
+
+  /** Opens the writer socket of the chat now open (and closes the one before); null: none. */
+  #openWriter(id: string | null) {
+    if (this.#writer?.id === id) return
+    const before = this.#writer
+    this.#writer = null
+    before?.socket.stop()
+    if (before) this.#pump(before.id)
+    if (!id) return
+    const socket: ChatSocket = new ChatSocket(
+      (m) => this.#onMessage(m),
+      () => this.#pump(id),
+      // Out of the conversation, signed out, or it cannot connect: the chat socket carries the writes.
+      () => {
+        if (this.#writer?.socket !== socket) return
+        this.#writer = null
+        this.#pump(id)
+      },
+      { path: `/api/ws/conversations/${encodeURIComponent(id)}`, shutOutReasons: Object.values(ErrorCode), maxFailures: 3, onDown: () => this.#pump(id) },
+    )
+    this.#writer = { id, socket }
+    socket.start()
   }
 
   // ---- socket ----
@@ -746,22 +786,14 @@ export class ChatStore {
 
   #onMessage(msg: ServerMessage) {
     switch (msg.type) {
-      case 'ack': {
-        const item = this.#outbox.find((o) => o.clientMsgId === msg.clientMsgId)
-        this.#settle(msg.conversationId, msg.clientMsgId)
-        if (item) {
-          const event: MessageEvent = { type: 'message', conversationId: msg.conversationId, seq: msg.seq, senderId: this.userId, clientMsgId: msg.clientMsgId, serverTs: msg.serverTs, body: item.body }
-          this.#outbox = this.#outbox.filter((o) => o.clientMsgId !== msg.clientMsgId)
-          this.#saveOutbox()
-          const fresh = !this.#state(msg.conversationId).events.has(msg.seq)
-          this.#ingest(msg.conversationId, [event], true)
-          if (fresh) this.#bump(event)
-        }
-        this.#pump(msg.conversationId)
-        return
-      }
+      case 'ack':
+        return this.#acked(msg.conversationId, msg.clientMsgId, msg.seq, msg.serverTs)
       case 'event': {
         const id = msg.event.conversationId
+        // Another tab of this device wrote it on its writer socket: for this tab's outbox, as good as the ack.
+        if (msg.event.type === 'message' && msg.event.senderId === this.userId && this.#outbox.some((o) => o.clientMsgId === msg.event.clientMsgId)) {
+          return this.#acked(id, msg.event.clientMsgId, msg.event.seq, msg.event.serverTs)
+        }
         if (!this.conversation(id)) void this.refreshConversations()
         const s = this.#state(id)
         const fresh = !s.events.has(msg.event.seq)
@@ -844,6 +876,20 @@ export class ChatStore {
         this.hooks.call?.(msg)
         return
     }
+  }
+
+  #acked(conversationId: string, clientMsgId: string, seq: number, serverTs: number) {
+    const item = this.#outbox.find((o) => o.clientMsgId === clientMsgId)
+    this.#settle(conversationId, clientMsgId)
+    if (item) {
+      const event: MessageEvent = { type: 'message', conversationId, seq, senderId: this.userId, clientMsgId, serverTs, body: item.body }
+      this.#outbox = this.#outbox.filter((o) => o.clientMsgId !== clientMsgId)
+      this.#saveOutbox()
+      const fresh = !this.#state(conversationId).events.has(seq)
+      this.#ingest(conversationId, [event], true)
+      if (fresh) this.#bump(event)
+    }
+    this.#pump(conversationId)
   }
 
   /** This device's session (from the socket's hello): calls address devices by it. */
