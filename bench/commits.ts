@@ -7,7 +7,7 @@
 import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { processTree, startServer } from '../test/e2e/server'
-import { BenchClient } from './client'
+import { BenchClient, WriterClient } from './client'
 
 const N = Number(process.argv.find((a) => a.startsWith('--messages='))?.split('=')[1] ?? 200)
 /** `--gap-ms=400`: a pause between messages, as in a conversation people type (each D1 tick then carries one). */
@@ -62,11 +62,13 @@ async function main() {
     }
     const direct = (await json<{ conversation: { id: string } }>(`${base}/api/conversations`, { peerHandle: users[1]!.handle }, users[0]!.token)).conversation.id
     const group = (await json<{ conversation: { id: string } }>(`${base}/api/conversations/groups`, { title: 'commits', memberIds: users.slice(1).map((u) => u.id) }, users[0]!.token)).conversation.id
-    const connect = async (u: (typeof users)[number]) => {
+    const socket = async (u: (typeof users)[number], path: string, confirm: boolean) => {
       const { ticket } = await json<{ ticket: string }>(`${base}/api/ws/ticket`, {}, u.token)
-      return BenchClient.open(`${base.replace(/^http/, 'ws')}/api/ws?ticket=${encodeURIComponent(ticket)}`, true)
+      return BenchClient.open(`${base.replace(/^http/, 'ws')}${path}?ticket=${encodeURIComponent(ticket)}`, confirm)
     }
-    const clients = await Promise.all(users.map(connect))
+    const clients = await Promise.all(users.map((u) => socket(u, '/api/ws', true)))
+    // The sender writes on writer sockets, as the PWA does in an open chat.
+    const sender = new WriterClient(clients[0]!, (conv) => socket(users[0]!, `/api/ws/conversations/${conv}`, false))
     // Readers mark what they received as read, as an open chat in the PWA does.
     for (const c of clients) {
       const prev = c.onEvent
@@ -78,11 +80,11 @@ async function main() {
     const rows: string[] = []
     for (const [name, conv] of [['1:1 text message', direct], ['group text message, 10 members', group]] as const) {
       // Warm the objects first, so waking them is not counted as the message's cost.
-      for (let i = 0; i < 10; i++) await clients[0]!.send(conv, `warm ${i}`)
+      for (let i = 0; i < 10; i++) await sender.send(conv, `warm ${i}`)
       await new Promise((r) => setTimeout(r, 1500))
       const syncs = await countSyncs(server.pid(), async () => {
         for (let i = 0; i < N; i++) {
-          await clients[0]!.send(conv, `count ${i}`)
+          await sender.send(conv, `count ${i}`)
           if (GAP_MS) await new Promise((r) => setTimeout(r, GAP_MS))
         }
       })
@@ -90,7 +92,7 @@ async function main() {
     }
     const pace = GAP_MS ? `one every ${GAP_MS} ms` : 'one at a time'
     console.log(`\n| workload (sent ${pace}, every recipient confirms and reads) | messages | disk syncs (commits) | per message |\n| --- | ---: | ---: | ---: |\n${rows.join('\n')}`)
-    clients.forEach((c) => c.close())
+    sender.close()
   } finally {
     await server.stop()
   }

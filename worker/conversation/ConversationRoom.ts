@@ -947,8 +947,8 @@ export class ConversationRoom extends DurableObject<Env> {
    * Sends to current members but `except` (whose own hub shows it), plus `alsoTell` (people just
    * removed, who learn it and nothing after). A write from a writer socket (`writerSession`) goes
    * to its writer's hub only when another of the writer's devices is online, and not to that
-   * device. A big group's deliveries go out FANOUT_CHUNK per turn, so they do not hold up this
-   * room's acks or other objects; the queue keeps them in seq order.
+   * device. Deliveries go out FANOUT_CHUNK per turn, after the write's own turn, so they do not
+   * hold up this room's acks or other objects; the queue keeps them in seq order.
    */
   private fanOut(event: ConversationEvent, except: string | null, alsoTell: string[] = [], writerSession?: string) {
     let targets = [...new Set([...this.members.keys(), ...alsoTell])].filter((id) => id !== except)
@@ -961,10 +961,9 @@ export class ConversationRoom extends DurableObject<Env> {
     }
     const { meta, frame } = deliveryOf(event)
     const skip = (userId: string) => (userId === event.senderId ? skipSession : undefined)
-    if (this.fanOutQueue.length === 0 && targets.length <= FANOUT_CHUNK) {
-      for (const userId of targets) this.deliverTo(userId, meta, frame, skip(userId))
-      return
-    }
+    // Queued even when small: the calls go out in the next turn, so the work of making them does
+    // not hold up this turn's commit and the ack waiting on it (the output gate holds them until
+    // the commit anyway).
     for (const userId of targets) this.fanOutQueue.push({ userId, meta, frame, skipSession: skip(userId) })
     if (!this.fanOutTimer) this.fanOutTimer = setTimeout(() => this.drainFanOut(), 0)
   }
