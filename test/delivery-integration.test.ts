@@ -195,6 +195,34 @@ describe('rate limit', () => {
     a.close()
     b.close()
   })
+
+  it('answers a retry of an acked write with its ack over the rate and after a block, and a retry costs no budget', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const a = await Device.connect(alice)
+    const t = 1_900_000_000_000
+    await setRoomClock(conv.id, () => t)
+    const first = textSend(conv.id, 'the one that got through')
+    expect((await a.sendAndAck(first)).seq).toBe(1)
+    // Retries, on the hub and on a writer socket: each answered with seq 1, none charged.
+    const writer = await Device.writer(alice, conv.id)
+    for (let i = 0; i < 40; i++) expect((await (i % 2 ? writer : a).sendAndAck(first)).seq).toBe(1)
+    for (let i = 0; i < 29; i++) await a.sendAndAck(textSend(conv.id, `more ${i}`))
+    const over = textSend(conv.id, 'over the rate')
+    a.send(over)
+    expect(await a.next('error')).toMatchObject({ code: 'RATE_LIMITED', ref: (over as { clientMsgId: string }).clientMsgId })
+    expect((await a.sendAndAck(first)).seq).toBe(1)
+    // Bob blocks Alice: new writes are refused, the retry still gets its ack; nothing was written.
+    expect((await api('/api/blocks', { token: bob.accessToken, body: { userId: alice.user.id } })).status).toBeLessThan(300)
+    await setRoomClock(conv.id, () => t + 60_000)
+    const blocked = textSend(conv.id, 'after the block')
+    writer.send(blocked)
+    expect((await writer.next('error')).code).toBe('FORBIDDEN')
+    expect((await writer.sendAndAck(first)).seq).toBe(1)
+    const log = await runInDurableObject<ConversationRoom, number>(getConversationRoom(env, conv.id), (room) => room['lastSeq'])
+    expect(log).toBe(30)
+    a.close()
+    writer.close()
+  })
 })
 
 /** Moves the hub's clock and runs one tick, as its timer would. */

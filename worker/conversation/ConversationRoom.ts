@@ -331,26 +331,27 @@ export class ConversationRoom extends DurableObject<Env> {
     need: 'member' | 'admin' | 'owner',
     act: (member: Member) => RoomResult<Ack>,
   ): Promise<RoomResult<Ack>> {
-    const auth = await this.authorizeWrite(conversationId, actorId, clientMsgId)
-    if (auth.ok === 'dup') return ok(auth.ack)
+    const auth = await this.authorize(conversationId, actorId)
     if (!auth.ok) return auth
-    if (need !== 'member') {
-      if (this.kind !== 'group') return fail(ErrorCode.NOT_ALLOWED, 'only groups have members to manage')
-      const allowed = need === 'owner' ? auth.value.role === 'owner' : auth.value.role === 'owner' || auth.value.role === 'admin'
-      if (!allowed) return fail(ErrorCode.NOT_ALLOWED, need === 'owner' ? 'only the owner can do that' : 'only admins can do that')
+    // A retry of an acked write is answered with its ack whatever changed since (a block, the
+    // rate, the recall window): a refusal looks for it first. A write that passes finds it at the
+    // insert (commit), so the usual write pays no lookup of its own.
+    const refused = (failure: RoomResult<never>) => {
+      const dup = this.findBySender(actorId, clientMsgId)
+      return dup ? ok(dup) : failure
     }
-    return act(auth.value)
-  }
-
-  /** Members who may write, within their rate; a retry of an acked write is never limited. */
-  private async authorizeWrite(conversationId: string, userId: string, clientMsgId: string): Promise<RoomResult<Member> | { ok: 'dup'; ack: Ack }> {
-    const auth = await this.authorize(conversationId, userId)
-    if (!auth.ok) return auth
-    const dup = this.findBySender(userId, clientMsgId)
-    if (dup) return { ok: 'dup', ack: dup }
-    if (this.blocked) return fail(ErrorCode.FORBIDDEN, 'you can message this person only while you are friends and neither has blocked the other')
-    if (!this.limiter.take(userId, this.now())) return fail(ErrorCode.RATE_LIMITED, 'slow down: too many messages')
-    return auth
+    if (this.blocked) return refused(fail(ErrorCode.FORBIDDEN, 'you can message this person only while you are friends and neither has blocked the other'))
+    if (need !== 'member') {
+      if (this.kind !== 'group') return refused(fail(ErrorCode.NOT_ALLOWED, 'only groups have members to manage'))
+      const allowed = need === 'owner' ? auth.value.role === 'owner' : auth.value.role === 'owner' || auth.value.role === 'admin'
+      if (!allowed) return refused(fail(ErrorCode.NOT_ALLOWED, need === 'owner' ? 'only the owner can do that' : 'only admins can do that'))
+    }
+    if (!this.limiter.take(actorId, this.now())) return refused(fail(ErrorCode.RATE_LIMITED, 'slow down: too many messages'))
+    const result = act(auth.value)
+    if (!result.ok) return refused(result)
+    // A retry found at the insert took a token it must not be charged.
+    if (result.value.duplicate) this.limiter.give(actorId)
+    return result
   }
 
   private findBySender(senderId: string, clientMsgId: string): Ack | null {
@@ -382,11 +383,14 @@ export class ConversationRoom extends DurableObject<Env> {
     // Sending implies having read everything before it: the sender's cursors and the D1 mark go
     // into this commit, which is being written anyway.
     const sender = this.members.get(event.senderId)
+    let duplicate = false
     this.ctx.storage.transactionSync(() => {
-      this.sql.exec(
-        `INSERT INTO events (${EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      // A retry of an acked write: (sender, clientMsgId) is taken, and nothing is written.
+      duplicate = this.sql.exec(
+        `INSERT INTO events (${EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sender_id, client_msg_id) DO NOTHING`,
         row.seq, row.type, row.sender_id, row.client_msg_id, row.kind, row.body, row.target_seq, row.edited_at, row.recalled_by, row.recalled_by_admin, row.created_at,
-      )
+      ).rowsWritten === 0
+      if (duplicate) return
       for (const seq of mutate()) {
         this.sql.exec('INSERT INTO d1_dirty (seq, gen) VALUES (?, ?) ON CONFLICT (seq) DO UPDATE SET gen = excluded.gen', seq, event.seq)
       }
@@ -394,6 +398,7 @@ export class ConversationRoom extends DurableObject<Env> {
       this.saveD1Mark()
       this.persistCursors()
     })
+    if (duplicate) return this.findBySender(event.senderId, event.clientMsgId)!
     this.lastSeq = event.seq
     if (event.type === 'message') this.metrics.count(Counter.messagesAccepted)
     this.recent.push({ seq: event.seq, senderId: event.senderId, message: event.type === 'message' })

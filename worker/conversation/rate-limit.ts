@@ -26,6 +26,12 @@ export class RateLimiter {
     private readonly perSecond: number,
   ) {}
 
+  /** Gives back a token taken for a write that turned out to be a retry. */
+  give(key: string) {
+    const b = this.buckets.get(key)
+    if (b) b.tokens = Math.min(this.burst, b.tokens + 1)
+  }
+
   take(key: string, now: number): boolean {
     const tokens = refill(this.buckets.get(key) ?? { tokens: this.burst, at: now }, now, this.burst, this.perSecond)
     if (tokens < 1) {
