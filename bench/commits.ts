@@ -12,6 +12,8 @@ import { BenchClient, WriterClient } from './client'
 const N = Number(process.argv.find((a) => a.startsWith('--messages='))?.split('=')[1] ?? 200)
 /** `--gap-ms=400`: a pause between messages, as in a conversation people type (each D1 tick then carries one). */
 const GAP_MS = Number(process.argv.find((a) => a.startsWith('--gap-ms='))?.split('=')[1] ?? 0)
+/** `--hub-writes`: the sender writes on its chat socket, through its hub, as before writer sockets. */
+const HUB_WRITES = process.argv.includes('--hub-writes')
 
 async function json<T>(url: string, body?: unknown, token?: string): Promise<T> {
   const res = await fetch(url, { method: body === undefined ? 'GET' : 'POST', headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) }, body: body === undefined ? undefined : JSON.stringify(body) })
@@ -68,7 +70,7 @@ async function main() {
     }
     const clients = await Promise.all(users.map((u) => socket(u, '/api/ws', true)))
     // The sender writes on writer sockets, as the PWA does in an open chat.
-    const sender = new WriterClient(clients[0]!, (conv) => socket(users[0]!, `/api/ws/conversations/${conv}`, false))
+    const sender = HUB_WRITES ? clients[0]! : new WriterClient(clients[0]!, (conv) => socket(users[0]!, `/api/ws/conversations/${conv}`, false))
     // Readers mark what they received as read, as an open chat in the PWA does.
     for (const c of clients) {
       const prev = c.onEvent
