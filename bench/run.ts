@@ -535,13 +535,14 @@ async function voiceRooms(t: Target, users: User[]) {
 
 // ---- main ----
 
-const SYSTEM_NAMES = ['echovalley', 'floor', 'echovalley-bare', 'floor-bare', 'echovalley-bare-hub-writes', 'echovalley-bare-no-metrics', 'reference', 'prosody'] as const
+const SYSTEM_NAMES = ['echovalley', 'floor', 'echovalley-bare', 'floor-bare', 'echovalley-hub-writes', 'echovalley-bare-hub-writes', 'echovalley-bare-no-metrics', 'reference', 'prosody'] as const
 /** Systems that run only some scenarios: they price one choice on the message path (writer sockets, metrics). */
-const SCENARIOS_OF: Record<string, string[]> = { 'echovalley-bare-hub-writes': ['latency', 'throughput'], 'echovalley-bare-no-metrics': ['latency', 'throughput'] }
+const SCENARIOS_OF: Record<string, string[]> = { 'echovalley-hub-writes': ['latency', 'throughput'], 'echovalley-bare-hub-writes': ['latency', 'throughput'], 'echovalley-bare-no-metrics': ['latency', 'throughput'] }
 /** Ratio columns: echovalley against the floor on the same runtime first, then the other servers. */
 const RATIOS: [string, string][] = [
   ['echovalley', 'floor'],
   ['echovalley-bare', 'floor-bare'],
+  ['echovalley', 'echovalley-hub-writes'],
   ['echovalley-bare', 'echovalley-bare-hub-writes'],
   ['echovalley-bare', 'echovalley-bare-no-metrics'],
   ['echovalley', 'prosody'],
@@ -582,6 +583,7 @@ async function main() {
     ['floor', () => floorTarget('wrangler')],
     ['echovalley-bare', () => productTarget('bare')],
     ['floor-bare', () => floorTarget('bare')],
+    ['echovalley-hub-writes', () => productTarget('wrangler', { writers: false })],
     ['echovalley-bare-hub-writes', () => productTarget('bare', { writers: false })],
     ['echovalley-bare-no-metrics', () => productTarget('bare', { metrics: false })],
     ['reference', referenceTarget],

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { Miniflare } from 'miniflare'
-import { afterAll, beforeAll, describe, it } from 'vitest'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
 import { directChat, registerUser } from '../../scripts/fault/client'
 import { startServer, type LocalServer } from './server'
@@ -63,13 +63,16 @@ describe('pipelined sends against the product', () => {
     await server?.stop()
   })
 
-  it('five writes sent without waiting are sequenced in send order, 100 rounds', async ({ expect }) => {
+  it.each([
+    ['the chat socket, through the hub', (_conv: string) => '/api/ws'],
+    ['a writer socket, straight to the room', (conv: string) => `/api/ws/conversations/${conv}`],
+  ])('five writes sent without waiting on %s are sequenced in send order, 100 rounds', async (_name, pathOf) => {
     const tag = Date.now().toString(36)
     const a = await registerUser(server.url, `pipe_a_${tag}`)
     const b = await registerUser(server.url, `pipe_b_${tag}`)
     const conv = await directChat(server.url, a, b)
     const { ticket } = (await (await fetch(`${server.url}/api/ws/ticket`, { method: 'POST', headers: { authorization: `Bearer ${a.accessToken}` } })).json()) as { ticket: string }
-    const ws = new WebSocket(`${server.url.replace('http', 'ws')}/api/ws?ticket=${ticket}`)
+    const ws = new WebSocket(`${server.url.replace('http', 'ws')}${pathOf(conv)}?ticket=${ticket}`)
     const acks = new Map<string, (seq: number) => void>()
     ws.on('message', (d) => {
       const m = JSON.parse(d.toString()) as { type: string; clientMsgId?: string; seq?: number }

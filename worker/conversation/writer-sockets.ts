@@ -9,6 +9,8 @@ export interface WriterAttachment {
   conversationId: string
 }
 
+/** A room asks a writer's hub for their sockets again after this long (the hub may have forgotten the room). */
+export const WRITER_PEERS_TTL_MS = 30_000
 /** Writer sockets one person may hold in one conversation (their devices' tabs with it open). */
 export const MAX_WRITERS_PER_USER = 10
 
@@ -37,7 +39,7 @@ export function errorFrame(code: ErrorCode, message: string, ref?: string): Extr
  * online; the hub reports its devices (`peers`), versioned so a late report never wins.
  */
 export class WriterSockets {
-  private peers = new Map<string, { version: number; sockets: string[] }>()
+  private peers = new Map<string, { version: number; sockets: string[]; at: number }>()
 
   constructor(
     private readonly ctx: DurableObjectState,
@@ -123,7 +125,7 @@ export class WriterSockets {
       return false
     }
     const known = this.peers.get(userId)
-    if (!known || known.version < version) this.peers.set(userId, { version, sockets: sockets ?? ALWAYS })
+    if (!known || known.version < version) this.peers.set(userId, { version, sockets: sockets ?? ALWAYS, at: Date.now() })
     return true
   }
 
@@ -133,15 +135,22 @@ export class WriterSockets {
    * devices are online; all when the device has more tabs (each shows its own). While the room does
    * not know, it delivers (`ask` then says to ask the hub, once per person and instance).
    */
-  writerHub(userId: string, sessionId: string): { deliver: boolean; skipSession?: string; ask?: true } {
-    const known = this.peers.get(userId)
+  writerHub(userId: string, sessionId: string): { deliver: boolean; skipSession?: string; ask?: true | undefined } {
+    let known = this.peers.get(userId)
     if (!known) {
       // Until the hub answers, deliver; any real report wins over this placeholder.
-      this.peers.set(userId, { version: -1, sockets: ALWAYS })
+      this.peers.set(userId, { version: -1, sockets: ALWAYS, at: Date.now() })
       return { deliver: true, skipSession: sessionId, ask: true }
     }
+    let ask: true | undefined
+    if (Date.now() - known.at > WRITER_PEERS_TTL_MS) {
+      // Asked again now and then: a hub that forgot this room (it restarted) reports again.
+      known = { ...known, at: Date.now() }
+      this.peers.set(userId, known)
+      ask = true
+    }
     const mine = known.sockets.filter((s) => s === sessionId).length
-    if (mine > 1) return { deliver: true }
-    return known.sockets.length > mine ? { deliver: true, skipSession: sessionId } : { deliver: false }
+    if (mine > 1) return { deliver: true, ask }
+    return known.sockets.length > mine ? { deliver: true, skipSession: sessionId, ask } : { deliver: false, ask }
   }
 }

@@ -32,7 +32,7 @@ const RECOVERY_ALARM_MS = 30_000
 /** Rooms that hear of this user's sockets for their writer sockets (see writerOpened). */
 const MAX_WRITER_ROOMS = 64
 /** A connect waits at most this long for writer rooms to learn of the new device. */
-const WRITER_ROOMS_WAIT_MS = 2_000
+const WRITER_ROOMS_WAIT_MS = 500
 /** Presence calls to friends' hubs in flight at once. */
 const PRESENCE_CONCURRENCY = 8
 /** Signed-in devices (sessions) with a socket open at once, and sockets per session (browser tabs). */
@@ -179,9 +179,16 @@ export class UserHub extends DurableObject<Env> {
       return Response.json(errorBody(ErrorCode.RATE_LIMITED, `at most ${MAX_SOCKETS_PER_DEVICE} connections per device`), { status: 429 })
     }
     const wasOffline = open.length === 0
-    // Rooms where this user writes on writer sockets must know of the new device before it syncs,
-    // or it could miss its own writes made meanwhile.
-    await this.tellWriterRooms([...open.map(sessionOf), sessionId], WRITER_ROOMS_WAIT_MS)
+    if (wasOffline) {
+      // No device was online, so no writer socket is either (a writer socket lives beside its
+      // device's chat socket): after a restart or a deploy, telling the list would wake every room
+      // in it for nothing. A room that still holds one asks again within WRITER_PEERS_TTL_MS.
+      this.forgetWriterRooms()
+    } else {
+      // Rooms where this user writes on writer sockets must know of the new device before it
+      // syncs, or it could miss its own writes made meanwhile (a gap it sees later heals it too).
+      await this.tellWriterRooms([...open.map(sessionOf), sessionId], WRITER_ROOMS_WAIT_MS)
+    }
     const { 0: client, 1: server } = new WebSocketPair()
     this.ctx.acceptWebSocket(server, [sessionId])
     server.serializeAttachment({ userId, sessionId } satisfies DeviceAttachment)
@@ -597,6 +604,12 @@ export class UserHub extends DurableObject<Env> {
 
   private storedWriterRooms(): string[] {
     return (this.writerRooms ??= this.ctx.storage.kv.get<string[]>('writer_rooms') ?? [])
+  }
+
+  private forgetWriterRooms() {
+    if (this.storedWriterRooms().length === 0) return
+    this.writerRooms = []
+    this.ctx.storage.kv.delete('writer_rooms')
   }
 
   private saveWriterRooms(rooms: string[]) {
