@@ -29,7 +29,8 @@ import { Metrics } from '../ops/metrics'
 import { Counter, Gauge } from '../shared/metrics'
 import { DEFAULT_FRAME_RATE, FrameBudget } from '../ws/frame-budget'
 import { spendTicket, upgradeClaims, UPGRADE_HEADERS } from '../ws/upgrade'
-import { errorFrame, sendTo, WriterSockets } from './writer-sockets'
+import { errorFrame, send } from '../ws/frames'
+import { WriterSockets } from './writer-sockets'
 
 export type { RoomResult } from '../do-result'
 export interface Ack {
@@ -895,14 +896,14 @@ export class ConversationRoom extends DurableObject<Env> {
       : msg.type === 'edit' ? await this.edit(msg.conversationId, who.userId, msg.clientMsgId, msg.targetSeq, msg.body, origin)
       : msg.type === 'recall' ? await this.recall(msg.conversationId, who.userId, msg.clientMsgId, msg.targetSeq, origin)
       : await this.react(msg.conversationId, who.userId, msg.clientMsgId, msg.targetSeq, msg.emoji, msg.on, origin)
-    if (!result.ok) return sendTo(ws, errorFrame(result.code, result.message, msg.clientMsgId))
+    if (!result.ok) return send(ws, errorFrame(result.code, result.message, msg.clientMsgId))
     const { seq, serverTs, event, duplicate } = result.value
-    sendTo(ws, { type: 'ack', conversationId: msg.conversationId, clientMsgId: msg.clientMsgId, seq, serverTs })
+    send(ws, { type: 'ack', conversationId: msg.conversationId, clientMsgId: msg.clientMsgId, seq, serverTs })
     // The ack leaves after the commit (the output gate holds it); the time is the room's part of it.
     if (msg.type === 'send' && !duplicate) this.metrics.observeSendAck(Date.now() - arrivedAt)
     // A text message the device builds from its outbox; anything else (a media body the server
     // filled in, an edit, a recall, a reaction) it gets as the event.
-    if (event && !(event.type === 'message' && event.body?.kind === 'text')) sendTo(ws, { type: 'event', event })
+    if (event && !(event.type === 'message' && event.body?.kind === 'text')) send(ws, { type: 'event', event })
   }
 
   override async webSocketClose(ws: WebSocket, code: number, reason: string) {

@@ -1,5 +1,6 @@
 import { APP_CLOSE_CODE, ErrorCode, errorBody } from '../shared/errors'
-import { MAX_FRAME_BYTES, PROTOCOL_VERSION, WriterMessage, type ServerMessage } from '../shared/protocol'
+import { PROTOCOL_VERSION, WriterMessage } from '../shared/protocol'
+import { errorFrame, parseFrame, send, type ErrorFrame } from '../ws/frames'
 import { FrameBudget, type Spent } from '../ws/frame-budget'
 import type { TicketClaims } from '../ws/upgrade'
 
@@ -19,18 +20,6 @@ const ALWAYS = ['', '']
 
 const userTag = (userId: string) => `u:${userId}`
 const sessionTag = (sessionId: string) => `s:${sessionId}`
-
-export function sendTo(ws: WebSocket, msg: ServerMessage | string) {
-  try {
-    ws.send(typeof msg === 'string' ? msg : JSON.stringify(msg))
-  } catch {
-    // Closed under us: the client's unanswered writes go again, deduplicated by clientMsgId.
-  }
-}
-
-export function errorFrame(code: ErrorCode, message: string, ref?: string): Extract<ServerMessage, { type: 'error' }> {
-  return { type: 'error', code, message, ...(ref ? { ref } : {}) }
-}
 
 /**
  * A conversation's writer sockets: a device with the chat open writes straight to the room (one
@@ -54,7 +43,7 @@ export class WriterSockets {
     const { 0: client, 1: server } = new WebSocketPair()
     this.ctx.acceptWebSocket(server, [userTag(claims.userId), sessionTag(claims.sessionId)])
     server.serializeAttachment({ userId: claims.userId, sessionId: claims.sessionId, conversationId } satisfies WriterAttachment)
-    sendTo(server, { type: 'hello', protocol: PROTOCOL_VERSION, userId: claims.userId, sessionId: claims.sessionId })
+    send(server, { type: 'hello', protocol: PROTOCOL_VERSION, userId: claims.userId, sessionId: claims.sessionId })
     return new Response(null, { status: 101, webSocket: client })
   }
 
@@ -64,33 +53,21 @@ export class WriterSockets {
    */
   parse(ws: WebSocket, data: string | ArrayBuffer, now: number, refused: (code: ErrorCode) => void): { msg: WriterMessage; who: WriterAttachment } | null {
     const who = ws.deserializeAttachment() as WriterAttachment
-    const refuse = (code: ErrorCode, message: string, ref?: string) => {
-      refused(code)
-      if (this.spent(ws, now) === 'ok') sendTo(ws, errorFrame(code, message, ref))
+    const refuse = (error: ErrorFrame) => {
+      refused(error.code)
+      if (this.spent(ws, now) === 'ok') send(ws, error)
       return null
     }
-    if (typeof data !== 'string') return refuse(ErrorCode.BAD_REQUEST, 'binary frames are not accepted here')
-    if (data.length > MAX_FRAME_BYTES) return refuse(ErrorCode.PAYLOAD_TOO_LARGE, `frames are limited to ${MAX_FRAME_BYTES} bytes`)
-    let json: unknown
-    try {
-      json = JSON.parse(data)
-    } catch {
-      return refuse(ErrorCode.BAD_REQUEST, 'frame is not valid JSON')
-    }
-    const parsed = WriterMessage.safeParse(json)
-    const ref = (json as { clientMsgId?: unknown } | null)?.clientMsgId
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0]
-      return refuse(ErrorCode.BAD_REQUEST, issue ? `${issue.path.join('.') || 'frame'}: ${issue.message}` : 'invalid frame', typeof ref === 'string' ? ref : undefined)
-    }
-    if (parsed.data.conversationId !== who.conversationId) return refuse(ErrorCode.BAD_REQUEST, 'this socket writes to its own conversation only', parsed.data.clientMsgId)
+    const parsed = parseFrame(WriterMessage, data)
+    if (!parsed.ok) return refuse(parsed.error)
+    if (parsed.msg.conversationId !== who.conversationId) return refuse(errorFrame(ErrorCode.BAD_REQUEST, 'this socket writes to its own conversation only', parsed.msg.clientMsgId))
     const verdict = this.spent(ws, now)
     if (verdict !== 'ok') {
       refused(ErrorCode.RATE_LIMITED)
-      if (verdict === 'tell') sendTo(ws, errorFrame(ErrorCode.RATE_LIMITED, 'too many frames: slow down', parsed.data.clientMsgId))
+      if (verdict === 'tell') send(ws, errorFrame(ErrorCode.RATE_LIMITED, 'too many frames: slow down', parsed.msg.clientMsgId))
       return null
     }
-    return { msg: parsed.data, who }
+    return { msg: parsed.msg, who }
   }
 
   private spent(ws: WebSocket, now: number): Spent {

@@ -5,10 +5,11 @@ import type { Env } from '../env'
 import { assertNever } from '../shared/assert'
 import { APP_CLOSE_CODE, ErrorCode, errorBody } from '../shared/errors'
 import type { PushJob } from '../shared/jobs'
-import { ClientMessage, MAX_FRAME_BYTES, PROTOCOL_VERSION, type ConversationEvent, type Presence, type ServerMessage } from '../shared/protocol'
+import { ClientMessage, PROTOCOL_VERSION, type ConversationEvent, type Presence, type ServerMessage } from '../shared/protocol'
 import { parseRate } from '../conversation/rate-limit'
 import { DEFAULT_FRAME_RATE, FrameBudget } from '../ws/frame-budget'
 import { spendTicket, upgradeClaims } from '../ws/upgrade'
+import { errorFrame, parseFrame, send } from '../ws/frames'
 import { DeliveryTracker } from './delivery-tracker'
 import { pool } from '../pool'
 import { Metrics } from '../ops/metrics'
@@ -42,18 +43,6 @@ export const MAX_SOCKETS_PER_DEVICE = 5
 const SYNC_COST = 3
 
 type Room = DurableObjectStub<ConversationRoom>
-
-function send(ws: WebSocket, msg: ServerMessage | string) {
-  try {
-    ws.send(typeof msg === 'string' ? msg : JSON.stringify(msg))
-  } catch {
-    // The socket closed under us; the device syncs when it reconnects.
-  }
-}
-
-function errorFrame(code: ErrorCode, message: string, ref?: string): Extract<ServerMessage, { type: 'error' }> {
-  return { type: 'error', code, message, ...(ref ? { ref } : {}) }
-}
 
 const sessionOf = (ws: WebSocket) => (ws.deserializeAttachment() as DeviceAttachment).sessionId
 
@@ -203,26 +192,13 @@ export class UserHub extends DurableObject<Env> {
 
   override async webSocketMessage(ws: WebSocket, data: string | ArrayBuffer) {
     const device = ws.deserializeAttachment() as DeviceAttachment
-    const refuse = (frame: ReturnType<typeof errorFrame>) => {
-      this.metrics.count(Counter.messagesRefused, frame.code)
-      if (this.spend(ws, 1)) send(ws, frame)
+    const parsed = parseFrame(ClientMessage, data)
+    if (!parsed.ok) {
+      this.metrics.count(Counter.messagesRefused, parsed.error.code)
+      if (this.spend(ws, 1)) send(ws, parsed.error)
+      return
     }
-    if (typeof data !== 'string') return refuse(errorFrame(ErrorCode.BAD_REQUEST, 'binary frames are not accepted here'))
-    if (data.length > MAX_FRAME_BYTES) return refuse(errorFrame(ErrorCode.PAYLOAD_TOO_LARGE, `frames are limited to ${MAX_FRAME_BYTES} bytes`))
-    let json: unknown
-    try {
-      json = JSON.parse(data)
-    } catch {
-      return refuse(errorFrame(ErrorCode.BAD_REQUEST, 'frame is not valid JSON'))
-    }
-    const parsed = ClientMessage.safeParse(json)
-    if (!parsed.success) {
-      const ref = (json as { clientMsgId?: unknown } | null)?.clientMsgId
-      const issue = parsed.error.issues[0]
-      const message = issue ? `${issue.path.join('.') || 'frame'}: ${issue.message}` : 'invalid frame'
-      return refuse(errorFrame(ErrorCode.BAD_REQUEST, message, typeof ref === 'string' ? ref : undefined))
-    }
-    const msg = parsed.data
+    const msg = parsed.msg
     // A sync answers with up to SYNC_PAGE_BYTES: it costs more of the budget than a send.
     if (!this.spend(ws, msg.type === 'sync' ? SYNC_COST : 1, 'clientMsgId' in msg ? msg.clientMsgId : undefined, msg.type === 'sync')) return
     // No await before the room call: frames reach the room in the order they arrived here.
