@@ -35,6 +35,8 @@ async function chatWith(page: Page, handle: string) {
   await page.getByTestId('tab-chats').click()
   await page.getByTestId('new-chat-handle').fill(handle)
   await page.getByTestId('new-chat-submit').click()
+  // The form empties once the chat is open; the composer may still be the previous chat's.
+  await page.waitForFunction(() => (document.getElementById('new-chat-handle') as HTMLInputElement | null)?.value === '')
   await page.getByTestId('composer-input').waitFor()
 }
 

@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -58,6 +58,8 @@ export async function startServer(
   const stateDir = opts.stateDir ?? mkdtempSync(path.join(tmpdir(), 'echovalley-e2e-'))
   const port = opts.port ?? (await freePort())
   const env = { ...process.env, ...DEV_ENV }
+  // wrangler refuses to start without the assets folder; the benchmarks need the API only, not a built PWA.
+  mkdirSync(path.join(ROOT, 'dist'), { recursive: true })
   if (!opts.config) migrateLocal(stateDir)
 
   const vapid = generateVapidKeys()
