@@ -12,6 +12,7 @@ import { startTranscriber } from './scripts/transcriber'
 fs.mkdirSync(path.join(import.meta.dirname, 'dist'), { recursive: true })
 const vapid = generateVapidKeys()
 const migrations = await readD1Migrations(path.join(import.meta.dirname, 'migrations'))
+const historyMigrations = await readD1Migrations(path.join(import.meta.dirname, 'migrations-history'))
 const pushService = createPushService(vapid.publicKey)
 // The real recogniser on loopback; it stops by itself when idle.
 const transcriber = await startTranscriber()
@@ -27,6 +28,7 @@ export default defineConfig({
             miniflare: {
               bindings: {
                 TEST_MIGRATIONS: migrations,
+                TEST_HISTORY_MIGRATIONS: historyMigrations,
                 JWT_SECRET: 'test-secret-that-is-long-enough-0123456789',
                 VAPID_PUBLIC_KEY: vapid.publicKey,
                 VAPID_PRIVATE_KEY: vapid.privateKey,

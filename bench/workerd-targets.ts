@@ -69,8 +69,9 @@ async function bareServer(kind: 'product' | 'floor', vars: Record<string, string
   const state = path.join(dir, 'v3')
   const product = {
     compatibilityFlags: ['nodejs_compat'],
-    bindings: { JWT_ISSUER: 'echovalley', JWT_AUDIENCE: 'echovalley-app', ALLOWED_ORIGINS: '', VAPID_SUBJECT: 'mailto:ops@echovalley.invalid', ...vars },
-    d1Databases: { DB: '00000000-0000-0000-0000-000000000000' },
+    bindings: { JWT_ISSUER: 'echovalley', JWT_AUDIENCE: 'echovalley-app', ALLOWED_ORIGINS: '', VAPID_SUBJECT: 'mailto:ops@echovalley.invalid', HISTORY_SHARDS: 'HISTORY_0,HISTORY_1', ...vars },
+    // The ids wrangler.toml gives them, so the databases scripts/migrate.mjs prepared are the ones opened.
+    d1Databases: { DB: '00000000-0000-0000-0000-000000000000', HISTORY_0: '00000000-0000-0000-0000-000000000100', HISTORY_1: '00000000-0000-0000-0000-000000000101' },
     durableObjects: {
       CONVERSATION: { className: 'ConversationRoom', useSQLite: true },
       USER: { className: 'UserHub', useSQLite: true },

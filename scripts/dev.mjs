@@ -48,7 +48,7 @@ function run(cmd, args) {
 }
 
 // State lives under .wrangler/state, so accounts and chats survive restarts.
-run('npx', ['wrangler', 'd1', 'migrations', 'apply', 'DB', '--local'])
+run('node', ['scripts/migrate.mjs', '--local'])
 run('npx', ['vite', 'build'])
 
 // Speech to text locally: the pocketsphinx service on loopback, when its Debian packages are here.

@@ -3,7 +3,7 @@ import { env } from 'cloudflare:workers'
 import { describe, it } from 'vitest'
 import { getConversationRoom } from '../worker/durable-objects'
 import type { HistoryPage } from '../worker/shared/protocol'
-import { api, Device, json, openChat, register, textSend, ticketFor, upgrade } from './helpers'
+import { api, Device, json, openChat, register, textSend, ticketFor, upgrade, historyOf } from './helpers'
 import { drainOutbox } from './push-helpers'
 
 async function pair() {
@@ -14,7 +14,7 @@ async function pair() {
 }
 
 async function d1Messages(conversationId: string) {
-  const { results } = await env.DB.prepare('SELECT seq, client_msg_id, body FROM messages WHERE conversation_id = ? ORDER BY seq')
+  const { results } = await (await historyOf(conversationId)).prepare('SELECT seq, client_msg_id, body FROM messages WHERE conversation_id = ? ORDER BY seq')
     .bind(conversationId)
     .all<{ seq: number; client_msg_id: string; body: string }>()
   return results

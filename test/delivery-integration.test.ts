@@ -6,7 +6,7 @@ import type { AuthResult, ClientMessage, HistoryPage, MessageEvent } from '../wo
 import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
 import { RateLimiter } from '../worker/conversation/rate-limit'
 import { DELIVERY_TIMEOUT_MS, MAX_DELIVERY_RETRIES, type UserHub } from '../worker/user/UserHub'
-import { api, createGroup, Device, json, openChat, register, textSend } from './helpers'
+import { api, createGroup, Device, json, openChat, register, textSend, historyOf } from './helpers'
 import { drainOutbox, newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
 
 async function pair() {
@@ -136,7 +136,7 @@ describe('recall', () => {
       state.storage.sql.exec<{ body: string | null }>('SELECT body FROM events').toArray().map((r) => r.body),
     )
     expect(logBodies.join(' ')).not.toContain('secret')
-    const d1 = await env.DB.prepare('SELECT body, recalled_by FROM messages WHERE conversation_id = ? ORDER BY seq').bind(conv.id).all<{ body: string | null; recalled_by: string | null }>()
+    const d1 = await (await historyOf(conv.id)).prepare('SELECT body, recalled_by FROM messages WHERE conversation_id = ? ORDER BY seq').bind(conv.id).all<{ body: string | null; recalled_by: string | null }>()
     expect(JSON.stringify(d1.results)).not.toContain('secret')
     expect(d1.results[0]!.recalled_by).toBe(alice.user.id)
 

@@ -5,6 +5,7 @@ declare global {
   namespace Cloudflare {
     interface Env extends WorkerEnv {
       TEST_MIGRATIONS?: D1Migration[]
+      TEST_HISTORY_MIGRATIONS?: D1Migration[]
       /** JSON of test/support/voice-fixtures.ts VoiceFixtures. */
       TEST_VOICE?: string
     }

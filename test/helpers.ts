@@ -1,4 +1,5 @@
-import { exports } from 'cloudflare:workers'
+import { env, exports } from 'cloudflare:workers'
+import { historyDb } from '../worker/db/history'
 import type { AuthResult, ClientMessage, ConversationSummary, Receipt, ServerMessage } from '../worker/shared/protocol'
 
 const BASE = 'http://echovalley.test'
@@ -169,4 +170,11 @@ export async function createGroup(owner: AuthResult, others: AuthResult[], title
   const res = await api('/api/conversations/groups', { token: owner.accessToken, body: { title, memberIds: others.map((o) => o.user.id) } })
   if (res.status !== 201) throw new Error(`group: ${res.status} ${await res.text()}`)
   return (await json<{ conversation: ConversationSummary }>(res)).conversation
+}
+
+/** The D1 database that holds a conversation's history: the shard recorded with it. */
+export async function historyOf(conversationId: string): Promise<D1Database> {
+  const row = await env.DB.prepare('SELECT history_shard FROM conversations WHERE id = ?').bind(conversationId).first<{ history_shard: string }>()
+  if (!row) throw new Error(`no conversation ${conversationId}`)
+  return historyDb(env, row.history_shard)
 }

@@ -6,7 +6,7 @@ import { describe, it } from 'vitest'
 import { getConversationRoom, getUserHub } from '../worker/durable-objects'
 import { APP_CLOSE_CODE } from '../worker/shared/errors'
 import type { AuthResult, ClientMessage, MessageBody } from '../worker/shared/protocol'
-import { api, befriend, createGroup, Device, json, openChat, randomAddress, register, textSend, ticketFor, upgrade } from './helpers'
+import { api, befriend, createGroup, Device, json, openChat, randomAddress, register, textSend, ticketFor, upgrade, historyOf } from './helpers'
 import { png, upload, voice } from './media-helpers'
 import { drainOutbox, newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
 
@@ -239,7 +239,7 @@ describe('4. a recalled message', () => {
       ].map(async ([who, path]) => api(path as string, { token: (who as AuthResult).accessToken }).then((r) => r.text())),
     )
     for (const text of answers) expect(text).not.toContain(canary)
-    const d1 = await env.DB.prepare('SELECT body FROM messages WHERE conversation_id = ?').bind(conv.id).all()
+    const d1 = await (await historyOf(conv.id)).prepare('SELECT body FROM messages WHERE conversation_id = ?').bind(conv.id).all()
     expect(JSON.stringify(d1.results)).not.toContain(canary)
     const dump = (sql: SqlStorage) =>
       sql
@@ -317,14 +317,20 @@ describe('5. one socket cannot slow everyone down', () => {
     for (const d of devices) d.close()
     // Tickets: 120 a minute per session.
     const fresh = sessions[10]!
-    let status = 200
-    let issued = 0
-    while (status === 200 && issued < 200) {
-      status = (await api('/api/ws/ticket', { method: 'POST', token: fresh.accessToken })).status
-      if (status === 200) issued++
+    const drain = async () => {
+      let status = 200
+      let issued = 0
+      while (status === 200 && issued < 130) {
+        status = (await api('/api/ws/ticket', { method: 'POST', token: fresh.accessToken })).status
+        if (status === 200) issued++
+      }
+      return { status, issued }
     }
-    expect(issued).toBe(119)
-    expect(status).toBe(429)
+    let r = await drain()
+    // The limit is a fixed 60 s window: one that turned over mid-loop grants a fresh 120, and the next drain meets it.
+    if (r.status !== 429) r = await drain()
+    expect(r.status).toBe(429)
+    expect(r.issued).toBeLessThanOrEqual(120)
   })
 })
 

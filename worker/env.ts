@@ -8,7 +8,12 @@ import type { UserHub } from './user/UserHub'
 import type { MetricsShard } from './ops/MetricsShard'
 
 export interface Env {
+  /** Users, friends, sessions and the conversation directory (and history from before sharding). */
   DB: D1Database
+  /** Comma-separated D1 bindings (HISTORY_0, …) new conversations' history is spread over (worker/db/history.ts). */
+  HISTORY_SHARDS?: string
+  /** Days history is kept where a conversation has no setting of its own; 0 or unset: forever. */
+  RETENTION_DAYS?: string
   ASSETS: Fetcher
   CONVERSATION: DurableObjectNamespace<ConversationRoom>
   VOICE: DurableObjectNamespace<VoiceRoom>

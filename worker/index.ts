@@ -1,6 +1,8 @@
 import { app } from './app'
 import type { Env } from './env'
 import { handleQueue } from './push/queue'
+import { sweepRetention } from './conversation/retention'
+import { log } from './ops/log'
 
 export { ConversationRoom } from './conversation/ConversationRoom'
 export { UserHub } from './user/UserHub'
@@ -13,4 +15,9 @@ export { MetricsShard } from './ops/MetricsShard'
 export default {
   fetch: app.fetch,
   queue: handleQueue,
+  // The cron trigger in wrangler.toml: expired history goes (worker/conversation/retention.ts).
+  async scheduled(controller, env) {
+    const report = await sweepRetention(env, controller.scheduledTime)
+    if (report.conversations || report.failed) log(env, 'info', 'retention sweep', { ...report })
+  },
 } satisfies ExportedHandler<Env>

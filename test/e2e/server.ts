@@ -87,10 +87,10 @@ export async function startServer(
   }
 }
 
-/** Applies the D1 migrations to a local state directory, as `npm run dev` does. */
+/** Applies the D1 migrations (main and history shards) to a local state directory, as `npm run dev` does. */
 export function migrateLocal(stateDir: string) {
   const env = { ...process.env, ...DEV_ENV }
-  const migrate = spawnSync('npx', ['wrangler', 'd1', 'migrations', 'apply', 'DB', '--local', '--persist-to', stateDir], { cwd: ROOT, env, encoding: 'utf8' })
+  const migrate = spawnSync('node', ['scripts/migrate.mjs', '--local', '--persist-to', stateDir], { cwd: ROOT, env, encoding: 'utf8' })
   if (migrate.status !== 0) throw new Error(`migrations failed: ${migrate.stderr}\n${migrate.stdout}`)
 }
 

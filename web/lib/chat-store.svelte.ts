@@ -5,6 +5,7 @@ import type {
   ConversationSummary,
   EditEvent,
   HistoryPage,
+  KeepDays,
   MemberEvent,
   MessageBody,
   MessageEvent,
@@ -13,6 +14,7 @@ import type {
   Receipt,
   RecallEvent,
   RenameEvent,
+  RetentionEvent,
   SearchHit,
   VoiceEvent,
   CallEvent,
@@ -35,7 +37,7 @@ export type SendState = 'saving' | 'pending' | 'failed' | 'sent' | 'delivered' |
 export interface DisplayMessage {
   key: string
   /** Membership, rename, voice-room and call events show as a line of their own. */
-  system?: MemberEvent | RenameEvent | VoiceEvent | CallEvent
+  system?: MemberEvent | RenameEvent | RetentionEvent | VoiceEvent | CallEvent
   seq: number | null
   senderId: string
   body: MessageBody | null
@@ -272,6 +274,11 @@ export class ChatStore {
     await api(`/api/conversations/${id}`, { method: 'PATCH', body: { title } })
     await this.refreshConversations()
   }
+  /** null: back to the service's default. */
+  async setRetention(id: string, keepDays: KeepDays | null) {
+    const { conversation } = await api<{ conversation: ConversationSummary }>(`/api/conversations/${id}/retention`, { method: 'PUT', body: { keepDays } })
+    this.#replaceSummary(id, () => conversation)
+  }
 
   /**
    * Server search (D1, which gets new messages within a quarter second) merged with what this
@@ -379,7 +386,7 @@ export class ChatStore {
       const reactions = this.#reactions(s, seqs)
       for (const seq of seqs) {
         const e = s.events.get(seq)!
-        if (e.type === 'member' || e.type === 'renamed' || e.type === 'voice' || e.type === 'call') {
+        if (e.type === 'member' || e.type === 'renamed' || e.type === 'retention' || e.type === 'voice' || e.type === 'call') {
           out.push({ key: `sys-${e.seq}`, system: e, seq: e.seq, senderId: e.senderId, body: null, serverTs: e.serverTs, state: null, readBy: 0 })
           continue
         }
@@ -803,7 +810,7 @@ export class ChatStore {
         if (fresh && (e.type === 'message' || e.type === 'call')) this.#bump(e)
         if (fresh && (e.type === 'edit' || e.type === 'recall')) this.#follow(e, target?.type === 'message' ? target : undefined)
         if (msg.event.seq > s.contiguous + 1 && s.loaded) this.#sync(id)
-        if (msg.event.type === 'member' || msg.event.type === 'renamed') void this.refreshConversations()
+        if (msg.event.type === 'member' || msg.event.type === 'renamed' || msg.event.type === 'retention') void this.refreshConversations()
         if (e.type === 'member' && (e.action === 'removed' || e.action === 'left') && e.userIds.includes(this.userId)) this.hooks.left?.(id)
         return
       }
@@ -811,6 +818,7 @@ export class ChatStore {
         const s = this.#state(msg.conversationId)
         for (const r of msg.receipts) this.#receipt(msg.conversationId, r)
         s.lastSeq = Math.max(s.lastSeq, msg.lastSeq)
+        if (msg.historyFrom) this.#forgetBefore(msg.conversationId, msg.historyFrom)
         const follow = msg.events.flatMap((e) => ((e.type === 'edit' || e.type === 'recall') && !s.events.has(e.seq) ? [{ e, target: s.events.get(e.targetSeq) }] : []))
         this.#ingest(msg.conversationId, msg.events, true)
         for (const { e, target } of follow) this.#follow(e, target?.type === 'message' ? target : undefined)
@@ -943,6 +951,17 @@ export class ChatStore {
       unread: wasUnread ? x.unread - 1 : x.unread,
       preview: onPreview && x.preview ? { ...x.preview, text: e.type === 'recall' ? t(e.byModerator ? 'msg.removedByModerator' : 'msg.recalled') : (bodyText(e.body) ?? x.preview.text) } : x.preview,
     }))
+  }
+
+  /** Retention deleted the history before `from` on the server: this device lets it go too, screen and cache. */
+  #forgetBefore(id: string, from: number) {
+    const s = this.#state(id)
+    for (const seq of [...s.events.keys()]) if (seq < from) s.events.delete(seq)
+    if (s.base < from) s.base = from
+    s.contiguous = Math.max(s.contiguous, from - 1)
+    s.hasOlder = false
+    const seqs = [...s.events.keys()].sort((a, b) => a - b)
+    void this.#cache.saveConversation(id, seqs.map((q) => $state.snapshot(s.events.get(q)!) as ConversationEvent))
   }
 
   /** Applies events idempotently by seq; edits and recalls rewrite their target in place. */

@@ -15,6 +15,7 @@ import {
   TextBody,
   mediaIdsOf,
   type ConversationEvent,
+  type KeepDays,
   type ServerMessage,
   type MediaBody,
   type MemberEvent,
@@ -23,6 +24,8 @@ import {
 } from '../shared/protocol'
 import { EVENT_COLUMNS, eventToRow, MODERATOR, MODERATOR_ID, rowToEvent, type EventRow } from './event-rows'
 import { fail, ok, type RoomResult } from '../do-result'
+import { historyDb, MAIN } from '../db/history'
+import { DAY_MS, defaultKeepDays, EXPIRE_BATCH, parseKeepDays } from './retention'
 import { parseRate, RateLimiter } from './rate-limit'
 import { migrateRoom, ROOM_SCHEMA_VERSION } from './room-schema'
 import { Metrics } from '../ops/metrics'
@@ -56,6 +59,8 @@ export interface SyncPage {
   hasMore: boolean
   lastSeq: number
   receipts: Receipt[]
+  /** The oldest seq retention has kept, once it has deleted any. */
+  historyFrom?: number
 }
 interface Member {
   role: Role
@@ -147,6 +152,17 @@ export class ConversationRoom extends DurableObject<Env> {
   private sql: SqlStorage
   private conversationId: string | null = null
   private kind: 'direct' | 'group' = 'direct'
+  /** The D1 binding that holds this conversation's history (worker/db/history.ts). */
+  private historyShard = MAIN
+  /** Its own retention setting (null: the deployment's default); see retention.ts. */
+  private keepDays: KeepDays | null = null
+  /** The oldest seq still kept: retention deletes the log from the front, never inside it. */
+  private historyFrom = 1
+  /** D1 must lose every row up to d1ExpireTo; it has lost those up to d1Expired. */
+  private d1ExpireTo = 0
+  private d1Expired = 0
+  /** The expiry time D1's directory holds for the sweep (undefined: not known since the wake). */
+  private expiresMirrored: number | null | undefined = undefined
   /** A direct chat between two people where one blocked the other takes no writes. */
   private blocked = false
   private members = new Map<string, Member>()
@@ -222,6 +238,12 @@ export class ConversationRoom extends DurableObject<Env> {
     const meta = new Map(this.sql.exec<{ key: string; value: string }>('SELECT key, value FROM meta').toArray().map((r) => [r.key, r.value]))
     this.conversationId = meta.get('conversation_id') ?? null
     this.kind = meta.get('kind') === 'group' ? 'group' : 'direct'
+    // Rooms loaded before history was sharded have no entry: their history is in the main database.
+    this.historyShard = meta.get('history_shard') ?? MAIN
+    this.keepDays = parseKeepDays(meta.get('keep_days'))
+    this.historyFrom = Number(meta.get('history_from') ?? 1)
+    this.d1ExpireTo = Number(meta.get('d1_expire_to') ?? 0)
+    this.d1Expired = Number(meta.get('d1_expired') ?? 0)
     this.blocked = meta.get('blocked') === '1'
     this.members = new Map(
       this.sql
@@ -229,7 +251,8 @@ export class ConversationRoom extends DurableObject<Env> {
         .toArray()
         .map((m) => [m.user_id, { role: m.role, deliveredSeq: m.delivered_seq, readSeq: m.read_seq, joinedSeq: m.joined_seq }]),
     )
-    this.lastSeq = this.sql.exec<{ s: number | null }>('SELECT max(seq) AS s FROM events').one().s ?? 0
+    // An expired log may be empty: seqs go on from where it ended, never from 1 again.
+    this.lastSeq = Math.max(this.sql.exec<{ s: number | null }>('SELECT max(seq) AS s FROM events').one().s ?? 0, this.historyFrom - 1)
     this.d1Seq = Math.min(this.lastSeq, Number(meta.get('d1_seq') ?? 0))
     this.d1SeqSaved = this.d1Seq
     this.readPendingStored = meta.has('d1_read_pending')
@@ -251,8 +274,8 @@ export class ConversationRoom extends DurableObject<Env> {
   }
 
   private async load(conversationId: string): Promise<RoomResult<null>> {
-    const [conv, people, blockRows] = await this.env.DB.batch<{ kind?: string; user_id?: string; role?: Role; joined_seq?: number; n?: number }>([
-      this.env.DB.prepare('SELECT kind FROM conversations WHERE id = ?').bind(conversationId),
+    const [conv, people, blockRows] = await this.env.DB.batch<{ kind?: string; history_shard?: string; retention_days?: number | null; user_id?: string; role?: Role; joined_seq?: number; n?: number }>([
+      this.env.DB.prepare('SELECT kind, history_shard, retention_days FROM conversations WHERE id = ?').bind(conversationId),
       this.env.DB.prepare('SELECT user_id, role, joined_seq FROM members WHERE conversation_id = ?').bind(conversationId),
       // A direct chat takes writes between friends only, and not across a block (see social/direct-room.ts).
       this.env.DB.prepare(
@@ -267,8 +290,8 @@ export class ConversationRoom extends DurableObject<Env> {
     const blocked = kind === 'direct' && (blockRows!.results[0]?.n ?? 0) > 0
     this.ctx.storage.transactionSync(() => {
       this.sql.exec(
-        `INSERT OR REPLACE INTO meta (key, value) VALUES ('conversation_id', ?), ('kind', ?), ('version', ?), ('blocked', ?), ('d1_seq', '0')`,
-        conversationId, kind, String(ROOM_SCHEMA_VERSION), blocked ? '1' : '0',
+        `INSERT OR REPLACE INTO meta (key, value) VALUES ('conversation_id', ?), ('kind', ?), ('version', ?), ('blocked', ?), ('d1_seq', '0'), ('history_shard', ?), ('keep_days', ?)`,
+        conversationId, kind, String(ROOM_SCHEMA_VERSION), blocked ? '1' : '0', conv!.results[0]!.history_shard ?? MAIN, String(conv!.results[0]!.retention_days ?? ''),
       )
       for (const m of people!.results) {
         this.sql.exec('INSERT OR IGNORE INTO members (user_id, role, joined_seq) VALUES (?, ?, ?)', m.user_id!, m.role!, m.joined_seq ?? 0)
@@ -539,15 +562,92 @@ export class ConversationRoom extends DurableObject<Env> {
 
   /** Inside a recall's commit: the content goes from the log (and its edits); D1 gets the rewrite. */
   private erase(target: EventRow, by: string, byCode: number): number[] {
-    // The blobs go too: queued here, in the same transaction, and deleted by the flush.
-    for (const id of mediaIdsOf(target.body ? (JSON.parse(target.body) as MessageBody) : null)) {
-      this.sql.exec('INSERT OR IGNORE INTO media_purge (media_id) VALUES (?)', id)
-      this.purgePending = true
-    }
+    this.purgeMediaOf(target)
     this.sql.exec('UPDATE events SET body = NULL, kind = NULL, recalled_by = ?, recalled_by_admin = ? WHERE seq = ?', by, byCode, target.seq)
     const edits = this.sql.exec<{ seq: number }>(`SELECT seq FROM events WHERE type = 'edit' AND target_seq = ?`, target.seq).toArray().map((r) => r.seq)
     this.sql.exec(`UPDATE events SET body = NULL WHERE type = 'edit' AND target_seq = ?`, target.seq)
     return [target.seq, ...edits]
+  }
+
+  /**
+   * The one erase path of recall and retention, part of their transaction: a message's blobs are
+   * queued, and the flush deletes them from R2 and marks them gone in D1 (purgeMedia).
+   */
+  private purgeMediaOf(row: Pick<EventRow, 'type' | 'body'>) {
+    if (row.type !== 'message' || !row.body) return
+    for (const id of mediaIdsOf(JSON.parse(row.body) as MessageBody)) {
+      this.sql.exec('INSERT OR IGNORE INTO media_purge (media_id) VALUES (?)', id)
+      this.purgePending = true
+    }
+  }
+
+  // ---- retention ----
+
+  /** Who may: anyone in a direct chat, admins in a group. Recorded as an event, so every member sees the change. */
+  async setRetention(conversationId: string, actorId: string, clientMsgId: string, keepDays: KeepDays | null): Promise<RoomResult<Ack>> {
+    const loaded = await this.ensureLoaded(conversationId)
+    if (!loaded.ok) return loaded
+    return this.flushedFirst(this.write(conversationId, actorId, clientMsgId, this.kind === 'group' ? 'admin' : 'member', () => {
+      const ack = this.commit({ type: 'retention', conversationId, seq: this.lastSeq + 1, senderId: actorId, clientMsgId, serverTs: this.now(), keepDays }, () => {
+        this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('keep_days', ?)`, String(keepDays ?? ''))
+        return []
+      })
+      if (!ack.duplicate) this.keepDays = keepDays
+      return ok(ack)
+    }))
+  }
+
+  /** The days history is kept now (0: forever). */
+  private retentionDays(): number {
+    return this.keepDays ?? defaultKeepDays(this.env)
+  }
+
+  /**
+   * Deletes the front of the log older than the retention allows, at most EXPIRE_BATCH events a
+   * call, with their blobs; D1 follows in the flush this call waits for. `now` is the sweep's clock.
+   */
+  async expire(conversationId: string, now: number): Promise<RoomResult<{ expired: number; more: boolean }>> {
+    const loaded = await this.ensureLoaded(conversationId)
+    if (!loaded.ok) return loaded
+    const days = this.retentionDays()
+    let expired = 0
+    let more = false
+    if (days > 0) {
+      const cutoff = now - days * DAY_MS
+      const rows = this.sql.exec<Pick<EventRow, 'seq' | 'type' | 'body' | 'created_at'>>('SELECT seq, type, body, created_at FROM events ORDER BY seq LIMIT ?', EXPIRE_BATCH + 1).toArray()
+      // A prefix: the first event still inside the window keeps everything after it.
+      const kept = rows.findIndex((r) => r.created_at >= cutoff)
+      const due = rows.slice(0, Math.min(EXPIRE_BATCH, kept < 0 ? rows.length : kept))
+      expired = due.length
+      more = expired === EXPIRE_BATCH && (rows[EXPIRE_BATCH]?.created_at ?? Infinity) < cutoff
+      const through = due[due.length - 1]?.seq
+      if (through !== undefined) {
+        this.ctx.storage.transactionSync(() => {
+          for (const r of due) this.purgeMediaOf(r)
+          this.sql.exec('DELETE FROM events WHERE seq <= ?', through)
+          this.sql.exec('DELETE FROM d1_dirty WHERE seq <= ?', through)
+          this.historyFrom = through + 1
+          this.d1ExpireTo = through
+          // What D1 never got need not go there now.
+          this.d1Seq = Math.max(this.d1Seq, through)
+          this.saveD1Mark()
+          this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('history_from', ?), ('d1_expire_to', ?)`, String(this.historyFrom), String(through))
+        })
+        this.recent = this.recent.filter((r) => r.seq > through)
+        // Should D1 fail now, the alarm deletes there later.
+        this.armFlushAlarm()
+      }
+    }
+    await this.flushNow()
+    return ok({ expired, more })
+  }
+
+  /** When the oldest kept event expires (null: never, or nothing kept), for the sweep's index in D1. */
+  private nextExpiry(): number | null {
+    const days = this.retentionDays()
+    if (days === 0) return null
+    const first = this.sql.exec<{ created_at: number }>('SELECT created_at FROM events ORDER BY seq LIMIT 1').toArray()[0]
+    return first ? first.created_at + days * DAY_MS : null
   }
 
   // ---- moderation of the service ----
@@ -852,7 +952,7 @@ export class ConversationRoom extends DurableObject<Env> {
       bytes += 120 + (r.body?.length ?? 0)
       events.push(rowToEvent(conversationId, r))
     }
-    return ok({ events, hasMore, lastSeq: this.lastSeq, receipts: this.receipts() })
+    return ok({ events, hasMore, lastSeq: this.lastSeq, receipts: this.receipts(), ...(this.historyFrom > 1 ? { historyFrom: this.historyFrom } : {}) })
   }
 
   /** One event as it stands now (content erased if recalled), for pushes built at send time. */
@@ -1059,7 +1159,7 @@ export class ConversationRoom extends DurableObject<Env> {
   }
 
   private pendingD1(): number {
-    return this.lastSeq - this.d1Seq + this.readDirty.size + this.cursorsDirty.size
+    return this.lastSeq - this.d1Seq + this.readDirty.size + this.cursorsDirty.size + (this.d1ExpireTo > this.d1Expired ? 1 : 0)
   }
 
   /** One flush per tick: at FLUSH_DELAY_MS after the first change, or at once when FLUSH_BATCH events wait. */
@@ -1129,23 +1229,39 @@ export class ConversationRoom extends DurableObject<Env> {
         const m = this.members.get(id)
         return m ? [{ id, readSeq: m.readSeq }] : []
       })
+      const expireTo = this.d1ExpireTo > this.d1Expired ? this.d1ExpireTo : null
+      const expiry = this.nextExpiry()
+      const expiryMoved = expiry !== this.expiresMirrored
       // Cursors alone are no reason to commit: they ride on the next event's commit or the alarm's.
-      if (rows.length === 0 && dirty.length === 0 && readers.length === 0) return
+      if (rows.length === 0 && dirty.length === 0 && readers.length === 0 && expireTo === null && !expiryMoved) return
       const cursor = this.env.DB.prepare('UPDATE members SET read_seq = max(read_seq, ?) WHERE conversation_id = ? AND user_id = ?')
       const newest = rows[rows.length - 1]
-      await this.env.DB.batch([
-        ...upsertStatements(this.env.DB, conversationId, [...dirty, ...rows]),
+      // History goes to the conversation's shard, the directory's mirror to the main database. Both
+      // are idempotent, so when one fails the next flush repeats both and the mark waits for it.
+      const history = historyDb(this.env, this.historyShard)
+      const upserts = [
+        ...(expireTo !== null ? [history.prepare('DELETE FROM messages WHERE conversation_id = ? AND seq <= ?').bind(conversationId, expireTo)] : []),
+        ...upsertStatements(history, conversationId, [...dirty, ...rows]),
+      ]
+      const main = [
+        ...(expiryMoved ? [this.env.DB.prepare('UPDATE conversations SET history_expires_at = ? WHERE id = ?').bind(expiry, conversationId)] : []),
         ...(newest
           ? [this.env.DB.prepare('UPDATE conversations SET last_seq = max(last_seq, ?), last_activity_at = max(last_activity_at, ?) WHERE id = ?').bind(newest.seq, newest.created_at, conversationId)]
           : []),
         ...rows.flatMap((r) => this.mirrorStatements(conversationId, r)),
         // After the membership mirror, so a new member's row exists for its cursor to land on.
         ...readers.map((r) => cursor.bind(r.readSeq, conversationId, r.id)),
-      ])
-      this.d1Seq = newest?.seq ?? this.d1Seq
+      ]
+      if (this.historyShard === MAIN) await this.env.DB.batch([...upserts, ...main])
+      else await Promise.all([upserts.length ? history.batch(upserts) : null, main.length ? this.env.DB.batch(main) : null])
+      // Never back: an expiry during this flush may have moved the mark past what it wrote.
+      this.d1Seq = Math.max(this.d1Seq, newest?.seq ?? 0)
+      this.expiresMirrored = expiry
+      if (expireTo !== null) this.d1Expired = expireTo
       // A commit of its own only when the dirty set must shrink; the mark and cursors can wait.
-      if (dirty.length > 0 || this.readPendingStored) {
+      if (dirty.length > 0 || this.readPendingStored || expireTo !== null) {
         this.ctx.storage.transactionSync(() => {
+          if (expireTo !== null) this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('d1_expired', ?)`, String(expireTo))
           this.saveD1Mark()
           // A row that changed again while D1 was written stays dirty.
           for (const r of dirty) this.sql.exec('DELETE FROM d1_dirty WHERE seq = ? AND gen = ?', r.seq, r.gen)
@@ -1179,6 +1295,10 @@ export class ConversationRoom extends DurableObject<Env> {
     if (r.type === 'message' && r.body && r.kind !== 'text') {
       const ids = mediaIdsOf(JSON.parse(r.body) as MessageBody)
       return ids.map((id) => this.env.DB.prepare('UPDATE media SET seq = ? WHERE id = ? AND conversation_id = ?').bind(r.seq, id, conversationId))
+    }
+    if (r.type === 'retention') {
+      const { keepDays } = JSON.parse(r.body!) as { keepDays: number | null }
+      return [this.env.DB.prepare('UPDATE conversations SET retention_days = ? WHERE id = ?').bind(keepDays, conversationId)]
     }
     if (r.type === 'renamed') {
       const { title } = JSON.parse(r.body!) as { title: string }

@@ -1,4 +1,4 @@
-import type { CallOutcome, ConversationEvent, MemberEvent, MessageBody } from '../shared/protocol'
+import type { CallOutcome, ConversationEvent, KeepDays, MemberEvent, MessageBody } from '../shared/protocol'
 
 /** Column layout shared by the room's SQLite log and D1's messages table. */
 export interface EventRow extends Record<string, SqlStorageValue> {
@@ -30,6 +30,8 @@ export function rowToEvent(conversationId: string, r: EventRow): ConversationEve
       return { ...base, type: 'member', ...(body as Pick<MemberEvent, 'action' | 'userIds' | 'role'>) }
     case 'renamed':
       return { ...base, type: 'renamed', title: (body as { title: string }).title }
+    case 'retention':
+      return { ...base, type: 'retention', keepDays: (body as { keepDays: KeepDays | null }).keepDays }
     case 'reaction':
       return { ...base, type: 'reaction', targetSeq: r.target_seq!, ...(body as { emoji: string; on: boolean }) }
     case 'voice':
@@ -58,6 +60,8 @@ function payloadOf(e: ConversationEvent): unknown {
       return { action: e.action, userIds: e.userIds, ...(e.role ? { role: e.role } : {}) }
     case 'renamed':
       return { title: e.title }
+    case 'retention':
+      return { keepDays: e.keepDays }
     case 'reaction':
       return { emoji: e.emoji, on: e.on }
     case 'voice':

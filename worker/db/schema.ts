@@ -69,7 +69,16 @@ export const conversations = sqliteTable('conversations', {
   lastActivityAt: integer('last_activity_at').notNull().default(now),
   /** When its voice room started, while one is live (the list shows it); null otherwise. */
   voiceLiveSince: integer('voice_live_since'),
-})
+  /**
+   * The D1 binding that holds its history (worker/db/history.ts), chosen once at creation. 'DB' is
+   * this database: conversations from before history was sharded keep theirs here.
+   */
+  historyShard: text('history_shard').notNull().default('DB'),
+  /** Keep history this many days (0: forever); null follows the deployment's RETENTION_DAYS. Mirrored from the room. */
+  retentionDays: integer('retention_days'),
+  /** When some of its history is next due to expire (the retention sweep's index); null when none is. */
+  historyExpiresAt: integer('history_expires_at'),
+}, (t) => [index('conversations_expiry_idx').on(t.historyExpiresAt).where(sql`${t.historyExpiresAt} IS NOT NULL`)])
 export type Conversation = typeof conversations.$inferSelect
 
 export const members = sqliteTable(
@@ -98,7 +107,8 @@ export const members = sqliteTable(
 )
 
 /**
- * History mirror of the conversation logs, one row per event; (conversation_id, seq) makes inserts
+ * History mirror of the conversation logs, one row per event. Kept here for the conversations
+ * whose history_shard is 'DB'; the others' is on their shard (migrations-history/, same layout); (conversation_id, seq) makes inserts
  * idempotent. Message rows are rewritten in place by later edits and erased by recalls.
  */
 export const messages = sqliteTable(

@@ -1,4 +1,5 @@
 import type { Env } from '../env'
+import { fnv1a } from '../ids'
 export { getMetricsShard } from '../durable-objects'
 
 /** Enough shards that none is busy at a million connections (docs/decisions.md "Metrics"). */
@@ -11,7 +12,5 @@ export function shardCount(env: Env): number {
 
 /** A stable shard for a source (FNV-1a of its name). */
 export function shardOf(env: Env, source: string): number {
-  let h = 0x811c9dc5
-  for (let i = 0; i < source.length; i++) h = Math.imul(h ^ source.charCodeAt(i), 0x01000193)
-  return (h >>> 0) % shardCount(env)
+  return fnv1a(source) % shardCount(env)
 }

@@ -3,7 +3,10 @@ import { Hono } from 'hono'
 import type { ContentfulStatusCode } from 'hono/utils/http-status'
 import type { Ack, RoomResult } from '../conversation/ConversationRoom'
 import { groupLimit } from '../conversation/ConversationRoom'
-import { EVENT_COLUMNS, rowToEvent, type EventRow } from '../conversation/event-rows'
+import { rowToEvent } from '../conversation/event-rows'
+import { placeConversation } from '../db/history'
+import { defaultKeepDays } from '../conversation/retention'
+import { historyRows, listTallies } from '../db/history-reads'
 import { getDb, type Db } from '../db/client'
 import { conversations, members, users } from '../db/schema'
 import { getConversationRoom, getUserHub } from '../durable-objects'
@@ -22,6 +25,8 @@ import {
   HistoryQuery,
   Id,
   RenameBody,
+  RetentionBody,
+  type KeepDays,
   RoleBody,
   TransferBody,
   type ConversationSummary,
@@ -43,12 +48,13 @@ interface ListRow {
   last_seq: number
   last_activity_at: number
   read_seq: number
+  joined_seq: number
+  history_shard: string
+  retention_days: KeepDays | null
   voice_live_since: number | null
   muted_until: number | null
   pinned_at: number | null
   archived_at: number | null
-  unread: number
-  preview: string | null
 }
 
 export function previewText(body: MessageBody | null, recalled: boolean): string {
@@ -57,40 +63,42 @@ export function previewText(body: MessageBody | null, recalled: boolean): string
 
 /** The viewer's conversations with members, unread counts and a preview, newest activity first. */
 async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<ConversationSummary[]> {
-  const { results } = await env.DB.prepare(
-    `SELECT c.id, c.kind, c.title, c.last_seq, c.last_activity_at, c.voice_live_since, mem.read_seq, mem.muted_until, mem.pinned_at, mem.archived_at,
-       (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.seq > max(mem.read_seq, mem.joined_seq - 1)
-          AND m.type IN ('message', 'call') AND m.sender_id != ?1 AND m.recalled_by IS NULL
-          AND m.sender_id NOT IN (SELECT blocked_id FROM blocks WHERE blocker_id = ?1)) AS unread,
-       (SELECT json_object('seq', p.seq, 'type', p.type, 'senderId', p.sender_id, 'body', json(p.body), 'serverTs', p.created_at, 'recalled', p.recalled_by IS NOT NULL)
-          FROM messages p WHERE p.conversation_id = c.id AND p.type IN ('message', 'call') AND p.seq >= mem.joined_seq
-            AND p.sender_id NOT IN (SELECT blocked_id FROM blocks WHERE blocker_id = ?1)
-          ORDER BY p.seq DESC LIMIT 1) AS preview
-     FROM members mem JOIN conversations c ON c.id = mem.conversation_id
-     WHERE mem.user_id = ?1 AND (?2 IS NULL OR c.id = ?2)
-     ORDER BY c.last_activity_at DESC LIMIT 200`,
-  )
-    .bind(viewerId, onlyId ?? null)
-    .all<ListRow>()
+  const [list, blockRows] = await env.DB.batch<ListRow & { blocked_id?: string }>([
+    env.DB.prepare(
+      `SELECT c.id, c.kind, c.title, c.last_seq, c.last_activity_at, c.voice_live_since, c.history_shard, c.retention_days, mem.read_seq, mem.joined_seq, mem.muted_until, mem.pinned_at, mem.archived_at
+       FROM members mem JOIN conversations c ON c.id = mem.conversation_id
+       WHERE mem.user_id = ?1 AND (?2 IS NULL OR c.id = ?2)
+       ORDER BY c.last_activity_at DESC LIMIT 200`,
+    ).bind(viewerId, onlyId ?? null),
+    env.DB.prepare('SELECT blocked_id FROM blocks WHERE blocker_id = ?').bind(viewerId),
+  ])
+  const results = list!.results
   if (results.length === 0) return []
   // D1 binds at most 100 parameters per statement, and a list holds up to 200 conversations.
   const ids = results.map((r) => r.id)
   const slices = Array.from({ length: Math.ceil(ids.length / 90) }, (_, i) => ids.slice(i * 90, i * 90 + 90))
-  const people = (
-    await Promise.all(
-      slices.map((slice) =>
-        getDb(env)
-          .select({ conversationId: members.conversationId, role: members.role, id: users.id, handle: users.handle, displayName: users.displayName, avatarKey: users.avatarKey })
-          .from(members)
-          .innerJoin(users, eq(users.id, members.userId))
-          .where(inArray(members.conversationId, slice)),
-      ),
-    )
-  ).flat()
+  // Unread counts and previews come from history, on each conversation's shard; the rosters from here.
+  const [tallies, ...rosters] = await Promise.all([
+    listTallies(
+      env,
+      viewerId,
+      results.map((r) => ({ id: r.id, shard: r.history_shard, readSeq: r.read_seq, joinedSeq: r.joined_seq })),
+      blockRows!.results.map((b) => b.blocked_id!),
+    ),
+    ...slices.map((slice) =>
+      getDb(env)
+        .select({ conversationId: members.conversationId, role: members.role, id: users.id, handle: users.handle, displayName: users.displayName, avatarKey: users.avatarKey })
+        .from(members)
+        .innerJoin(users, eq(users.id, members.userId))
+        .where(inArray(members.conversationId, slice)),
+    ),
+  ])
+  const people = rosters.flat()
   return results.map((c) => {
+    const tally = tallies.get(c.id) ?? { unread: 0, preview: null }
     const roster = people.filter((p) => p.conversationId === c.id).map((p) => ({ ...publicUser(p), role: p.role }))
     const others = roster.filter((p) => p.id !== viewerId)
-    const p = c.preview ? (JSON.parse(c.preview) as { seq: number; type: string; senderId: string; body: MessageBody | null; serverTs: number; recalled: number }) : null
+    const p = tally.preview ? (JSON.parse(tally.preview) as { seq: number; type: string; senderId: string; body: MessageBody | null; serverTs: number; recalled: number }) : null
     return {
       id: c.id,
       kind: c.kind,
@@ -98,12 +106,14 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
       members: roster,
       lastSeq: c.last_seq,
       lastActivityAt: c.last_activity_at,
-      unread: c.unread,
+      unread: tally.unread,
       readSeq: c.read_seq,
       mutedUntil: c.muted_until !== null && c.muted_until > Date.now() ? c.muted_until : null,
       pinned: c.pinned_at !== null,
       archived: c.archived_at !== null,
       voiceLiveSince: c.voice_live_since,
+      keepDays: c.retention_days,
+      retentionDays: c.retention_days ?? defaultKeepDays(env),
       preview: p ? { seq: p.seq, senderId: p.senderId, text: p.type === 'call' ? callPreview(p.body as unknown as Pick<CallEvent, 'video' | 'outcome' | 'durationMs'>) : previewText(p.body, !!p.recalled), serverTs: p.serverTs } : null,
     }
   })
@@ -116,8 +126,9 @@ async function summaryOf(env: Env, viewerId: string, id: string): Promise<Conver
 /** Non-members get the same answer as for a missing conversation, so ids cannot be probed. */
 async function requireMember(db: Db, conversationId: string, userId: string) {
   const row = await db
-    .select({ role: members.role, joinedSeq: members.joinedSeq })
+    .select({ role: members.role, joinedSeq: members.joinedSeq, historyShard: conversations.historyShard })
     .from(members)
+    .innerJoin(conversations, eq(conversations.id, members.conversationId))
     .where(and(eq(members.conversationId, conversationId), eq(members.userId, userId)))
     .get()
   if (!row) fail(404, ErrorCode.NOT_FOUND, 'conversation not found')
@@ -181,7 +192,7 @@ export const conversationRoutes = new Hono<AppEnv>()
     const id = newId()
     try {
       await db.batch([
-        db.insert(conversations).values({ id, kind: 'direct', title: null, directKey: key, createdBy: userId, createdAt: now, lastSeq: 0, lastActivityAt: now }),
+        db.insert(conversations).values({ id, kind: 'direct', title: null, directKey: key, createdBy: userId, createdAt: now, lastSeq: 0, lastActivityAt: now, historyShard: placeConversation(c.env, id) }),
         db.insert(members).values([
           { conversationId: id, userId, role: 'member', joinedAt: now },
           { conversationId: id, userId: peer.id, role: 'member', joinedAt: now },
@@ -212,7 +223,7 @@ export const conversationRoutes = new Hono<AppEnv>()
     // D1 binds at most 100 parameters per statement, so members go in slices of 10 rows.
     const slices = Array.from({ length: Math.ceil(rows.length / 10) }, (_, i) => db.insert(members).values(rows.slice(i * 10, i * 10 + 10)))
     await db.batch([
-      db.insert(conversations).values({ id, kind: 'group', title, directKey: null, createdBy: userId, createdAt: now, lastSeq: 0, lastActivityAt: now }),
+      db.insert(conversations).values({ id, kind: 'group', title, directKey: null, createdBy: userId, createdAt: now, lastSeq: 0, lastActivityAt: now, historyShard: placeConversation(c.env, id) }),
       ...slices,
     ])
     if (invited.length) unwrap(await getConversationRoom(c.env, id).announceMembers(id, userId, crypto.randomUUID()))
@@ -244,6 +255,14 @@ export const conversationRoutes = new Hono<AppEnv>()
       .where(and(eq(members.conversationId, id), eq(members.userId, userId)))
     await tellListChanged(c.env, [userId])
     return c.json({ conversation: await summaryOf(c.env, userId, id) })
+  })
+  /** How long the conversation keeps history; every member sees the change as an event. */
+  .put('/:id/retention', validate('json', RetentionBody), async (c) => {
+    const { userId } = c.get('auth')
+    const id = conversationId(c.req.param('id'))
+    const { keepDays } = c.req.valid('json')
+    const ack = unwrap(await getConversationRoom(c.env, id).setRetention(id, userId, crypto.randomUUID(), keepDays))
+    return c.json({ seq: ack.seq, conversation: await summaryOf(c.env, userId, id) })
   })
   .patch('/:id', validate('json', RenameBody), async (c) => {
     const { userId } = c.get('auth')
@@ -288,15 +307,8 @@ export const conversationRoutes = new Hono<AppEnv>()
     const id = conversationId(c.req.param('id'))
     const { before, limit, from, to } = c.req.valid('query')
     const member = await requireMember(getDb(c.env), id, userId)
-    // Raw SQL here shares its row shape with the room's log, so one mapper serves both.
-    const { results } = await c.env.DB.prepare(
-      `SELECT ${EVENT_COLUMNS} FROM messages
-       WHERE conversation_id = ?1 AND seq >= ?2 AND (?3 IS NULL OR seq < ?3)
-         AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at <= ?5)
-       ORDER BY seq DESC LIMIT ?6`,
-    )
-      .bind(id, member.joinedSeq, before ?? null, from ?? null, to ?? null, limit)
-      .all<EventRow>()
+    // Raw SQL there shares its row shape with the room's log, so one mapper serves both.
+    const results = await historyRows(c.env, { id, shard: member.historyShard }, { fromSeq: member.joinedSeq, before: before ?? null, from: from ?? null, to: to ?? null, limit })
     results.reverse()
     const events = results.map((r) => rowToEvent(id, r))
     const page: HistoryPage = {

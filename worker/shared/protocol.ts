@@ -220,6 +220,12 @@ export interface RenameEvent extends EventBase {
   type: 'renamed'
   title: string
 }
+/** How long history is kept changed; senderId is who changed it. */
+export interface RetentionEvent extends EventBase {
+  type: 'retention'
+  /** Days (0: forever); null: back to the service's default. */
+  keepDays: KeepDays | null
+}
 /** A call ended: "missed voice call", "video call · 3:24". senderId is the caller. */
 export interface CallEvent extends EventBase {
   type: 'call'
@@ -243,7 +249,7 @@ export interface ReactionEvent extends EventBase {
   on: boolean
 }
 /** Everything that happens in a conversation, in seq order. */
-export type ConversationEvent = MessageEvent | EditEvent | RecallEvent | MemberEvent | RenameEvent | ReactionEvent | VoiceEvent | CallEvent
+export type ConversationEvent = MessageEvent | EditEvent | RecallEvent | MemberEvent | RenameEvent | RetentionEvent | ReactionEvent | VoiceEvent | CallEvent
 
 /** A member's receipt cursors; ticks and unread counts derive from them. */
 export interface Receipt {
@@ -260,8 +266,8 @@ export type ServerMessage =
   | { type: 'ack'; conversationId: string; clientMsgId: string; seq: number; serverTs: number }
   /** One live event; answer with a delivered cursor. */
   | { type: 'event'; event: ConversationEvent }
-  /** A page of events answering a sync; ask again after the last seq while hasMore. */
-  | { type: 'events'; conversationId: string; events: ConversationEvent[]; hasMore: boolean; lastSeq: number; receipts: Receipt[] }
+  /** A page of events answering a sync; ask again after the last seq while hasMore. historyFrom: the oldest seq still kept (retention). */
+  | { type: 'events'; conversationId: string; events: ConversationEvent[]; hasMore: boolean; lastSeq: number; receipts: Receipt[]; historyFrom?: number }
   /** A member's cursors moved. */
   | { type: 'receipt'; conversationId: string; receipt: Receipt }
   /** Several members' cursors moved (a group's confirmations, gathered). */
@@ -360,6 +366,12 @@ export const CreateGroupBody = z.object({
 })
 export const AddMembersBody = z.object({ userIds: z.array(Id).min(1).max(49) })
 export const RenameBody = z.object({ title: z.string().trim().min(1).max(80) })
+/** How long a conversation keeps history: forever (0), a year, 90 days or 7 days. */
+export const KEEP_DAYS = [0, 365, 90, 7] as const
+export const KeepDays = z.literal(KEEP_DAYS)
+export type KeepDays = (typeof KEEP_DAYS)[number]
+/** null: follow the service's default. */
+export const RetentionBody = z.object({ keepDays: KeepDays.nullable() })
 export const RoleBody = z.object({ role: z.enum(['admin', 'member']) })
 export const TransferBody = z.object({ userId: Id })
 
@@ -382,8 +394,15 @@ export const MessageSearchQuery = z.object({
   q: z.string().trim().min(1).max(100),
   conversationId: Id.optional(),
   limit: z.coerce.number().int().min(1).max(50).default(20),
-  /** Page backwards: results older than this (conversation_id:seq of the last result). */
-  cursor: z.string().max(100).optional(),
+  /** Page backwards: results after this one in the order given ("serverTs.conversationId.seq" of the last result). */
+  cursor: z
+    .string()
+    .regex(/^[0-9]{1,15}\.[A-Za-z0-9_-]{8,64}\.[0-9]{1,10}$/, 'not a search cursor')
+    .transform((c) => {
+      const [ts, conversationId, seq] = c.split('.') as [string, string, string]
+      return { serverTs: Number(ts), conversationId, seq: Number(seq) }
+    })
+    .optional(),
 })
 
 export const HistoryQuery = z
@@ -459,6 +478,9 @@ export interface ConversationSummary {
   voiceLiveSince: number | null
   /** The newest message, for the list preview; null when there is none. */
   preview: { seq: number; senderId: string; text: string; serverTs: number } | null
+  /** Its own retention setting (null: the service's default), and the days in force (0: forever). */
+  keepDays: KeepDays | null
+  retentionDays: number
 }
 export interface HistoryPage {
   /** Events in ascending seq; messages already reflect later edits and recalls. */

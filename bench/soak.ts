@@ -1,0 +1,481 @@
+// `npm run soak`: the enterprise seed's day, compressed, against the product as `npm run dev` runs
+// it (wrangler dev, the same config and migrations, two history shards; sign-ups per address lifted
+// so one machine can make 10,000 people). Users come and go with the curve, send in 1:1 chats and
+// groups of 3–50, recall some messages; at the end it checks that nothing acknowledged was lost or
+// duplicated, every conversation's D1 history (on its shard) equals its room's log, search finds
+// sampled messages and not recalled ones, and reports send→ack per phase and the shard sizes.
+//
+//   npm run soak                                  # 10,000 users, 5,000 conversations, a 30-minute day peaking at 200 msg/s for 10 minutes
+//   npm run soak -- --users=2000 --conversations=1000 --minutes=6 --peak-minutes=2 --peak=100   # a short one
+//   npm run soak -- --record                       # also appends the report to bench/results.md
+import { execFileSync } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
+import { appendFileSync, mkdtempSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import WebSocket from 'ws'
+import { DEV_ENV, startServer, type LocalServer } from '../test/e2e/server'
+import type { AuthResult, ConversationEvent, HistoryPage, SearchHit, ServerMessage } from '../worker/shared/protocol'
+
+const ROOT = path.resolve(import.meta.dirname, '..')
+const arg = (name: string, fallback: number) => Number(process.argv.find((a) => a.startsWith(`--${name}=`))?.split('=')[1] ?? fallback)
+const USERS = arg('users', 10_000)
+const CONVERSATIONS = arg('conversations', 5_000)
+const DAY_MIN = arg('minutes', 30)
+const PEAK = arg('peak', 200)
+const PEAK_MIN = arg('peak-minutes', 10)
+/** Sockets open at the peak; the night has a fifth of them. One machine's workerd holds them all. */
+const ONLINE_MAX = arg('online', 1_500)
+const RECALL_SHARE = 0.005
+const DIRECT_SHARE = 0.7
+const SETUP_CONCURRENCY = 8
+const REPLY_TIMEOUT_MS = 30_000
+
+// ---- the curve: night, morning, the peak plateau, evening ----
+
+type Phase = 'night' | 'morning' | 'peak' | 'evening'
+const nightEnd = DAY_MIN * 0.2
+const peakStart = Math.max(nightEnd, (DAY_MIN - PEAK_MIN) / 2)
+const peakEnd = peakStart + PEAK_MIN
+function phaseAt(min: number): Phase {
+  return min < nightEnd ? 'night' : min < peakStart ? 'morning' : min < peakEnd ? 'peak' : 'evening'
+}
+/** Messages a second the day asks for at minute `min`. */
+function rateAt(min: number): number {
+  if (min < nightEnd) return PEAK * 0.1
+  if (min < peakStart) return PEAK * (0.1 + (0.9 * (min - nightEnd)) / Math.max(1e-9, peakStart - nightEnd))
+  if (min < peakEnd) return PEAK
+  return PEAK * (1 - (0.75 * (min - peakEnd)) / Math.max(1e-9, DAY_MIN - peakEnd))
+}
+
+// ---- small helpers ----
+
+async function http<T>(base: string, p: string, init: { method?: string; token?: string; body?: unknown } = {}): Promise<{ status: number; body: T }> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const res = await fetch(`${base}${p}`, {
+        method: init.method ?? (init.body === undefined ? 'GET' : 'POST'),
+        headers: { ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}), ...(init.token ? { authorization: `Bearer ${init.token}` } : {}) },
+        body: init.body === undefined ? undefined : JSON.stringify(init.body),
+        signal: AbortSignal.timeout(REPLY_TIMEOUT_MS),
+      })
+      const text = await res.text()
+      return { status: res.status, body: (text ? JSON.parse(text) : null) as T }
+    } catch (e) {
+      if (attempt >= 3) throw e
+      await sleep(200 * 2 ** attempt)
+    }
+  }
+}
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+const pick = <T>(xs: T[]): T => xs[Math.floor(Math.random() * xs.length)]!
+async function pool<T, R>(items: T[], n: number, f: (item: T, i: number) => Promise<R>): Promise<R[]> {
+  const out: R[] = new Array(items.length)
+  let next = 0
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, async () => {
+    for (let i = next++; i < items.length; i = next++) out[i] = await f(items[i]!, i)
+  }))
+  return out
+}
+function percentile(xs: number[], p: number): number {
+  if (xs.length === 0) return NaN
+  const s = [...xs].sort((a, b) => a - b)
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!
+}
+const fmt = (ms: number) => (Number.isNaN(ms) ? '–' : ms < 10 ? ms.toFixed(2) : ms.toFixed(0))
+
+// ---- a user's socket ----
+
+interface Sent {
+  conversationId: string
+  clientMsgId: string
+  senderId: string
+  token: string
+  at: number
+  phase: Phase
+  seq?: number
+  recalled?: boolean
+}
+
+class Device {
+  private replies = new Map<string, (m: ServerMessage) => void>()
+  private pages: ((m: Extract<ServerMessage, { type: 'events' }>) => void)[] = []
+  private confirms = new Map<string, NodeJS.Timeout>()
+  /** Newest seq seen per conversation (what a reconnect syncs after). */
+  constructor(
+    readonly ws: WebSocket,
+    readonly known: Map<string, number>,
+  ) {
+    ws.on('message', (data) => {
+      const text = data.toString()
+      if (text === 'pong') return
+      const m = JSON.parse(text) as ServerMessage
+      if (m.type === 'ack') this.settle(m.clientMsgId, m)
+      else if (m.type === 'error' && m.ref) this.settle(m.ref, m)
+      else if (m.type === 'events') this.pages.shift()?.(m)
+      else if (m.type === 'event') {
+        const { conversationId, seq } = m.event
+        if (seq > (this.known.get(conversationId) ?? 0)) this.known.set(conversationId, seq)
+        this.confirm(conversationId)
+      }
+    })
+  }
+
+  static open(base: string, auth: AuthResult, known: Map<string, number>): Promise<Device> {
+    return (async () => {
+      const { body } = await http<{ ticket: string }>(base, '/api/ws/ticket', { method: 'POST', token: auth.accessToken })
+      const ws = new WebSocket(`${base.replace(/^http/, 'ws')}/api/ws?ticket=${encodeURIComponent(body.ticket)}`, { perMessageDeflate: false, headers: { origin: base } })
+      const device = new Device(ws, known)
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => (ws.terminate(), reject(new Error('no hello'))), REPLY_TIMEOUT_MS)
+        ws.once('error', (e) => (clearTimeout(timer), reject(e)))
+        ws.on('message', function hello(d) {
+          if (d.toString().includes('"hello"')) (ws.off('message', hello), clearTimeout(timer), resolve())
+        })
+      })
+      return device
+    })()
+  }
+
+  private settle(ref: string, m: ServerMessage) {
+    const done = this.replies.get(ref)
+    this.replies.delete(ref)
+    done?.(m)
+  }
+
+  /** As the PWA: delivered (and, for an open chat, read) a moment after events arrive. */
+  private confirm(conversationId: string) {
+    if (this.confirms.has(conversationId)) return
+    this.confirms.set(conversationId, setTimeout(() => {
+      this.confirms.delete(conversationId)
+      const seq = this.known.get(conversationId) ?? 0
+      if (this.ws.readyState !== WebSocket.OPEN) return
+      this.ws.send(JSON.stringify({ type: 'delivered', conversationId, seq }))
+      if (Math.random() < 0.5) this.ws.send(JSON.stringify({ type: 'read', conversationId, seq }))
+    }, 150))
+  }
+
+  write(frame: { type: 'send' | 'recall'; clientMsgId: string } & Record<string, unknown>): Promise<ServerMessage> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.settle(frame.clientMsgId, { type: 'error', code: 'TIMEOUT', message: 'no answer', ref: frame.clientMsgId } as unknown as ServerMessage), REPLY_TIMEOUT_MS)
+      this.replies.set(frame.clientMsgId, (m) => (clearTimeout(timer), resolve(m)))
+      this.ws.send(JSON.stringify(frame))
+    })
+  }
+
+  get busy() {
+    return this.replies.size > 0
+  }
+
+  /** Every event after `after`, page by page. */
+  async sync(conversationId: string, after: number): Promise<ConversationEvent[]> {
+    const events: ConversationEvent[] = []
+    for (let cursor = after; ; ) {
+      const page = await new Promise<Extract<ServerMessage, { type: 'events' }>>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`sync of ${conversationId} after ${cursor} not answered`)), REPLY_TIMEOUT_MS)
+        this.pages.push((p) => (clearTimeout(timer), resolve(p)))
+        this.ws.send(JSON.stringify({ type: 'sync', conversationId, afterSeq: cursor }))
+      })
+      events.push(...page.events)
+      if (page.events.length) cursor = page.events[page.events.length - 1]!.seq
+      if (!page.hasMore) break
+    }
+    const last = events[events.length - 1]?.seq ?? after
+    if (last > (this.known.get(conversationId) ?? 0)) this.known.set(conversationId, last)
+    return events
+  }
+
+  close() {
+    for (const t of this.confirms.values()) clearTimeout(t)
+    this.ws.close()
+  }
+}
+
+// ---- the run ----
+
+interface Person {
+  auth: AuthResult
+  convs: string[]
+  known: Map<string, number>
+  device: Device | null
+  connecting: boolean
+}
+
+async function main() {
+  const record = process.argv.includes('--record')
+  const started = new Date()
+  console.log(`soak: ${USERS} users, ${CONVERSATIONS} conversations, a ${DAY_MIN}-minute day, ${PEAK} msg/s for ${PEAK_MIN} minutes, up to ${ONLINE_MAX} online`)
+  const stateDir = mkdtempSync(path.join(os.tmpdir(), 'echovalley-soak-'))
+  const server: LocalServer = await startServer({ stateDir, lifetimeMs: (DAY_MIN + 120) * 60_000, vars: { REGISTER_RATE: '1000000/1000000' } })
+  const base = server.url
+  console.log(`server ${base}, state in ${stateDir}`)
+  let stopped = false
+  try {
+    // People.
+    const t0 = Date.now()
+    const run = Date.now().toString(36)
+    const people: Person[] = await pool(Array.from({ length: USERS }, (_, i) => i), SETUP_CONCURRENCY, async (i) => {
+      const handle = `s${run}_${i}`
+      const r = await http<AuthResult>(base, '/api/auth/register', { body: { handle, password: 'soak-password-1', displayName: `Soak ${i}` } })
+      if (r.status !== 201) throw new Error(`register ${handle}: ${r.status} ${JSON.stringify(r.body)}`)
+      if ((i + 1) % 1000 === 0) console.log(`  ${i + 1} people (${((Date.now() - t0) / 1000).toFixed(0)} s)`)
+      return { auth: r.body, convs: [], known: new Map(), device: null, connecting: false }
+    })
+    // Conversations: 70 % 1:1, the rest groups of 3–50, small ones likelier (P ∝ 1/size^1.3).
+    const sizes = Array.from({ length: 48 }, (_, i) => i + 3)
+    const weights = sizes.map((n) => 1 / n ** 1.3)
+    const total = weights.reduce((a, b) => a + b, 0)
+    const groupSize = () => {
+      let x = Math.random() * total
+      for (let i = 0; i < sizes.length; i++) if ((x -= weights[i]!) <= 0) return sizes[i]!
+      return 3
+    }
+    const befriended = new Set<string>()
+    const befriend = async (a: Person, b: Person) => {
+      const key = [a.auth.user.id, b.auth.user.id].sort().join('|')
+      if (befriended.has(key)) return
+      befriended.add(key)
+      const req = await http<{ id?: string }>(base, '/api/friends/requests', { token: a.auth.accessToken, body: { handle: b.auth.user.handle } })
+      if (req.status === 201 && req.body.id) await http(base, `/api/friends/requests/${req.body.id}/accept`, { method: 'POST', token: b.auth.accessToken })
+    }
+    const t1 = Date.now()
+    const conversations: { id: string; members: Person[]; shard?: string }[] = await pool(Array.from({ length: CONVERSATIONS }, (_, i) => i), SETUP_CONCURRENCY, async (i) => {
+      const owner = pick(people)
+      if (Math.random() < DIRECT_SHARE) {
+        let peer = pick(people)
+        while (peer === owner) peer = pick(people)
+        await befriend(owner, peer)
+        const r = await http<{ conversation: { id: string } }>(base, '/api/conversations', { token: owner.auth.accessToken, body: { peerHandle: peer.auth.user.handle } })
+        if (r.status !== 201 && r.status !== 200) throw new Error(`direct: ${r.status} ${JSON.stringify(r.body)}`)
+        return { id: r.body.conversation.id, members: [owner, peer] }
+      }
+      const others = new Set<Person>()
+      const n = groupSize()
+      while (others.size < n - 1) {
+        const p = pick(people)
+        if (p !== owner) others.add(p)
+      }
+      for (const o of others) await befriend(owner, o)
+      const r = await http<{ conversation: { id: string } }>(base, '/api/conversations/groups', { token: owner.auth.accessToken, body: { title: `group ${i}`, memberIds: [...others].map((o) => o.auth.user.id) } })
+      if (r.status !== 201) throw new Error(`group: ${r.status} ${JSON.stringify(r.body)}`)
+      if ((i + 1) % 1000 === 0) console.log(`  ${i + 1} conversations (${((Date.now() - t1) / 1000).toFixed(0)} s)`)
+      return { id: r.body.conversation.id, members: [owner, ...others] }
+    })
+    // A direct chat asked for twice is one conversation.
+    const byId = new Map(conversations.map((c) => [c.id, c]))
+    for (const c of byId.values()) for (const m of c.members) if (!m.convs.includes(c.id)) m.convs.push(c.id)
+    const setupS = (Date.now() - t0) / 1000
+    console.log(`setup: ${people.length} people, ${byId.size} conversations in ${setupS.toFixed(0)} s`)
+
+    // The day.
+    const sent: Sent[] = []
+    const latencies: Record<Phase, number[]> = { night: [], morning: [], peak: [], evening: [] }
+    const offered: Record<Phase, number> = { night: 0, morning: 0, peak: 0, evening: 0 }
+    const refused: Record<string, number> = {}
+    const syncMs: number[] = []
+    let onlinePeak = 0
+    let reconnects = 0
+    let recalls = 0
+    let counter = 0
+    const online = () => people.filter((p) => p.device)
+    const connect = async (p: Person) => {
+      if (p.device || p.connecting) return
+      p.connecting = true
+      try {
+        const d = await Device.open(base, p.auth, p.known)
+        const begin = performance.now()
+        // Coming back: what happened meanwhile, in every chat, as the PWA syncs.
+        await Promise.all(p.convs.map((id) => d.sync(id, p.known.get(id) ?? 0)))
+        syncMs.push(performance.now() - begin)
+        p.device = d
+        reconnects++
+      } catch (e) {
+        console.warn(`  connect failed: ${String(e)}`)
+      } finally {
+        p.connecting = false
+      }
+    }
+    const disconnect = (p: Person) => {
+      if (!p.device || p.device.busy) return
+      p.device.close()
+      p.device = null
+    }
+    const dayStart = Date.now()
+    const inFlight = new Set<Promise<unknown>>()
+    let carry = 0
+    let lastPopulation = 0
+    let lastReport = 0
+    while (Date.now() - dayStart < DAY_MIN * 60_000) {
+      const min = (Date.now() - dayStart) / 60_000
+      const phase = phaseAt(min)
+      // Who is online follows the curve, with churn: some leave and others come every second.
+      if (Date.now() - lastPopulation >= 1000) {
+        lastPopulation = Date.now()
+        const want = Math.round(ONLINE_MAX * (0.2 + (0.8 * rateAt(min)) / PEAK))
+        const on = online()
+        for (let i = Math.ceil(on.length * 0.01); i > 0; i--) disconnect(pick(on))
+        const missing = want - online().length
+        if (missing > 0) {
+          const off = people.filter((p) => !p.device && !p.connecting)
+          for (let i = 0; i < Math.min(missing, 100); i++) void connect(pick(off))
+        } else if (missing < 0) for (let i = -missing; i > 0; i--) disconnect(pick(online()))
+        onlinePeak = Math.max(onlinePeak, online().length)
+      }
+      if (Date.now() - lastReport >= 30_000) {
+        lastReport = Date.now()
+        const acked = sent.filter((s) => s.seq !== undefined).length
+        console.log(`  ${min.toFixed(1)} min ${phase}: ${rateAt(min).toFixed(0)} msg/s asked, ${online().length} online, ${sent.length} sent, ${acked} acked, ${inFlight.size} in flight`)
+      }
+      // This tenth of a second's messages, from people online, in one of their chats.
+      carry += rateAt(min) / 10
+      const senders = online().filter((p) => p.convs.length > 0)
+      for (; carry >= 1 && senders.length > 0; carry--) {
+        const p = pick(senders)
+        const conversationId = pick(p.convs)
+        const token = `w${(counter++).toString(36)}x${run}`
+        const s: Sent = { conversationId, clientMsgId: randomUUID(), senderId: p.auth.user.id, token, at: performance.now(), phase }
+        sent.push(s)
+        offered[phase]++
+        const device = p.device!
+        const job = device.write({ type: 'send', conversationId, clientMsgId: s.clientMsgId, body: { kind: 'text', text: `${token} from the soak` } }).then(async (m) => {
+          if (m.type !== 'ack') {
+            const code = (m as { code?: string }).code ?? m.type
+            refused[code] = (refused[code] ?? 0) + 1
+            return
+          }
+          s.seq = m.seq
+          latencies[s.phase].push(performance.now() - s.at)
+          // Some are recalled within the two minutes, by their sender.
+          if (Math.random() < RECALL_SHARE) {
+            await sleep(1000 + Math.random() * 30_000)
+            const d = p.device
+            if (!d) return
+            const r = await d.write({ type: 'recall', conversationId, clientMsgId: randomUUID(), targetSeq: m.seq })
+            if (r.type === 'ack') (s.recalled = true, recalls++)
+          }
+        })
+        inFlight.add(job)
+        void job.finally(() => inFlight.delete(job))
+      }
+      await sleep(100)
+    }
+    console.log(`day over; waiting for ${inFlight.size} answers`)
+    await Promise.allSettled([...inFlight])
+    for (const p of people) p.device?.close()
+    await sleep(3000)
+
+    // Verification.
+    console.log('checking: logs, D1 shards, search')
+    const acked = sent.filter((s) => s.seq !== undefined)
+    const ackedBy = new Map<string, Map<string, Sent>>()
+    for (const s of acked) {
+      const m = ackedBy.get(s.conversationId) ?? new Map<string, Sent>()
+      m.set(s.clientMsgId, s)
+      ackedBy.set(s.conversationId, m)
+    }
+    const problems: string[] = []
+    let lost = 0
+    let duplicates = 0
+    let d1Mismatches = 0
+    let stored = 0
+    const checker = new Map<Person, Device>()
+    await pool([...byId.values()], SETUP_CONCURRENCY, async (c) => {
+      const reader = c.members[0]!
+      let d = checker.get(reader)
+      if (!d) {
+        d = await Device.open(base, reader.auth, new Map())
+        checker.set(reader, d)
+      }
+      const log = (await d.sync(c.id, 0)).filter((e) => e.type === 'message')
+      stored += log.length
+      const seen = new Map<string, number>()
+      for (const e of log) {
+        if (seen.has(e.clientMsgId)) (duplicates++, problems.push(`${c.id}: ${e.clientMsgId} at ${seen.get(e.clientMsgId)} and ${e.seq}`))
+        seen.set(e.clientMsgId, e.seq)
+      }
+      for (const s of ackedBy.get(c.id)?.values() ?? []) if (seen.get(s.clientMsgId) !== s.seq) (lost++, problems.push(`${c.id}: acked ${s.clientMsgId} (seq ${s.seq}) is not in the log`))
+      // D1, read through the history API from the conversation's shard, page by page.
+      const d1 = new Map<number, ConversationEvent>()
+      for (let before: number | null = null; ; ) {
+        const page: { body: HistoryPage } = await http<HistoryPage>(base, `/api/conversations/${c.id}/messages?limit=100${before ? `&before=${before}` : ''}`, { token: reader.auth.accessToken })
+        for (const e of page.body.events) if (e.type === 'message') d1.set(e.seq, e)
+        if (page.body.nextBefore === null) break
+        before = page.body.nextBefore
+      }
+      for (const e of log) {
+        const row = d1.get(e.seq)
+        if (!row || row.clientMsgId !== e.clientMsgId || JSON.stringify(row.type === 'message' ? row.body : null) !== JSON.stringify(e.type === 'message' ? e.body : null)) {
+          d1Mismatches++
+          if (problems.length < 50) problems.push(`${c.id}: D1 differs from the log at seq ${e.seq}`)
+        }
+      }
+      if (d1.size !== log.length) (d1Mismatches++, problems.push(`${c.id}: D1 holds ${d1.size} messages, the log ${log.length}`))
+    })
+    for (const d of checker.values()) d.close()
+
+    // Search: sampled messages are found by their word, recalled ones are not.
+    const live = acked.filter((s) => !s.recalled)
+    const sample = Array.from({ length: Math.min(100, live.length) }, () => pick(live))
+    let found = 0
+    let recalledFound = 0
+    const tokenOf = new Map(people.map((p) => [p.auth.user.id, p.auth.accessToken]))
+    for (const s of sample) {
+      const r = await http<{ hits: SearchHit[] }>(base, `/api/search?q=${s.token}`, { token: tokenOf.get(s.senderId) })
+      if (r.body.hits.some((h) => h.conversationId === s.conversationId && h.seq === s.seq)) found++
+      else problems.push(`search did not find ${s.token} (${s.conversationId} seq ${s.seq})`)
+    }
+    const recalledSample = acked.filter((s) => s.recalled).slice(0, 20)
+    for (const s of recalledSample) {
+      const r = await http<{ hits: SearchHit[] }>(base, `/api/search?q=${s.token}`, { token: tokenOf.get(s.senderId) })
+      if (r.body.hits.length > 0) (recalledFound++, problems.push(`search found recalled ${s.token}`))
+    }
+
+    // The databases are read from disk once the runtime is stopped.
+    await server.stop()
+    stopped = true
+    // Each conversation's rows are on its recorded shard only; the shards' sizes.
+    const d1 = (binding: string, sql: string) =>
+      JSON.parse(execFileSync('npx', ['wrangler', 'd1', 'execute', binding, '--local', '--persist-to', stateDir, '--json', '--command', sql], { cwd: ROOT, env: { ...process.env, ...DEV_ENV }, encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 }))[0].results as Record<string, unknown>[]
+    const placed = new Map(d1('DB', 'SELECT id, history_shard FROM conversations').map((r) => [r.id as string, r.history_shard as string]))
+    const shards: { binding: string; conversations: number; rows: number; bytes: number }[] = []
+    let misplaced = 0
+    for (const binding of ['DB', 'HISTORY_0', 'HISTORY_1']) {
+      const per = d1(binding, 'SELECT conversation_id, count(*) AS n FROM messages GROUP BY conversation_id')
+      for (const r of per) if (placed.get(r.conversation_id as string) !== binding) (misplaced++, problems.push(`${r.conversation_id}: rows on ${binding}, placed on ${placed.get(r.conversation_id as string)}`))
+      const size = d1(binding, 'SELECT page_count * page_size AS bytes FROM pragma_page_count(), pragma_page_size()')[0]?.bytes as number
+      shards.push({ binding, conversations: per.length, rows: per.reduce((a, r) => a + (r.n as number), 0), bytes: size })
+    }
+
+    // The report.
+    const phases: Phase[] = ['night', 'morning', 'peak', 'evening']
+    const span = { night: nightEnd, morning: peakStart - nightEnd, peak: PEAK_MIN, evening: DAY_MIN - peakEnd }
+    const rows = phases.map((ph) => `| ${ph} (${span[ph].toFixed(1)} min) | ${offered[ph]} | ${latencies[ph].length} | ${(latencies[ph].length / Math.max(1e-9, span[ph] * 60)).toFixed(0)} | ${fmt(percentile(latencies[ph], 50))} | ${fmt(percentile(latencies[ph], 99))} |`)
+    const verdict = lost === 0 && duplicates === 0 && d1Mismatches === 0 && misplaced === 0 && found === sample.length && recalledFound === 0
+    const report = [
+      `### Soak run ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC: ${verdict ? 'passed' : 'FAILED'}`,
+      '',
+      `\`npm run soak -- --users=${USERS} --conversations=${CONVERSATIONS} --minutes=${DAY_MIN} --peak=${PEAK} --peak-minutes=${PEAK_MIN} --online=${ONLINE_MAX}\` against wrangler dev (the \`npm run dev\` config, two history shards) on this machine (${os.cpus().length} cores). Setup (sign-ups, friendships, ${byId.size} conversations) took ${setupS.toFixed(0)} s.`,
+      '',
+      '| phase | messages asked | acked | acked msg/s | send→ack p50 ms | p99 ms |',
+      '| --- | ---: | ---: | ---: | ---: | ---: |',
+      ...rows,
+      '',
+      `Online at most ${onlinePeak} sockets; ${reconnects} connects, each syncing every chat of its person: p50 ${fmt(percentile(syncMs, 50))} ms, p99 ${fmt(percentile(syncMs, 99))} ms. Refused: ${Object.entries(refused).map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}. Recalled: ${recalls}.`,
+      '',
+      `Checks: ${acked.length} acknowledged, ${stored} messages in the logs; **${lost} lost, ${duplicates} duplicated**; D1 differs from the logs in ${d1Mismatches} places; ${misplaced} conversations with rows off their shard; search found ${found} of ${sample.length} sampled messages and ${recalledFound} of ${recalledSample.length} recalled ones.`,
+      '',
+      '| shard | conversations | message rows | bytes |',
+      '| --- | ---: | ---: | ---: |',
+      ...shards.map((s) => `| ${s.binding} | ${s.conversations} | ${s.rows} | ${s.bytes} |`),
+      ...(problems.length ? ['', 'First problems:', ...problems.slice(0, 10).map((p) => `- ${p}`)] : []),
+      '',
+    ].join('\n')
+    console.log(`\n${report}`)
+    if (record) appendFileSync(path.join(ROOT, 'bench/results.md'), `\n${report}`)
+    process.exitCode = verdict ? 0 : 1
+  } finally {
+    if (!stopped) await server.stop()
+  }
+}
+
+await main()
