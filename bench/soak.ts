@@ -437,12 +437,13 @@ async function main() {
     const d1 = (binding: string, sql: string) =>
       JSON.parse(execFileSync('npx', ['wrangler', 'd1', 'execute', binding, '--local', '--persist-to', stateDir, '--json', '--command', sql], { cwd: ROOT, env: { ...process.env, ...DEV_ENV }, encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 }))[0].results as Record<string, unknown>[]
     const placed = new Map(d1('DB', 'SELECT id, history_shard FROM conversations').map((r) => [r.id as string, r.history_shard as string]))
+    // D1 does not let a query read its page count: the size shown is the stored bodies' bytes.
     const shards: { binding: string; conversations: number; rows: number; bytes: number }[] = []
     let misplaced = 0
     for (const binding of ['DB', 'HISTORY_0', 'HISTORY_1']) {
       const per = d1(binding, 'SELECT conversation_id, count(*) AS n FROM messages GROUP BY conversation_id')
       for (const r of per) if (placed.get(r.conversation_id as string) !== binding) (misplaced++, problems.push(`${r.conversation_id}: rows on ${binding}, placed on ${placed.get(r.conversation_id as string)}`))
-      const size = d1(binding, 'SELECT page_count * page_size AS bytes FROM pragma_page_count(), pragma_page_size()')[0]?.bytes as number
+      const size = d1(binding, 'SELECT coalesce(sum(length(body)), 0) AS bytes FROM messages')[0]?.bytes as number
       shards.push({ binding, conversations: per.length, rows: per.reduce((a, r) => a + (r.n as number), 0), bytes: size })
     }
 
@@ -464,7 +465,7 @@ async function main() {
       '',
       `Checks: ${acked.length} acknowledged, ${stored} messages in the logs; **${lost} lost, ${duplicates} duplicated**; D1 differs from the logs in ${d1Mismatches} places; ${misplaced} conversations with rows off their shard; search found ${found} of ${sample.length} sampled messages and ${recalledFound} of ${recalledSample.length} recalled ones.`,
       '',
-      '| shard | conversations | message rows | bytes |',
+      '| shard | conversations | rows (events) | bytes of bodies |',
       '| --- | ---: | ---: | ---: |',
       ...shards.map((s) => `| ${s.binding} | ${s.conversations} | ${s.rows} | ${s.bytes} |`),
       ...(problems.length ? ['', 'First problems:', ...problems.slice(0, 10).map((p) => `- ${p}`)] : []),
