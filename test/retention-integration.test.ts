@@ -3,7 +3,7 @@ import { createScheduledController, runInDurableObject } from 'cloudflare:test'
 import { env } from 'cloudflare:workers'
 import { describe, it } from 'vitest'
 import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
-import { DAY_MS } from '../worker/conversation/retention'
+import { DAY_MS, NOTHING_KEPT } from '../worker/conversation/retention'
 import { getConversationRoom } from '../worker/durable-objects'
 import { mediaKey } from '../worker/media/UploadSession'
 import worker from '../worker/index'
@@ -104,7 +104,8 @@ describe('retention', () => {
     await cron(Date.now())
     expect(await logSeqs(conv.id)).toEqual([])
     expect(await d1Seqs(conv.id)).toEqual([])
-    expect((await directory(conv.id))!.history_expires_at).toBeNull()
+    // Nothing kept, and nothing for the sweep to come back for.
+    expect((await directory(conv.id))!.history_expires_at).toBe(NOTHING_KEPT)
     // As after an eviction: the room rebuilds its state from storage alone.
     await runInDurableObject<ConversationRoom, void>(getConversationRoom(env, conv.id), (room) => {
       ;(room as unknown as { loadState(): void }).loadState()

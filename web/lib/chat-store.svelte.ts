@@ -959,7 +959,8 @@ export class ChatStore {
     for (const seq of [...s.events.keys()]) if (seq < from) s.events.delete(seq)
     if (s.base < from) s.base = from
     s.contiguous = Math.max(s.contiguous, from - 1)
-    s.hasOlder = false
+    // Older kept history may still be there to page back to; nothing before `from` is.
+    if (s.base <= from) s.hasOlder = false
     const seqs = [...s.events.keys()].sort((a, b) => a - b)
     void this.#cache.saveConversation(id, seqs.map((q) => $state.snapshot(s.events.get(q)!) as ConversationEvent))
   }

@@ -25,7 +25,7 @@ import {
 import { EVENT_COLUMNS, eventToRow, MODERATOR, MODERATOR_ID, rowToEvent, type EventRow } from './event-rows'
 import { fail, ok, type RoomResult } from '../do-result'
 import { historyDb, MAIN } from '../db/history'
-import { DAY_MS, defaultKeepDays, EXPIRE_BATCH, parseKeepDays } from './retention'
+import { DAY_MS, defaultKeepDays, EXPIRE_BATCH, NOTHING_KEPT, parseKeepDays } from './retention'
 import { parseRate, RateLimiter } from './rate-limit'
 import { migrateRoom, ROOM_SCHEMA_VERSION } from './room-schema'
 import { Metrics } from '../ops/metrics'
@@ -614,7 +614,10 @@ export class ConversationRoom extends DurableObject<Env> {
     let more = false
     if (days > 0) {
       const cutoff = now - days * DAY_MS
-      const rows = this.sql.exec<Pick<EventRow, 'seq' | 'type' | 'body' | 'created_at'>>('SELECT seq, type, body, created_at FROM events ORDER BY seq LIMIT ?', EXPIRE_BATCH + 1).toArray()
+      // Only what D1 already has, as it is now: an event's own mirror (members, title) must not be skipped.
+      const firstDirty = this.sql.exec<{ s: number | null }>('SELECT min(seq) AS s FROM d1_dirty').one().s
+      const ceiling = Math.min(this.d1Seq, (firstDirty ?? Infinity) - 1)
+      const rows = this.sql.exec<Pick<EventRow, 'seq' | 'type' | 'body' | 'created_at'>>('SELECT seq, type, body, created_at FROM events WHERE seq <= ? ORDER BY seq LIMIT ?', ceiling, EXPIRE_BATCH + 1).toArray()
       // A prefix: the first event still inside the window keeps everything after it.
       const kept = rows.findIndex((r) => r.created_at >= cutoff)
       const due = rows.slice(0, Math.min(EXPIRE_BATCH, kept < 0 ? rows.length : kept))
@@ -628,9 +631,6 @@ export class ConversationRoom extends DurableObject<Env> {
           this.sql.exec('DELETE FROM d1_dirty WHERE seq <= ?', through)
           this.historyFrom = through + 1
           this.d1ExpireTo = through
-          // What D1 never got need not go there now.
-          this.d1Seq = Math.max(this.d1Seq, through)
-          this.saveD1Mark()
           this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('history_from', ?), ('d1_expire_to', ?)`, String(this.historyFrom), String(through))
         })
         this.recent = this.recent.filter((r) => r.seq > through)
@@ -642,12 +642,15 @@ export class ConversationRoom extends DurableObject<Env> {
     return ok({ expired, more })
   }
 
-  /** When the oldest kept event expires (null: never, or nothing kept), for the sweep's index in D1. */
+  /**
+   * When the oldest kept event expires, for the sweep's index in D1: null when history is kept
+   * forever, NOTHING_KEPT when retention is on and the log is empty (so the sweep need not ask).
+   */
   private nextExpiry(): number | null {
     const days = this.retentionDays()
     if (days === 0) return null
     const first = this.sql.exec<{ created_at: number }>('SELECT created_at FROM events ORDER BY seq LIMIT 1').toArray()[0]
-    return first ? first.created_at + days * DAY_MS : null
+    return first ? first.created_at + days * DAY_MS : NOTHING_KEPT
   }
 
   // ---- moderation of the service ----
@@ -1194,11 +1197,23 @@ export class ConversationRoom extends DurableObject<Env> {
 
   /** Flushes now, and again if a flush was already under way; rejects when D1 does. */
   private async flushNow(): Promise<void> {
-    if (this.flushing) await this.flushing
+    // One flush at a time, this one included: a retention delete must not pass an upsert in flight.
+    while (this.flushing) await this.flushing
     this.flushAgain = false
     if (this.flushTimer) clearTimeout(this.flushTimer)
     this.flushTimer = null
-    await this.flush()
+    this.lastFlushAt = Date.now()
+    const run = this.flush()
+    this.flushing = run
+      .catch(() => undefined)
+      .finally(() => {
+        this.flushing = null
+        if (this.flushAgain) {
+          this.flushAgain = false
+          if (this.pendingD1() > 0) this.scheduleFlush()
+        }
+      })
+    await run
   }
 
   /**

@@ -12,6 +12,8 @@ import { KEEP_DAYS, type KeepDays } from '../shared/protocol'
 export const DAY_MS = 86_400_000
 /** Events one expire call deletes: a bounded batch for the room's transaction and D1's statement. */
 export const EXPIRE_BATCH = 500
+/** history_expires_at of a conversation with retention on and nothing kept: never due, but known. */
+export const NOTHING_KEPT = 8.64e15
 /** Conversations a sweep round asks, and how many rooms work at once. */
 const SWEEP_ROUND = 50
 const SWEEP_CONCURRENCY = 8
@@ -43,9 +45,13 @@ export async function sweepRetention(env: Env, now: number, budgetMs = 25_000): 
   const started = Date.now()
   // Rooms that made no progress this sweep are not asked again in it, so a stuck one cannot spin it.
   const skip = new Set<string>()
+  // With a default in force, conversations that follow it and were never measured against it (from
+  // before retention, or while the default was "forever") are asked too: each room then records its
+  // expiry, so it is asked once.
+  const unmeasured = defaultKeepDays(env) > 0 ? 'OR (history_expires_at IS NULL AND retention_days IS NULL)' : ''
   while (Date.now() - started < budgetMs) {
     const { results } = await env.DB.prepare(
-      `SELECT id FROM conversations WHERE history_expires_at <= ?1 AND id NOT IN (SELECT value FROM json_each(?2))
+      `SELECT id FROM conversations WHERE (history_expires_at <= ?1 ${unmeasured}) AND id NOT IN (SELECT value FROM json_each(?2))
        ORDER BY history_expires_at LIMIT ?3`,
     )
       .bind(now, JSON.stringify([...skip]), SWEEP_ROUND)

@@ -1,5 +1,6 @@
 import { EVENT_COLUMNS, type EventRow } from '../conversation/event-rows'
 import type { Env } from '../env'
+import { log } from '../ops/log'
 import type { SearchHit } from '../shared/protocol'
 import { byShard, historyDb } from './history'
 
@@ -12,6 +13,11 @@ import { byShard, historyDb } from './history'
 export interface Placed {
   id: string
   shard: string
+}
+
+/** A shard that fails (down, or a binding missing) costs its conversations' counts and hits, not the whole answer. */
+function shardDown(env: Env, e: unknown) {
+  log(env, 'error', 'history shard read failed', { error: String(e) })
 }
 
 /** One conversation's unread count and newest visible message (as JSON), for the list. */
@@ -47,7 +53,7 @@ export async function listTallies(
         .bind(JSON.stringify(list.map((c) => [c.id, c.readSeq, c.joinedSeq])), viewerId, JSON.stringify(hiddenSenders))
         .all<{ id: string; unread: number; preview: string | null }>()
       for (const r of results) out.set(r.id, { unread: r.unread, preview: r.preview })
-    }),
+    }).map((read) => read.catch((e: unknown) => shardDown(env, e))),
   )
   return out
 }
@@ -111,7 +117,7 @@ export async function searchHistory(
         .bind(JSON.stringify(list.map((c) => [c.id, c.joinedSeq])), after?.serverTs ?? null, after?.conversationId ?? null, after?.seq ?? null, match, limit)
         .all<{ conversation_id: string; seq: number; sender_id: string; text: string; created_at: number }>()
       return results
-    }),
+    }).map((read) => read.catch((e: unknown) => (shardDown(env, e), []))),
   )
   return pages
     .flat()

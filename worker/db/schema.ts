@@ -78,7 +78,7 @@ export const conversations = sqliteTable('conversations', {
   retentionDays: integer('retention_days'),
   /** When some of its history is next due to expire (the retention sweep's index); null when none is. */
   historyExpiresAt: integer('history_expires_at'),
-}, (t) => [index('conversations_expiry_idx').on(t.historyExpiresAt).where(sql`${t.historyExpiresAt} IS NOT NULL`)])
+}, (t) => [index('conversations_expiry_idx').on(t.historyExpiresAt)])
 export type Conversation = typeof conversations.$inferSelect
 
 export const members = sqliteTable(
