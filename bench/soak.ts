@@ -121,9 +121,9 @@ class Device {
     })
   }
 
-  static open(base: string, auth: AuthResult, known: Map<string, number>): Promise<Device> {
+  static open(base: string, token: string, known: Map<string, number>): Promise<Device> {
     return (async () => {
-      const { body } = await http<{ ticket: string }>(base, '/api/ws/ticket', { method: 'POST', token: auth.accessToken })
+      const { body } = await http<{ ticket: string }>(base, '/api/ws/ticket', { method: 'POST', token })
       const ws = new WebSocket(`${base.replace(/^http/, 'ws')}/api/ws?ticket=${encodeURIComponent(body.ticket)}`, { perMessageDeflate: false, headers: { origin: base } })
       const device = new Device(ws, known)
       await new Promise<void>((resolve, reject) => {
@@ -195,10 +195,27 @@ class Device {
 
 interface Person {
   auth: AuthResult
+  /** When auth was issued: access tokens last 15 minutes, and the setup alone takes longer. */
+  issuedAt: number
+  refreshing?: Promise<void>
   convs: string[]
   known: Map<string, number>
   device: Device | null
   connecting: boolean
+}
+
+/** A person's access token, refreshed once it is 10 minutes old (one refresh at a time: refresh tokens rotate, and a reused one signs the session out). */
+async function tokenOf(base: string, p: Person): Promise<string> {
+  if (Date.now() - p.issuedAt > 10 * 60_000) {
+    p.refreshing ??= (async () => {
+      const r = await http<AuthResult>(base, '/api/auth/refresh', { body: { refreshToken: p.auth.refreshToken } })
+      if (r.status !== 200) throw new Error(`refresh for ${p.auth.user.handle}: ${r.status} ${JSON.stringify(r.body)}`)
+      p.auth = { ...p.auth, ...r.body }
+      p.issuedAt = Date.now()
+    })().finally(() => (p.refreshing = undefined))
+    await p.refreshing
+  }
+  return p.auth.accessToken
 }
 
 async function main() {
@@ -219,7 +236,7 @@ async function main() {
       const r = await http<AuthResult>(base, '/api/auth/register', { body: { handle, password: 'soak-password-1', displayName: `Soak ${i}` } })
       if (r.status !== 201) throw new Error(`register ${handle}: ${r.status} ${JSON.stringify(r.body)}`)
       if ((i + 1) % 1000 === 0) console.log(`  ${i + 1} people (${((Date.now() - t0) / 1000).toFixed(0)} s)`)
-      return { auth: r.body, convs: [], known: new Map(), device: null, connecting: false }
+      return { auth: r.body, issuedAt: Date.now(), convs: [], known: new Map(), device: null, connecting: false }
     })
     // Conversations: 70 % 1:1, the rest groups of 3–50, small ones likelier (P ∝ 1/size^1.3).
     const sizes = Array.from({ length: 48 }, (_, i) => i + 3)
@@ -235,8 +252,8 @@ async function main() {
       const key = [a.auth.user.id, b.auth.user.id].sort().join('|')
       if (befriended.has(key)) return
       befriended.add(key)
-      const req = await http<{ id?: string }>(base, '/api/friends/requests', { token: a.auth.accessToken, body: { handle: b.auth.user.handle } })
-      if (req.status === 201 && req.body.id) await http(base, `/api/friends/requests/${req.body.id}/accept`, { method: 'POST', token: b.auth.accessToken })
+      const req = await http<{ id?: string }>(base, '/api/friends/requests', { token: await tokenOf(base, a), body: { handle: b.auth.user.handle } })
+      if (req.status === 201 && req.body.id) await http(base, `/api/friends/requests/${req.body.id}/accept`, { method: 'POST', token: await tokenOf(base, b) })
     }
     const t1 = Date.now()
     const conversations: { id: string; members: Person[]; shard?: string }[] = await pool(Array.from({ length: CONVERSATIONS }, (_, i) => i), SETUP_CONCURRENCY, async (i) => {
@@ -245,7 +262,7 @@ async function main() {
         let peer = pick(people)
         while (peer === owner) peer = pick(people)
         await befriend(owner, peer)
-        const r = await http<{ conversation: { id: string } }>(base, '/api/conversations', { token: owner.auth.accessToken, body: { peerHandle: peer.auth.user.handle } })
+        const r = await http<{ conversation: { id: string } }>(base, '/api/conversations', { token: await tokenOf(base, owner), body: { peerHandle: peer.auth.user.handle } })
         if (r.status !== 201 && r.status !== 200) throw new Error(`direct: ${r.status} ${JSON.stringify(r.body)}`)
         return { id: r.body.conversation.id, members: [owner, peer] }
       }
@@ -256,7 +273,7 @@ async function main() {
         if (p !== owner) others.add(p)
       }
       for (const o of others) await befriend(owner, o)
-      const r = await http<{ conversation: { id: string } }>(base, '/api/conversations/groups', { token: owner.auth.accessToken, body: { title: `group ${i}`, memberIds: [...others].map((o) => o.auth.user.id) } })
+      const r = await http<{ conversation: { id: string } }>(base, '/api/conversations/groups', { token: await tokenOf(base, owner), body: { title: `group ${i}`, memberIds: [...others].map((o) => o.auth.user.id) } })
       if (r.status !== 201) throw new Error(`group: ${r.status} ${JSON.stringify(r.body)}`)
       if ((i + 1) % 1000 === 0) console.log(`  ${i + 1} conversations (${((Date.now() - t1) / 1000).toFixed(0)} s)`)
       return { id: r.body.conversation.id, members: [owner, ...others] }
@@ -282,7 +299,7 @@ async function main() {
       if (p.device || p.connecting) return
       p.connecting = true
       try {
-        const d = await Device.open(base, p.auth, p.known)
+        const d = await Device.open(base, await tokenOf(base, p), p.known)
         const begin = performance.now()
         // Coming back: what happened meanwhile, in every chat, as the PWA syncs.
         await Promise.all(p.convs.map((id) => d.sync(id, p.known.get(id) ?? 0)))
@@ -383,7 +400,7 @@ async function main() {
       const reader = c.members[0]!
       let d = checker.get(reader)
       if (!d) {
-        d = await Device.open(base, reader.auth, new Map())
+        d = await Device.open(base, await tokenOf(base, reader), new Map())
         checker.set(reader, d)
       }
       const log = (await d.sync(c.id, 0)).filter((e) => e.type === 'message')
@@ -397,7 +414,7 @@ async function main() {
       // D1, read through the history API from the conversation's shard, page by page.
       const d1 = new Map<number, ConversationEvent>()
       for (let before: number | null = null; ; ) {
-        const page: { body: HistoryPage } = await http<HistoryPage>(base, `/api/conversations/${c.id}/messages?limit=100${before ? `&before=${before}` : ''}`, { token: reader.auth.accessToken })
+        const page: { body: HistoryPage } = await http<HistoryPage>(base, `/api/conversations/${c.id}/messages?limit=100${before ? `&before=${before}` : ''}`, { token: await tokenOf(base, reader) })
         for (const e of page.body.events) if (e.type === 'message') d1.set(e.seq, e)
         if (page.body.nextBefore === null) break
         before = page.body.nextBefore
@@ -418,15 +435,15 @@ async function main() {
     const sample = Array.from({ length: Math.min(100, live.length) }, () => pick(live))
     let found = 0
     let recalledFound = 0
-    const tokenOf = new Map(people.map((p) => [p.auth.user.id, p.auth.accessToken]))
+    const personOf = new Map(people.map((p) => [p.auth.user.id, p]))
     for (const s of sample) {
-      const r = await http<{ hits: SearchHit[] }>(base, `/api/search?q=${s.token}`, { token: tokenOf.get(s.senderId) })
+      const r = await http<{ hits: SearchHit[] }>(base, `/api/search?q=${s.token}`, { token: await tokenOf(base, personOf.get(s.senderId)!) })
       if (r.body.hits.some((h) => h.conversationId === s.conversationId && h.seq === s.seq)) found++
       else problems.push(`search did not find ${s.token} (${s.conversationId} seq ${s.seq})`)
     }
     const recalledSample = acked.filter((s) => s.recalled).slice(0, 20)
     for (const s of recalledSample) {
-      const r = await http<{ hits: SearchHit[] }>(base, `/api/search?q=${s.token}`, { token: tokenOf.get(s.senderId) })
+      const r = await http<{ hits: SearchHit[] }>(base, `/api/search?q=${s.token}`, { token: await tokenOf(base, personOf.get(s.senderId)!) })
       if (r.body.hits.length > 0) (recalledFound++, problems.push(`search found recalled ${s.token}`))
     }
 
