@@ -1,6 +1,6 @@
 import { getConversationRoom } from '../durable-objects'
 import type { Env } from '../env'
-import { KEEP_DAYS, type KeepDays } from '../shared/protocol'
+import { KEEP_DAYS, type KeepDays } from '../shared/limits'
 
 /**
  * Retention: a conversation keeps history for its own setting's days, or the deployment's

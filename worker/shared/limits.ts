@@ -1,6 +1,10 @@
 // Runtime-free limits shared by worker and web: importing them pulls in no schema code.
 import type { CallEvent } from './protocol'
 
+/** How long a conversation may keep history: forever (0), a year, 90 days or 7 days. */
+export const KEEP_DAYS = [0, 365, 90, 7] as const
+export type KeepDays = (typeof KEEP_DAYS)[number]
+
 /** Bumped on any incompatible change to the frames below. */
 export const PROTOCOL_VERSION = 1
 export const MAX_TEXT_LENGTH = 4000

@@ -1,7 +1,7 @@
 import { z } from 'zod'
 import type { VoiceRoomSummary } from './voice'
 import type { ErrorCode } from './errors'
-import { MAX_CAPTION_LENGTH, MAX_TEXT_LENGTH, MAX_WAVEFORM_BARS, SYNC_PAGE_LIMIT } from './limits'
+import { KEEP_DAYS, MAX_CAPTION_LENGTH, MAX_TEXT_LENGTH, MAX_WAVEFORM_BARS, SYNC_PAGE_LIMIT, type KeepDays as KeepDaysValue } from './limits'
 
 export * from './limits'
 
@@ -366,10 +366,9 @@ export const CreateGroupBody = z.object({
 })
 export const AddMembersBody = z.object({ userIds: z.array(Id).min(1).max(49) })
 export const RenameBody = z.object({ title: z.string().trim().min(1).max(80) })
-/** How long a conversation keeps history: forever (0), a year, 90 days or 7 days. */
-export const KEEP_DAYS = [0, 365, 90, 7] as const
+/** How long a conversation keeps history (KEEP_DAYS in limits.ts). */
 export const KeepDays = z.literal(KEEP_DAYS)
-export type KeepDays = (typeof KEEP_DAYS)[number]
+export type KeepDays = KeepDaysValue
 /** null: follow the service's default. */
 export const RetentionBody = z.object({ keepDays: KeepDays.nullable() })
 export const RoleBody = z.object({ role: z.enum(['admin', 'member']) })
