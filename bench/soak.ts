@@ -331,10 +331,11 @@ async function main() {
         const want = Math.round(ONLINE_MAX * (0.2 + (0.8 * rateAt(min)) / PEAK))
         const on = online()
         for (let i = Math.ceil(on.length * 0.01); i > 0; i--) disconnect(pick(on))
-        const missing = want - online().length
+        // Those still connecting count: a slow server must not get a new wave of connects every second.
+        const missing = want - online().length - people.filter((p) => p.connecting).length
         if (missing > 0) {
           const off = people.filter((p) => !p.device && !p.connecting)
-          for (let i = 0; i < Math.min(missing, 100); i++) void connect(pick(off))
+          for (let i = 0; i < Math.min(missing, 100, off.length); i++) void connect(pick(off))
         } else if (missing < 0) for (let i = -missing; i > 0; i--) disconnect(pick(online()))
         onlinePeak = Math.max(onlinePeak, online().length)
       }
