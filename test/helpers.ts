@@ -172,9 +172,14 @@ export async function createGroup(owner: AuthResult, others: AuthResult[], title
   return (await json<{ conversation: ConversationSummary }>(res)).conversation
 }
 
-/** The D1 database that holds a conversation's history: the shard recorded with it. */
-export async function historyOf(conversationId: string): Promise<D1Database> {
+/** The shard recorded with a conversation: the name of the D1 binding that holds its history. */
+export async function historyShardOf(conversationId: string): Promise<string> {
   const row = await env.DB.prepare('SELECT history_shard FROM conversations WHERE id = ?').bind(conversationId).first<{ history_shard: string }>()
   if (!row) throw new Error(`no conversation ${conversationId}`)
-  return historyDb(env, row.history_shard)
+  return row.history_shard
+}
+
+/** The D1 database that holds a conversation's history. */
+export async function historyOf(conversationId: string): Promise<D1Database> {
+  return historyDb(env, await historyShardOf(conversationId))
 }

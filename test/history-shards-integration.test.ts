@@ -6,15 +6,10 @@ import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
 import { historyDb, MAIN, placeConversation } from '../worker/db/history'
 import { getConversationRoom } from '../worker/durable-objects'
 import type { AuthResult, ConversationSummary, SearchHit } from '../worker/shared/protocol'
-import { api, befriend, createGroup, Device, historyOf, json, openChat, register, textSend } from './helpers'
+import { api, befriend, createGroup, Device, historyOf, historyShardOf, json, openChat, register, textSend } from './helpers'
 import { drainOutbox } from './push-helpers'
 
 const SHARDS = ['HISTORY_0', 'HISTORY_1']
-
-async function shardOf(conversationId: string): Promise<string> {
-  const row = await env.DB.prepare('SELECT history_shard FROM conversations WHERE id = ?').bind(conversationId).first<{ history_shard: string }>()
-  return row!.history_shard
-}
 
 /** Groups of `owner` with `others` until at least one sits on each shard (placement is by hash). */
 async function groupsOnEveryShard(owner: AuthResult, others: AuthResult[]): Promise<Map<string, ConversationSummary>> {
@@ -24,7 +19,7 @@ async function groupsOnEveryShard(owner: AuthResult, others: AuthResult[]): Prom
     if (i === 40) throw new Error('40 groups and still a shard without one')
     const res = await api('/api/conversations/groups', { token: owner.accessToken, body: { title: `g${i}`, memberIds: others.map((o) => o.user.id) } })
     const g = (await json<{ conversation: ConversationSummary }>(res)).conversation
-    const shard = await shardOf(g.id)
+    const shard = await historyShardOf(g.id)
     if (!found.has(shard)) found.set(shard, g)
   }
   return found
@@ -153,7 +148,7 @@ describe('history shards', () => {
     const whole = await search(a, word, 50)
     expect(whole.hits.map(({ conversationId, seq, serverTs }) => ({ conversationId, seq, serverTs }))).toEqual(expected)
     expect(whole.nextCursor).toBeNull()
-    expect(new Set(await Promise.all(whole.hits.map((h) => shardOf(h.conversationId)))).size).toBeGreaterThanOrEqual(2)
+    expect(new Set(await Promise.all(whole.hits.map((h) => historyShardOf(h.conversationId)))).size).toBeGreaterThanOrEqual(2)
 
     // Pages of two walk the same order: nothing skipped at the ties, nothing repeated.
     const paged: SearchHit[] = []

@@ -49,15 +49,20 @@ async function trio(names: [string, string, string]) {
   return { a, b, c }
 }
 
+/** Two friends; the first has their chat open. */
+async function pairInChat(names: [string, string]) {
+  const s = Date.now().toString(36)
+  const [a, b] = [await person(names[0], s), await person(names[1], s)]
+  await befriendInUi(a.page, b.page, b.handle)
+  await chatWith(a.page, b.handle)
+  return { a, b }
+}
+
 const item = (page: Page, title: string) => page.getByTestId('conversation-item').filter({ has: page.locator('.title').getByText(title, { exact: true }) })
 
 describe('everyday chat features', () => {
   it('links are clickable and safe, with a preview card the Worker fetched', async ({ expect }) => {
-    const s = Date.now().toString(36)
-    const a = await person('Lia', s)
-    const b = await person('Max', s)
-    await befriendInUi(a.page, b.page, b.handle)
-    await chatWith(a.page, b.handle)
+    const { a, b } = await pairInChat(['Lia', 'Max'])
     const url = `${siteUrl()}/article`
     await say(a.page, `read ${url}. <b>not bold</b> javascript:alert(1)`)
     await item(b.page, 'Lia').click()
@@ -285,11 +290,7 @@ describe('everyday chat features', () => {
   })
 
   it('sets how long a chat keeps its messages; both people see the change in the chat', async ({ expect }) => {
-    const s = Date.now().toString(36)
-    const a = await person('Ren', s)
-    const b = await person('Sol', s)
-    await befriendInUi(a.page, b.page, b.handle)
-    await chatWith(a.page, b.handle)
+    const { a, b } = await pairInChat(['Ren', 'Sol'])
     await a.page.getByTestId('group-info-toggle').click()
     const select = a.page.getByTestId('retention-select')
     expect(await select.inputValue()).toBe('default')

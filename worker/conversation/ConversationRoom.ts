@@ -844,7 +844,8 @@ export class ConversationRoom extends DurableObject<Env> {
    */
   private async flushedFirst(result: Promise<RoomResult<Ack>>): Promise<RoomResult<Ack>> {
     const r = await result
-    if (r.ok && !r.value.duplicate) await this.flushNow().catch((e: unknown) => console.warn('D1 flush failed; the alarm retries', String(e)))
+    // A failure is logged where every flush's is (beginFlush); the alarm retries.
+    if (r.ok && !r.value.duplicate) await this.flushNow().catch(() => undefined)
     return r
   }
 
@@ -1178,9 +1179,20 @@ export class ConversationRoom extends DurableObject<Env> {
   private startFlush(): Promise<void> {
     if (this.flushTimer) clearTimeout(this.flushTimer)
     this.flushTimer = null
-    if (this.flushing) return this.flushing
+    if (!this.flushing) void this.beginFlush().catch(() => undefined)
+    return this.flushing!
+  }
+
+  /**
+   * Makes a flush the one in flight (`flushing`, which never rejects) and returns it as it is,
+   * rejecting when D1 does; afterwards it schedules the next if changes came meanwhile.
+   */
+  private beginFlush(): Promise<void> {
+    if (this.flushTimer) clearTimeout(this.flushTimer)
+    this.flushTimer = null
     this.lastFlushAt = Date.now()
-    this.flushing = this.flush()
+    const run = this.flush()
+    this.flushing = run
       .catch((e: unknown) => {
         console.warn('D1 flush failed; the alarm retries', String(e))
         this.metrics.gauge(Gauge.d1FlushLag, this.flushLagSeconds())
@@ -1192,7 +1204,7 @@ export class ConversationRoom extends DurableObject<Env> {
           if (this.pendingD1() > 0) this.scheduleFlush()
         }
       })
-    return this.flushing
+    return run
   }
 
   /** Flushes now, and again if a flush was already under way; rejects when D1 does. */
@@ -1200,20 +1212,7 @@ export class ConversationRoom extends DurableObject<Env> {
     // One flush at a time, this one included: a retention delete must not pass an upsert in flight.
     while (this.flushing) await this.flushing
     this.flushAgain = false
-    if (this.flushTimer) clearTimeout(this.flushTimer)
-    this.flushTimer = null
-    this.lastFlushAt = Date.now()
-    const run = this.flush()
-    this.flushing = run
-      .catch(() => undefined)
-      .finally(() => {
-        this.flushing = null
-        if (this.flushAgain) {
-          this.flushAgain = false
-          if (this.pendingD1() > 0) this.scheduleFlush()
-        }
-      })
-    await run
+    await this.beginFlush()
   }
 
   /**
@@ -1269,8 +1268,7 @@ export class ConversationRoom extends DurableObject<Env> {
       ]
       if (this.historyShard === MAIN) await this.env.DB.batch([...upserts, ...main])
       else await Promise.all([upserts.length ? history.batch(upserts) : null, main.length ? this.env.DB.batch(main) : null])
-      // Never back: an expiry during this flush may have moved the mark past what it wrote.
-      this.d1Seq = Math.max(this.d1Seq, newest?.seq ?? 0)
+      this.d1Seq = newest?.seq ?? this.d1Seq
       this.expiresMirrored = expiry
       if (expireTo !== null) this.d1Expired = expireTo
       // A commit of its own only when the dirty set must shrink; the mark and cursors can wait.
