@@ -4,7 +4,7 @@ import path from 'node:path'
 import { promisify } from 'node:util'
 import type { Locator, Page } from 'playwright-core'
 import { describe, it } from 'vitest'
-import { befriendInUi, conversationItem, messageAction, newPerson, recallMessage, say, useProduct } from './browser'
+import { befriendInUi, conversationItem, messageAction, newPerson, recallMessage, say, uniqueTag, useProduct } from './browser'
 
 const ROOT = path.resolve(import.meta.dirname, '../..')
 // Objects hand their metrics over every half second instead of every minute.
@@ -33,7 +33,7 @@ async function report(page: Page, message: Locator, reason: string, note: string
 
 describe('administration in the PWA', () => {
   it('an admin made by the CLI watches live metrics, removes a reported message, suspends its sender and sees it all audited', async ({ expect }) => {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     const boss = await person(`boss_${s}`, 'Boss')
     const ann = await person(`ann_${s}`, 'Ann')
     const bo = await person(`bo_${s}`, 'Bo')

@@ -63,6 +63,14 @@ export function useProduct(vars?: () => Promise<Record<string, string>> | Record
   return ctx
 }
 
+/**
+ * A tag that makes handles unique per run. Digits only: a base-36 tag once spelled "bo" inside
+ * Cy's handle, and a row filtered by the text "Bo" then matched both people.
+ */
+export function uniqueTag(): string {
+  return String(Date.now()).slice(-9) + String(Math.floor(Math.random() * 100)).padStart(2, '0')
+}
+
 /** A new person signed up in a browser context of their own. */
 export async function newPerson(product: { server: LocalServer; browser: Browser }, handle: string, name: string): Promise<Page> {
   const page = await (await product.browser.newContext()).newPage()

@@ -4,7 +4,7 @@
 import AxeBuilder from '@axe-core/playwright'
 import { execFileSync } from 'node:child_process'
 import type { Browser, BrowserContext, Page } from 'playwright-core'
-import { befriendInUi, launchBrowser, registerInUi, signInUi } from './browser'
+import { befriendInUi, launchBrowser, registerInUi, signInUi, uniqueTag } from './browser'
 import { startServer } from './server'
 
 // Every RTCPeerConnection the app makes, for getStats from the test.
@@ -79,7 +79,7 @@ async function main() {
   const browser: Browser = await launchBrowser(['--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream=device-count=3', '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required'])
   const findings: Record<string, unknown> = {}
   try {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     const person = async (name: string): Promise<{ page: Page; ctx: BrowserContext; handle: string }> => {
       const ctx = await browser.newContext({ permissions: ['camera', 'microphone'] })
       await ctx.addInitScript(TAP)

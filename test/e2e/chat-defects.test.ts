@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs'
 import type { BrowserContext, Page } from 'playwright-core'
 import { describe, it } from 'vitest'
 import { testPng } from '../support/image-fixtures'
-import { befriendInUi, launchBrowser, messageAction, registerInUi, say, signInUi, useProduct } from './browser'
+import { befriendInUi, launchBrowser, messageAction, registerInUi, say, signInUi, uniqueTag, useProduct } from './browser'
 
 const product = useProduct()
 /** A real, decodable PNG of this size. */
@@ -11,7 +11,7 @@ const png = (width: number, height: number): Buffer => readFileSync(testPng(widt
 const IPHONE_UA = 'Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.5 Mobile/15E148 Safari/604.1'
 
 async function pair(prefix: string, bOptions: Parameters<typeof product.browser.newContext>[0] = {}) {
-  const s = Date.now().toString(36) + Math.random().toString(36).slice(2, 5)
+  const s = uniqueTag()
   const aCtx = await product.browser.newContext()
   const bCtx = await product.browser.newContext(bOptions)
   const a = await aCtx.newPage()
@@ -287,7 +287,7 @@ describe('defects a new user found', () => {
   })
 
   it('message info shows who read and who only received a group message', async ({ expect }) => {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     const pages: Page[] = []
     for (const name of ['Ada', 'Ben', 'Cy']) {
       const p = await (await product.browser.newContext()).newPage()
@@ -320,7 +320,7 @@ describe('defects a new user found', () => {
   })
 
   it('presence speaks Chinese, a friend is no longer offered "Add", and opening a new chat logs no clone error', async ({ expect }) => {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     const aCtx = await product.browser.newContext({ locale: 'zh-CN' })
     const a = await aCtx.newPage()
     const b = await (await product.browser.newContext()).newPage()

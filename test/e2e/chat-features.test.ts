@@ -5,7 +5,7 @@ import type { Page } from 'playwright-core'
 import { afterAll, describe, it } from 'vitest'
 import { linkSite } from '../support/link-site'
 import { testPng } from '../support/image-fixtures'
-import { befriendInUi, messageAction, registerInUi, say, signInUi, useProduct } from './browser'
+import { befriendInUi, messageAction, registerInUi, say, signInUi, uniqueTag, useProduct } from './browser'
 
 // The link-preview fixture site on loopback; the server may fetch it (LINK_PREVIEW_ALLOW), nothing else private.
 let site: Server
@@ -42,7 +42,7 @@ async function chatWith(page: Page, handle: string) {
 
 /** Three people; the first is friends with the other two. */
 async function trio(names: [string, string, string]) {
-  const s = Date.now().toString(36)
+  const s = uniqueTag()
   const [a, b, c] = [await person(names[0], s), await person(names[1], s), await person(names[2], s)]
   await befriendInUi(a.page, b.page, b.handle)
   await befriendInUi(a.page, c.page, c.handle)
@@ -51,7 +51,7 @@ async function trio(names: [string, string, string]) {
 
 /** Two friends; the first has their chat open. */
 async function pairInChat(names: [string, string]) {
-  const s = Date.now().toString(36)
+  const s = uniqueTag()
   const [a, b] = [await person(names[0], s), await person(names[1], s)]
   await befriendInUi(a.page, b.page, b.handle)
   await chatWith(a.page, b.handle)
@@ -83,7 +83,7 @@ describe('everyday chat features', () => {
   })
 
   it('lists devices, signs one out, and a password change signs out the others', async ({ expect }) => {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     const a = await person('Dev', s)
     const other = await (await product.browser.newContext()).newPage()
     await signInUi(other, product.server.url, a.handle)
@@ -230,7 +230,7 @@ describe('everyday chat features', () => {
   })
 
   it('on a phone: a long press on a chat opens its menu (pin, mute) without opening it; forwarding fits the screen', async ({ expect }) => {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     const phoneCtx = await product.browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true })
     const phone = await phoneCtx.newPage()
     await registerInUi(phone, product.server.url, `ph_${s}`, 'Pho')
@@ -267,7 +267,7 @@ describe('everyday chat features', () => {
   })
 
   it('switches theme (system, light, dark) and keeps it on this device', async ({ expect }) => {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     const a = await person('Theo', s)
     const bg = () => a.page.evaluate(() => getComputedStyle(document.body).backgroundColor)
     await a.page.emulateMedia({ colorScheme: 'light' })

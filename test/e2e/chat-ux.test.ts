@@ -1,11 +1,11 @@
 import { describe, it } from 'vitest'
-import { befriendInUi, messageAction, registerInUi, say, useProduct } from './browser'
+import { befriendInUi, messageAction, registerInUi, say, uniqueTag, useProduct } from './browser'
 
 const product = useProduct()
 
 describe('chat as people expect it', () => {
   it('marks new messages, separates days, replies with a quote, reacts, copies, and answers to shortcuts', async ({ expect }) => {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     const a = await (await product.browser.newContext()).newPage()
     const bCtx = await product.browser.newContext()
     await bCtx.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: product.server.url })

@@ -1,6 +1,6 @@
 import type { Page } from 'playwright-core'
 import { describe, it } from 'vitest'
-import { befriendInUi, registerInUi, useProduct } from './browser'
+import { befriendInUi, registerInUi, uniqueTag, useProduct } from './browser'
 
 const product = useProduct()
 
@@ -10,7 +10,7 @@ async function openConversationWith(page: Page, title: string) {
 
 describe('two people chat in two browsers', () => {
   it('registers, starts a chat by handle, exchanges live messages and reloads history', async ({ expect }) => {
-    const suffix = Date.now().toString(36)
+    const suffix = uniqueTag()
     const alice = await product.browser.newContext()
     const bob = await product.browser.newContext()
     const a = await alice.newPage()

@@ -1,6 +1,6 @@
 import type { Page } from 'playwright-core'
 import { describe, it } from 'vitest'
-import { befriendInUi, recallMessage, registerInUi, useProduct } from './browser'
+import { befriendInUi, recallMessage, registerInUi, uniqueTag, useProduct } from './browser'
 
 const product = useProduct()
 
@@ -29,7 +29,7 @@ async function indexedDbDump(page: Page): Promise<string> {
 
 describe('ticks, recall and the local cache', () => {
   it('shows pending → sent → delivered → read, and a recall erases the text on both sides', async ({ expect }) => {
-    const suffix = Date.now().toString(36)
+    const suffix = uniqueTag()
     const a = await (await product.browser.newContext()).newPage()
     const b = await (await product.browser.newContext()).newPage()
     await registerInUi(a, product.server.url, `ann_${suffix}`, 'Ann')
@@ -58,7 +58,7 @@ describe('ticks, recall and the local cache', () => {
   })
 
   it('does not send on Enter while an IME composition is open', async ({ expect }) => {
-    const suffix = Date.now().toString(36)
+    const suffix = uniqueTag()
     const a = await (await product.browser.newContext()).newPage()
     await registerInUi(a, product.server.url, `ime_${suffix}`, 'Ime')
     const pal = await (await product.browser.newContext()).newPage()

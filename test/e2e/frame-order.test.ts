@@ -3,6 +3,7 @@ import { Miniflare } from 'miniflare'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
 import { directChat, registerUser } from '../../scripts/fault/client'
+import { uniqueTag } from './browser'
 import { startServer, type LocalServer } from './server'
 
 // The smallest check of the platform property pipelining rests on: a hibernatable Durable Object
@@ -67,7 +68,7 @@ describe('pipelined sends against the product', () => {
     ['the chat socket, through the hub', (_conv: string) => '/api/ws'],
     ['a writer socket, straight to the room', (conv: string) => `/api/ws/conversations/${conv}`],
   ])('five writes sent without waiting on %s are sequenced in send order, 100 rounds', async (_name, pathOf) => {
-    const tag = Date.now().toString(36)
+    const tag = uniqueTag()
     const a = await registerUser(server.url, `pipe_a_${tag}`)
     const b = await registerUser(server.url, `pipe_b_${tag}`)
     const conv = await directChat(server.url, a, b)

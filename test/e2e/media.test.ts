@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, it } from 'vitest'
 import { startTranscriber, type TranscriberService } from '../../scripts/transcriber'
 import { testPng } from '../support/image-fixtures'
 import { speechWav } from '../support/voice-fixtures'
-import { befriendInUi, launchBrowser, recallMessage, registerInUi } from './browser'
+import { befriendInUi, launchBrowser, recallMessage, registerInUi, uniqueTag } from './browser'
 import { startServer, type LocalServer } from './server'
 
 const dir = mkdtempSync(path.join(tmpdir(), 'echovalley-media-e2e-'))
@@ -36,7 +36,7 @@ afterAll(async () => {
 })
 
 async function twoFriends(prefix: string) {
-  const s = Date.now().toString(36)
+  const s = uniqueTag()
   const aCtx = await browser.newContext({ permissions: ['microphone'] })
   const bCtx = await browser.newContext()
   const a = await aCtx.newPage()
@@ -164,7 +164,7 @@ describe('a standard tus client', () => {
     const reg = await fetch(`${server.url}/api/auth/register`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ handle: `tus_${Date.now().toString(36)}`, password: 'tus-password-1', displayName: 'Tus' }),
+      body: JSON.stringify({ handle: `tus_${uniqueTag()}`, password: 'tus-password-1', displayName: 'Tus' }),
     })
     const { accessToken } = (await reg.json()) as { accessToken: string }
     const data = randomBytes(3 * 1024 * 1024 + 17)

@@ -1,7 +1,7 @@
 import AxeBuilder from '@axe-core/playwright'
 import type { Page } from 'playwright-core'
 import { describe, it } from 'vitest'
-import { befriendInUi, persistentContext, registerInUi, useProduct } from './browser'
+import { befriendInUi, persistentContext, registerInUi, uniqueTag, useProduct } from './browser'
 
 const product = useProduct()
 
@@ -41,7 +41,7 @@ describe('the installable app', () => {
   })
 
   it('keeps messages written offline in order, sends them exactly once on reconnect, and opens offline', async ({ expect }) => {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     const aCtx = await product.browser.newContext()
     const a = await aCtx.newPage()
     const b = await (await product.browser.newContext()).newPage()
@@ -80,7 +80,7 @@ describe('the installable app', () => {
     const ctx = await product.browser.newContext()
     await ctx.grantPermissions(['notifications'], { origin: product.server.url })
     const page = await ctx.newPage()
-    await registerInUi(page, product.server.url, `push_${Date.now().toString(36)}`, 'Push Pat')
+    await registerInUi(page, product.server.url, `push_${uniqueTag()}`, 'Push Pat')
     await serviceWorkerReady(page)
     const sw = ctx.serviceWorkers()[0] ?? (await ctx.waitForEvent('serviceworker'))
     const payload = { conversationId: 'conv_from_push_01', seq: 7, title: 'Ann', body: 'see you at 8' }
@@ -113,7 +113,7 @@ describe('the installable app', () => {
     await expect.poll(() => zh.getByRole('alert').textContent()).toBe('用户名或密码错误')
 
     const page = await (await product.browser.newContext({ locale: 'en-US' })).newPage()
-    await registerInUi(page, product.server.url, `lang_${Date.now().toString(36)}`, 'Lang Lee')
+    await registerInUi(page, product.server.url, `lang_${uniqueTag()}`, 'Lang Lee')
     await expect.poll(() => page.getByTestId('tab-chats').textContent()).toBe('Chats')
     await page.getByTestId('tab-me').click()
     await page.getByTestId('language').selectOption('zh-CN')
@@ -123,7 +123,7 @@ describe('the installable app', () => {
   })
 
   it('has no serious or critical accessibility violations on the main screens', async ({ expect }) => {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     const page = await (await product.browser.newContext()).newPage()
     const friend = await (await product.browser.newContext()).newPage()
     await page.goto(product.server.url)
@@ -178,7 +178,7 @@ describe('one account in two tabs', () => {
   it('both tabs refreshing at once keep the session (a refresh token is used only once)', async ({ expect }) => {
     const ctx = await product.browser.newContext()
     const one = await ctx.newPage()
-    await registerInUi(one, product.server.url, `tabs_${Date.now().toString(36)}`, 'Two Tabs')
+    await registerInUi(one, product.server.url, `tabs_${uniqueTag()}`, 'Two Tabs')
     const two = await ctx.newPage()
     await two.goto(product.server.url)
     await two.getByTestId('current-user').waitFor()

@@ -1,11 +1,11 @@
 import { describe, it } from 'vitest'
-import { befriendInUi, registerInUi, say, useProduct } from './browser'
+import { befriendInUi, registerInUi, say, uniqueTag, useProduct } from './browser'
 
 const product = useProduct()
 
 describe('after a restart', () => {
   it('the PWA is back online within 2 s of the server, and the chat carries on', { timeout: 120_000 }, async ({ expect }) => {
-    const suffix = Date.now().toString(36)
+    const suffix = uniqueTag()
     const a = await (await product.browser.newContext()).newPage()
     const b = await (await product.browser.newContext()).newPage()
     await registerInUi(a, product.server.url, `rea_${suffix}`, 'Rea')
@@ -32,7 +32,7 @@ describe('after a restart', () => {
   })
 
   it('a burst written at once goes out pipelined and lands in the order it was written', async ({ expect }) => {
-    const suffix = Date.now().toString(36)
+    const suffix = uniqueTag()
     const a = await (await product.browser.newContext()).newPage()
     const b = await (await product.browser.newContext()).newPage()
     await registerInUi(a, product.server.url, `pia_${suffix}`, 'Pia')
@@ -53,7 +53,7 @@ describe('after a restart', () => {
   })
 
   it('an open chat writes on its own socket straight to the room, and on the chat socket when that one cannot connect', { timeout: 90_000 }, async ({ expect }) => {
-    const suffix = Date.now().toString(36)
+    const suffix = uniqueTag()
     const a = await (await product.browser.newContext()).newPage()
     const b = await (await product.browser.newContext()).newPage()
     /** The `send` frames each of a page's sockets carried, by path. */

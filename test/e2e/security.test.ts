@@ -3,7 +3,7 @@
 import type { Page } from 'playwright-core'
 import { afterAll, describe, it } from 'vitest'
 import { testPng } from '../support/image-fixtures'
-import { befriendInUi, launchBrowser, registerInUi, useProduct } from './browser'
+import { befriendInUi, launchBrowser, registerInUi, uniqueTag, useProduct } from './browser'
 import { startServer } from './server'
 
 const product = useProduct()
@@ -35,7 +35,7 @@ describe('security headers', () => {
     }
     expect((await fetch(`${url}/`)).headers.get('content-security-policy')).not.toMatch(/script-src[^;]*unsafe-inline/)
 
-    const suffix = Date.now().toString(36)
+    const suffix = uniqueTag()
     const a = await (await product.browser.newContext()).newPage()
     const b = await (await product.browser.newContext()).newPage()
     const violationsA = await watchCsp(a)
@@ -78,7 +78,7 @@ describe('rate limits in the app', () => {
     const server = await strict
     const browser = await launchBrowser()
     try {
-      const suffix = Date.now().toString(36)
+      const suffix = uniqueTag()
       const first = await (await browser.newContext({ locale: 'en-US' })).newPage()
       await registerInUi(first, server.url, `first_${suffix}`, 'First')
       const attempt = async (locale: string, handle: string) => {

@@ -1,6 +1,6 @@
 import type { Page } from 'playwright-core'
 import { describe, it } from 'vitest'
-import { befriendInUi, conversationItem, newPerson, say, useProduct } from './browser'
+import { befriendInUi, conversationItem, newPerson, say, uniqueTag, useProduct } from './browser'
 
 const product = useProduct()
 
@@ -10,7 +10,7 @@ const conv = conversationItem
 
 describe('people, groups, unread, presence and search in the PWA', () => {
   it('befriends, sees presence and typing, runs a group, counts unread, searches, removes and blocks', async ({ expect }) => {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     const ann = await person(`ann_${s}`, 'Ann')
     const bo = await person(`bo_${s}`, 'Bo')
     const cy = await person(`cy_${s}`, 'Cy')
@@ -93,7 +93,7 @@ describe('people, groups, unread, presence and search in the PWA', () => {
 
 describe('a block in a shared group', () => {
   it('the blocker sees the blocked person’s messages collapsed, uncounted and unannounced; the others see them as ever', async ({ expect }) => {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     const ann = await person(`ann2_${s}`, 'Ann')
     const bo = await person(`bo2_${s}`, 'Bo')
     const dee = await person(`dee2_${s}`, 'Dee')

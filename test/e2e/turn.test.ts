@@ -3,11 +3,11 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import type { Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, it } from 'vitest'
-import { launchBrowser, registerInUi } from './browser'
+import { launchBrowser, registerInUi, uniqueTag } from './browser'
 import { freePort, startServer, type LocalServer } from './server'
 import type { Browser } from 'playwright-core'
 
-const SECRET = `turn-secret-${Date.now().toString(36)}`
+const SECRET = `turn-secret-${uniqueTag()}`
 let turn: ChildProcess
 let turnPort: number
 let server: LocalServer
@@ -61,7 +61,7 @@ function relayCandidates(page: Page, iceServers: unknown): Promise<{ relay: numb
 describe('TURN for calls', () => {
   it('mints per-user credentials that a real TURN server accepts, and a tampered one is refused', async ({ expect }) => {
     const page = await (await browser.newContext()).newPage()
-    await registerInUi(page, server.url, `turn_${Date.now().toString(36)}`, 'Tura')
+    await registerInUi(page, server.url, `turn_${uniqueTag()}`, 'Tura')
     const { iceServers } = await page.evaluate(async () => {
       const { accessToken } = JSON.parse(localStorage.getItem('echovalley.session')!) as { accessToken: string }
       return (await (await fetch('/api/calls/ice-servers', { headers: { authorization: `Bearer ${accessToken}` } })).json()) as { iceServers: { urls: string[]; username?: string; credential?: string }[] }

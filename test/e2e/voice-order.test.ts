@@ -4,7 +4,7 @@
 import WebSocket from 'ws'
 import { describe, it } from 'vitest'
 import { decodeVoiceFrame, encodeVoiceFrame } from '../../worker/shared/voice'
-import { useProduct } from './browser'
+import { uniqueTag, useProduct } from './browser'
 
 const product = useProduct()
 
@@ -20,7 +20,7 @@ async function call<T>(path: string, init: { token?: string; body?: unknown } = 
 
 describe('voice frames over real sockets', () => {
   it('arrive at a listener in the order the speaker sent them, bursts included', async ({ expect }) => {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     type Auth = { accessToken: string; user: { id: string } }
     const a = await call<Auth>('/api/auth/register', { body: { handle: `vo_a_${s}`, password: 'order-password-1', displayName: 'A' } })
     const b = await call<Auth>('/api/auth/register', { body: { handle: `vo_b_${s}`, password: 'order-password-1', displayName: 'B' } })

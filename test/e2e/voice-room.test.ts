@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import type { Browser, Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, it } from 'vitest'
-import { befriendInUi, launchBrowser, registerInUi } from './browser'
+import { befriendInUi, launchBrowser, registerInUi, uniqueTag } from './browser'
 import { startServer, type LocalServer } from './server'
 
 const dir = mkdtempSync(path.join(tmpdir(), 'echovalley-voice-'))
@@ -80,7 +80,7 @@ async function person(browser: Browser, name: string, s: string) {
 
 describe('voice rooms in the PWA', () => {
   it('the host speaks and two listeners hear it; a raised hand is invited and heard; mute silences; leave and end work', async ({ expect }) => {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     const host = await person(hostBrowser, 'Hana', s)
     const ann = await person(guestBrowser, 'Aiko', s)
     const bob = await person(guestBrowser, 'Bode', s)
@@ -151,7 +151,7 @@ describe('voice rooms in the PWA', () => {
   })
 
   it('a browser without WebCodecs audio is told so, in both languages, and nothing starts', async ({ expect }) => {
-    const s = Date.now().toString(36)
+    const s = uniqueTag()
     const ctx = await hostBrowser.newContext()
     await ctx.addInitScript(() => {
       delete (window as { AudioEncoder?: unknown }).AudioEncoder
