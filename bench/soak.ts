@@ -14,7 +14,9 @@ import { appendFileSync, mkdtempSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import WebSocket from 'ws'
-import { DEV_ENV, startServer, type LocalServer } from '../test/e2e/server'
+import { DEV_ENV, startServer } from '../test/e2e/server'
+import { generateVapidKeys } from '../test/support/push-service'
+import { bareServer } from './workerd-targets'
 import type { AuthResult, ConversationEvent, HistoryPage, SearchHit, ServerMessage } from '../worker/shared/protocol'
 
 const ROOT = path.resolve(import.meta.dirname, '..')
@@ -223,7 +225,12 @@ async function main() {
   const started = new Date()
   console.log(`soak: ${USERS} users, ${CONVERSATIONS} conversations, a ${DAY_MIN}-minute day, ${PEAK} msg/s for ${PEAK_MIN} minutes, up to ${ONLINE_MAX} online`)
   const stateDir = mkdtempSync(path.join(os.tmpdir(), 'echovalley-soak-'))
-  const server: LocalServer = await startServer({ stateDir, lifetimeMs: (DAY_MIN + 120) * 60_000, vars: { REGISTER_RATE: '1000000/1000000' } })
+  // --bare: the same bundle on bare workerd through Miniflare (BENCH_INSPECTOR=9333 opens its
+  // inspector for bench/cpu-profile.ts); by default wrangler dev, as `npm run dev` runs it.
+  const vapid = generateVapidKeys()
+  const server: { url: string; stop(): Promise<void>; stateDir?: string } = process.argv.includes('--bare')
+    ? await bareServer('product', { REGISTER_RATE: '1000000/1000000', JWT_SECRET: 'soak-secret-that-is-long-enough-0123456789', VAPID_PUBLIC_KEY: vapid.publicKey, VAPID_PRIVATE_KEY: vapid.privateKey })
+    : await startServer({ stateDir, lifetimeMs: (DAY_MIN + 120) * 60_000, vars: { REGISTER_RATE: '1000000/1000000' } })
   const base = server.url
   console.log(`server ${base}, state in ${stateDir}`)
   let stopped = false
@@ -453,7 +460,7 @@ async function main() {
     stopped = true
     // Each conversation's rows are on its recorded shard only; the shards' sizes.
     const d1 = (binding: string, sql: string) =>
-      JSON.parse(execFileSync('npx', ['wrangler', 'd1', 'execute', binding, '--local', '--persist-to', stateDir, '--json', '--command', sql], { cwd: ROOT, env: { ...process.env, ...DEV_ENV }, encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 }))[0].results as Record<string, unknown>[]
+      JSON.parse(execFileSync('npx', ['wrangler', 'd1', 'execute', binding, '--local', '--persist-to', server.stateDir ?? stateDir, '--json', '--command', sql], { cwd: ROOT, env: { ...process.env, ...DEV_ENV }, encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 }))[0].results as Record<string, unknown>[]
     const placed = new Map(d1('DB', 'SELECT id, history_shard FROM conversations').map((r) => [r.id as string, r.history_shard as string]))
     // D1 does not let a query read its page count: the size shown is the stored bodies' bytes.
     const shards: { binding: string; conversations: number; rows: number; bytes: number }[] = []

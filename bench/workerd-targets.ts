@@ -45,11 +45,13 @@ function pin(pid: number, cpu: number) {
   }
 }
 
-interface Server {
+export interface Server {
   url: string
   pid(): number
   restart(): Promise<void>
   stop(): Promise<void>
+  /** Where the state lives (the folder `wrangler d1 execute --persist-to` takes). */
+  stateDir?: string
 }
 
 /** wrangler dev, as `npm run dev` runs it (product) or with the floor's config. */
@@ -59,7 +61,7 @@ async function wranglerServer(kind: 'product' | 'floor', vars: Record<string, st
 }
 
 /** The same Worker bundled by wrangler, on workerd through Miniflare, with state on disk like wrangler's. */
-async function bareServer(kind: 'product' | 'floor', vars: Record<string, string>): Promise<Server> {
+export async function bareServer(kind: 'product' | 'floor', vars: Record<string, string>): Promise<Server> {
   const dir = mkdtempSync(path.join(os.tmpdir(), `echovalley-bare-${kind}-`))
   const bundle = path.join(dir, 'bundle')
   const config = kind === 'floor' ? ['-c', 'bench/floor/wrangler.toml'] : []
@@ -121,6 +123,7 @@ async function bareServer(kind: 'product' | 'floor', vars: Record<string, string
   const kill = (signal: NodeJS.Signals) => killTree(child.pid!, signal)
   await launch()
   return {
+    stateDir: dir,
     get url() {
       return url
     },

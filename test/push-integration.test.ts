@@ -100,6 +100,43 @@ describe('web push for offline members', () => {
     b.close()
   })
 
+  it('queues nothing for someone without an endpoint; adding one, or a job finding it gone, makes the hub look again', async ({ expect }) => {
+    const bob = await register()
+    const hub = getUserHub(env, bob.user.id)
+    const pushable = () => runInDurableObject(hub, (_h, state) => state.storage.kv.get<boolean>('pushable') ?? null)
+    // Each message from someone new, in a chat of its own (no coalescing window in between).
+    const writeToBob = async (text: string) => {
+      const someone = await register()
+      const conv = await openChat(someone, bob)
+      const d = await Device.connect(someone)
+      await d.sendAndAck(textSend(conv.id, text))
+      d.close()
+    }
+    await writeToBob('unheard 1')
+    await writeToBob('unheard 2')
+    await expect.poll(pushable, { timeout: 10_000 }).toBe(false)
+    expect((await hub.stats()).pushJobs).toBe(0)
+
+    // An endpoint added: the route tells the hub before it answers, and the next message is pushed.
+    const sub = await newPushSubscription()
+    await subscribe(bob, sub)
+    expect(await pushable()).toBe(true)
+    await writeToBob('heard')
+    const got = await waitFor(async () => ((await receivedPushes(sub)).received.length ? await receivedPushes(sub) : null))
+    expect(got.received.map((p) => p.payload.body)).toEqual(['heard'])
+    expect((await hub.stats()).pushJobs).toBe(1)
+
+    // Removed without the hub hearing of it: one job finds nothing and makes the hub look again, then no more jobs.
+    expect((await api('/api/push/subscriptions', { method: 'DELETE', token: bob.accessToken, body: { endpoint: sub.endpoint } })).status).toBe(204)
+    await writeToBob('to nobody')
+    await expect.poll(pushable, { timeout: 10_000 }).toBe(null)
+    expect((await hub.stats()).pushJobs).toBe(2)
+    await writeToBob('to nobody again')
+    await expect.poll(pushable, { timeout: 10_000 }).toBe(false)
+    expect((await hub.stats()).pushJobs).toBe(2)
+    expect((await receivedPushes(sub)).hits).toBe(1)
+  })
+
   it('a duplicated job produces one notification', async ({ expect }) => {
     const { bob, conv, sub, a } = await offlineBob()
     a.send(textSend(conv.id, 'once'))

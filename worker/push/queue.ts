@@ -1,4 +1,4 @@
-import { getCallRoom, getConversationRoom } from '../durable-objects'
+import { getCallRoom, getConversationRoom, getUserHub } from '../durable-objects'
 import type { Env } from '../env'
 import { QueueMessage, type CallPushJob, type PushJob } from '../shared/jobs'
 import { callPreview } from '../shared/limits'
@@ -31,15 +31,20 @@ function pushPayload(job: PushJob, sender: string | null, text: string | null, p
 
 /** Returns false when some endpoint failed and the job should be retried. */
 async function deliverPush(env: Env, job: PushJob, metrics: Metrics): Promise<boolean> {
-  // Most jobs are for people without a push subscription: one D1 read, and the room is not woken.
+  // One D1 read; the room is woken only for someone with an endpoint.
   // A muted conversation stays silent (the list still counts it unread).
-  const any = await env.DB.prepare(
-    `SELECT 1 FROM push_subscriptions WHERE user_id = ?1
-       AND NOT EXISTS (SELECT 1 FROM members WHERE conversation_id = ?2 AND user_id = ?1 AND muted_until > ?3) LIMIT 1`,
+  const sub = await env.DB.prepare(
+    `SELECT EXISTS (SELECT 1 FROM push_subscriptions WHERE user_id = ?1) AS subscribed,
+            EXISTS (SELECT 1 FROM members WHERE conversation_id = ?2 AND user_id = ?1 AND muted_until > ?3) AS muted`,
   )
     .bind(job.userId, job.conversationId, Date.now())
-    .first()
-  if (!any) return true
+    .first<{ subscribed: number; muted: number }>()
+  // No endpoint left (removed, moved to another account, gone): the hub looks again before queueing more.
+  if (!sub?.subscribed) {
+    await getUserHub(env, job.userId).pushChanged(null)
+    return true
+  }
+  if (sub.muted) return true
   const found = await getConversationRoom(env, job.conversationId).eventFor(job.conversationId, job.userId, job.seq)
   // Not a member any more, already seen on some device, or recalled: nothing to say.
   if (!found.ok || !found.value.event || found.value.receipt.deliveredSeq >= job.seq) return true

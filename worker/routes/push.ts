@@ -1,4 +1,5 @@
 import { Hono } from 'hono'
+import { getUserHub } from '../durable-objects'
 import type { AppEnv } from '../env'
 import { requireAuth, validate } from '../http'
 import { PushSubscriptionBody, UnsubscribeBody } from '../shared/protocol'
@@ -16,6 +17,8 @@ export const pushRoutes = new Hono<AppEnv>()
     )
       .bind(endpoint, userId, sessionId, keys.p256dh, keys.auth)
       .run()
+    // The hub queues pushes only for people with an endpoint: it must know before this answers.
+    await getUserHub(c.env, userId).pushChanged(true)
     return c.json({ ok: true }, 201)
   })
   .delete('/subscriptions', validate('json', UnsubscribeBody), async (c) => {

@@ -115,6 +115,10 @@ export class UserHub extends DurableObject<Env> {
   now: () => number = () => Date.now()
   /** Deliveries this instance took (tests count what a message costs). */
   deliveries = 0
+  /** Push jobs this instance queued (tests count them). */
+  pushJobs = 0
+  /** Bumped by every pushChanged(): a D1 read that began before it must not overwrite what it said. */
+  private pushEpoch = 0
   readonly metrics: Metrics
 
   constructor(ctx: DurableObjectState, env: Env) {
@@ -487,7 +491,35 @@ export class UserHub extends DurableObject<Env> {
     const userId = this.knownUser ?? this.userId()
     if (!userId || items.length === 0) return
     const jobs: PushJob[] = items.map(({ conversationId, seq }) => ({ type: 'push', userId, conversationId, seq }))
-    this.ctx.waitUntil(this.env.PUSH_QUEUE.sendBatch(jobs.map((body) => ({ body }))).catch((e: unknown) => console.warn('push enqueue failed', String(e))))
+    this.ctx.waitUntil(
+      (async () => {
+        if (!(await this.pushable(userId))) return
+        this.pushJobs += jobs.length
+        await this.env.PUSH_QUEUE.sendBatch(jobs.map((body) => ({ body })))
+      })().catch((e: unknown) => console.warn('push enqueue failed', String(e))),
+    )
+  }
+
+  /**
+   * Whether the user has a push endpoint, kept in storage (`pushable`; absent: not known, one D1
+   * read). Most people offline at a given moment have none, and a job for them would cost a queue
+   * message and a D1 read in the consumer for nothing. Only wrong on the safe side: the route that
+   * adds an endpoint says so before it answers; removals reach here when a job finds none.
+   */
+  private async pushable(userId: string): Promise<boolean> {
+    const known = this.ctx.storage.kv.get<boolean>('pushable')
+    if (known !== undefined) return known
+    const epoch = this.pushEpoch
+    const row = await this.env.DB.prepare('SELECT 1 FROM push_subscriptions WHERE user_id = ? LIMIT 1').bind(userId).first()
+    if (epoch === this.pushEpoch) this.ctx.storage.kv.put('pushable', row !== null)
+    return row !== null || this.ctx.storage.kv.get<boolean>('pushable') === true
+  }
+
+  /** The user's endpoints changed: true, one was added (the route waits for this); null, look again in D1 next time. */
+  async pushChanged(has: true | null): Promise<void> {
+    this.pushEpoch++
+    if (has) this.ctx.storage.kv.put('pushable', true)
+    else this.ctx.storage.kv.delete('pushable')
   }
 
   /**
@@ -636,7 +668,7 @@ export class UserHub extends DurableObject<Env> {
 
   /** For tests and the monitoring view: `pending` counts device × conversation pairs with unconfirmed events. */
   async stats() {
-    return { devices: this.ctx.getWebSockets().length, pending: this.tracker.size }
+    return { devices: this.ctx.getWebSockets().length, pending: this.tracker.size, pushJobs: this.pushJobs }
   }
 
   override async webSocketClose(ws: WebSocket, code: number, reason: string) {
