@@ -6,6 +6,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
+import { collectGarbage } from './inspector'
 import { DEV_ENV, freePort, killTree, migrateLocal, startServer } from '../test/e2e/server'
 import { generateVapidKeys } from '../test/support/push-service'
 import WebSocket from 'ws'
@@ -52,6 +53,8 @@ export interface Server {
   stop(): Promise<void>
   /** Where the state lives (the folder `wrangler d1 execute --persist-to` takes). */
   stateDir?: string
+  /** workerd's inspector (bare systems): the benchmark collects garbage before memory readings. */
+  inspectorPort?: number
 }
 
 /** wrangler dev, as `npm run dev` runs it (product) or with the floor's config. */
@@ -68,6 +71,9 @@ export async function bareServer(kind: 'product' | 'floor', vars: Record<string,
   execFileSync('npx', ['wrangler', 'deploy', '--dry-run', ...config, '--outdir', bundle], { cwd: ROOT, stdio: 'ignore', env: { ...process.env, ...DEV_ENV } })
   if (kind === 'product') migrateLocal(dir)
   const port = await freePort()
+  // Always open (idle, it costs nothing): memory readings collect garbage through it first.
+  // BENCH_INSPECTOR=9333 chooses the port, for a CPU profile over CDP (bench/cpu-profile.ts).
+  const inspectorPort = Number(process.env.BENCH_INSPECTOR) || (await freePort())
   const state = path.join(dir, 'v3')
   const product = {
     compatibilityFlags: ['nodejs_compat'],
@@ -98,8 +104,7 @@ export async function bareServer(kind: 'product' | 'floor', vars: Record<string,
     modulesRoot: bundle,
     compatibilityDate: '2026-04-20',
     port,
-    // BENCH_INSPECTOR=9333 opens workerd's inspector on a bare system, for a CPU profile over CDP.
-    ...(process.env.BENCH_INSPECTOR ? { inspectorPort: Number(process.env.BENCH_INSPECTOR) } : {}),
+    inspectorPort,
     d1Persist: path.join(state, 'd1'),
     durableObjectsPersist: path.join(state, 'do'),
     r2Persist: path.join(state, 'r2'),
@@ -124,6 +129,7 @@ export async function bareServer(kind: 'product' | 'floor', vars: Record<string,
   await launch()
   return {
     stateDir: dir,
+    inspectorPort,
     get url() {
       return url
     },
@@ -135,7 +141,8 @@ export async function bareServer(kind: 'product' | 'floor', vars: Record<string,
     },
     async stop() {
       await kill('SIGTERM')
-      rmSync(dir, { recursive: true, force: true })
+      // BENCH_KEEP_STATE=1 leaves it for a reader after the stop (the soak reads the shards from disk).
+      if (!process.env.BENCH_KEEP_STATE) rmSync(dir, { recursive: true, force: true })
     },
   }
 }
@@ -240,6 +247,7 @@ export async function productTarget(runtime: Runtime, { metrics = true, writers 
       },
     },
     pid: () => server.pid(),
+    ...(server.inspectorPort ? { collectGarbage: () => collectGarbage(server.inspectorPort!) } : {}),
     async restart() {
       await server.restart()
       pin(server.pid(), 1)
@@ -283,6 +291,7 @@ export async function floorTarget(runtime: Runtime): Promise<Target> {
       promote: async () => undefined,
     },
     pid: () => server.pid(),
+    ...(server.inspectorPort ? { collectGarbage: () => collectGarbage(server.inspectorPort!) } : {}),
     async restart() {
       await server.restart()
       pin(server.pid(), 1)
