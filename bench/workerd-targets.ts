@@ -247,7 +247,7 @@ export async function productTarget(runtime: Runtime, { metrics = true, writers 
       },
     },
     pid: () => server.pid(),
-    ...(server.inspectorPort ? { collectGarbage: () => collectGarbage(server.inspectorPort!) } : {}),
+    ...(server.inspectorPort ? { collectGarbage: () => collectGarbage(server.inspectorPort!, () => fetch(`${server.url}/__gc_poke`).then((r) => r.arrayBuffer())) } : {}),
     async restart() {
       await server.restart()
       pin(server.pid(), 1)
@@ -291,7 +291,7 @@ export async function floorTarget(runtime: Runtime): Promise<Target> {
       promote: async () => undefined,
     },
     pid: () => server.pid(),
-    ...(server.inspectorPort ? { collectGarbage: () => collectGarbage(server.inspectorPort!) } : {}),
+    ...(server.inspectorPort ? { collectGarbage: () => collectGarbage(server.inspectorPort!, () => fetch(`${server.url}/__gc_poke`).then((r) => r.arrayBuffer())) } : {}),
     async restart() {
       await server.restart()
       pin(server.pid(), 1)
