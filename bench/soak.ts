@@ -52,19 +52,20 @@ function rateAt(min: number): number {
 
 // ---- small helpers ----
 
-async function http<T>(base: string, p: string, init: { method?: string; token?: string; body?: unknown } = {}): Promise<{ status: number; body: T }> {
+/** `once`: no retry after a timeout (a refresh that timed out may have rotated the token, and reusing it signs the session out). */
+async function http<T>(base: string, p: string, init: { method?: string; token?: string; body?: unknown; once?: boolean } = {}): Promise<{ status: number; body: T }> {
   for (let attempt = 0; ; attempt++) {
     try {
       const res = await fetch(`${base}${p}`, {
         method: init.method ?? (init.body === undefined ? 'GET' : 'POST'),
         headers: { ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}), ...(init.token ? { authorization: `Bearer ${init.token}` } : {}) },
         body: init.body === undefined ? undefined : JSON.stringify(init.body),
-        signal: AbortSignal.timeout(REPLY_TIMEOUT_MS),
+        signal: AbortSignal.timeout(init.once ? 4 * REPLY_TIMEOUT_MS : REPLY_TIMEOUT_MS),
       })
       const text = await res.text()
       return { status: res.status, body: (text ? JSON.parse(text) : null) as T }
     } catch (e) {
-      if (attempt >= 3) throw e
+      if (attempt >= 3 || init.once) throw e
       await sleep(200 * 2 ** attempt)
     }
   }
@@ -210,7 +211,7 @@ interface Person {
 async function tokenOf(base: string, p: Person): Promise<string> {
   if (Date.now() - p.issuedAt > 10 * 60_000) {
     p.refreshing ??= (async () => {
-      const r = await http<AuthResult>(base, '/api/auth/refresh', { body: { refreshToken: p.auth.refreshToken } })
+      const r = await http<AuthResult>(base, '/api/auth/refresh', { body: { refreshToken: p.auth.refreshToken }, once: true })
       if (r.status !== 200) throw new Error(`refresh for ${p.auth.user.handle}: ${r.status} ${JSON.stringify(r.body)}`)
       p.auth = { ...p.auth, ...r.body }
       p.issuedAt = Date.now()
