@@ -303,6 +303,13 @@ export class ChatStore {
     return { hits, nextCursor: remote.nextCursor }
   }
 
+  /** The messages this device holds from one conversation's time range: D1 may not have the newest yet. */
+  messagesBetween(conversationId: string, from: number, to: number): MessageEvent[] {
+    const s = this.#byId.get(conversationId)
+    if (!s) return []
+    return [...s.events.values()].filter((e): e is MessageEvent => e.type === 'message' && e.serverTs >= from && e.serverTs <= to)
+  }
+
   get totalUnread() {
     return this.#conversations.reduce((n, c) => n + c.unread, 0)
   }
