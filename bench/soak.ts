@@ -228,10 +228,14 @@ async function main() {
   const stateDir = mkdtempSync(path.join(os.tmpdir(), 'echovalley-soak-'))
   // --bare: the same bundle on bare workerd through Miniflare (BENCH_INSPECTOR=9333 opens its
   // inspector for bench/cpu-profile.ts); by default wrangler dev, as `npm run dev` runs it.
-  const vapid = generateVapidKeys()
-  if (process.argv.includes('--bare')) process.env.BENCH_KEEP_STATE = '1'
-  const server: { url: string; stop(): Promise<void>; stateDir?: string } = process.argv.includes('--bare')
-    ? await bareServer('product', { REGISTER_RATE: '1000000/1000000', JWT_SECRET: 'soak-secret-that-is-long-enough-0123456789', VAPID_PUBLIC_KEY: vapid.publicKey, VAPID_PRIVATE_KEY: vapid.privateKey })
+  const bare = process.argv.includes('--bare')
+  if (bare) process.env.BENCH_KEEP_STATE = '1'
+  const bareVars = () => {
+    const vapid = generateVapidKeys()
+    return { REGISTER_RATE: '1000000/1000000', JWT_SECRET: 'soak-secret-that-is-long-enough-0123456789', VAPID_PUBLIC_KEY: vapid.publicKey, VAPID_PRIVATE_KEY: vapid.privateKey }
+  }
+  const server: { url: string; stop(): Promise<void>; stateDir?: string } = bare
+    ? await bareServer('product', bareVars())
     : await startServer({ stateDir, lifetimeMs: (DAY_MIN + 120) * 60_000, vars: { REGISTER_RATE: '1000000/1000000' } })
   const base = server.url
   console.log(`server ${base}, state in ${stateDir}`)

@@ -53,8 +53,8 @@ export interface Server {
   stop(): Promise<void>
   /** Where the state lives (the folder `wrangler d1 execute --persist-to` takes). */
   stateDir?: string
-  /** workerd's inspector (bare systems): the benchmark collects garbage before memory readings. */
-  inspectorPort?: number
+  /** A full collection in the Worker's isolate through workerd's inspector (bare systems), before memory readings. */
+  collectGarbage?(): Promise<void>
 }
 
 /** wrangler dev, as `npm run dev` runs it (product) or with the floor's config. */
@@ -129,7 +129,8 @@ export async function bareServer(kind: 'product' | 'floor', vars: Record<string,
   await launch()
   return {
     stateDir: dir,
-    inspectorPort,
+    // Any request runs the isolate, which is when workerd answers the inspector.
+    collectGarbage: () => collectGarbage(inspectorPort, () => fetch(`${url}/__gc_poke`).then((r) => r.arrayBuffer())),
     get url() {
       return url
     },
@@ -247,7 +248,7 @@ export async function productTarget(runtime: Runtime, { metrics = true, writers 
       },
     },
     pid: () => server.pid(),
-    ...(server.inspectorPort ? { collectGarbage: () => collectGarbage(server.inspectorPort!, () => fetch(`${server.url}/__gc_poke`).then((r) => r.arrayBuffer())) } : {}),
+    ...(server.collectGarbage ? { collectGarbage: server.collectGarbage } : {}),
     async restart() {
       await server.restart()
       pin(server.pid(), 1)
@@ -291,7 +292,7 @@ export async function floorTarget(runtime: Runtime): Promise<Target> {
       promote: async () => undefined,
     },
     pid: () => server.pid(),
-    ...(server.inspectorPort ? { collectGarbage: () => collectGarbage(server.inspectorPort!, () => fetch(`${server.url}/__gc_poke`).then((r) => r.arrayBuffer())) } : {}),
+    ...(server.collectGarbage ? { collectGarbage: server.collectGarbage } : {}),
     async restart() {
       await server.restart()
       pin(server.pid(), 1)
