@@ -42,24 +42,48 @@ if (args.includes('--remote')) {
 const { readD1Migrations } = await import('@cloudflare/vitest-pool-workers')
 const { Miniflare } = await import('miniflare')
 const persist = path.join(valueOf('--persist-to') ?? '.wrangler/state', 'v3', 'd1')
+// The worker runs each batch; the script reaches it with dispatchFetch (an ordinary request), not
+// with mf.getD1Database: that proxy blocks on a synchronous fetch whose reply can be missed on a
+// loaded machine (CI once failed with an assertion inside Miniflare's SynchronousFetcher).
+const RUNNER = `export default {
+  async fetch(request, env) {
+    const { binding, statements } = await request.json()
+    const db = env[binding]
+    try {
+      const results = await db.batch(statements.map(([sql, ...params]) => db.prepare(sql).bind(...params)))
+      return Response.json({ results: results.map((r) => r.results ?? []) })
+    } catch (e) {
+      return Response.json({ error: e instanceof Error ? e.message : String(e) }, { status: 500 })
+    }
+  },
+}`
 const mf = new Miniflare({
   modules: true,
-  script: 'export default { fetch: () => new Response(null) }',
+  script: RUNNER,
   d1Databases: Object.fromEntries(databases.map((d) => [d.binding, d.id])),
   d1Persist: persist,
 })
+/** Runs statements ([sql, ...params]) in one D1 batch (one transaction); returns each one's rows. */
+async function batch(binding, statements) {
+  const res = await mf.dispatchFetch('http://migrate/', { method: 'POST', body: JSON.stringify({ binding, statements }) })
+  const body = await res.json()
+  if (!res.ok) throw new Error(body.error)
+  return body.results
+}
 let failed = false
 try {
   for (const { binding, dir } of databases) {
-    const db = await mf.getD1Database(binding)
     // The table and columns wrangler keeps, so `wrangler d1 migrations list` agrees.
-    await db.prepare('CREATE TABLE IF NOT EXISTS d1_migrations (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE, applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL)').run()
-    const done = new Set((await db.prepare('SELECT name FROM d1_migrations').all()).results.map((r) => r.name))
+    const [, names] = await batch(binding, [
+      ['CREATE TABLE IF NOT EXISTS d1_migrations (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT UNIQUE, applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP NOT NULL)'],
+      ['SELECT name FROM d1_migrations'],
+    ])
+    const done = new Set(names.map((r) => r.name))
     let applied = 0
     for (const m of await readD1Migrations(dir)) {
       if (done.has(m.name)) continue
       try {
-        await db.batch([...m.queries.map((q) => db.prepare(q)), db.prepare('INSERT INTO d1_migrations (name) VALUES (?)').bind(m.name)])
+        await batch(binding, [...m.queries.map((q) => [q]), ['INSERT INTO d1_migrations (name) VALUES (?)', m.name]])
       } catch (e) {
         console.error(`${binding}: ${m.name} failed: ${e instanceof Error ? e.message : e}`)
         failed = true
@@ -67,7 +91,8 @@ try {
       }
       applied++
     }
-    console.log(`${binding}: ${applied ? `${applied} migration(s) applied` : 'up to date'} (${dir})`)
+    console.log(`${binding}: ${applied ? `${applied} migration(s) applied` : failed ? 'none applied' : 'up to date'} (${dir})`)
+    if (failed) break
   }
 } finally {
   await mf.dispose()
