@@ -335,6 +335,31 @@ describe('server-to-device retry', () => {
     b.close()
   })
 
+  it('events committed together reach each hub in one call, and its devices in seq order', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const b = await Device.connect(bob)
+    const a = await Device.connect(alice)
+    a.send(textSend(conv.id, 'first'))
+    await a.next('ack')
+    await b.next('event')
+    const hub = getUserHub(env, bob.user.id)
+    const before = await hub.stats()
+    // Five writes in one turn of the room: their fan-out is queued for the next turn, together.
+    const seqs = await runInDurableObject<ConversationRoom, number[]>(getConversationRoom(env, conv.id), async (room) => {
+      const acks = await Promise.all(Array.from({ length: 5 }, (_, i) => room.appendMessage(conv.id, alice.user.id, crypto.randomUUID(), { kind: 'text', text: `together ${i}` })))
+      return acks.map((r) => (r.ok ? r.value.seq : -1))
+    })
+    expect(seqs).toEqual([2, 3, 4, 5, 6])
+    const seen = () => b.frames.flatMap((m) => (m.type === 'event' ? [m.event.seq] : []))
+    await waitFor(async () => seen().includes(6))
+    expect(seen()).toEqual([2, 3, 4, 5, 6])
+    const after = await hub.stats()
+    expect(after.deliveries - before.deliveries).toBe(5)
+    expect(after.deliverCalls - before.deliverCalls).toBe(1)
+    a.close()
+    b.close()
+  })
+
   it('tracks the sender’s other devices, not the device that sent (it has the ack)', async ({ expect }) => {
     const { alice, conv } = await pair()
     const sending = await Device.connect(alice)

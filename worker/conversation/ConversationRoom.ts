@@ -54,6 +54,12 @@ export type DeliveredEvent = Pick<ConversationEvent, 'type' | 'conversationId' |
  * conversation, or that no device of the member is online (the room then stops calling; see `away`).
  */
 export type DeliveryReply = { delivered: number } | { away: true } | null
+/** One event for one member's hub: `frame` is serialised once for every member; `skipSession` has the ack already. */
+export interface Delivery {
+  meta: DeliveredEvent
+  frame: string
+  skipSession?: string
+}
 export interface SyncPage {
   events: ConversationEvent[]
   hasMore: boolean
@@ -200,7 +206,7 @@ export class ConversationRoom extends DurableObject<Env> {
   private hubs = new Map<string, DurableObjectStub<UserHub>>()
   /** The newest events' senders, so a receipt finds whom it concerns without reading the log. */
   private recent: { seq: number; senderId: string; message: boolean }[] = []
-  private fanOutQueue: { userId: string; meta: DeliveredEvent; frame: string; skipSession?: string }[] = []
+  private fanOutQueue: (Delivery & { userId: string })[] = []
   /**
    * Members whose hub answered that none of their devices is online: they are not called per event.
    * `newest` is the newest event skipped for them, `push` the newest one worth a push (a message or
@@ -1078,22 +1084,37 @@ export class ConversationRoom extends DurableObject<Env> {
     if (!this.fanOutTimer) this.fanOutTimer = setTimeout(() => this.drainFanOut(), 0)
   }
 
+  /**
+   * Sends up to FANOUT_CHUNK queued deliveries, one call per member: events that queued up together
+   * (a busy chat) go to a hub in one call, in seq order, instead of one call each.
+   */
   private drainFanOut() {
     this.fanOutTimer = null
-    for (const { userId, meta, frame, skipSession } of this.fanOutQueue.splice(0, FANOUT_CHUNK)) this.deliverTo(userId, meta, frame, skipSession)
+    const chunk = this.fanOutQueue.length <= FANOUT_CHUNK ? this.fanOutQueue : this.fanOutQueue.splice(0, FANOUT_CHUNK)
+    if (chunk === this.fanOutQueue) this.fanOutQueue = []
+    const byUser = new Map<string, Delivery[]>()
+    for (const { userId, ...delivery } of chunk) {
+      const list = byUser.get(userId)
+      if (list) list.push(delivery)
+      else byUser.set(userId, [delivery])
+    }
+    for (const [userId, deliveries] of byUser) this.deliverTo(userId, deliveries)
     if (this.fanOutQueue.length > 0) this.fanOutTimer = setTimeout(() => this.drainFanOut(), 0)
   }
 
-  private deliverTo(userId: string, meta: DeliveredEvent, frame: string, skipSession?: string) {
+  /** Hands events (of this room, in seq order) to a member's hub, or marks them for later when none of their devices is online. */
+  private deliverTo(userId: string, deliveries: Delivery[]) {
     const away = this.away.get(userId)
     if (away) {
-      away.newest = meta.seq
-      if ((meta.type === 'message' || meta.type === 'call') && meta.senderId !== userId) away.push = meta.seq
+      for (const { meta } of deliveries) {
+        away.newest = meta.seq
+        if ((meta.type === 'message' || meta.type === 'call') && meta.senderId !== userId) away.push = meta.seq
+      }
       this.scheduleRemind()
       return
     }
     this.hub(userId)
-      .deliver(userId, meta, frame, skipSession)
+      .deliver(userId, deliveries)
       // A hub answers with its devices' newest confirmation: in a busy chat, delivery receipts
       // ride on deliveries instead of calls of their own.
       .then((reply) => {
@@ -1149,8 +1170,7 @@ export class ConversationRoom extends DurableObject<Env> {
   private handBack(conversationId: string, userId: string, seq: number) {
     const row = this.eventRow(seq)
     if (!row) return
-    const { meta, frame } = deliveryOf(rowToEvent(conversationId, row))
-    this.deliverTo(userId, meta, frame)
+    this.deliverTo(userId, [deliveryOf(rowToEvent(conversationId, row))])
   }
 
   // ---- write-behind: this object's cursors, and D1 ----
@@ -1387,7 +1407,7 @@ function spacedDelay(last: number): number {
 }
 
 /** An event as hubs get it: serialised once for every member; only the routing facts cross as an object. */
-function deliveryOf(event: ConversationEvent): { meta: DeliveredEvent; frame: string } {
+function deliveryOf(event: ConversationEvent): Delivery {
   const frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage)
   const meta: DeliveredEvent = { type: event.type, conversationId: event.conversationId, seq: event.seq, senderId: event.senderId, ...(event.type === 'message' ? { body: event.body && { kind: event.body.kind } } : {}) }
   return { meta, frame }

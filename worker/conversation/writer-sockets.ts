@@ -1,5 +1,6 @@
 import { APP_CLOSE_CODE, ErrorCode, errorBody } from '../shared/errors'
 import { PROTOCOL_VERSION, WriterMessage } from '../shared/protocol'
+import { attachmentOf } from '../ws/attachment'
 import { errorFrame, parseFrame, send, type ErrorFrame } from '../ws/frames'
 import { FrameBudget, type Spent } from '../ws/frame-budget'
 import type { TicketClaims } from '../ws/upgrade'
@@ -52,7 +53,7 @@ export class WriterSockets {
    * told, within its frame budget). `refused` counts refusals by code.
    */
   parse(ws: WebSocket, data: string | ArrayBuffer, now: number, refused: (code: ErrorCode) => void): { msg: WriterMessage; who: WriterAttachment } | null {
-    const who = ws.deserializeAttachment() as WriterAttachment
+    const who = attachmentOf<WriterAttachment>(ws)
     const refuse = (error: ErrorFrame) => {
       refused(error.code)
       if (this.spent(ws, now) === 'ok') send(ws, error)
@@ -80,7 +81,7 @@ export class WriterSockets {
   close(userId: string, sessionId: string | null, reason: ErrorCode): boolean {
     const sockets = this.ctx.getWebSockets(userTag(userId))
     for (const ws of sockets) {
-      if (sessionId && (ws.deserializeAttachment() as WriterAttachment).sessionId !== sessionId) continue
+      if (sessionId && attachmentOf<WriterAttachment>(ws).sessionId !== sessionId) continue
       try {
         ws.close(APP_CLOSE_CODE, reason)
       } catch {

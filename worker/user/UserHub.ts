@@ -1,5 +1,5 @@
 import { DurableObject } from 'cloudflare:workers'
-import type { Ack, ConversationRoom, DeliveredEvent, DeliveryReply, RoomResult } from '../conversation/ConversationRoom'
+import type { Ack, ConversationRoom, Delivery, DeliveryReply, RoomResult } from '../conversation/ConversationRoom'
 import { getCallRoom, getConversationRoom, getUserHub } from '../durable-objects'
 import type { Env } from '../env'
 import { assertNever } from '../shared/assert'
@@ -10,6 +10,7 @@ import { parseRate } from '../conversation/rate-limit'
 import { DEFAULT_FRAME_RATE, FrameBudget } from '../ws/frame-budget'
 import { spendTicket, upgradeClaims } from '../ws/upgrade'
 import { errorFrame, parseFrame, send } from '../ws/frames'
+import { attachmentOf } from '../ws/attachment'
 import { DeliveryTracker } from './delivery-tracker'
 import { pool } from '../pool'
 import { Metrics } from '../ops/metrics'
@@ -44,7 +45,7 @@ const SYNC_COST = 3
 
 type Room = DurableObjectStub<ConversationRoom>
 
-const sessionOf = (ws: WebSocket) => (ws.deserializeAttachment() as DeviceAttachment).sessionId
+const sessionOf = (ws: WebSocket) => attachmentOf<DeviceAttachment>(ws).sessionId
 
 /** Bumped when the hub's SQLite layout changes. */
 const HUB_SCHEMA_VERSION = 2
@@ -115,6 +116,8 @@ export class UserHub extends DurableObject<Env> {
   now: () => number = () => Date.now()
   /** Deliveries this instance took (tests count what a message costs). */
   deliveries = 0
+  /** Fan-out calls from rooms (a call may carry several events). */
+  deliverCalls = 0
   /** Push jobs this instance queued (tests count them). */
   pushJobs = 0
   /** Bumped by every pushChanged(): a D1 read that began before it must not overwrite what it said. */
@@ -195,7 +198,7 @@ export class UserHub extends DurableObject<Env> {
   }
 
   override async webSocketMessage(ws: WebSocket, data: string | ArrayBuffer) {
-    const device = ws.deserializeAttachment() as DeviceAttachment
+    const device = attachmentOf<DeviceAttachment>(ws)
     const parsed = parseFrame(ClientMessage, data)
     if (!parsed.ok) {
       this.metrics.count(Counter.messagesRefused, parsed.error.code)
@@ -297,7 +300,7 @@ export class UserHub extends DurableObject<Env> {
     send(ws, { type: 'ack', conversationId, clientMsgId, seq, serverTs })
     // A retry answered from the log says nothing about how long a write takes.
     if (sentAt !== undefined && !result.value.duplicate) this.metrics.observeSendAck(Date.now() - sentAt)
-    if (event) this.show(event, ws, (ws.deserializeAttachment() as DeviceAttachment).userId)
+    if (event) this.show(event, ws, attachmentOf<DeviceAttachment>(ws).userId)
     if (receipts) void this.notify({ type: 'receipts', conversationId, receipts })
   }
 
@@ -306,43 +309,52 @@ export class UserHub extends DurableObject<Env> {
    * it (`origin`) has the ack: a text message it builds from its outbox, so that one is not echoed;
    * everything else it gets (media bodies the server filled in, edits, recalls, reactions).
    */
-  private show(event: ConversationEvent, origin: WebSocket | null, userId: string, frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage), skipSession?: string) {
+  private show(event: ConversationEvent, origin: WebSocket | null, userId: string, frame = JSON.stringify({ type: 'event', event } satisfies ServerMessage), skipSession?: string, open = this.openSockets()) {
     const pushable = event.type === 'message' && event.senderId !== userId
     const originNeedsIt = !(event.type === 'message' && event.body?.kind === 'text')
     const now = this.now()
-    for (const ws of this.openSockets()) {
+    let sent = 0
+    for (const ws of open) {
       if (skipSession !== undefined && sessionOf(ws) === skipSession) continue
       if (ws === origin) {
         if (originNeedsIt) send(ws, frame)
         continue
       }
       send(ws, frame)
-      this.metrics.count(Counter.deliveries)
+      sent++
       this.tracker.sent(sessionOf(ws), event.conversationId, event.seq, pushable, now)
     }
+    this.metrics.count(Counter.deliveries, undefined, sent)
     this.ensureTick()
   }
 
   /**
-   * Fan-out entry point. Connected devices get the event at once; with none connected, a message
-   * from someone else goes to the push queue (coalesced per conversation). `frame` is the event
+   * Fan-out entry point: events of one conversation, in seq order (a busy room sends what queued up
+   * together in one call). Connected devices get them at once; with none connected, a message from
+   * someone else goes to the push queue (coalesced per conversation). Each `frame` is the event
    * frame the room serialised once for every member. `skipSession`: the device that wrote it on a
    * writer socket, which has the ack.
    */
-  async deliver(userId: string, event: DeliveredEvent, frame: string, skipSession?: string): Promise<DeliveryReply> {
-    this.deliveries++
+  async deliver(userId: string, deliveries: Delivery[]): Promise<DeliveryReply> {
+    const conversationId = deliveries[0]?.meta.conversationId
+    if (conversationId === undefined) return null
+    this.deliveries += deliveries.length
+    this.deliverCalls++
     this.rememberUser(userId)
-    if (this.openSockets().length === 0) {
-      if ((event.type === 'message' || event.type === 'call') && event.senderId !== userId) this.requestPush(event.conversationId, event.seq)
-      this.noteAway(event.conversationId)
+    const open = this.openSockets()
+    if (open.length === 0) {
+      let pushSeq = 0
+      for (const { meta } of deliveries) if ((meta.type === 'message' || meta.type === 'call') && meta.senderId !== userId) pushSeq = Math.max(pushSeq, meta.seq)
+      if (pushSeq > 0) this.requestPush(conversationId, pushSeq)
+      this.noteAway(conversationId)
       return { away: true }
     }
-    this.show(event as ConversationEvent, null, userId, frame, skipSession)
+    for (const { meta, frame, skipSession } of deliveries) this.show(meta as ConversationEvent, null, userId, frame, skipSession, open)
     // A waiting delivery confirmation for this conversation goes back with the answer (a read
     // waits for its own report: the user's other devices hear of it from that one).
-    const report = this.reports.get(event.conversationId)
+    const report = this.reports.get(conversationId)
     if (report?.delivered == null || report.read !== null) return null
-    this.reports.delete(event.conversationId)
+    this.reports.delete(conversationId)
     return { delivered: report.delivered }
   }
 
@@ -668,7 +680,7 @@ export class UserHub extends DurableObject<Env> {
 
   /** For tests and the monitoring view: `pending` counts device × conversation pairs with unconfirmed events. */
   async stats() {
-    return { devices: this.ctx.getWebSockets().length, pending: this.tracker.size, pushJobs: this.pushJobs }
+    return { devices: this.ctx.getWebSockets().length, pending: this.tracker.size, pushJobs: this.pushJobs, deliveries: this.deliveries, deliverCalls: this.deliverCalls }
   }
 
   override async webSocketClose(ws: WebSocket, code: number, reason: string) {
