@@ -232,7 +232,7 @@ function record(metric: string, unit: string, better: Row['better'], system: str
   if (!row) rows.push((row = { metric, unit, better, values: {}, notes: [] }))
   row.values[system] = value
   if (note) row.notes.push(`${system}: ${note}`)
-  console.log(`  ${system.padEnd(10)} ${metric}: ${Number.isFinite(value) ? value.toFixed(unit === 'ms' ? 2 : 0) : 'n/a'} ${unit}${note ? ` (${note})` : ''}`)
+  console.log(`  ${system.padEnd(10)} ${metric}: ${Number.isFinite(value) ? value.toFixed(unit === 'ms' ? 2 : unit === 'KiB' ? 1 : 0) : 'n/a'} ${unit}${note ? ` (${note})` : ''}`)
 }
 const saturated = (genCpu: number, serverCpu = NaN) =>
   [
@@ -576,7 +576,7 @@ function table(): string {
     `| --- | ${systems.map(() => '---:').join(' | ')} | ${ratios.map(() => '---:').join(' | ')} | --- |`,
   ]
   for (const r of rows) {
-    const fmt = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? 'n/a' : `${x.toFixed(r.unit === 'ms' ? 2 : 0)} ${r.unit}`)
+    const fmt = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? 'n/a' : `${x.toFixed(r.unit === 'ms' ? 2 : r.unit === 'KiB' ? 1 : 0)} ${r.unit}`)
     const ratio = ([a, b]: [string, string]) => {
       const mine = r.values[a]
       const theirs = r.values[b]
