@@ -1,6 +1,11 @@
+import { runInDurableObject } from 'cloudflare:test'
 import { env } from 'cloudflare:workers'
 import { describe, it } from 'vitest'
-import type { Capabilities, ConversationSummary, FriendRequest, Profile } from '../worker/shared/protocol'
+import type { AuthResult, Capabilities, ConversationSummary, FriendRequest, Profile } from '../worker/shared/protocol'
+import { getUserHub } from '../worker/durable-objects'
+import { getPresenceIndex, presenceShardOf } from '../worker/user/PresenceIndex'
+import { waitFor } from './push-helpers'
+import type { UserHub } from '../worker/user/UserHub'
 import { api, befriend, Device, json, openChat, register, textSend, uniqueHandle } from './helpers'
 
 const PNG = new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, 73, 72, 68, 82])
@@ -153,6 +158,35 @@ describe('presence and typing', () => {
     const offline = await da.next((m) => m.type === 'presence' && m.userId === b.user.id && !m.online)
     expect(offline.type === 'presence' && offline.lastSeenAt).toBeGreaterThan(Date.now() - 10_000)
     da.close()
+  })
+
+  it('a first connect greets only friends who are online; an entry left by a stopped runtime is taken out', async ({ expect }) => {
+    const a = await register()
+    const online = await register()
+    const offline = await Promise.all(Array.from({ length: 6 }, () => register()))
+    for (const f of [online, ...offline]) await befriend(a, f)
+    const stale = offline[0]!
+    const index = (u: AuthResult) => getPresenceIndex(env, presenceShardOf(env, u.user.id))
+    // The stale friend was connected once; then, as if the runtime had stopped while they were, the index lists them again.
+    const ds = await Device.connect(stale)
+    await waitFor(async () => (await index(stale).online([stale.user.id])).length === 1)
+    ds.close()
+    await waitFor(async () => (await index(stale).online([stale.user.id])).length === 0)
+    await index(stale).set(stale.user.id, true)
+    const dOnline = await Device.connect(online)
+    const da = await Device.connect(a)
+    expect(await dOnline.next((m) => m.type === 'presence' && m.userId === a.user.id)).toMatchObject({ online: true })
+    expect(await da.next((m) => m.type === 'presence' && m.userId === online.user.id)).toMatchObject({ online: true })
+    const hellos = (u: AuthResult) => runInDurableObject(getUserHub(env, u.user.id), (hub: UserHub) => hub.presenceHellos)
+    // The stale friend's hub was greeted once and took its entry out; the others were not woken.
+    expect(await hellos(stale)).toBe(1)
+    for (const f of offline.slice(1)) expect(await hellos(f)).toBe(0)
+    await waitFor(async () => (await index(stale).online([stale.user.id])).length === 0)
+    // The last device going takes the user out of the index; connecting puts them back.
+    da.close()
+    await dOnline.next((m) => m.type === 'presence' && m.userId === a.user.id && !m.online)
+    await waitFor(async () => (await index(a).online([a.user.id])).length === 0)
+    dOnline.close()
   })
 
   it('hides presence from everyone when the user chose nobody', async ({ expect }) => {

@@ -6,6 +6,7 @@ import type { UploadSession } from './media/UploadSession'
 import type { LoginGuard } from './auth/LoginGuard'
 import type { UserHub } from './user/UserHub'
 import type { MetricsShard } from './ops/MetricsShard'
+import type { PresenceIndex } from './user/PresenceIndex'
 
 export interface Env {
   /** Users, friends, sessions and the conversation directory (and history from before sharding). */
@@ -24,6 +25,10 @@ export interface Env {
   UPLOAD: DurableObjectNamespace<UploadSession>
   LOGIN_GUARD: DurableObjectNamespace<LoginGuard>
   METRICS_SHARD: DurableObjectNamespace<MetricsShard>
+  /** Who is online, sharded by user (worker/user/PresenceIndex.ts). */
+  PRESENCE: DurableObjectNamespace<PresenceIndex>
+  /** How many presence index shards (default 16; changing it moves users between shards: only at a deploy that restarts every socket). */
+  PRESENCE_SHARDS?: string
   /** Workers Analytics Engine dataset for metrics (production; locally a no-op). */
   METRICS?: AnalyticsEngineDataset
   /** How often a busy object hands its counts over, ms (default 60000; tests shorten it). */

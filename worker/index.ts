@@ -11,6 +11,7 @@ export { LoginGuard } from './auth/LoginGuard'
 export { VoiceRoom } from './voice/VoiceRoom'
 export { CallRoom } from './calls/CallRoom'
 export { MetricsShard } from './ops/MetricsShard'
+export { PresenceIndex } from './user/PresenceIndex'
 
 export default {
   fetch: app.fetch,

@@ -12,6 +12,7 @@ import { spendTicket, upgradeClaims } from '../ws/upgrade'
 import { errorFrame, parseFrame, send } from '../ws/frames'
 import { attachmentOf } from '../ws/attachment'
 import { DeliveryTracker } from './delivery-tracker'
+import { getPresenceIndex, presenceShardOf, type PresenceIndex } from './PresenceIndex'
 import { pool } from '../pool'
 import { Metrics } from '../ops/metrics'
 import { Counter, Gauge } from '../shared/metrics'
@@ -118,6 +119,9 @@ export class UserHub extends DurableObject<Env> {
   deliveries = 0
   /** Fan-out calls from rooms (a call may carry several events). */
   deliverCalls = 0
+  /** Presence hellos this instance answered (tests check that offline friends are not woken). */
+  presenceHellos = 0
+  private presenceStub: DurableObjectStub<PresenceIndex> | null = null
   /** Push jobs this instance queued (tests count them). */
   pushJobs = 0
   /** Bumped by every pushChanged(): a D1 read that began before it must not overwrite what it said. */
@@ -751,7 +755,8 @@ export class UserHub extends DurableObject<Env> {
     const visible = me!.results[0]?.presence_visibility !== 'nobody'
     this.visible = visible
     const answered: { friendId: string; visible: boolean }[] = []
-    await pool(friends!.results.map((f) => f.friend_id!), PRESENCE_CONCURRENCY, async (friendId) => {
+    const online = await this.onlineAmong(userId, friends!.results.map((f) => f.friend_id!))
+    await pool(online, PRESENCE_CONCURRENCY, async (friendId) => {
       const answer = await getUserHub(this.env, friendId).presenceHello(userId, visible)
       if (answer) answered.push({ friendId, ...answer })
     })
@@ -760,9 +765,50 @@ export class UserHub extends DurableObject<Env> {
     for (const a of answered) if (a.visible) void this.notify({ type: 'presence', userId: a.friendId, online: true, lastSeenAt: null })
   }
 
+  /**
+   * Sets this user online in the presence index, then asks it which friends are online: one call
+   * per index shard instead of a wake of every friend's hub. Set before asking, so of two friends
+   * connecting at once the later one finds the earlier one. If the index fails, every friend.
+   */
+  private async onlineAmong(userId: string, friends: string[]): Promise<string[]> {
+    try {
+      await this.setOnline(userId, true)
+      const byShard = new Map<number, string[]>()
+      for (const id of friends) {
+        const shard = presenceShardOf(this.env, id)
+        const list = byShard.get(shard)
+        if (list) list.push(id)
+        else byShard.set(shard, [id])
+      }
+      const found: string[] = []
+      await pool([...byShard], PRESENCE_CONCURRENCY, async ([shard, ids]) => {
+        found.push(...(await getPresenceIndex(this.env, shard).online(ids)))
+      })
+      return found
+    } catch (e) {
+      console.warn('presence index not reached; greeting every friend', String(e))
+      return friends
+    }
+  }
+
+  /** This user's entry in the presence index, through one stub, so the index gets the changes in the order they were made. */
+  private setOnline(userId: string, online: boolean): Promise<void> {
+    this.presenceStub ??= getPresenceIndex(this.env, presenceShardOf(this.env, userId))
+    return this.presenceStub.set(userId, online).catch((e: unknown) => {
+      this.presenceStub = null
+      throw e
+    })
+  }
+
   /** A friend came online. Returns null when this user is offline (nothing is remembered then). */
   async presenceHello(friendId: string, friendVisible: boolean): Promise<{ visible: boolean } | null> {
-    if (this.openSockets().length === 0) return null
+    this.presenceHellos++
+    if (this.openSockets().length === 0) {
+      // The index said online: an entry left by a runtime that stopped with sockets open.
+      const me = this.knownUser ?? this.userId()
+      if (me) void this.setOnline(me, false).catch(() => undefined)
+      return null
+    }
     this.addWatcher(friendId)
     if (friendVisible) await this.notify({ type: 'presence', userId: friendId, online: true, lastSeenAt: null })
     return { visible: await this.isVisible() }
@@ -794,6 +840,8 @@ export class UserHub extends DurableObject<Env> {
   /** The last device went: remember when, and tell only the friends who are online (the watchers). */
   private async announceOffline(userId: string) {
     const now = Date.now()
+    // Not awaited: the call is made now, in order with this hub's other index calls.
+    void this.setOnline(userId, false).catch((e: unknown) => console.warn('presence index not told of the disconnect', String(e)))
     this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seen_at', ?)`, String(now))
     const watchers = [...this.watcherSet()]
     this.watchers = new Set()
