@@ -25,6 +25,12 @@ export async function sha256(text: string): Promise<string> {
   return base64url(new Uint8Array(digest))
 }
 
+/** A shard count from configuration: a whole number from 1 to 256, or `fallback`. */
+export function shardCountOf(raw: string | undefined, fallback: number): number {
+  const n = Number(raw)
+  return Number.isInteger(n) && n > 0 && n <= 256 ? n : fallback
+}
+
 /** A stable 32-bit hash (FNV-1a), for placing things on shards. */
 export function fnv1a(text: string): number {
   let h = 0x811c9dc5

@@ -1,13 +1,12 @@
 import type { Env } from '../env'
-import { fnv1a } from '../ids'
+import { fnv1a, shardCountOf } from '../ids'
 export { getMetricsShard } from '../durable-objects'
 
 /** Enough shards that none is busy at a million connections (docs/decisions.md "Metrics"). */
 const DEFAULT_SHARDS = 16
 
 export function shardCount(env: Env): number {
-  const n = Number(env.METRICS_SHARDS)
-  return Number.isInteger(n) && n > 0 && n <= 256 ? n : DEFAULT_SHARDS
+  return shardCountOf(env.METRICS_SHARDS, DEFAULT_SHARDS)
 }
 
 /** A stable shard for a source (FNV-1a of its name). */

@@ -1,13 +1,12 @@
 import { DurableObject } from 'cloudflare:workers'
 import type { Env } from '../env'
-import { fnv1a } from '../ids'
+import { fnv1a, shardCountOf } from '../ids'
 
 const DEFAULT_SHARDS = 16
 
 /** The index shard that holds a user (FNV-1a of the id over PRESENCE_SHARDS, 16 by default). */
 export function presenceShardOf(env: Env, userId: string): number {
-  const n = Number(env.PRESENCE_SHARDS)
-  return fnv1a(userId) % (Number.isInteger(n) && n > 0 && n <= 256 ? n : DEFAULT_SHARDS)
+  return fnv1a(userId) % shardCountOf(env.PRESENCE_SHARDS, DEFAULT_SHARDS)
 }
 
 export function getPresenceIndex(env: Env, shard: number) {
