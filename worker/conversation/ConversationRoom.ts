@@ -14,6 +14,7 @@ import {
   SYNC_PAGE_LIMIT,
   TextBody,
   mediaIdsOf,
+  worthPush,
   type ConversationEvent,
   type KeepDays,
   type ServerMessage,
@@ -1108,7 +1109,7 @@ export class ConversationRoom extends DurableObject<Env> {
     if (away) {
       for (const { meta } of deliveries) {
         away.newest = meta.seq
-        if ((meta.type === 'message' || meta.type === 'call') && meta.senderId !== userId) away.push = meta.seq
+        if (worthPush(meta, userId)) away.push = meta.seq
       }
       this.scheduleRemind()
       return

@@ -251,6 +251,11 @@ export interface ReactionEvent extends EventBase {
 /** Everything that happens in a conversation, in seq order. */
 export type ConversationEvent = MessageEvent | EditEvent | RecallEvent | MemberEvent | RenameEvent | RetentionEvent | ReactionEvent | VoiceEvent | CallEvent
 
+/** Whether an event is worth a push to `userId`: a message or a call from someone else. */
+export function worthPush(event: Pick<ConversationEvent, 'type' | 'senderId'>, userId: string): boolean {
+  return (event.type === 'message' || event.type === 'call') && event.senderId !== userId
+}
+
 /** A member's receipt cursors; ticks and unread counts derive from them. */
 export interface Receipt {
   userId: string

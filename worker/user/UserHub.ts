@@ -5,7 +5,7 @@ import type { Env } from '../env'
 import { assertNever } from '../shared/assert'
 import { APP_CLOSE_CODE, ErrorCode, errorBody } from '../shared/errors'
 import type { PushJob } from '../shared/jobs'
-import { ClientMessage, PROTOCOL_VERSION, type ConversationEvent, type Presence, type ServerMessage } from '../shared/protocol'
+import { ClientMessage, PROTOCOL_VERSION, worthPush, type ConversationEvent, type Presence, type ServerMessage } from '../shared/protocol'
 import { parseRate } from '../conversation/rate-limit'
 import { DEFAULT_FRAME_RATE, FrameBudget } from '../ws/frame-budget'
 import { spendTicket, upgradeClaims } from '../ws/upgrade'
@@ -348,7 +348,7 @@ export class UserHub extends DurableObject<Env> {
     const open = this.openSockets()
     if (open.length === 0) {
       let pushSeq = 0
-      for (const { meta } of deliveries) if ((meta.type === 'message' || meta.type === 'call') && meta.senderId !== userId) pushSeq = Math.max(pushSeq, meta.seq)
+      for (const { meta } of deliveries) if (worthPush(meta, userId)) pushSeq = Math.max(pushSeq, meta.seq)
       if (pushSeq > 0) this.requestPush(conversationId, pushSeq)
       this.noteAway(conversationId)
       return { away: true }
