@@ -2,9 +2,10 @@ import { runInDurableObject } from 'cloudflare:test'
 import { env } from 'cloudflare:workers'
 import { describe, it } from 'vitest'
 import { getConversationRoom } from '../worker/durable-objects'
+import { FLUSH_MIN_GAP_MS, type ConversationRoom } from '../worker/conversation/ConversationRoom'
 import type { HistoryPage } from '../worker/shared/protocol'
 import { api, Device, json, openChat, register, textSend, ticketFor, upgrade, historyOf } from './helpers'
-import { drainOutbox } from './push-helpers'
+import { drainOutbox, waitFor } from './push-helpers'
 
 async function pair() {
   const alice = await register()
@@ -109,6 +110,30 @@ describe('sending', () => {
     const conversation = await env.DB.prepare('SELECT last_seq FROM conversations WHERE id = ?').bind(conv.id).first<{ last_seq: number }>()
     expect(conversation!.last_seq).toBe(25)
     a.close()
+  })
+
+  it('a busy room sends D1 one batch a tick: a write that lands while a batch is in flight waits for the next', async ({ expect }) => {
+    const { alice, conv } = await pair()
+    const room = getConversationRoom(env, conv.id)
+    const text = (t: string) => ({ kind: 'text', text: t })
+    const { during, started } = await runInDurableObject<ConversationRoom, { during: number; started: number }>(room, async (r) => {
+      expect((await r.appendMessage(conv.id, alice.user.id, crypto.randomUUID(), text('first'), 'hub')).ok).toBe(true)
+      const batches = (await r.stats()).d1Batches
+      const started = Date.now()
+      const flushing = r['startFlush']()
+      // Microtasks only: D1's answer needs a turn of the event loop, so the batch is still in flight.
+      for (let i = 0; i < 20; i++) await null
+      const second = await r.appendMessage(conv.id, alice.user.id, crypto.randomUUID(), text('second'), 'hub')
+      await flushing
+      expect(second.ok && second.value.seq).toBe(2)
+      return { during: (await r.stats()).d1Batches - batches, started }
+    })
+    expect(during).toBe(1)
+    expect((await room.stats()).outbox).toBeGreaterThan(0)
+    // The tick after it comes on its own (no alarm), FLUSH_MIN_GAP_MS after the first began.
+    await waitFor(async () => (await room.stats()).outbox === 0, 5000)
+    expect(Date.now() - started).toBeGreaterThanOrEqual(FLUSH_MIN_GAP_MS - 50)
+    expect((await d1Messages(conv.id)).map((m) => m.seq)).toEqual([1, 2])
   })
 
   it('sends every event to every device of the sender too', async ({ expect }) => {

@@ -192,6 +192,8 @@ export class ConversationRoom extends DurableObject<Env> {
   private readDirty = new Set<string>()
   private flushing: Promise<void> | null = null
   private flushAgain = false
+  /** D1 batches this instance sent (stats, for tests of the flush pace). */
+  private d1Batches = 0
   private flushTimer: ReturnType<typeof setTimeout> | null = null
   /** When the last flush started (wall time), for FLUSH_MIN_GAP_MS. */
   private lastFlushAt = 0
@@ -1287,6 +1289,7 @@ export class ConversationRoom extends DurableObject<Env> {
         // After the membership mirror, so a new member's row exists for its cursor to land on.
         ...readers.map((r) => cursor.bind(r.readSeq, conversationId, r.id)),
       ]
+      this.d1Batches++
       if (this.historyShard === MAIN) await this.env.DB.batch([...upserts, ...main])
       else await Promise.all([upserts.length ? history.batch(upserts) : null, main.length ? this.env.DB.batch(main) : null])
       this.d1Seq = newest?.seq ?? this.d1Seq
@@ -1305,6 +1308,10 @@ export class ConversationRoom extends DurableObject<Env> {
         this.readPendingStored = false
       }
       for (const r of readers) if (this.members.get(r.id)?.readSeq === r.readSeq) this.readDirty.delete(r.id)
+      // Only a full batch means a backlog to drain now. What arrived while D1 had this batch waits
+      // for the next tick (scheduleFlush set flushAgain): looping on it made a busy room flush
+      // back to back, one D1 batch per message instead of one a second.
+      if (rows.length < FLUSH_BATCH && dirty.length < FLUSH_BATCH) return
     }
   }
 
@@ -1397,6 +1404,7 @@ export class ConversationRoom extends DurableObject<Env> {
       d1Seq: this.d1Seq,
       members: [...this.members.keys()],
       outbox: this.lastSeq - this.d1Seq + dirty + this.readDirty.size,
+      d1Batches: this.d1Batches,
       receipts: this.receipts(),
     }
   }
