@@ -30,7 +30,7 @@ const RESULTS = QUICK || ONLY || SYSTEMS ? 'bench/results-partial.md' : 'bench/r
 /** Durable Objects hibernate after 10 s without events; idle readings wait longer than that. */
 const HIBERNATE_MS = 12_000
 /** Idle memory is read after this: a hub hands its metrics over 10 s after its socket opened, then hibernates 10 s later. */
-const IDLE_MEMORY_WAIT_MS = 25_000
+const IDLE_MEMORY_WAIT_MS = Number(process.env.BENCH_IDLE_WAIT_MS) || 25_000
 const SIZES = {
   /** Sends before the timed ones, so every system is measured with its code compiled (JIT), not while it warms up. */
   latencyWarm: QUICK ? 100 : 1000,
