@@ -4,6 +4,7 @@
 // Prosody, the same workloads against each in one run. Prints a table and writes bench/results.md
 // (a subset or --quick run writes bench/results-partial.md, so it never replaces the full record).
 //   npm run bench [-- --quick] [-- --only=latency,fanout] [-- --systems=echovalley,floor]
+//   --systems=echovalley-bare-hub-writes (or echovalley-hub-writes, echovalley-bare-no-metrics) adds a variant; BENCH_IDLE_WAIT_MS the idle wait.
 //   BENCH_TP_S=40 lengthens the throughput runs and BENCH_LATENCY_SENDS=20000 the one-in-flight run (to take a CPU profile with BENCH_INSPECTOR).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
@@ -554,7 +555,9 @@ async function voiceRooms(t: Target, users: User[]) {
 // ---- main ----
 
 const SYSTEM_NAMES = ['echovalley', 'floor', 'echovalley-bare', 'floor-bare', 'echovalley-hub-writes', 'echovalley-bare-hub-writes', 'echovalley-bare-no-metrics', 'reference', 'prosody'] as const
-/** Systems that run only some scenarios: they price one choice on the message path (writer sockets, metrics). */
+/** Variants that each priced one choice on the message path (writer sockets, metrics): run when named in --systems. */
+const ON_REQUEST = new Set(['echovalley-hub-writes', 'echovalley-bare-hub-writes', 'echovalley-bare-no-metrics'])
+/** Systems that run only some scenarios. */
 const SCENARIOS_OF: Record<string, string[]> = { 'echovalley-hub-writes': ['latency', 'throughput'], 'echovalley-bare-hub-writes': ['latency', 'throughput'], 'echovalley-bare-no-metrics': ['latency', 'throughput'] }
 /** Ratio columns: echovalley against the floor on the same runtime first, then the other servers. */
 const RATIOS: [string, string][] = [
@@ -608,7 +611,7 @@ async function main() {
     ['prosody', prosodyTarget],
   ]
   for (const [name, make] of makers) {
-    if (SYSTEMS && !SYSTEMS.includes(name)) continue
+    if (SYSTEMS ? !SYSTEMS.includes(name) : ON_REQUEST.has(name)) continue
     let t: Target
     try {
       t = await make()
