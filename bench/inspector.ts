@@ -7,20 +7,29 @@ import WebSocket from 'ws'
  * workerd answers an inspector command only when the isolate next runs, so `poke` (any request to
  * the server) is repeated until the collection is reported done.
  */
-export async function collectGarbage(port: number, poke: () => Promise<unknown>): Promise<void> {
+export async function collectGarbage(port: number, poke: () => Promise<unknown>): Promise<number> {
   const targets = (await (await fetch(`http://127.0.0.1:${port}/json`)).json()) as { title?: string; webSocketDebuggerUrl: string }[]
   const target = targets.find((t) => t.title?.includes('core:user'))
   if (!target) throw new Error('no core:user isolate on the inspector')
   const ws = new WebSocket(target.webSocketDebuggerUrl)
   await new Promise((resolve, reject) => (ws.once('open', resolve), ws.once('error', reject)))
   try {
-    const done = new Promise<void>((resolve) => ws.on('message', (d) => (JSON.parse(String(d)) as { id?: number }).id === 2 && resolve()))
+    // The isolate's JS heap after the collection (Runtime.getHeapUsage), so a reading can tell the
+    // heap's share of resident memory from the runtime's own.
+    const done = new Promise<number>((resolve) =>
+      ws.on('message', (d) => {
+        const m = JSON.parse(String(d)) as { id?: number; result?: { usedSize?: number } }
+        if (m.id === 3) resolve(m.result?.usedSize ?? NaN)
+      }),
+    )
     ws.send(JSON.stringify({ id: 1, method: 'HeapProfiler.enable' }))
     ws.send(JSON.stringify({ id: 2, method: 'HeapProfiler.collectGarbage' }))
+    ws.send(JSON.stringify({ id: 3, method: 'Runtime.getHeapUsage' }))
     for (let i = 0; ; i++) {
       if (i === 50) throw new Error('garbage collection not reported within 10 s')
       await poke().catch(() => undefined)
-      if (await Promise.race([done.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 200))])) return
+      const heap = await Promise.race([done, new Promise<null>((r) => setTimeout(() => r(null), 200))])
+      if (heap !== null) return heap
     }
   } finally {
     ws.terminate()

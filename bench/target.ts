@@ -16,7 +16,7 @@ export interface Target {
   /** The server process (its descendants count too) for memory figures. */
   pid(): number
   /** A full garbage collection in the server's isolates (systems with an inspector), before a memory reading. */
-  collectGarbage?(): Promise<void>
+  collectGarbage?(): Promise<number>
   /** HTTP systems only: one authenticated REST read (token, session check, a row) and one unauthenticated. */
   rest?: { authed(u: User): Promise<void>; open(): Promise<void> }
   /**

@@ -54,7 +54,7 @@ export interface Server {
   /** Where the state lives (the folder `wrangler d1 execute --persist-to` takes). */
   stateDir?: string
   /** A full collection in the Worker's isolate through workerd's inspector (bare systems), before memory readings. */
-  collectGarbage?(): Promise<void>
+  collectGarbage?(): Promise<number>
 }
 
 /** wrangler dev, as `npm run dev` runs it (product) or with the floor's config. */
