@@ -486,7 +486,7 @@ async function main() {
     const report = [
       `### Soak run ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC: ${verdict ? 'passed' : 'FAILED'}`,
       '',
-      `\`npm run soak -- --users=${USERS} --conversations=${CONVERSATIONS} --minutes=${DAY_MIN} --peak=${PEAK} --peak-minutes=${PEAK_MIN} --online=${ONLINE_MAX}\` against wrangler dev (the \`npm run dev\` config, two history shards) on this machine (${os.cpus().length} cores). Setup (sign-ups, friendships, ${byId.size} conversations) took ${setupS.toFixed(0)} s.`,
+      `\`npm run soak -- ${bare ? '--bare ' : ''}--users=${USERS} --conversations=${CONVERSATIONS} --minutes=${DAY_MIN} --peak=${PEAK} --peak-minutes=${PEAK_MIN} --online=${ONLINE_MAX}\` against ${bare ? 'the same bundle on bare workerd through Miniflare' : 'wrangler dev'} (the \`npm run dev\` config, two history shards) on this machine (${os.cpus().length} cores). Setup (sign-ups, friendships, ${byId.size} conversations) took ${setupS.toFixed(0)} s.`,
       '',
       '| phase | messages asked | acked | acked msg/s | send→ack p50 ms | p99 ms |',
       '| --- | ---: | ---: | ---: | ---: | ---: |',
