@@ -559,10 +559,10 @@ async function voiceRooms(t: Target, users: User[]) {
 // ---- main ----
 
 const SYSTEM_NAMES = ['echovalley', 'floor', 'echovalley-bare', 'floor-bare', 'echovalley-hub-writes', 'echovalley-bare-hub-writes', 'echovalley-bare-no-metrics', 'reference', 'prosody'] as const
-/** Variants that each priced one choice on the message path (writer sockets, metrics): run when named in --systems. */
-const ON_REQUEST = new Set(['echovalley-hub-writes', 'echovalley-bare-hub-writes', 'echovalley-bare-no-metrics'])
-/** Systems that run only some scenarios. */
+/** Variants that each priced one choice on the message path (writer sockets, metrics), and the scenarios they run. */
 const SCENARIOS_OF: Record<string, string[]> = { 'echovalley-hub-writes': ['latency', 'throughput'], 'echovalley-bare-hub-writes': ['latency', 'throughput'], 'echovalley-bare-no-metrics': ['latency', 'throughput'] }
+/** The variants run only when named in --systems. */
+const ON_REQUEST = new Set(Object.keys(SCENARIOS_OF))
 /** Ratio columns: echovalley against the floor on the same runtime first, then the other servers. */
 const RATIOS: [string, string][] = [
   ['echovalley', 'floor'],
