@@ -1,6 +1,7 @@
 import { env } from 'cloudflare:workers'
 import { SignJWT } from 'jose'
 import { describe, it } from 'vitest'
+import { sha256 } from '../worker/ids'
 import type { AuthResult } from '../worker/shared/protocol'
 import { api, json, register, uniqueHandle } from './helpers'
 
@@ -90,20 +91,76 @@ describe('access tokens', () => {
 })
 
 describe('refresh tokens', () => {
+  const refresh = (refreshToken: string, retryKey?: string) => api('/api/auth/refresh', { body: { refreshToken, retryKey } })
+
   it('rotates on use and revokes the session when an old token is replayed', async ({ expect }) => {
     const a = await register()
-    const r1 = await api('/api/auth/refresh', { body: { refreshToken: a.refreshToken } })
+    const r1 = await refresh(a.refreshToken, 'first-try-key-0001')
     expect(r1.status).toBe(200)
     const rotated = await json<AuthResult>(r1)
     expect(rotated.refreshToken).not.toBe(a.refreshToken)
     expect(rotated.sessionId).toBe(a.sessionId)
 
-    const replay = await api('/api/auth/refresh', { body: { refreshToken: a.refreshToken } })
+    // Without the key of the first try this is no retry: a replay.
+    const replay = await refresh(a.refreshToken)
     expect(replay.status).toBe(401)
     expect((await json(replay)).error.code).toBe('TOKEN_REUSED')
     // The thief and the owner both lose the session: the newest token is dead too.
-    const afterReuse = await api('/api/auth/refresh', { body: { refreshToken: rotated.refreshToken } })
-    expect(afterReuse.status).toBe(401)
+    expect((await refresh(rotated.refreshToken)).status).toBe(401)
+    expect((await api('/api/me', { token: rotated.accessToken })).status).toBe(401)
+  })
+
+  it('a retry after a lost answer gets new tokens, and the unanswered ones are retired', async ({ expect }) => {
+    const a = await register()
+    const key = crypto.randomUUID()
+    const lost = await json<AuthResult>(await refresh(a.refreshToken, key))
+    // The device never saw `lost` and tries again, with the same key.
+    const retry = await refresh(a.refreshToken, key)
+    expect(retry.status).toBe(200)
+    const again = await json<AuthResult>(retry)
+    expect(again.sessionId).toBe(a.sessionId)
+    expect(new Set([a.refreshToken, lost.refreshToken, again.refreshToken]).size).toBe(3)
+    const live = await env.DB.prepare('SELECT count(*) AS n FROM refresh_tokens WHERE session_id = ? AND used_at IS NULL').bind(a.sessionId).first<{ n: number }>()
+    expect(live!.n).toBe(1)
+    expect((await api('/api/me', { token: again.accessToken })).status).toBe(200)
+    const next = await json<AuthResult>(await refresh(again.refreshToken, crypto.randomUUID()))
+    expect(next.sessionId).toBe(a.sessionId)
+    // Had someone else taken `lost` (a thief racing the owner), it shows when it comes back: revoked.
+    const stolen = await refresh(lost.refreshToken)
+    expect(stolen.status).toBe(401)
+    expect((await json(stolen)).error.code).toBe('TOKEN_REUSED')
+    expect((await refresh(next.refreshToken)).status).toBe(401)
+  })
+
+  it('no retry with another key, once the answer was used, or twice at once', async ({ expect }) => {
+    const wrongKey = await register()
+    await refresh(wrongKey.refreshToken, 'the-key-that-was-sent')
+    const guessed = await refresh(wrongKey.refreshToken, 'another-key-entirely')
+    expect(guessed.status).toBe(401)
+    expect((await json(guessed)).error.code).toBe('TOKEN_REUSED')
+
+    // The answer arrived and its token was used: the same key again is a replay.
+    const used = await register()
+    const got = await json<AuthResult>(await refresh(used.refreshToken, 'key-of-the-first-try'))
+    const onward = await json<AuthResult>(await refresh(got.refreshToken, 'key-of-the-second-try'))
+    expect((await refresh(used.refreshToken, 'key-of-the-first-try')).status).toBe(401)
+    expect((await api('/api/me', { token: onward.accessToken })).status).toBe(401)
+
+    // Retries of one spent token at once: however they interleave, the session never forks (one live
+    // refresh token), and presenting a retired one revokes it.
+    const twice = await register()
+    await refresh(twice.refreshToken, 'key-sent-thrice-0001')
+    const answers = await Promise.all([1, 2, 3].map(() => refresh(twice.refreshToken, 'key-sent-thrice-0001')))
+    const live = await env.DB.prepare('SELECT token_hash FROM refresh_tokens WHERE session_id = ? AND used_at IS NULL').bind(twice.sessionId).all<{ token_hash: string }>()
+    expect(live.results).toHaveLength(1)
+    const granted = await Promise.all(answers.filter((r) => r.status === 200).map((r) => json<AuthResult>(r)))
+    const isLive = await Promise.all(granted.map(async (g) => (await sha256(g.refreshToken)) === live.results[0]!.token_hash))
+    expect(isLive.filter(Boolean)).toHaveLength(1)
+    const retired = granted.find((_, i) => !isLive[i])
+    if (retired) {
+      expect((await refresh(retired.refreshToken)).status).toBe(401)
+      expect((await api('/api/me', { token: granted[isLive.indexOf(true)]!.accessToken })).status).toBe(401)
+    }
   })
 
   it('stores refresh tokens hashed, never in the clear', async ({ expect }) => {

@@ -213,3 +213,41 @@ describe('one account in two tabs', () => {
     expect(refresh).toBe(200)
   })
 })
+
+describe('a refresh whose answer is lost', () => {
+  it('keeps the session: the retry sends the same token and key, and the server tells it from a replay', async ({ expect }) => {
+    const ctx = await product.browser.newContext()
+    const page = await ctx.newPage()
+    await registerInUi(page, product.server.url, `lost_${uniqueTag()}`, 'Lost Answer')
+    // The next two list requests are refused as if the access token had expired: each refreshes.
+    let refusals = 2
+    await page.route('**/api/conversations', async (route) => {
+      if (route.request().method() === 'GET' && refusals-- > 0) {
+        return route.fulfill({ status: 401, contentType: 'application/json', body: JSON.stringify({ error: { code: 'UNAUTHORIZED', message: 'expired' } }) })
+      }
+      return route.continue()
+    })
+    // The first refresh reaches the server, which rotates the token, and its answer never arrives.
+    const sent: { refreshToken: string; retryKey?: string }[] = []
+    await page.route('**/api/auth/refresh', async (route) => {
+      sent.push(JSON.parse(route.request().postData() ?? '{}') as (typeof sent)[number])
+      if (sent.length > 1) return route.continue()
+      expect((await route.fetch()).status()).toBe(200)
+      return route.abort('connectionreset')
+    })
+    await page.reload()
+    await expect.poll(() => sent.length, { timeout: 15_000 }).toBe(1)
+    await page.reload()
+    await expect.poll(() => sent.length, { timeout: 15_000 }).toBe(2)
+    expect(sent[1]!.refreshToken).toBe(sent[0]!.refreshToken)
+    expect(sent[1]!.retryKey).toMatch(/.{16,}/)
+    expect(sent[1]!.retryKey).toBe(sent[0]!.retryKey)
+    // Still signed in, on the tokens the retry brought (before, the retry signed the session out).
+    await page.getByTestId('current-user').waitFor()
+    await expect.poll(() => page.evaluate(() => JSON.parse(localStorage.getItem('echovalley.session') ?? '{}').refreshToken as string | undefined)).not.toBe(sent[0]!.refreshToken)
+    const stored = await page.evaluate(() => JSON.parse(localStorage.getItem('echovalley.session')!) as { accessToken: string; retryKey?: string })
+    expect(stored.retryKey).toBeUndefined()
+    expect(await page.evaluate(async (t) => (await fetch('/api/me', { headers: { authorization: `Bearer ${t}` } })).status, stored.accessToken)).toBe(200)
+    await ctx.close()
+  })
+})

@@ -83,6 +83,6 @@ export const authApi = {
   register: (body: { handle: string; password: string; displayName: string; deviceName?: string }) =>
     api<AuthResult>('/api/auth/register', { body, auth: false }),
   login: (body: { handle: string; password: string; deviceName?: string; deviceToken?: string }) => api<AuthResult>('/api/auth/login', { body, auth: false }),
-  refresh: (refreshToken: string) => api<AuthResult>('/api/auth/refresh', { body: { refreshToken }, auth: false }),
+  refresh: (refreshToken: string, retryKey: string) => api<AuthResult>('/api/auth/refresh', { body: { refreshToken, retryKey }, auth: false }),
   logout: () => api<void>('/api/auth/logout', { method: 'POST' }),
 }

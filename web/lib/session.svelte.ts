@@ -9,6 +9,8 @@ interface Stored {
   sessionId: string
   accessToken: string
   refreshToken: string
+  /** The key of a refresh sent with this token whose answer has not come (yet): a retry sends it again. */
+  retryKey?: string
 }
 
 function deviceName(): string {
@@ -105,9 +107,11 @@ export class Session {
 
   /** Resolves once the tokens are where the next tab to refresh will look. */
   #save(result: AuthResult | null): Promise<void> {
-    this.#stored = result
-      ? { user: result.user, sessionId: result.sessionId, accessToken: result.accessToken, refreshToken: result.refreshToken }
-      : null
+    return this.#store(result ? { user: result.user, sessionId: result.sessionId, accessToken: result.accessToken, refreshToken: result.refreshToken } : null)
+  }
+
+  #store(value: Stored | null): Promise<void> {
+    this.#stored = value
     if (this.#stored) localStorage.setItem(STORAGE_KEY, JSON.stringify(this.#stored))
     else localStorage.removeItem(STORAGE_KEY)
     return writeShared($state.snapshot(this.#stored) as Stored | null)
@@ -139,7 +143,11 @@ export class Session {
       if (!latest) return null
       if (stale !== undefined && latest.accessToken !== stale) return latest.accessToken
       try {
-        const result = await authApi.refresh(latest.refreshToken)
+        // Stored before it is sent: when the answer is lost (or the tab dies waiting), the next try
+        // sends the same key, which tells the server a retry from a replay (that signs out).
+        const retryKey = latest.retryKey ?? crypto.randomUUID()
+        if (latest.retryKey === undefined) await this.#store({ ...latest, retryKey })
+        const result = await authApi.refresh(latest.refreshToken, retryKey)
         await this.#save(result)
         return result.accessToken
       } catch (e) {

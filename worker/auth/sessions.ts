@@ -1,4 +1,4 @@
-import { and, eq, isNull } from 'drizzle-orm'
+import { and, eq, isNull, sql } from 'drizzle-orm'
 import type { Db } from '../db/client'
 import { refreshTokens, sessions, users, type User } from '../db/schema'
 import type { Env } from '../env'
@@ -17,10 +17,10 @@ export function publicUser(u: Pick<User, 'id' | 'handle' | 'displayName' | 'avat
   return { id: u.id, handle: u.handle, displayName: u.displayName, avatar: avatarVersion(u.avatarKey) }
 }
 
-async function issueTokens(env: Env, db: Db, user: User, sessionId: string): Promise<AuthResult> {
-  const refreshToken = newRefreshToken()
+async function issueTokens(env: Env, db: Db, user: User, sessionId: string, next?: { token: string; hash: string }): Promise<AuthResult> {
+  const refreshToken = next?.token ?? newRefreshToken()
   await db.insert(refreshTokens).values({
-    tokenHash: await sha256(refreshToken),
+    tokenHash: next?.hash ?? (await sha256(refreshToken)),
     sessionId,
     expiresAt: Date.now() + REFRESH_TOKEN_TTL_MS,
   })
@@ -42,8 +42,11 @@ export async function startSession(env: Env, db: Db, user: User, deviceName: str
   return issueTokens(env, db, user, sessionId)
 }
 
-/** Rotates a refresh token; presenting a used one revokes the whole session (it was stolen or replayed). */
-export async function rotateRefreshToken(env: Env, db: Db, presented: string, place: string | null = null): Promise<AuthResult> {
+/**
+ * Rotates a refresh token; presenting a used one revokes the whole session (it was stolen or
+ * replayed), except as the retry of a rotation whose answer was lost (`retryOfLostAnswer`).
+ */
+export async function rotateRefreshToken(env: Env, db: Db, presented: string, place: string | null = null, retryKey?: string): Promise<AuthResult> {
   const tokenHash = await sha256(presented)
   const row = await db
     .select({ token: refreshTokens, session: sessions, user: users })
@@ -58,19 +61,48 @@ export async function rotateRefreshToken(env: Env, db: Db, presented: string, pl
   if (!row || row.session.revokedAt !== null || row.token.expiresAt < Date.now()) {
     fail(401, ErrorCode.UNAUTHORIZED, 'refresh token is invalid or expired')
   }
+  const token = newRefreshToken()
+  const next = { token, hash: await sha256(token) }
+  const keyHash = retryKey === undefined ? null : await sha256(retryKey)
   const claimed = row.token.usedAt === null
     ? await db
         .update(refreshTokens)
-        .set({ usedAt: Date.now() })
+        .set({ usedAt: Date.now(), replacedBy: next.hash, retryKey: keyHash })
         .where(and(eq(refreshTokens.tokenHash, tokenHash), isNull(refreshTokens.usedAt)))
         .run()
-    : null
+    : await retryOfLostAnswer(db, row.token, keyHash, next.hash)
   if (!claimed || claimed.meta.changes !== 1) {
     await revokeSession(env, db, row.user.id, row.session.id)
     fail(401, ErrorCode.TOKEN_REUSED, 'refresh token was already used; the session is revoked')
   }
   await db.update(sessions).set({ lastSeenAt: Date.now(), ...(place ? { place } : {}) }).where(eq(sessions.id, row.session.id))
-  return issueTokens(env, db, row.user, row.session.id)
+  return issueTokens(env, db, row.user, row.session.id, next)
+}
+
+/**
+ * A device whose refresh answer was lost (a dropped connection, an app put to sleep) still holds
+ * the spent token; revoking the session then signed people out for a network blip. It sent a
+ * random retry key with the first try and sends the same again, and nobody has used the token
+ * that answer carried: the retry gets new tokens, and that unused successor is retired, so a
+ * thief who raced the owner is still found out when the owner's copy comes back. One transaction
+ * that changes nothing unless all of it still holds (two retries at once: one wins, the other is a
+ * replay). Null: a replay.
+ */
+async function retryOfLostAnswer(db: Db, spent: typeof refreshTokens.$inferSelect, keyHash: string | null, nextHash: string) {
+  const successor = spent.replacedBy
+  if (keyHash === null || spent.retryKey !== keyHash || successor === null) return null
+  const [repointed] = await db.batch([
+    db
+      .update(refreshTokens)
+      .set({ replacedBy: nextHash })
+      .where(and(
+        eq(refreshTokens.tokenHash, spent.tokenHash),
+        eq(refreshTokens.replacedBy, successor),
+        sql`exists (select 1 from refresh_tokens s where s.token_hash = ${successor} and s.used_at is null)`,
+      )),
+    db.update(refreshTokens).set({ usedAt: Date.now() }).where(and(eq(refreshTokens.tokenHash, successor), isNull(refreshTokens.usedAt))),
+  ])
+  return repointed.meta.changes === 1 ? repointed : null
 }
 
 /** Signs a session out everywhere: its tokens stop at the next request and its sockets close now. */

@@ -53,6 +53,10 @@ export const refreshTokens = sqliteTable(
       .references(() => sessions.id),
     expiresAt: integer('expires_at').notNull(),
     usedAt: integer('used_at'),
+    /** The hash of the token this one was rotated into... */
+    replacedBy: text('replaced_by'),
+    /** ...and of the retry key the device sent with it: a retry after a lost answer presents both again, a replay does not. */
+    retryKey: text('retry_key'),
   },
   (t) => [index('refresh_tokens_session_idx').on(t.sessionId)],
 )

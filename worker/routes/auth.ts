@@ -89,8 +89,8 @@ export const authRoutes = new Hono<AppEnv>()
     return c.json({ ...result, deviceToken: await knownDevice(c.env, user.handle, body.deviceToken) })
   })
   .post('/refresh', validate('json', RefreshBody), async (c) => {
-    const { refreshToken } = c.req.valid('json')
-    return c.json(await rotateRefreshToken(c.env, getDb(c.env), refreshToken, placeOf(c.req.raw)))
+    const { refreshToken, retryKey } = c.req.valid('json')
+    return c.json(await rotateRefreshToken(c.env, getDb(c.env), refreshToken, placeOf(c.req.raw), retryKey))
   })
   .post('/logout', requireAuth, async (c) => {
     const { userId, sessionId } = c.get('auth')

@@ -342,7 +342,11 @@ export const LoginBody = z.object({
   /** From an earlier sign-in on this device: it is counted apart from strangers guessing the handle. */
   deviceToken: z.string().min(20).max(200).optional(),
 })
-export const RefreshBody = z.object({ refreshToken: z.string().min(20).max(200) })
+export const RefreshBody = z.object({
+  refreshToken: z.string().min(20).max(200),
+  /** Random, chosen by the device for this refresh and sent again only when its answer was lost. */
+  retryKey: z.string().min(16).max(100).optional(),
+})
 /** The password again, for what a stolen access token alone must not do. */
 export const ReauthBody = z.object({ password: z.string().min(1).max(256) })
 export const ChangePasswordBody = z.object({ currentPassword: z.string().min(1).max(256), newPassword: Password })
