@@ -2,8 +2,8 @@ import { runInDurableObject } from 'cloudflare:test'
 import { env } from 'cloudflare:workers'
 import { describe, it } from 'vitest'
 import { getConversationRoom } from '../worker/durable-objects'
-import { FLUSH_MIN_GAP_MS, type ConversationRoom } from '../worker/conversation/ConversationRoom'
-import type { HistoryPage } from '../worker/shared/protocol'
+import { ACTIVITY_MIRROR_MS, FLUSH_MIN_GAP_MS, type ConversationRoom } from '../worker/conversation/ConversationRoom'
+import type { ConversationSummary, HistoryPage } from '../worker/shared/protocol'
 import { api, Device, json, openChat, register, textSend, ticketFor, upgrade, historyOf } from './helpers'
 import { drainOutbox, waitFor } from './push-helpers'
 
@@ -107,8 +107,8 @@ describe('sending', () => {
     const rows = await d1Messages(conv.id)
     expect(rows.map((r) => r.seq)).toEqual(Array.from({ length: 25 }, (_, i) => i + 1))
     expect(rows.map((r) => JSON.parse(r.body).text)).toEqual(Array.from({ length: 25 }, (_, i) => `m${i}`))
-    const conversation = await env.DB.prepare('SELECT last_seq FROM conversations WHERE id = ?').bind(conv.id).first<{ last_seq: number }>()
-    expect(conversation!.last_seq).toBe(25)
+    const listed = await json<{ conversation: ConversationSummary }>(await api(`/api/conversations/${conv.id}`, { token: alice.accessToken }))
+    expect(listed.conversation.lastSeq).toBe(25)
     a.close()
   })
 
@@ -134,6 +134,41 @@ describe('sending', () => {
     await waitFor(async () => (await room.stats()).outbox === 0, 5000)
     expect(Date.now() - started).toBeGreaterThanOrEqual(FLUSH_MIN_GAP_MS - 50)
     expect((await d1Messages(conv.id)).map((m) => m.seq)).toEqual([1, 2])
+  })
+
+  it('a tick writes its shard only (events and read cursors, one batch); the directory gets the activity at most every few minutes', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const room = getConversationRoom(env, conv.id)
+    const directory = async () => (await env.DB.prepare('SELECT last_seq FROM conversations WHERE id = ?').bind(conv.id).first<{ last_seq: number }>())!.last_seq
+    const cursors = async () => {
+      const { results } = await (await historyOf(conv.id)).prepare('SELECT user_id, read_seq FROM read_cursors WHERE conversation_id = ?').bind(conv.id).all<{ user_id: string; read_seq: number }>()
+      return Object.fromEntries(results.map((r) => [r.user_id, r.read_seq]))
+    }
+    const a = await Device.connect(alice)
+    await a.sendAndAck(textSend(conv.id, 'one'))
+    await drainOutbox(conv.id)
+    // The room's first tick mirrors its activity: it never had.
+    expect(await directory()).toBe(1)
+    await a.sendAndAck(textSend(conv.id, 'two'))
+    await a.sendAndAck(textSend(conv.id, 'three'))
+    const b = await Device.connect(bob)
+    b.send({ type: 'read', conversationId: conv.id, seq: 2 })
+    await waitFor(async () => (await drainOutbox(conv.id), (await cursors())[bob.user.id] === 2), 5000)
+    // Sending implies having read: alice's cursor went with her messages.
+    expect(await cursors()).toEqual({ [alice.user.id]: 3, [bob.user.id]: 2 })
+    expect(await directory()).toBe(1)
+    // The list is exact all the same, from the shard.
+    const listed = await json<{ conversation: ConversationSummary }>(await api(`/api/conversations/${conv.id}`, { token: bob.accessToken }))
+    expect(listed.conversation).toMatchObject({ lastSeq: 3, readSeq: 2, unread: 1 })
+    // Once ACTIVITY_MIRROR_MS has passed (set back here), the next tick mirrors it, and storage keeps when.
+    const mirroredAt = await runInDurableObject<ConversationRoom, number>(room, (r) => (r['activityMirroredAt'] -= ACTIVITY_MIRROR_MS))
+    await a.sendAndAck(textSend(conv.id, 'four'))
+    await drainOutbox(conv.id)
+    expect(await directory()).toBe(4)
+    const saved = await runInDurableObject<ConversationRoom, number>(room, (_, state) => Number(state.storage.sql.exec<{ value: string }>(`SELECT value FROM meta WHERE key = 'activity_mirrored_at'`).one().value))
+    expect(saved).toBeGreaterThan(mirroredAt)
+    a.close()
+    b.close()
   })
 
   it('sends every event to every device of the sender too', async ({ expect }) => {

@@ -98,6 +98,12 @@ export const FLUSH_MIN_GAP_MS = 1000
 /** ...or at once when this many events wait. */
 const FLUSH_BATCH = 100
 /**
+ * The directory's last_seq / last_activity_at in the main database only choose a long list's first
+ * 200 rows (the list takes exact figures from the shards), so a room mirrors them at most this
+ * often, or with a main-database write it makes anyway: a busy room's tick is one D1 batch, not two.
+ */
+export const ACTIVITY_MIRROR_MS = 5 * 60_000
+/**
  * The alarm that retries a flush after a crash or a D1 failure. The tick does the flushing; the
  * alarm only has to be there when a crash takes the tick with it, so it is armed once per interval
  * (an alarm write is a commit of its own).
@@ -190,6 +196,9 @@ export class ConversationRoom extends DurableObject<Env> {
   private cursorsDirty = new Set<string>()
   /** Members whose read cursor D1 has not caught up with (it feeds unread counts). */
   private readDirty = new Set<string>()
+  /** When this room last mirrored its activity to the directory (wall time), and what storage holds of it. */
+  private activityMirroredAt = 0
+  private activityMirroredSaved = 0
   private flushing: Promise<void> | null = null
   private flushAgain = false
   /** D1 batches this instance sent (stats, for tests of the flush pace). */
@@ -264,6 +273,7 @@ export class ConversationRoom extends DurableObject<Env> {
     this.lastSeq = Math.max(this.sql.exec<{ s: number | null }>('SELECT max(seq) AS s FROM events').one().s ?? 0, this.historyFrom - 1)
     this.d1Seq = Math.min(this.lastSeq, Number(meta.get('d1_seq') ?? 0))
     this.d1SeqSaved = this.d1Seq
+    this.activityMirroredAt = this.activityMirroredSaved = Number(meta.get('activity_mirrored_at') ?? 0)
     this.readPendingStored = meta.has('d1_read_pending')
     for (const id of JSON.parse(meta.get('d1_read_pending') ?? '[]') as string[]) this.readDirty.add(id)
     if (this.pendingD1() > 0) this.scheduleFlush()
@@ -1271,28 +1281,37 @@ export class ConversationRoom extends DurableObject<Env> {
       const expiryMoved = expiry !== this.expiresMirrored
       // Cursors alone are no reason to commit: they ride on the next event's commit or the alarm's.
       if (rows.length === 0 && dirty.length === 0 && readers.length === 0 && expireTo === null && !expiryMoved) return
-      const cursor = this.env.DB.prepare('UPDATE members SET read_seq = max(read_seq, ?) WHERE conversation_id = ? AND user_id = ?')
       const newest = rows[rows.length - 1]
-      // History goes to the conversation's shard, the directory's mirror to the main database. Both
-      // are idempotent, so when one fails the next flush repeats both and the mark waits for it.
+      // History and read cursors go to the conversation's shard in one batch; the directory's
+      // mirror to the main database only when something there changes (membership, a title, media,
+      // expiry) or its activity is due. Both are idempotent, so when one fails the next flush
+      // repeats both and the mark waits for it.
       const history = historyDb(this.env, this.historyShard)
+      const cursor = history.prepare(
+        'INSERT INTO read_cursors (conversation_id, user_id, read_seq) VALUES (?, ?, ?) ON CONFLICT (conversation_id, user_id) DO UPDATE SET read_seq = max(read_seq, excluded.read_seq)',
+      )
       const upserts = [
         ...(expireTo !== null ? [history.prepare('DELETE FROM messages WHERE conversation_id = ? AND seq <= ?').bind(conversationId, expireTo)] : []),
         ...upsertStatements(history, conversationId, [...dirty, ...rows]),
+        ...readers.map((r) => cursor.bind(conversationId, r.id, r.readSeq)),
       ]
-      const main = [
+      const directory = [
         ...(expiryMoved ? [this.env.DB.prepare('UPDATE conversations SET history_expires_at = ? WHERE id = ?').bind(expiry, conversationId)] : []),
-        ...(newest
+        ...rows.flatMap((r) => this.mirrorStatements(conversationId, r)),
+      ]
+      const startedAt = Date.now()
+      const activity = newest !== undefined && (directory.length > 0 || startedAt - this.activityMirroredAt >= ACTIVITY_MIRROR_MS)
+      const main = [
+        ...directory,
+        ...(activity
           ? [this.env.DB.prepare('UPDATE conversations SET last_seq = max(last_seq, ?), last_activity_at = max(last_activity_at, ?) WHERE id = ?').bind(newest.seq, newest.created_at, conversationId)]
           : []),
-        ...rows.flatMap((r) => this.mirrorStatements(conversationId, r)),
-        // After the membership mirror, so a new member's row exists for its cursor to land on.
-        ...readers.map((r) => cursor.bind(r.readSeq, conversationId, r.id)),
       ]
       this.d1Batches++
       if (this.historyShard === MAIN) await this.env.DB.batch([...upserts, ...main])
       else await Promise.all([upserts.length ? history.batch(upserts) : null, main.length ? this.env.DB.batch(main) : null])
       this.d1Seq = newest?.seq ?? this.d1Seq
+      if (activity) this.activityMirroredAt = startedAt
       this.expiresMirrored = expiry
       if (expireTo !== null) this.d1Expired = expireTo
       // A commit of its own only when the dirty set must shrink; the mark and cursors can wait.
@@ -1315,8 +1334,12 @@ export class ConversationRoom extends DurableObject<Env> {
     }
   }
 
-  /** Writes the D1 mark when it moved; part of whatever commit is open. */
+  /** Writes the D1 mark (and when the activity was last mirrored) when they moved; part of whatever commit is open. */
   private saveD1Mark() {
+    if (this.activityMirroredAt !== this.activityMirroredSaved) {
+      this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('activity_mirrored_at', ?)`, String(this.activityMirroredAt))
+      this.activityMirroredSaved = this.activityMirroredAt
+    }
     if (this.d1Seq <= this.d1SeqSaved) return
     this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('d1_seq', ?)`, String(this.d1Seq))
     this.d1SeqSaved = this.d1Seq

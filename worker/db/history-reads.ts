@@ -20,13 +20,20 @@ function shardDown(env: Env, e: unknown) {
   log(env, 'error', 'history shard read failed', { error: String(e) })
 }
 
-/** One conversation's unread count and newest visible message (as JSON), for the list. */
+/**
+ * One conversation's figures for the list, from its shard: the viewer's read cursor (the larger of
+ * the shard's and the directory's `fallbackReadSeq`), the unread count after it, the newest visible
+ * message (as JSON) and the newest event's seq and time (the directory's copies are coarse).
+ */
 export interface Tally {
+  readSeq: number
   unread: number
   preview: string | null
+  lastSeq: number
+  lastActivityAt: number | null
 }
 
-/** Unread counts and previews of a viewer's conversations, one statement per shard. */
+/** Read cursors, unread counts, previews and the newest events of a viewer's conversations, one statement per shard. */
 export async function listTallies(
   env: Env,
   viewerId: string,
@@ -39,20 +46,23 @@ export async function listTallies(
       const { results } = await historyDb(env, shard)
         .prepare(
           `WITH wanted AS (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS read_seq, json_extract(value, '$[2]') AS joined_seq FROM json_each(?1)),
-                hidden AS (SELECT value AS id FROM json_each(?3))
-           SELECT w.id,
-             (SELECT count(*) FROM messages m WHERE m.conversation_id = w.id AND m.seq > max(w.read_seq, w.joined_seq - 1)
+                hidden AS (SELECT value AS id FROM json_each(?3)),
+                cur AS (SELECT w.id, w.joined_seq, max(w.read_seq, coalesce((SELECT rc.read_seq FROM read_cursors rc WHERE rc.conversation_id = w.id AND rc.user_id = ?2), 0)) AS read_seq FROM wanted w)
+           SELECT c.id, c.read_seq,
+             (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id AND m.seq > max(c.read_seq, c.joined_seq - 1)
                 AND m.type IN ('message', 'call') AND m.sender_id != ?2 AND m.recalled_by IS NULL
                 AND m.sender_id NOT IN (SELECT id FROM hidden)) AS unread,
              (SELECT json_object('seq', p.seq, 'type', p.type, 'senderId', p.sender_id, 'body', json(p.body), 'serverTs', p.created_at, 'recalled', p.recalled_by IS NOT NULL)
-                FROM messages p WHERE p.conversation_id = w.id AND p.type IN ('message', 'call') AND p.seq >= w.joined_seq
+                FROM messages p WHERE p.conversation_id = c.id AND p.type IN ('message', 'call') AND p.seq >= c.joined_seq
                   AND p.sender_id NOT IN (SELECT id FROM hidden)
-                ORDER BY p.seq DESC LIMIT 1) AS preview
-           FROM wanted w`,
+                ORDER BY p.seq DESC LIMIT 1) AS preview,
+             (SELECT n.seq FROM messages n WHERE n.conversation_id = c.id ORDER BY n.seq DESC LIMIT 1) AS last_seq,
+             (SELECT n.created_at FROM messages n WHERE n.conversation_id = c.id ORDER BY n.seq DESC LIMIT 1) AS last_activity_at
+           FROM cur c`,
         )
         .bind(JSON.stringify(list.map((c) => [c.id, c.readSeq, c.joinedSeq])), viewerId, JSON.stringify(hiddenSenders))
-        .all<{ id: string; unread: number; preview: string | null }>()
-      for (const r of results) out.set(r.id, { unread: r.unread, preview: r.preview })
+        .all<{ id: string; read_seq: number; unread: number; preview: string | null; last_seq: number | null; last_activity_at: number | null }>()
+      for (const r of results) out.set(r.id, { readSeq: r.read_seq, unread: r.unread, preview: r.preview, lastSeq: r.last_seq ?? 0, lastActivityAt: r.last_activity_at })
     }).map((read) => read.catch((e: unknown) => shardDown(env, e))),
   )
   return out

@@ -98,7 +98,7 @@ export const members = sqliteTable(
     joinedAt: integer('joined_at').notNull().default(now),
     /** First seq this member may see; earlier history stays private to earlier members. */
     joinedSeq: integer('joined_seq').notNull().default(0),
-    /** Mirror of the room's read cursor, for unread counts in the conversation list. */
+    /** The read cursor as rooms mirrored it before cursors moved to `read_cursors` on the history shard (the list takes the larger). */
     readSeq: integer('read_seq').notNull().default(0),
     /** No push until then (ms); MUTED_FOREVER for "always". */
     mutedUntil: integer('muted_until'),
@@ -108,6 +108,21 @@ export const members = sqliteTable(
     archivedAt: integer('archived_at'),
   },
   (t) => [primaryKey({ columns: [t.conversationId, t.userId] }), index('members_user_idx').on(t.userId)],
+)
+
+/**
+ * Read cursors, beside the history they count unread messages of: a room writes its members'
+ * cursors into the same D1 batch as its events, on its shard (this table for the conversations
+ * whose history is here, migrations-history/ for the others), so a tick costs one batch, not two.
+ */
+export const readCursors = sqliteTable(
+  'read_cursors',
+  {
+    conversationId: text('conversation_id').notNull(),
+    userId: text('user_id').notNull(),
+    readSeq: integer('read_seq').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.conversationId, t.userId] })],
 )
 
 /**

@@ -94,8 +94,9 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
     ),
   ])
   const people = rosters.flat()
-  return results.map((c) => {
-    const tally = tallies.get(c.id) ?? { unread: 0, preview: null }
+  const summaries = results.map((c) => {
+    // A shard that did not answer leaves the directory's coarse figures.
+    const tally = tallies.get(c.id) ?? { readSeq: c.read_seq, unread: 0, preview: null, lastSeq: 0, lastActivityAt: null }
     const roster = people.filter((p) => p.conversationId === c.id).map((p) => ({ ...publicUser(p), role: p.role }))
     const others = roster.filter((p) => p.id !== viewerId)
     const p = tally.preview ? (JSON.parse(tally.preview) as { seq: number; type: string; senderId: string; body: MessageBody | null; serverTs: number; recalled: number }) : null
@@ -104,10 +105,10 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
       kind: c.kind,
       title: c.title ?? (others.map((o) => o.displayName).join(', ') || 'Just you'),
       members: roster,
-      lastSeq: c.last_seq,
-      lastActivityAt: c.last_activity_at,
+      lastSeq: Math.max(c.last_seq, tally.lastSeq),
+      lastActivityAt: Math.max(c.last_activity_at, tally.lastActivityAt ?? 0),
       unread: tally.unread,
-      readSeq: c.read_seq,
+      readSeq: Math.max(c.read_seq, tally.readSeq),
       mutedUntil: c.muted_until !== null && c.muted_until > Date.now() ? c.muted_until : null,
       pinned: c.pinned_at !== null,
       archived: c.archived_at !== null,
@@ -115,8 +116,10 @@ async function listFor(env: Env, viewerId: string, onlyId?: string): Promise<Con
       keepDays: c.retention_days,
       retentionDays: c.retention_days ?? defaultKeepDays(env),
       preview: p ? { seq: p.seq, senderId: p.senderId, text: p.type === 'call' ? callPreview(p.body as unknown as Pick<CallEvent, 'video' | 'outcome' | 'durationMs'>) : previewText(p.body, !!p.recalled), serverTs: p.serverTs } : null,
-    }
+    } satisfies ConversationSummary
   })
+  // The directory's order is coarse (rooms mirror their activity there at most every few minutes); the shards' is exact.
+  return summaries.sort((a, b) => b.lastActivityAt - a.lastActivityAt)
 }
 
 async function summaryOf(env: Env, viewerId: string, id: string): Promise<ConversationSummary> {
