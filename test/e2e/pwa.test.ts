@@ -244,7 +244,7 @@ describe('a refresh whose answer is lost', () => {
     expect(sent[1]!.retryKey).toBe(sent[0]!.retryKey)
     // Still signed in, on the tokens the retry brought (before, the retry signed the session out).
     await page.getByTestId('current-user').waitFor()
-    await expect.poll(() => page.evaluate(() => JSON.parse(localStorage.getItem('echovalley.session') ?? '{}').refreshToken as string | undefined)).not.toBe(sent[0]!.refreshToken)
+    await expect.poll(() => page.evaluate(() => JSON.parse(localStorage.getItem('echovalley.session') ?? '{}').refreshToken as string | undefined), { timeout: 15_000 }).not.toBe(sent[0]!.refreshToken)
     const stored = await page.evaluate(() => JSON.parse(localStorage.getItem('echovalley.session')!) as { accessToken: string; retryKey?: string })
     expect(stored.retryKey).toBeUndefined()
     expect(await page.evaluate(async (t) => (await fetch('/api/me', { headers: { authorization: `Bearer ${t}` } })).status, stored.accessToken)).toBe(200)
