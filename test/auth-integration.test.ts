@@ -1,6 +1,7 @@
 import { env } from 'cloudflare:workers'
 import { SignJWT } from 'jose'
 import { describe, it } from 'vitest'
+import { REFRESH_RETRY_WINDOW_MS } from '../worker/auth/sessions'
 import { sha256 } from '../worker/ids'
 import type { AuthResult } from '../worker/shared/protocol'
 import { api, json, register, uniqueHandle } from './helpers'
@@ -132,7 +133,7 @@ describe('refresh tokens', () => {
     expect((await refresh(next.refreshToken)).status).toBe(401)
   })
 
-  it('no retry with another key, once the answer was used, or twice at once', async ({ expect }) => {
+  it('no retry with another key, once the answer was used, after the window, or twice at once', async ({ expect }) => {
     const wrongKey = await register()
     await refresh(wrongKey.refreshToken, 'the-key-that-was-sent')
     const guessed = await refresh(wrongKey.refreshToken, 'another-key-entirely')
@@ -146,21 +147,27 @@ describe('refresh tokens', () => {
     expect((await refresh(used.refreshToken, 'key-of-the-first-try')).status).toBe(401)
     expect((await api('/api/me', { token: onward.accessToken })).status).toBe(401)
 
-    // Retries of one spent token at once: however they interleave, the session never forks (one live
-    // refresh token), and presenting a retired one revokes it.
+    // Too late: the window after the first use is over (set back here).
+    const late = await register()
+    await refresh(late.refreshToken, 'key-of-a-late-retry')
+    await env.DB.prepare('UPDATE refresh_tokens SET used_at = used_at - ? WHERE session_id = ? AND used_at IS NOT NULL').bind(REFRESH_RETRY_WINDOW_MS + 1000, late.sessionId).run()
+    expect((await refresh(late.refreshToken, 'key-of-a-late-retry')).status).toBe(401)
+
+    // Retries of one spent token at once: however they interleave, the session never forks (one
+    // live refresh token), and it ends revoked: by a retry that lost, or by a retired token shown.
     const twice = await register()
     await refresh(twice.refreshToken, 'key-sent-thrice-0001')
     const answers = await Promise.all([1, 2, 3].map(() => refresh(twice.refreshToken, 'key-sent-thrice-0001')))
     const live = await env.DB.prepare('SELECT token_hash FROM refresh_tokens WHERE session_id = ? AND used_at IS NULL').bind(twice.sessionId).all<{ token_hash: string }>()
     expect(live.results).toHaveLength(1)
     const granted = await Promise.all(answers.filter((r) => r.status === 200).map((r) => json<AuthResult>(r)))
+    expect(granted.length).toBeGreaterThanOrEqual(1)
     const isLive = await Promise.all(granted.map(async (g) => (await sha256(g.refreshToken)) === live.results[0]!.token_hash))
     expect(isLive.filter(Boolean)).toHaveLength(1)
-    const retired = granted.find((_, i) => !isLive[i])
-    if (retired) {
-      expect((await refresh(retired.refreshToken)).status).toBe(401)
-      expect((await api('/api/me', { token: granted[isLive.indexOf(true)]!.accessToken })).status).toBe(401)
-    }
+    for (const [i, g] of granted.entries()) if (!isLive[i]) expect((await refresh(g.refreshToken)).status).toBe(401)
+    const winner = granted[isLive.indexOf(true)]!
+    expect((await refresh(winner.refreshToken)).status).toBe(401)
+    expect((await api('/api/me', { token: winner.accessToken })).status).toBe(401)
   })
 
   it('stores refresh tokens hashed, never in the clear', async ({ expect }) => {

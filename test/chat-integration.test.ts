@@ -1,4 +1,4 @@
-import { runInDurableObject } from 'cloudflare:test'
+import { runDurableObjectAlarm, runInDurableObject } from 'cloudflare:test'
 import { env } from 'cloudflare:workers'
 import { describe, it } from 'vitest'
 import { getConversationRoom } from '../worker/durable-objects'
@@ -136,7 +136,7 @@ describe('sending', () => {
     expect((await d1Messages(conv.id)).map((m) => m.seq)).toEqual([1, 2])
   })
 
-  it('a tick writes its shard only (events and read cursors, one batch); the directory gets the activity at most every few minutes', async ({ expect }) => {
+  it('a tick writes its shard only (events and read cursors, one batch); the directory gets the activity every few minutes and when the room goes quiet', async ({ expect }) => {
     const { alice, bob, conv } = await pair()
     const room = getConversationRoom(env, conv.id)
     const directory = async () => (await env.DB.prepare('SELECT last_seq FROM conversations WHERE id = ?').bind(conv.id).first<{ last_seq: number }>())!.last_seq
@@ -144,27 +144,36 @@ describe('sending', () => {
       const { results } = await (await historyOf(conv.id)).prepare('SELECT user_id, read_seq FROM read_cursors WHERE conversation_id = ?').bind(conv.id).all<{ user_id: string; read_seq: number }>()
       return Object.fromEntries(results.map((r) => [r.user_id, r.read_seq]))
     }
+    // Ticks only (their own timers), no alarm: the alarm is what catches a quiet room up.
+    const ticked = () => waitFor(async () => (await room.stats()).outbox === 0, 5000)
     const a = await Device.connect(alice)
     await a.sendAndAck(textSend(conv.id, 'one'))
-    await drainOutbox(conv.id)
+    await ticked()
     // The room's first tick mirrors its activity: it never had.
-    expect(await directory()).toBe(1)
+    await waitFor(async () => (await directory()) === 1, 5000)
     await a.sendAndAck(textSend(conv.id, 'two'))
     await a.sendAndAck(textSend(conv.id, 'three'))
     const b = await Device.connect(bob)
     b.send({ type: 'read', conversationId: conv.id, seq: 2 })
-    await waitFor(async () => (await drainOutbox(conv.id), (await cursors())[bob.user.id] === 2), 5000)
+    await waitFor(async () => (await cursors())[bob.user.id] === 2, 5000)
+    await ticked()
     // Sending implies having read: alice's cursor went with her messages.
     expect(await cursors()).toEqual({ [alice.user.id]: 3, [bob.user.id]: 2 })
     expect(await directory()).toBe(1)
     // The list is exact all the same, from the shard.
     const listed = await json<{ conversation: ConversationSummary }>(await api(`/api/conversations/${conv.id}`, { token: bob.accessToken }))
     expect(listed.conversation).toMatchObject({ lastSeq: 3, readSeq: 2, unread: 1 })
-    // Once ACTIVITY_MIRROR_MS has passed (set back here), the next tick mirrors it, and storage keeps when.
+    // An alarm that finds no event since the one before: the room went quiet, the directory catches up.
+    await runDurableObjectAlarm(room)
+    expect(await directory()).toBe(1)
+    await runDurableObjectAlarm(room)
+    expect(await directory()).toBe(3)
+    // Once ACTIVITY_MIRROR_MS has passed (set back here), a tick mirrors it, and storage keeps when.
     const mirroredAt = await runInDurableObject<ConversationRoom, number>(room, (r) => (r['activityMirroredAt'] -= ACTIVITY_MIRROR_MS))
     await a.sendAndAck(textSend(conv.id, 'four'))
-    await drainOutbox(conv.id)
-    expect(await directory()).toBe(4)
+    await waitFor(async () => (await directory()) === 4, 5000)
+    // The next commit or alarm writes when: the alarm here.
+    expect(await runDurableObjectAlarm(room)).toBe(true)
     const saved = await runInDurableObject<ConversationRoom, number>(room, (_, state) => Number(state.storage.sql.exec<{ value: string }>(`SELECT value FROM meta WHERE key = 'activity_mirrored_at'`).one().value))
     expect(saved).toBeGreaterThan(mirroredAt)
     a.close()

@@ -1,4 +1,4 @@
-import { and, eq, isNull, sql } from 'drizzle-orm'
+import { and, eq, isNull } from 'drizzle-orm'
 import type { Db } from '../db/client'
 import { refreshTokens, sessions, users, type User } from '../db/schema'
 import type { Env } from '../env'
@@ -17,13 +17,17 @@ export function publicUser(u: Pick<User, 'id' | 'handle' | 'displayName' | 'avat
   return { id: u.id, handle: u.handle, displayName: u.displayName, avatar: avatarVersion(u.avatarKey) }
 }
 
-async function issueTokens(env: Env, db: Db, user: User, sessionId: string, next?: { token: string; hash: string }): Promise<AuthResult> {
-  const refreshToken = next?.token ?? newRefreshToken()
+async function issueTokens(env: Env, db: Db, user: User, sessionId: string): Promise<AuthResult> {
+  const refreshToken = newRefreshToken()
   await db.insert(refreshTokens).values({
-    tokenHash: next?.hash ?? (await sha256(refreshToken)),
+    tokenHash: await sha256(refreshToken),
     sessionId,
     expiresAt: Date.now() + REFRESH_TOKEN_TTL_MS,
   })
+  return signedWith(env, user, sessionId, refreshToken)
+}
+
+async function signedWith(env: Env, user: User, sessionId: string, refreshToken: string): Promise<AuthResult> {
   const accessToken = await signAccessToken(env, { userId: user.id, sessionId })
   return { user: publicUser(user), sessionId, accessToken, expiresIn: ACCESS_TOKEN_TTL_S, refreshToken }
 }
@@ -64,45 +68,49 @@ export async function rotateRefreshToken(env: Env, db: Db, presented: string, pl
   const token = newRefreshToken()
   const next = { token, hash: await sha256(token) }
   const keyHash = retryKey === undefined ? null : await sha256(retryKey)
-  const claimed = row.token.usedAt === null
-    ? await db
-        .update(refreshTokens)
-        .set({ usedAt: Date.now(), replacedBy: next.hash, retryKey: keyHash })
-        .where(and(eq(refreshTokens.tokenHash, tokenHash), isNull(refreshTokens.usedAt)))
-        .run()
-    : await retryOfLostAnswer(db, row.token, keyHash, next.hash)
-  if (!claimed || claimed.meta.changes !== 1) {
+  const now = Date.now()
+  // The successor is written in the same transaction as the claim, and only when the claim took
+  // (the spent token then points at it): a failure between the two cannot strand a device with a
+  // spent token and no successor, which its retry would then find missing.
+  const successor = env.DB.prepare(
+    `INSERT INTO refresh_tokens (token_hash, session_id, expires_at)
+     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM refresh_tokens WHERE token_hash = ?4 AND replaced_by = ?1)`,
+  ).bind(next.hash, row.session.id, now + REFRESH_TOKEN_TTL_MS, tokenHash)
+  const claim = row.token.usedAt === null
+    ? [env.DB.prepare('UPDATE refresh_tokens SET used_at = ?, replaced_by = ?, retry_key = ? WHERE token_hash = ? AND used_at IS NULL').bind(now, next.hash, keyHash, tokenHash)]
+    : retryOfLostAnswer(env, row.token, keyHash, next.hash, now)
+  const claimed = claim.length > 0 && (await env.DB.batch([...claim, successor]))[0]!.meta.changes === 1
+  if (!claimed) {
     await revokeSession(env, db, row.user.id, row.session.id)
     fail(401, ErrorCode.TOKEN_REUSED, 'refresh token was already used; the session is revoked')
   }
-  await db.update(sessions).set({ lastSeenAt: Date.now(), ...(place ? { place } : {}) }).where(eq(sessions.id, row.session.id))
-  return issueTokens(env, db, row.user, row.session.id, next)
+  await db.update(sessions).set({ lastSeenAt: now, ...(place ? { place } : {}) }).where(eq(sessions.id, row.session.id))
+  return signedWith(env, row.user, row.session.id, next.token)
 }
+
+/** How long after its first use a spent token may be retried (see `retryOfLostAnswer`). */
+export const REFRESH_RETRY_WINDOW_MS = 10 * 60_000
 
 /**
  * A device whose refresh answer was lost (a dropped connection, an app put to sleep) still holds
  * the spent token; revoking the session then signed people out for a network blip. It sent a
- * random retry key with the first try and sends the same again, and nobody has used the token
- * that answer carried: the retry gets new tokens, and that unused successor is retired, so a
- * thief who raced the owner is still found out when the owner's copy comes back. One transaction
- * that changes nothing unless all of it still holds (two retries at once: one wins, the other is a
- * replay). Null: a replay.
+ * random retry key with the first try and sends the same again, within REFRESH_RETRY_WINDOW_MS of
+ * that first use, and nobody has used the token that answer carried: the retry gets new tokens,
+ * and that unused successor is retired, so a thief who raced the owner is still found out when
+ * the owner's copy comes back. The window bounds how long a token and key seen together (a log, a
+ * proxy) stay worth anything. The statements change nothing unless all of it still holds when
+ * they run (two retries at once: one wins, the other is a replay). Empty: a replay.
  */
-async function retryOfLostAnswer(db: Db, spent: typeof refreshTokens.$inferSelect, keyHash: string | null, nextHash: string) {
+function retryOfLostAnswer(env: Env, spent: typeof refreshTokens.$inferSelect, keyHash: string | null, nextHash: string, now: number): D1PreparedStatement[] {
   const successor = spent.replacedBy
-  if (keyHash === null || spent.retryKey !== keyHash || successor === null) return null
-  const [repointed] = await db.batch([
-    db
-      .update(refreshTokens)
-      .set({ replacedBy: nextHash })
-      .where(and(
-        eq(refreshTokens.tokenHash, spent.tokenHash),
-        eq(refreshTokens.replacedBy, successor),
-        sql`exists (select 1 from refresh_tokens s where s.token_hash = ${successor} and s.used_at is null)`,
-      )),
-    db.update(refreshTokens).set({ usedAt: Date.now() }).where(and(eq(refreshTokens.tokenHash, successor), isNull(refreshTokens.usedAt))),
-  ])
-  return repointed.meta.changes === 1 ? repointed : null
+  if (keyHash === null || spent.retryKey !== keyHash || successor === null || spent.usedAt === null || now - spent.usedAt > REFRESH_RETRY_WINDOW_MS) return []
+  return [
+    env.DB.prepare(
+      `UPDATE refresh_tokens SET replaced_by = ?1 WHERE token_hash = ?2 AND replaced_by = ?3
+       AND EXISTS (SELECT 1 FROM refresh_tokens s WHERE s.token_hash = ?3 AND s.used_at IS NULL)`,
+    ).bind(nextHash, spent.tokenHash, successor),
+    env.DB.prepare('UPDATE refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL').bind(now, successor),
+  ]
 }
 
 /** Signs a session out everywhere: its tokens stop at the next request and its sockets close now. */

@@ -199,6 +199,10 @@ export class ConversationRoom extends DurableObject<Env> {
   /** When this room last mirrored its activity to the directory (wall time), and what storage holds of it. */
   private activityMirroredAt = 0
   private activityMirroredSaved = 0
+  /** The newest seq the directory has (as far as this instance knows: after a wake, the D1 mark). */
+  private activitySeq = 0
+  /** lastSeq when the last alarm ran: unchanged at the next one means the room went quiet. */
+  private alarmSeenSeq = -1
   private flushing: Promise<void> | null = null
   private flushAgain = false
   /** D1 batches this instance sent (stats, for tests of the flush pace). */
@@ -274,6 +278,7 @@ export class ConversationRoom extends DurableObject<Env> {
     this.d1Seq = Math.min(this.lastSeq, Number(meta.get('d1_seq') ?? 0))
     this.d1SeqSaved = this.d1Seq
     this.activityMirroredAt = this.activityMirroredSaved = Number(meta.get('activity_mirrored_at') ?? 0)
+    this.activitySeq = this.d1Seq
     this.readPendingStored = meta.has('d1_read_pending')
     for (const id of JSON.parse(meta.get('d1_read_pending') ?? '[]') as string[]) this.readDirty.add(id)
     if (this.pendingD1() > 0) this.scheduleFlush()
@@ -1311,7 +1316,7 @@ export class ConversationRoom extends DurableObject<Env> {
       if (this.historyShard === MAIN) await this.env.DB.batch([...upserts, ...main])
       else await Promise.all([upserts.length ? history.batch(upserts) : null, main.length ? this.env.DB.batch(main) : null])
       this.d1Seq = newest?.seq ?? this.d1Seq
-      if (activity) this.activityMirroredAt = startedAt
+      if (activity) (this.activityMirroredAt = startedAt, this.activitySeq = Math.max(this.activitySeq, newest.seq))
       this.expiresMirrored = expiry
       if (expireTo !== null) this.d1Expired = expireTo
       // A commit of its own only when the dirty set must shrink; the mark and cursors can wait.
@@ -1332,6 +1337,22 @@ export class ConversationRoom extends DurableObject<Env> {
       // back to back, one D1 batch per message instead of one a second.
       if (rows.length < FLUSH_BATCH && dirty.length < FLUSH_BATCH) return
     }
+  }
+
+  /**
+   * A room gone quiet (an alarm with no event since the last) brings the directory's activity up to
+   * what D1 has: ticks mirror it at most every ACTIVITY_MIRROR_MS, so after a burst the directory
+   * would otherwise keep the burst's start.
+   */
+  private async mirrorActivity() {
+    const conversationId = this.conversationId
+    if (!conversationId || this.activitySeq >= this.d1Seq) return
+    const newest = this.sql.exec<{ seq: number; created_at: number }>('SELECT seq, created_at FROM events WHERE seq <= ? ORDER BY seq DESC LIMIT 1', this.d1Seq).toArray()[0]
+    if (!newest) return
+    const at = Date.now()
+    await this.env.DB.prepare('UPDATE conversations SET last_seq = max(last_seq, ?), last_activity_at = max(last_activity_at, ?) WHERE id = ?').bind(newest.seq, newest.created_at, conversationId).run()
+    this.activitySeq = Math.max(this.activitySeq, newest.seq)
+    this.activityMirroredAt = at
   }
 
   /** Writes the D1 mark (and when the activity was last mirrored) when they moved; part of whatever commit is open. */
@@ -1407,6 +1428,10 @@ export class ConversationRoom extends DurableObject<Env> {
   override async alarm() {
     this.alarmAt = null
     await this.startFlush()
+    // Quiet since the last alarm: the directory catches up now, not at the next ACTIVITY_MIRROR_MS.
+    const quiet = this.lastSeq === this.alarmSeenSeq
+    this.alarmSeenSeq = this.lastSeq
+    if (quiet) await this.mirrorActivity().catch((e: unknown) => console.warn('activity mirror failed; the next alarm repeats it', String(e)))
     const metricsWait = await this.metrics.flushIfQuiet(FLUSH_RETRY_MS / 2)
     // A room that went quiet writes its mark and cursors here, so a wake after eviction repeats little.
     this.ctx.storage.transactionSync(() => {
@@ -1414,7 +1439,7 @@ export class ConversationRoom extends DurableObject<Env> {
       this.persistCursors()
     })
     const purges = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM media_purge').one().n
-    if (this.pendingD1() > 0 || purges > 0 || metricsWait) this.armFlushAlarm()
+    if (this.pendingD1() > 0 || purges > 0 || metricsWait || this.activitySeq < this.d1Seq) this.armFlushAlarm()
   }
 
   /** For tests and the monitoring view: `outbox` counts what D1 has yet to get. */
