@@ -99,8 +99,9 @@ describe('sending', () => {
       state.storage.sql.exec(`UPDATE meta SET value = '0' WHERE key = 'd1_seq'`)
       ;(instance as unknown as { d1Seq: number; d1SeqSaved: number }).d1Seq = 0
       ;(instance as unknown as { d1SeqSaved: number }).d1SeqSaved = 0
-      // The safety-net alarm armed with the first of those events is what replays them.
-      await state.storage.setAlarm(Date.now())
+      // The safety-net alarm armed with the first of those events is what replays them (run by
+      // drainOutbox below; set in the future so it cannot fire before the outbox is read).
+      await state.storage.setAlarm(Date.now() + 60_000)
     })
     expect((await room.stats()).outbox).toBe(25)
     await drainOutbox(conv.id)

@@ -219,16 +219,17 @@ describe('a refresh whose answer is lost', () => {
     const ctx = await product.browser.newContext()
     const page = await ctx.newPage()
     await registerInUi(page, product.server.url, `lost_${uniqueTag()}`, 'Lost Answer')
-    // The next two list requests are refused as if the access token had expired: each refreshes.
-    let refusals = 2
+    const sent: { refreshToken: string; retryKey?: string }[] = []
+    // List requests are refused as if the access token had expired until the tab has sent the
+    // refresh this step wants (a request of the page being reloaded may take a refusal too).
+    let wanted = 1
     await page.route('**/api/conversations', async (route) => {
-      if (route.request().method() === 'GET' && refusals-- > 0) {
+      if (route.request().method() === 'GET' && sent.length < wanted) {
         return route.fulfill({ status: 401, contentType: 'application/json', body: JSON.stringify({ error: { code: 'UNAUTHORIZED', message: 'expired' } }) })
       }
       return route.continue()
     })
     // The first refresh reaches the server, which rotates the token, and its answer never arrives.
-    const sent: { refreshToken: string; retryKey?: string }[] = []
     await page.route('**/api/auth/refresh', async (route) => {
       sent.push(JSON.parse(route.request().postData() ?? '{}') as (typeof sent)[number])
       if (sent.length > 1) return route.continue()
@@ -237,6 +238,7 @@ describe('a refresh whose answer is lost', () => {
     })
     await page.reload()
     await expect.poll(() => sent.length, { timeout: 15_000 }).toBe(1)
+    wanted = 2
     await page.reload()
     await expect.poll(() => sent.length, { timeout: 15_000 }).toBe(2)
     expect(sent[1]!.refreshToken).toBe(sent[0]!.refreshToken)
