@@ -1308,9 +1308,7 @@ export class ConversationRoom extends DurableObject<Env> {
       const activity = newest !== undefined && (directory.length > 0 || startedAt - this.activityMirroredAt >= ACTIVITY_MIRROR_MS)
       const main = [
         ...directory,
-        ...(activity
-          ? [this.env.DB.prepare('UPDATE conversations SET last_seq = max(last_seq, ?), last_activity_at = max(last_activity_at, ?) WHERE id = ?').bind(newest.seq, newest.created_at, conversationId)]
-          : []),
+        ...(activity ? [this.activityStatement(conversationId, newest)] : []),
       ]
       this.d1Batches++
       if (this.historyShard === MAIN) await this.env.DB.batch([...upserts, ...main])
@@ -1350,9 +1348,14 @@ export class ConversationRoom extends DurableObject<Env> {
     const newest = this.sql.exec<{ seq: number; created_at: number }>('SELECT seq, created_at FROM events WHERE seq <= ? ORDER BY seq DESC LIMIT 1', this.d1Seq).toArray()[0]
     if (!newest) return
     const at = Date.now()
-    await this.env.DB.prepare('UPDATE conversations SET last_seq = max(last_seq, ?), last_activity_at = max(last_activity_at, ?) WHERE id = ?').bind(newest.seq, newest.created_at, conversationId).run()
+    await this.activityStatement(conversationId, newest).run()
     this.activitySeq = Math.max(this.activitySeq, newest.seq)
     this.activityMirroredAt = at
+  }
+
+  /** The directory's copy of the room's newest event (max: a late statement never moves it back). */
+  private activityStatement(conversationId: string, newest: { seq: number; created_at: number }): D1PreparedStatement {
+    return this.env.DB.prepare('UPDATE conversations SET last_seq = max(last_seq, ?), last_activity_at = max(last_activity_at, ?) WHERE id = ?').bind(newest.seq, newest.created_at, conversationId)
   }
 
   /** Writes the D1 mark (and when the activity was last mirrored) when they moved; part of whatever commit is open. */

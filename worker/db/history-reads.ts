@@ -22,8 +22,8 @@ function shardDown(env: Env, e: unknown) {
 
 /**
  * One conversation's figures for the list, from its shard: the viewer's read cursor (the larger of
- * the shard's and the directory's `fallbackReadSeq`), the unread count after it, the newest visible
- * message (as JSON) and the newest event's seq and time (the directory's copies are coarse).
+ * the shard's and the directory's, handed in as `readSeq`), the unread count after it, the newest
+ * visible message (as JSON) and the newest event's seq and time (the directory's copies are coarse).
  */
 export interface Tally {
   readSeq: number
@@ -56,9 +56,9 @@ export async function listTallies(
                 FROM messages p WHERE p.conversation_id = c.id AND p.type IN ('message', 'call') AND p.seq >= c.joined_seq
                   AND p.sender_id NOT IN (SELECT id FROM hidden)
                 ORDER BY p.seq DESC LIMIT 1) AS preview,
-             (SELECT n.seq FROM messages n WHERE n.conversation_id = c.id ORDER BY n.seq DESC LIMIT 1) AS last_seq,
-             (SELECT n.created_at FROM messages n WHERE n.conversation_id = c.id ORDER BY n.seq DESC LIMIT 1) AS last_activity_at
-           FROM cur c`,
+             n.seq AS last_seq, n.created_at AS last_activity_at
+           FROM cur c
+           LEFT JOIN messages n ON n.conversation_id = c.id AND n.seq = (SELECT max(x.seq) FROM messages x WHERE x.conversation_id = c.id)`,
         )
         .bind(JSON.stringify(list.map((c) => [c.id, c.readSeq, c.joinedSeq])), viewerId, JSON.stringify(hiddenSenders))
         .all<{ id: string; read_seq: number; unread: number; preview: string | null; last_seq: number | null; last_activity_at: number | null }>()
