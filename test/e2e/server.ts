@@ -52,6 +52,8 @@ export async function startServer(
     lifetimeMs?: number
     /** Another wrangler config (the benchmark's platform floor); it has no D1 to migrate. */
     config?: string
+    /** wrangler's warnings only: at the soak's rates its line per request costs a core. */
+    quiet?: boolean
   } = {},
 ): Promise<LocalServer> {
   const lifetimeMs = opts.lifetimeMs ?? MAX_LIFETIME_MS
@@ -65,7 +67,7 @@ export async function startServer(
   const vapid = generateVapidKeys()
   // Every test signs its people up from 127.0.0.1: the per-address sign-up limit is lifted unless a test sets it.
   const vars = { JWT_SECRET: 'e2e-secret-that-is-long-enough-0123456789', VAPID_PUBLIC_KEY: vapid.publicKey, VAPID_PRIVATE_KEY: vapid.privateKey, REGISTER_RATE: '100000/100000', ...opts.vars }
-  const config = opts.config ? ['-c', opts.config] : []
+  const config = [...(opts.config ? ['-c', opts.config] : []), ...(opts.quiet ? ['--log-level', 'warn'] : [])]
   let child = await launch(port, stateDir, vars, env, lifetimeMs, config)
   const url = `http://127.0.0.1:${port}`
   return {
@@ -101,10 +103,16 @@ async function launch(port: number, stateDir: string, vars: Record<string, strin
       ...Object.entries(vars).flatMap(([k, v]) => ['--var', `${k}:${v}`])],
     { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true },
   )
+  // The tail of what wrangler printed, for the error if it does not start (a run of hours must
+  // not keep every line).
   let log = ''
-  // SERVER_LOG=1 shows what wrangler prints, for debugging a test or a benchmark.
-  child.stdout?.on('data', (d) => (log += d, process.env.SERVER_LOG && process.stderr.write(d)))
-  child.stderr?.on('data', (d) => (log += d, process.env.SERVER_LOG && process.stderr.write(d)))
+  const keep = (d: Buffer) => {
+    log = (log + d).slice(-64 * 1024)
+    // SERVER_LOG=1 shows what wrangler prints, for debugging a test or a benchmark.
+    if (process.env.SERVER_LOG) process.stderr.write(d)
+  }
+  child.stdout?.on('data', keep)
+  child.stderr?.on('data', keep)
   const killTimer = setTimeout(() => void kill(child, 'SIGKILL'), lifetimeMs)
   killTimer.unref()
   child.once('exit', () => clearTimeout(killTimer))
