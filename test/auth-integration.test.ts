@@ -1,7 +1,8 @@
 import { env } from 'cloudflare:workers'
 import { SignJWT } from 'jose'
 import { describe, it } from 'vitest'
-import { REFRESH_RETRY_WINDOW_MS } from '../worker/auth/sessions'
+import { REFRESH_RETRY_WINDOW_MS, rotateRefreshToken } from '../worker/auth/sessions'
+import { getDb } from '../worker/db/client'
 import { sha256 } from '../worker/ids'
 import type { AuthResult } from '../worker/shared/protocol'
 import { api, json, register, uniqueHandle } from './helpers'
@@ -168,6 +169,28 @@ describe('refresh tokens', () => {
     const winner = granted[isLive.indexOf(true)]!
     expect((await refresh(winner.refreshToken)).status).toBe(401)
     expect((await api('/api/me', { token: winner.accessToken })).status).toBe(401)
+  })
+
+  it('a try the server reaches only after its retry was answered changes nothing and signs nobody out', async ({ expect }) => {
+    // The device sent a refresh, saw a network error while the server still held it, and retried
+    // with the same key; the retry was answered first. The first try, run now, arrived earlier.
+    const a = await register()
+    const key = crypto.randomUUID()
+    const firstArrived = Date.now()
+    await new Promise((r) => setTimeout(r, 5))
+    const answered = await json<AuthResult>(await refresh(a.refreshToken, key))
+    const late = await rotateRefreshToken(env, getDb(env), a.refreshToken, null, key, firstArrived).then(() => null, (e: { status: number; cause: { code: string } }) => e)
+    expect(late?.status).toBe(409)
+    expect(late?.cause.code).toBe('REFRESH_IN_FLIGHT')
+    // The retry's token is still the live one (before, the late try retired it: signed out next time).
+    const live = await env.DB.prepare('SELECT count(*) AS n FROM refresh_tokens WHERE session_id = ? AND used_at IS NULL').bind(a.sessionId).first<{ n: number }>()
+    expect(live?.n).toBe(1)
+    const onward = await refresh(answered.refreshToken, crypto.randomUUID())
+    expect(onward.status).toBe(200)
+    expect((await api('/api/me', { token: (await json<AuthResult>(onward)).accessToken })).status).toBe(200)
+    // Arriving after the token was spent, the same token without its key is still a replay.
+    expect((await refresh(a.refreshToken)).status).toBe(401)
+    expect((await api('/api/me', { token: answered.accessToken })).status).toBe(401)
   })
 
   it('stores refresh tokens hashed, never in the clear', async ({ expect }) => {

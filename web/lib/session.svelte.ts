@@ -151,8 +151,9 @@ export class Session {
         await this.#save(result)
         return result.accessToken
       } catch (e) {
-        // Offline or overloaded is not signed out; a refused token is.
-        if (e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429) {
+        // Offline or overloaded is not signed out, nor a refresh that crossed another of this
+        // device's (the token and key stay for the next try); a refused token is.
+        if (e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 408 && e.status !== 429 && e.code !== 'REFRESH_IN_FLIGHT') {
           if (e.code === 'SUSPENDED') this.#notice = e.message
           await this.#save(null)
         }

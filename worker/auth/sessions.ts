@@ -48,9 +48,10 @@ export async function startSession(env: Env, db: Db, user: User, deviceName: str
 
 /**
  * Rotates a refresh token; presenting a used one revokes the whole session (it was stolen or
- * replayed), except as the retry of a rotation whose answer was lost (`retryOfLostAnswer`).
+ * replayed), except as the retry of a rotation whose answer was lost (`retryOfLostAnswer`), or
+ * when the token was spent after this request arrived (`spentWhileInFlight`).
  */
-export async function rotateRefreshToken(env: Env, db: Db, presented: string, place: string | null = null, retryKey?: string): Promise<AuthResult> {
+export async function rotateRefreshToken(env: Env, db: Db, presented: string, place: string | null = null, retryKey?: string, arrivedAt = Date.now()): Promise<AuthResult> {
   const tokenHash = await sha256(presented)
   const row = await db
     .select({ token: refreshTokens, session: sessions, user: users })
@@ -65,6 +66,7 @@ export async function rotateRefreshToken(env: Env, db: Db, presented: string, pl
   if (!row || row.session.revokedAt !== null || row.token.expiresAt < Date.now()) {
     fail(401, ErrorCode.UNAUTHORIZED, 'refresh token is invalid or expired')
   }
+  spentWhileInFlight(row.token.usedAt, arrivedAt)
   const token = newRefreshToken()
   const next = { token, hash: await sha256(token) }
   const keyHash = retryKey === undefined ? null : await sha256(retryKey)
@@ -81,11 +83,25 @@ export async function rotateRefreshToken(env: Env, db: Db, presented: string, pl
     : retryOfLostAnswer(env, row.token, keyHash, next.hash, now)
   const claimed = claim.length > 0 && (await env.DB.batch([...claim, successor]))[0]!.meta.changes === 1
   if (!claimed) {
+    const spent = await env.DB.prepare('SELECT used_at FROM refresh_tokens WHERE token_hash = ?').bind(tokenHash).first<{ used_at: number | null }>()
+    spentWhileInFlight(spent?.used_at ?? null, arrivedAt)
     await revokeSession(env, db, row.user.id, row.session.id)
     fail(401, ErrorCode.TOKEN_REUSED, 'refresh token was already used; the session is revoked')
   }
   await db.update(sessions).set({ lastSeenAt: now, ...(place ? { place } : {}) }).where(eq(sessions.id, row.session.id))
   return signedWith(env, row.user, row.session.id, next.token)
+}
+
+/**
+ * A request that arrived before its token was spent is not a replay: it raced a request of the
+ * same device (a retry sent after a network error while the first try still ran, or a first try
+ * the server got to only after the retry had been answered). Revoking, or retiring the token the
+ * retry was given, signed that device out on its next refresh. It gets nothing and changes
+ * nothing; the device keeps its token and key and retries. Strictly later only: a clock that has
+ * not moved between the two cannot tell, and then the token counts as spent before.
+ */
+function spentWhileInFlight(usedAt: number | null, arrivedAt: number): void {
+  if (usedAt !== null && usedAt > arrivedAt) fail(409, ErrorCode.REFRESH_IN_FLIGHT, 'this refresh token was used while this request was on its way; try again with the same retry key')
 }
 
 /** How long after its first use a spent token may be retried (see `retryOfLostAnswer`). */

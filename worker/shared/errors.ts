@@ -8,6 +8,8 @@ export const ErrorCode = {
   HANDLE_TAKEN: 'HANDLE_TAKEN',
   INVALID_CREDENTIALS: 'INVALID_CREDENTIALS',
   TOKEN_REUSED: 'TOKEN_REUSED',
+  /** The refresh token was spent while this request was on its way: retry with the same key. */
+  REFRESH_IN_FLIGHT: 'REFRESH_IN_FLIGHT',
   NOT_MEMBER: 'NOT_MEMBER',
   NOT_ALLOWED: 'NOT_ALLOWED',
   TOO_LATE: 'TOO_LATE',
