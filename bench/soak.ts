@@ -8,14 +8,18 @@
 //   npm run soak                                  # 10,000 users, 5,000 conversations, a 30-minute day peaking at 200 msg/s for 10 minutes
 //   npm run soak -- --users=2000 --conversations=1000 --minutes=6 --peak-minutes=2 --peak=100   # a short one
 //   npm run soak -- --record                       # also appends the report to bench/results.md
+//   npm run soak -- --bare                         # on bare workerd through Miniflare instead of wrangler dev
+//   npm run soak -- --seed=api                     # people, friendships and chats made through the API (~25 min at full size) instead of written into D1
 import { execFileSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { appendFileSync, mkdtempSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import WebSocket from 'ws'
-import { DEV_ENV, startServer } from '../test/e2e/server'
+import { DEV_ENV, migrateLocal, startServer } from '../test/e2e/server'
 import { generateVapidKeys } from '../test/support/push-service'
+import { newId } from '../worker/ids'
+import { SEED_PASSWORD, seedPeople, writeSeed, type SeedConversation, type SeedPerson } from './soak-seed'
 import { bareServer } from './workerd-targets'
 import type { AuthResult, ConversationEvent, HistoryPage, SearchHit, ServerMessage } from '../worker/shared/protocol'
 
@@ -228,6 +232,76 @@ async function tokenOf(base: string, p: Person): Promise<string> {
   return p.auth.accessToken
 }
 
+// ---- the population ----
+
+/** Conversations as lists of people (by index), the owner first: 70 % 1:1, the rest groups of 3–50, small ones likelier (P ∝ 1/size^1.3). */
+function conversationShapes(): { kind: 'direct' | 'group'; members: number[] }[] {
+  const sizes = Array.from({ length: 48 }, (_, i) => i + 3)
+  const weights = sizes.map((n) => 1 / n ** 1.3)
+  const total = weights.reduce((a, b) => a + b, 0)
+  const groupSize = () => {
+    let x = Math.random() * total
+    for (let i = 0; i < sizes.length; i++) if ((x -= weights[i]!) <= 0) return sizes[i]!
+    return 3
+  }
+  const anyone = () => Math.floor(Math.random() * USERS)
+  return Array.from({ length: CONVERSATIONS }, () => {
+    const owner = anyone()
+    const n = Math.random() < DIRECT_SHARE ? 2 : groupSize()
+    const others = new Set<number>()
+    while (others.size < n - 1) {
+      const p = anyone()
+      if (p !== owner) others.add(p)
+    }
+    return { kind: n === 2 ? 'direct' : 'group', members: [owner, ...others] }
+  })
+}
+
+/** The population as rows for bench/soak-seed.ts; a 1:1 pair drawn twice is one chat, as through the API. */
+function planPopulation(run: string): { people: SeedPerson[]; conversations: SeedConversation[] } {
+  const pairs = new Set<string>()
+  const conversations: SeedConversation[] = []
+  for (const shape of conversationShapes()) {
+    const pair = shape.kind === 'direct' ? [...shape.members].sort((a, b) => a - b).join('|') : null
+    if (pair && pairs.has(pair)) continue
+    if (pair) pairs.add(pair)
+    conversations.push({ id: newId(), ...shape })
+  }
+  return { people: seedPeople(run, USERS), conversations }
+}
+
+/** The population made as people make it: sign-ups, friend requests and their answers, then chats and groups. */
+async function populateThroughApi(base: string, run: string): Promise<{ people: Person[]; conversations: { id: string; members: Person[] }[] }> {
+  const t0 = Date.now()
+  const people: Person[] = await pool(Array.from({ length: USERS }, (_, i) => i), SETUP_CONCURRENCY, async (i) => {
+    const handle = `s${run}_${i}`
+    const r = await http<AuthResult>(base, '/api/auth/register', { body: { handle, password: SEED_PASSWORD, displayName: `Soak ${i}` } })
+    if (r.status !== 201) throw new Error(`register ${handle}: ${r.status} ${JSON.stringify(r.body)}`)
+    if ((i + 1) % 1000 === 0) console.log(`  ${i + 1} people (${((Date.now() - t0) / 1000).toFixed(0)} s)`)
+    return { auth: r.body, issuedAt: Date.now(), convs: [], known: new Map(), device: null, connecting: false }
+  })
+  const befriended = new Set<string>()
+  const befriend = async (a: Person, b: Person) => {
+    const key = [a.auth.user.id, b.auth.user.id].sort().join('|')
+    if (befriended.has(key)) return
+    befriended.add(key)
+    const req = await http<{ id?: string }>(base, '/api/friends/requests', { token: await tokenOf(base, a), body: { handle: b.auth.user.handle } })
+    if (req.status === 201 && req.body.id) await http(base, `/api/friends/requests/${req.body.id}/accept`, { method: 'POST', token: await tokenOf(base, b) })
+  }
+  const t1 = Date.now()
+  const conversations = await pool(conversationShapes(), SETUP_CONCURRENCY, async (shape, i) => {
+    const [owner, ...others] = shape.members.map((m) => people[m]!)
+    for (const o of others) await befriend(owner!, o)
+    const r = shape.kind === 'direct'
+      ? await http<{ conversation: { id: string } }>(base, '/api/conversations', { token: await tokenOf(base, owner!), body: { peerHandle: others[0]!.auth.user.handle } })
+      : await http<{ conversation: { id: string } }>(base, '/api/conversations/groups', { token: await tokenOf(base, owner!), body: { title: `group ${i}`, memberIds: others.map((o) => o.auth.user.id) } })
+    if (r.status !== 201 && r.status !== 200) throw new Error(`${shape.kind}: ${r.status} ${JSON.stringify(r.body)}`)
+    if ((i + 1) % 1000 === 0) console.log(`  ${i + 1} conversations (${((Date.now() - t1) / 1000).toFixed(0)} s)`)
+    return { id: r.body.conversation.id, members: [owner!, ...others] }
+  })
+  return { people, conversations }
+}
+
 async function main() {
   const record = process.argv.includes('--record')
   const started = new Date()
@@ -246,63 +320,36 @@ async function main() {
     const vapid = generateVapidKeys()
     return { REGISTER_RATE: '1000000/1000000', JWT_SECRET: 'soak-secret-that-is-long-enough-0123456789', VAPID_PUBLIC_KEY: vapid.publicKey, VAPID_PRIVATE_KEY: vapid.privateKey }
   }
+  // The population: written into D1 before the runtime starts (default), or made through the API
+  // (--seed=api: sign-ups, friend requests, chats and groups, as people would; ~25 minutes).
+  const viaApi = process.argv.includes('--seed=api')
+  const run = Date.now().toString(36)
+  const t0 = Date.now()
+  const seeded = viaApi ? null : planPopulation(run)
+  const prepare = seeded ? (dir: string) => writeSeed(dir, seeded.people, seeded.conversations, 'HISTORY_0,HISTORY_1') : undefined
   const server: { url: string; stop(): Promise<void>; stateDir?: string } = bare
-    ? await bareServer('product', bareVars())
-    : await startServer({ stateDir, lifetimeMs: (DAY_MIN + 120) * 60_000, vars: { REGISTER_RATE: '1000000/1000000' }, quiet: true })
+    ? await bareServer('product', bareVars(), prepare)
+    : await (async () => {
+        migrateLocal(stateDir)
+        await prepare?.(stateDir)
+        return startServer({ stateDir, lifetimeMs: (DAY_MIN + 120) * 60_000, vars: { REGISTER_RATE: '1000000/1000000' }, quiet: true })
+      })()
   const base = server.url
-  console.log(`server ${base}, state in ${stateDir}`)
+  console.log(`server ${base}, state in ${server.stateDir ?? stateDir}`)
   let stopped = false
   try {
-    // People.
-    const t0 = Date.now()
-    const run = Date.now().toString(36)
-    const people: Person[] = await pool(Array.from({ length: USERS }, (_, i) => i), SETUP_CONCURRENCY, async (i) => {
-      const handle = `s${run}_${i}`
-      const r = await http<AuthResult>(base, '/api/auth/register', { body: { handle, password: 'soak-password-1', displayName: `Soak ${i}` } })
-      if (r.status !== 201) throw new Error(`register ${handle}: ${r.status} ${JSON.stringify(r.body)}`)
-      if ((i + 1) % 1000 === 0) console.log(`  ${i + 1} people (${((Date.now() - t0) / 1000).toFixed(0)} s)`)
-      return { auth: r.body, issuedAt: Date.now(), convs: [], known: new Map(), device: null, connecting: false }
-    })
-    // Conversations: 70 % 1:1, the rest groups of 3–50, small ones likelier (P ∝ 1/size^1.3).
-    const sizes = Array.from({ length: 48 }, (_, i) => i + 3)
-    const weights = sizes.map((n) => 1 / n ** 1.3)
-    const total = weights.reduce((a, b) => a + b, 0)
-    const groupSize = () => {
-      let x = Math.random() * total
-      for (let i = 0; i < sizes.length; i++) if ((x -= weights[i]!) <= 0) return sizes[i]!
-      return 3
+    let people: Person[]
+    let conversations: { id: string; members: Person[] }[]
+    if (seeded) {
+      // A seeded session has a refresh token and no access token yet: the first use refreshes.
+      people = seeded.people.map((p) => ({
+        auth: { user: { id: p.id, handle: p.handle, displayName: p.displayName }, sessionId: p.sessionId, accessToken: '', refreshToken: p.refreshToken } as unknown as AuthResult,
+        issuedAt: 0, convs: [], known: new Map(), device: null, connecting: false,
+      }))
+      conversations = seeded.conversations.map((c) => ({ id: c.id, members: c.members.map((i) => people[i]!) }))
+    } else {
+      ;({ people, conversations } = await populateThroughApi(base, run))
     }
-    const befriended = new Set<string>()
-    const befriend = async (a: Person, b: Person) => {
-      const key = [a.auth.user.id, b.auth.user.id].sort().join('|')
-      if (befriended.has(key)) return
-      befriended.add(key)
-      const req = await http<{ id?: string }>(base, '/api/friends/requests', { token: await tokenOf(base, a), body: { handle: b.auth.user.handle } })
-      if (req.status === 201 && req.body.id) await http(base, `/api/friends/requests/${req.body.id}/accept`, { method: 'POST', token: await tokenOf(base, b) })
-    }
-    const t1 = Date.now()
-    const conversations: { id: string; members: Person[]; shard?: string }[] = await pool(Array.from({ length: CONVERSATIONS }, (_, i) => i), SETUP_CONCURRENCY, async (i) => {
-      const owner = pick(people)
-      if (Math.random() < DIRECT_SHARE) {
-        let peer = pick(people)
-        while (peer === owner) peer = pick(people)
-        await befriend(owner, peer)
-        const r = await http<{ conversation: { id: string } }>(base, '/api/conversations', { token: await tokenOf(base, owner), body: { peerHandle: peer.auth.user.handle } })
-        if (r.status !== 201 && r.status !== 200) throw new Error(`direct: ${r.status} ${JSON.stringify(r.body)}`)
-        return { id: r.body.conversation.id, members: [owner, peer] }
-      }
-      const others = new Set<Person>()
-      const n = groupSize()
-      while (others.size < n - 1) {
-        const p = pick(people)
-        if (p !== owner) others.add(p)
-      }
-      for (const o of others) await befriend(owner, o)
-      const r = await http<{ conversation: { id: string } }>(base, '/api/conversations/groups', { token: await tokenOf(base, owner), body: { title: `group ${i}`, memberIds: [...others].map((o) => o.auth.user.id) } })
-      if (r.status !== 201) throw new Error(`group: ${r.status} ${JSON.stringify(r.body)}`)
-      if ((i + 1) % 1000 === 0) console.log(`  ${i + 1} conversations (${((Date.now() - t1) / 1000).toFixed(0)} s)`)
-      return { id: r.body.conversation.id, members: [owner, ...others] }
-    })
     // A direct chat asked for twice is one conversation.
     const byId = new Map(conversations.map((c) => [c.id, c]))
     for (const c of byId.values()) for (const m of c.members) if (!m.convs.includes(c.id)) m.convs.push(c.id)
@@ -498,7 +545,7 @@ async function main() {
     const report = [
       `### Soak run ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC: ${verdict ? 'passed' : 'FAILED'}`,
       '',
-      `\`npm run soak -- ${bare ? '--bare ' : ''}--users=${USERS} --conversations=${CONVERSATIONS} --minutes=${DAY_MIN} --peak=${PEAK} --peak-minutes=${PEAK_MIN} --online=${ONLINE_MAX}\` against ${bare ? 'the same bundle on bare workerd through Miniflare' : 'wrangler dev'} (the \`npm run dev\` config, two history shards; workerd's autogates on, for the 8 GiB SQLite heap) on this machine (${os.cpus().length} cores). Setup (sign-ups, friendships, ${byId.size} conversations) took ${setupS.toFixed(0)} s.`,
+      `\`npm run soak -- ${bare ? '--bare ' : ''}--users=${USERS} --conversations=${CONVERSATIONS} --minutes=${DAY_MIN} --peak=${PEAK} --peak-minutes=${PEAK_MIN} --online=${ONLINE_MAX}\` against ${bare ? 'the same bundle on bare workerd through Miniflare' : 'wrangler dev'} (the \`npm run dev\` config, two history shards; workerd's autogates on, for the 8 GiB SQLite heap) on this machine (${os.cpus().length} cores). Setup (${byId.size} conversations, their people and friendships ${viaApi ? 'made through the API' : 'written into D1 (bench/soak-seed.ts)'}, the runtime started) took ${setupS.toFixed(0)} s.`,
       '',
       '| phase | messages asked | acked | acked msg/s | send→ack p50 ms | p99 ms |',
       '| --- | ---: | ---: | ---: | ---: | ---: |',

@@ -64,12 +64,14 @@ async function wranglerServer(kind: 'product' | 'floor', vars: Record<string, st
 }
 
 /** The same Worker bundled by wrangler, on workerd through Miniflare, with state on disk like wrangler's. */
-export async function bareServer(kind: 'product' | 'floor', vars: Record<string, string>): Promise<Server> {
+/** `prepare` runs on the migrated state folder before the runtime starts (the soak's seed). */
+export async function bareServer(kind: 'product' | 'floor', vars: Record<string, string>, prepare?: (stateDir: string) => Promise<void>): Promise<Server> {
   const dir = mkdtempSync(path.join(os.tmpdir(), `echovalley-bare-${kind}-`))
   const bundle = path.join(dir, 'bundle')
   const config = kind === 'floor' ? ['-c', 'bench/floor/wrangler.toml'] : []
   execFileSync('npx', ['wrangler', 'deploy', '--dry-run', ...config, '--outdir', bundle], { cwd: ROOT, stdio: 'ignore', env: { ...process.env, ...DEV_ENV } })
   if (kind === 'product') migrateLocal(dir)
+  await prepare?.(dir)
   const port = await freePort()
   // Always open (idle, it costs nothing): memory readings collect garbage through it first.
   // BENCH_INSPECTOR=9333 chooses the port, for a CPU profile over CDP (bench/cpu-profile.ts).
