@@ -16,7 +16,7 @@ import { appendFileSync, mkdtempSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import WebSocket from 'ws'
-import { DEV_ENV, migrateLocal, startServer } from '../test/e2e/server'
+import { DEV_ENV, startServer } from '../test/e2e/server'
 import { generateVapidKeys } from '../test/support/push-service'
 import { newId } from '../worker/ids'
 import { SEED_PASSWORD, seedPeople, writeSeed, type SeedConversation, type SeedPerson } from './soak-seed'
@@ -337,11 +337,7 @@ async function main() {
   const prepare = seeded ? (dir: string) => writeSeed(dir, seeded.people, seeded.conversations, 'HISTORY_0,HISTORY_1') : undefined
   const server: { url: string; stop(): Promise<void>; stateDir?: string } = bare
     ? await bareServer('product', bareVars(), prepare)
-    : await (async () => {
-        migrateLocal(stateDir)
-        await prepare?.(stateDir)
-        return startServer({ stateDir, lifetimeMs: (DAY_MIN + 120) * 60_000, vars: { REGISTER_RATE: '1000000/1000000' }, quiet: true })
-      })()
+    : await startServer({ stateDir, lifetimeMs: (DAY_MIN + 120) * 60_000, vars: { REGISTER_RATE: '1000000/1000000' }, quiet: true, prepare })
   const base = server.url
   console.log(`server ${base}, state in ${server.stateDir ?? stateDir}`)
   let stopped = false

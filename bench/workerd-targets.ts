@@ -63,8 +63,10 @@ async function wranglerServer(kind: 'product' | 'floor', vars: Record<string, st
   return { url: server.url, pid: () => server.pid(), restart: () => server.restart(), stop: () => server.stop() }
 }
 
-/** The same Worker bundled by wrangler, on workerd through Miniflare, with state on disk like wrangler's. */
-/** `prepare` runs on the migrated state folder before the runtime starts (the soak's seed). */
+/**
+ * The same Worker bundled by wrangler, on workerd through Miniflare, with state on disk like
+ * wrangler's. `prepare` runs on the migrated state folder before the runtime starts (the soak's seed).
+ */
 export async function bareServer(kind: 'product' | 'floor', vars: Record<string, string>, prepare?: (stateDir: string) => Promise<void>): Promise<Server> {
   const dir = mkdtempSync(path.join(os.tmpdir(), `echovalley-bare-${kind}-`))
   const bundle = path.join(dir, 'bundle')

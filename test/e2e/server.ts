@@ -54,6 +54,8 @@ export async function startServer(
     config?: string
     /** wrangler's warnings only: at the soak's rates its line per request costs a core. */
     quiet?: boolean
+    /** Runs on the migrated state folder before wrangler starts (the soak's seed). */
+    prepare?: (stateDir: string) => Promise<void>
   } = {},
 ): Promise<LocalServer> {
   const lifetimeMs = opts.lifetimeMs ?? MAX_LIFETIME_MS
@@ -63,6 +65,7 @@ export async function startServer(
   // wrangler refuses to start without the assets folder; the benchmarks need the API only, not a built PWA.
   mkdirSync(path.join(ROOT, 'dist'), { recursive: true })
   if (!opts.config) migrateLocal(stateDir)
+  await opts.prepare?.(stateDir)
 
   const vapid = generateVapidKeys()
   // Every test signs its people up from 127.0.0.1: the per-address sign-up limit is lifted unless a test sets it.
