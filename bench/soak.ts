@@ -18,6 +18,7 @@ import path from 'node:path'
 import WebSocket from 'ws'
 import { DEV_ENV, startServer } from '../test/e2e/server'
 import { generateVapidKeys } from '../test/support/push-service'
+import { backoffDelay } from '../web/lib/backoff'
 import { newId } from '../worker/ids'
 import { SEED_PASSWORD, seedPeople, writeSeed, type SeedConversation, type SeedPerson } from './soak-seed'
 import { bareServer } from './workerd-targets'
@@ -218,6 +219,10 @@ interface Person {
   known: Map<string, number>
   device: Device | null
   connecting: boolean
+  /** Connects that failed in a row (0: not retrying), since when, and when the next try is due: the app's backoff. */
+  failures: number
+  outageSince: number
+  retryAt: number
 }
 
 /**
@@ -292,7 +297,7 @@ async function populateThroughApi(base: string, run: string): Promise<{ people: 
     const r = await http<AuthResult>(base, '/api/auth/register', { body: { handle, password: SEED_PASSWORD, displayName: `Soak ${i}` } })
     if (r.status !== 201) throw new Error(`register ${handle}: ${r.status} ${JSON.stringify(r.body)}`)
     if ((i + 1) % 1000 === 0) console.log(`  ${i + 1} people (${((Date.now() - t0) / 1000).toFixed(0)} s)`)
-    return { auth: r.body, issuedAt: Date.now(), convs: [], known: new Map(), device: null, connecting: false }
+    return { auth: r.body, issuedAt: Date.now(), convs: [], known: new Map(), device: null, connecting: false, failures: 0, outageSince: 0, retryAt: 0 }
   })
   const befriended = new Set<string>()
   const befriend = async (a: Person, b: Person) => {
@@ -354,7 +359,7 @@ async function main() {
       // A seeded session has a refresh token and no access token yet: the first use refreshes.
       people = seeded.people.map((p) => ({
         auth: { user: { id: p.id, handle: p.handle, displayName: p.displayName }, sessionId: p.sessionId, accessToken: '', refreshToken: p.refreshToken } as unknown as AuthResult,
-        issuedAt: 0, convs: [], known: new Map(), device: null, connecting: false,
+        issuedAt: 0, convs: [], known: new Map(), device: null, connecting: false, failures: 0, outageSince: 0, retryAt: 0,
       }))
       conversations = seeded.conversations.map((c) => ({ id: c.id, members: c.members.map((i) => people[i]!) }))
     } else {
@@ -374,6 +379,7 @@ async function main() {
     const syncMs: number[] = []
     let onlinePeak = 0
     let reconnects = 0
+    let connectFailures = 0
     let recalls = 0
     let counter = 0
     const online = () => people.filter((p) => p.device)
@@ -387,9 +393,14 @@ async function main() {
         await Promise.all(p.convs.map((id) => d.sync(id, p.known.get(id) ?? 0)))
         syncMs.push(performance.now() - begin)
         p.device = d
+        p.failures = 0
         reconnects++
       } catch (e) {
-        console.warn(`  connect failed: ${String(e)}`)
+        connectFailures++
+        if (connectFailures <= 20 || connectFailures % 500 === 0) console.warn(`  connect failed (${connectFailures} so far): ${String(e)}`)
+        // This person tries again as the app would, after its backoff; nobody else takes their place.
+        if (p.failures++ === 0) p.outageSince = Date.now()
+        p.retryAt = Date.now() + backoffDelay(p.failures - 1, Date.now() - p.outageSince)
       } finally {
         p.connecting = false
       }
@@ -413,18 +424,26 @@ async function main() {
         const want = Math.round(ONLINE_MAX * (0.2 + (0.8 * rateAt(min)) / PEAK))
         const on = online()
         for (let i = Math.ceil(on.length * 0.01); i > 0; i--) disconnect(pick(on))
-        // Those still connecting count: a slow server must not get a new wave of connects every second.
-        const missing = want - online().length - people.filter((p) => p.connecting).length
+        // Whose connect failed tries again when their backoff is over.
+        const retrying = people.filter((p) => !p.device && !p.connecting && p.failures > 0)
+        for (const p of retrying) if (p.retryAt <= Date.now()) void connect(p)
+        // Those connecting or waiting to retry count: a slow server must not get a new wave of people every second.
+        const missing = want - online().length - people.filter((p) => p.connecting).length - retrying.length
         if (missing > 0) {
-          const off = people.filter((p) => !p.device && !p.connecting)
+          const off = people.filter((p) => !p.device && !p.connecting && p.failures === 0)
           for (let i = 0; i < Math.min(missing, 100, off.length); i++) void connect(pick(off))
-        } else if (missing < 0) for (let i = -missing; i > 0; i--) disconnect(pick(online()))
+        } else if (missing < 0) {
+          // Fewer wanted: those still retrying give up first.
+          let excess = -missing
+          for (const p of retrying) if (excess > 0 && p.failures > 0) (p.failures = 0, excess--)
+          for (const on = online(); excess > 0 && on.length > 0; excess--) disconnect(on.splice(Math.floor(Math.random() * on.length), 1)[0]!)
+        }
         onlinePeak = Math.max(onlinePeak, online().length)
       }
       if (Date.now() - lastReport >= 30_000) {
         lastReport = Date.now()
         const acked = sent.filter((s) => s.seq !== undefined).length
-        console.log(`  ${min.toFixed(1)} min ${phase}: ${rateAt(min).toFixed(0)} msg/s asked, ${online().length} online, ${sent.length} sent, ${acked} acked, ${inFlight.size} in flight`)
+        console.log(`  ${min.toFixed(1)} min ${phase}: ${rateAt(min).toFixed(0)} msg/s asked, ${online().length} online, ${sent.length} sent, ${acked} acked, ${inFlight.size} in flight, ${connectFailures} connects failed`)
       }
       // This tenth of a second's messages, from people online, in one of their chats.
       carry += rateAt(min) / 10
@@ -582,7 +601,7 @@ async function main() {
       '| --- | ---: | ---: | ---: | ---: | ---: |',
       ...rows,
       '',
-      `Online at most ${onlinePeak} sockets; ${reconnects} connects, each syncing every chat of its person: p50 ${fmt(percentile(syncMs, 50))} ms, p99 ${fmt(percentile(syncMs, 99))} ms. Refused: ${Object.entries(refused).map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}. Recalled: ${recalls}.`,
+      `Online at most ${onlinePeak} sockets; ${reconnects} connects (${connectFailures} failed, retried with the app's backoff), each syncing every chat of its person: p50 ${fmt(percentile(syncMs, 50))} ms, p99 ${fmt(percentile(syncMs, 99))} ms. Refused: ${Object.entries(refused).map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}. Recalled: ${recalls}.`,
       '',
       `Checks: ${acked.length} acknowledged, ${stored} messages in the logs; **${lost} lost, ${duplicates} duplicated**; D1 differs from the logs in ${d1Mismatches} places; ${misplaced} conversations with rows off their shard; search found ${found} of ${sample.length} sampled messages and ${recalledFound} of ${recalledSample.length} recalled ones; ${unchecked} checks could not run.`,
       '',

@@ -2,23 +2,13 @@ import { APP_CLOSE_CODE, ErrorCode } from '../../worker/shared/errors'
 import { PROTOCOL_VERSION } from '../../worker/shared/limits'
 import type { ClientMessage, ServerMessage } from '../../worker/shared/protocol'
 import { api } from './api'
+import { backoffDelay } from './backoff'
 
 export type SocketStatus = 'connecting' | 'online' | 'offline'
 
 const HEARTBEAT_MS = 10_000
 /** No frame at all for this long means the connection is dead, even if the OS has not noticed. */
 const SILENCE_LIMIT_MS = 25_000
-/**
- * The first retry goes almost at once (a deploy closes every socket, and the new version is already
- * there); later ones wait an exponentially growing time with jitter (half to all of it, so many
- * clients spread out), capped by how long the outage has lasted: 1 s for the first 30 s, so a
- * restart is noticed within a second of its end, 5 s up to two minutes, then 30 s.
- */
-export function backoffDelay(attempt: number, outageMs: number): number {
-  if (attempt === 0) return 50 + Math.random() * 150
-  const cap = outageMs < 30_000 ? 1_000 : outageMs < 120_000 ? 5_000 : 30_000
-  return Math.min(cap, 250 * 2 ** attempt) * (0.5 + Math.random() * 0.5)
-}
 
 export interface SocketOptions {
   /** Where it connects: the device's chat socket, or an open chat's writer socket (`/api/ws/conversations/:id`). */

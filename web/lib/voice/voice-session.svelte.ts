@@ -2,7 +2,7 @@ import { SvelteMap } from 'svelte/reactivity'
 import { captureClock, decodeVoiceFrame, encodeVoiceFrame, VOICE_GOT_EVERY_MS, VOICE_REJOIN_GRACE_MS } from '../../../worker/shared/voice-frames'
 import type { VoiceClientMessage, VoiceRoomState, VoiceServerMessage } from '../../../worker/shared/voice'
 import { api } from '../api'
-import { backoffDelay } from '../chat-socket.svelte'
+import { backoffDelay } from '../backoff'
 import captureUrl from './capture.worklet.ts?worker&url'
 import playbackUrl from './playback.worklet.ts?worker&url'
 
