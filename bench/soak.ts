@@ -60,18 +60,26 @@ function rateAt(min: number): number {
 /** Retried after a network error or timeout, with the same body (a refresh keeps its retry key). */
 async function http<T>(base: string, p: string, init: { method?: string; token?: string; body?: unknown } = {}): Promise<{ status: number; body: T }> {
   for (let attempt = 0; ; attempt++) {
+    // Not AbortSignal.timeout: Node cancels its timer when the signal is garbage collected, and
+    // fetch holds its signal only weakly (nodejs/undici#3644), so under the soak's GC a request the
+    // server never answered waited forever (the 12:32 run's checker: every worker stuck, no timer
+    // left). This timer holds its controller.
+    const abort = new AbortController()
+    const timer = setTimeout(() => abort.abort(new Error(`no answer to ${p} in ${REPLY_TIMEOUT_MS} ms`)), REPLY_TIMEOUT_MS)
     try {
       const res = await fetch(`${base}${p}`, {
         method: init.method ?? (init.body === undefined ? 'GET' : 'POST'),
         headers: { ...(init.body !== undefined ? { 'content-type': 'application/json' } : {}), ...(init.token ? { authorization: `Bearer ${init.token}` } : {}) },
         body: init.body === undefined ? undefined : JSON.stringify(init.body),
-        signal: AbortSignal.timeout(REPLY_TIMEOUT_MS),
+        signal: abort.signal,
       })
       const text = await res.text()
       return { status: res.status, body: (text ? JSON.parse(text) : null) as T }
     } catch (e) {
       if (attempt >= 3) throw e
       await sleep(200 * 2 ** attempt)
+    } finally {
+      clearTimeout(timer)
     }
   }
 }
@@ -215,6 +223,8 @@ interface Person {
   /** When auth was issued: access tokens last 15 minutes, and the setup alone takes longer. */
   issuedAt: number
   refreshing?: Promise<void>
+  /** The refresh key in use, kept until a refresh succeeds (as the PWA keeps it): a later try after a lost answer is a retry, not a replay. */
+  retryKey?: string
   convs: string[]
   known: Map<string, number>
   device: Device | null
@@ -232,14 +242,16 @@ interface Person {
 async function tokenOf(base: string, p: Person): Promise<string> {
   if (Date.now() - p.issuedAt > 10 * 60_000) {
     p.refreshing ??= (async () => {
-      // One key for every try, as the PWA does: a retry after a lost answer gets new tokens, and a
-      // try that crossed an earlier one still in the server (409 REFRESH_IN_FLIGHT) waits and retries.
-      const retryKey = randomUUID()
+      // One key for every try until one succeeds, as the PWA does: a retry after a lost answer gets
+      // new tokens, and a try that crossed an earlier one still in the server (409
+      // REFRESH_IN_FLIGHT) waits and retries. A new key for a spent token would sign the session out.
+      const retryKey = (p.retryKey ??= randomUUID())
       for (let attempt = 0; ; attempt++) {
         const r = await http<AuthResult>(base, '/api/auth/refresh', { body: { refreshToken: p.auth.refreshToken, retryKey } })
         if (r.status === 200) {
           p.auth = { ...p.auth, ...r.body }
           p.issuedAt = Date.now()
+          p.retryKey = undefined
           return
         }
         if (r.status !== 409 || attempt >= 5) throw new Error(`refresh for ${p.auth.user.handle}: ${r.status} ${JSON.stringify(r.body)}`)
