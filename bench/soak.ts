@@ -254,6 +254,7 @@ async function tokenOf(base: string, p: Person): Promise<string> {
           p.retryKey = undefined
           return
         }
+        if (r.status === 401) return signInAgain(base, p)
         if (r.status !== 409 || attempt >= 5) throw new Error(`refresh for ${p.auth.user.handle}: ${r.status} ${JSON.stringify(r.body)}`)
         await sleep(1000 * 2 ** attempt)
       }
@@ -261,6 +262,30 @@ async function tokenOf(base: string, p: Person): Promise<string> {
     await p.refreshing
   }
   return p.auth.accessToken
+}
+
+/** People whose session the server ended (a refresh answered 401) and who signed in again. */
+let signedOut = 0
+
+/**
+ * A person signed out does what a user would: signs in again with their password. The server ends
+ * a session when a refresh comes back after its retry window (a refresh whose answers were lost in
+ * a saturated runtime, retried minutes later), as it would for a phone away that long.
+ */
+async function signInAgain(base: string, p: Person): Promise<void> {
+  signedOut++
+  for (let attempt = 0; ; attempt++) {
+    const r = await http<AuthResult>(base, '/api/auth/login', { body: { handle: p.auth.user.handle, password: SEED_PASSWORD } })
+    if (r.status === 200) {
+      p.auth = r.body
+      p.issuedAt = Date.now()
+      p.retryKey = undefined
+      return
+    }
+    // 30 sign-ins a minute from one address: the checker waits its turn.
+    if (r.status !== 429 || attempt >= 10) throw new Error(`sign-in again for ${p.auth.user.handle}: ${r.status} ${JSON.stringify(r.body)}`)
+    await sleep(15_000)
+  }
 }
 
 // ---- the population ----
@@ -615,7 +640,7 @@ async function main() {
       '',
       `Online at most ${onlinePeak} sockets; ${reconnects} connects (${connectFailures} failed, retried with the app's backoff), each syncing every chat of its person: p50 ${fmt(percentile(syncMs, 50))} ms, p99 ${fmt(percentile(syncMs, 99))} ms. Refused: ${Object.entries(refused).map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}. Recalled: ${recalls}.`,
       '',
-      `Checks: ${acked.length} acknowledged, ${stored} messages in the logs; **${lost} lost, ${duplicates} duplicated**; D1 differs from the logs in ${d1Mismatches} places; ${misplaced} conversations with rows off their shard; search found ${found} of ${sample.length} sampled messages and ${recalledFound} of ${recalledSample.length} recalled ones; ${unchecked} checks could not run.`,
+      `Checks: ${acked.length} acknowledged, ${stored} messages in the logs; **${lost} lost, ${duplicates} duplicated**; D1 differs from the logs in ${d1Mismatches} places; ${misplaced} conversations with rows off their shard; search found ${found} of ${sample.length} sampled messages and ${recalledFound} of ${recalledSample.length} recalled ones; ${unchecked} checks could not run. ${signedOut} people found their session ended (a refresh retried after its window) and signed in again.`,
       '',
       '| shard | conversations | rows (events) | bytes of bodies |',
       '| --- | ---: | ---: | ---: |',
