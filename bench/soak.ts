@@ -462,17 +462,17 @@ async function main() {
         const on = online()
         for (let i = Math.ceil(on.length * 0.01); i > 0; i--) disconnect(pick(on))
         // Whose connect failed tries again when their backoff is over.
-        const retrying = people.filter((p) => !p.device && !p.connecting && p.failures > 0)
-        for (const p of retrying) if (p.retryAt <= Date.now()) void connect(p)
+        for (const p of people) if (!p.device && !p.connecting && p.failures > 0 && p.retryAt <= Date.now()) void connect(p)
         // Those connecting or waiting to retry count: a slow server must not get a new wave of people every second.
-        const missing = want - online().length - people.filter((p) => p.connecting).length - retrying.length
+        const waiting = people.filter((p) => !p.device && !p.connecting && p.failures > 0)
+        const missing = want - online().length - people.filter((p) => p.connecting).length - waiting.length
         if (missing > 0) {
           const off = people.filter((p) => !p.device && !p.connecting && p.failures === 0)
           for (let i = 0; i < Math.min(missing, 100, off.length); i++) void connect(pick(off))
         } else if (missing < 0) {
-          // Fewer wanted: those still retrying give up first.
+          // Fewer wanted: those waiting to retry give up first.
           let excess = -missing
-          for (const p of retrying) if (excess > 0 && p.failures > 0) (p.failures = 0, excess--)
+          for (const p of waiting) if (excess > 0) (p.failures = 0, excess--)
           for (const on = online(); excess > 0 && on.length > 0; excess--) disconnect(on.splice(Math.floor(Math.random() * on.length), 1)[0]!)
         }
         onlinePeak = Math.max(onlinePeak, online().length)
