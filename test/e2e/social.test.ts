@@ -94,6 +94,49 @@ describe('people, groups, unread, presence and search in the PWA', () => {
   })
 })
 
+describe('the conversation list', () => {
+  it('a list answer older than what arrived live keeps the newer badge and preview', async ({ expect }) => {
+    const s = uniqueTag()
+    const ann = await person(`ann3_${s}`, 'Ann')
+    const bo = await person(`bo3_${s}`, 'Bo')
+    const cy = await person(`cy3_${s}`, 'Cy')
+    await befriendInUi(ann, bo, `bo3_${s}`)
+    await befriendInUi(ann, cy, `cy3_${s}`)
+    await bo.getByTestId('new-chat-handle').fill(`ann3_${s}`)
+    await bo.getByTestId('new-chat-submit').click()
+    await say(bo, 'first news')
+    const boItem = conv(ann, 'Bo')
+    await expect.poll(() => boItem.getByTestId('unread-badge').textContent()).toBe('1')
+
+    // Ann's next list answer is taken from the server now and handed to her page later.
+    let release!: () => void
+    const released = new Promise<void>((r) => (release = r))
+    let answered!: () => void
+    const taken = new Promise<void>((r) => (answered = r))
+    let holding = false
+    await ann.route('**/api/conversations', async (route) => {
+      if (route.request().method() !== 'GET' || holding) return route.continue()
+      holding = true
+      const response = await route.fetch()
+      answered()
+      await released
+      await route.fulfill({ response })
+    })
+    // Cy starting a chat makes Ann's list ask again.
+    await cy.getByTestId('new-chat-handle').fill(`ann3_${s}`)
+    await cy.getByTestId('new-chat-submit').click()
+    await taken
+    await say(bo, 'late news')
+    await expect.poll(() => boItem.getByTestId('unread-badge').textContent()).toBe('2')
+
+    release()
+    // Cy's chat reaches Ann's list only with that answer.
+    await conv(ann, 'Cy').waitFor()
+    expect(await boItem.getByTestId('unread-badge').allTextContents()).toEqual(['2'])
+    expect(await boItem.textContent()).toContain('late news')
+  })
+})
+
 describe('a block in a shared group', () => {
   it('the blocker sees the blocked person’s messages collapsed, uncounted and unannounced; the others see them as ever', async ({ expect }) => {
     const s = uniqueTag()

@@ -182,11 +182,42 @@ export class ChatStore {
     try {
       const { conversations } = await api<{ conversations: ConversationSummary[] }>('/api/conversations')
       this.#keepFormerMembers(conversations)
-      this.#conversations = conversations
+      this.#conversations = conversations.map((c) => this.#withLive(c)).sort((a, b) => b.lastActivityAt - a.lastActivityAt)
       this.#saveList()
     } catch {
       // Offline: the cached list stays.
     }
+  }
+
+  /**
+   * The list's figures come from D1, which trails the rooms by up to a flush, and an answer can be
+   * overtaken by live events on its way: what this tab saw live beyond the answer's cursors stays
+   * (a badge counted, a newer preview, a read the server has not recorded yet).
+   */
+  #withLive(server: ConversationSummary): ConversationSummary {
+    const local = this.conversation(server.id)
+    if (!local || (local.lastSeq <= server.lastSeq && local.readSeq <= server.readSeq)) return server
+    const readSeq = Math.max(local.readSeq, server.readSeq)
+    const unread =
+      server.unread -
+      this.#unreadBetween(server.id, server.readSeq, Math.min(readSeq, server.lastSeq)) +
+      this.#unreadBetween(server.id, Math.max(server.lastSeq, readSeq), local.lastSeq)
+    const newer = local.lastSeq > server.lastSeq ? { lastSeq: local.lastSeq, lastActivityAt: local.lastActivityAt, preview: local.preview } : {}
+    // Ahead on both cursors (say a list cached before a reload, its events not in memory): its own count stands.
+    const ahead = local.lastSeq >= server.lastSeq && local.readSeq >= server.readSeq
+    return { ...server, ...newer, readSeq, unread: Math.max(0, unread, ahead ? local.unread : 0) }
+  }
+
+  /** Messages and calls from others in (after, upTo] this tab holds, counted as the server counts unread. */
+  #unreadBetween(id: string, after: number, upTo: number): number {
+    const events = this.#byId.get(id)?.events
+    if (!events || upTo <= after) return 0
+    let n = 0
+    for (const [seq, e] of events) {
+      if (seq <= after || seq > upTo || e.senderId === this.userId || this.hooks.isBlocked?.(e.senderId)) continue
+      if (e.type === 'call' || (e.type === 'message' && !e.recalled)) n++
+    }
+    return n
   }
 
   async startChat(peerHandle: string): Promise<string> {
