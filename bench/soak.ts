@@ -110,7 +110,10 @@ interface Sent {
   at: number
   phase: Phase
   seq?: number
+  /** Its recall was acknowledged. */
   recalled?: boolean
+  /** As the room's log shows it at the end: a recall whose answer was lost may still have been carried out. */
+  recalledInLog?: boolean
 }
 
 class Device {
@@ -535,6 +538,7 @@ async function main() {
     let d1Mismatches = 0
     let stored = 0
     let checked = 0
+    let recallsUndone = 0
     // A check that cannot run (the runtime refused a request four times) is counted and reported,
     // never the end of the run: the day's figures are printed whatever happens here.
     let unchecked = 0
@@ -564,6 +568,13 @@ async function main() {
         seen.set(e.clientMsgId, e.seq)
       }
       for (const s of ackedBy.get(c.id)?.values() ?? []) if (seen.get(s.clientMsgId) !== s.seq) (lost++, problems.push(`${c.id}: acked ${s.clientMsgId} (seq ${s.seq}) is not in the log`))
+      const bySeq = new Map(log.map((e) => [e.seq, e]))
+      for (const s of ackedBy.get(c.id)?.values() ?? []) {
+        const e = bySeq.get(s.seq!)
+        if (e?.type !== 'message') continue
+        s.recalledInLog = !!e.recalled || e.body === null
+        if (s.recalled && !s.recalledInLog) (recallsUndone++, problems.push(`${c.id}: the acknowledged recall of seq ${s.seq} is not in the log`))
+      }
       // D1, read through the history API from the conversation's shard, page by page.
       const d1 = new Map<number, ConversationEvent>()
       for (let before: number | null = null; ; ) {
@@ -586,8 +597,10 @@ async function main() {
       if ((checked + unchecked) % 500 === 0) console.log(`  ${checked + unchecked} of ${byId.size} conversations: ${checked} checked (${lost} lost, ${duplicates} duplicated, ${d1Mismatches} D1 differences), ${unchecked} could not be`)
     }))
 
-    // Search: sampled messages are found by their word, recalled ones are not.
-    const live = acked.filter((s) => !s.recalled)
+    // Search: sampled messages are found by their word, recalled ones are not. A recall whose answer
+    // never came (the client gave up waiting) was often carried out: the log says which.
+    const live = acked.filter((s) => !s.recalled && s.recalledInLog === false)
+    const recalledUnanswered = acked.filter((s) => !s.recalled && s.recalledInLog).length
     const sample = Array.from({ length: Math.min(100, live.length) }, () => pick(live))
     let found = 0
     let recalledFound = 0
@@ -628,7 +641,7 @@ async function main() {
     const phases: Phase[] = ['night', 'morning', 'peak', 'evening']
     const span = { night: nightEnd, morning: peakStart - nightEnd, peak: PEAK_MIN, evening: DAY_MIN - peakEnd }
     const rows = phases.map((ph) => `| ${ph} (${span[ph].toFixed(1)} min) | ${offered[ph]} | ${latencies[ph].length} | ${(latencies[ph].length / Math.max(1e-9, span[ph] * 60)).toFixed(0)} | ${fmt(percentile(latencies[ph], 50))} | ${fmt(percentile(latencies[ph], 99))} |`)
-    const verdict = unchecked === 0 && lost === 0 && duplicates === 0 && d1Mismatches === 0 && misplaced === 0 && found === sample.length && recalledFound === 0
+    const verdict = unchecked === 0 && lost === 0 && duplicates === 0 && d1Mismatches === 0 && misplaced === 0 && recallsUndone === 0 && found === sample.length && recalledFound === 0
     const report = [
       `### Soak run ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC: ${verdict ? 'passed' : 'FAILED'}`,
       '',
@@ -638,9 +651,9 @@ async function main() {
       '| --- | ---: | ---: | ---: | ---: | ---: |',
       ...rows,
       '',
-      `Online at most ${onlinePeak} sockets; ${reconnects} connects (${connectFailures} failed, retried with the app's backoff), each syncing every chat of its person: p50 ${fmt(percentile(syncMs, 50))} ms, p99 ${fmt(percentile(syncMs, 99))} ms. Refused: ${Object.entries(refused).map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}. Recalled: ${recalls}.`,
+      `Online at most ${onlinePeak} sockets; ${reconnects} connects (${connectFailures} failed, retried with the app's backoff), each syncing every chat of its person: p50 ${fmt(percentile(syncMs, 50))} ms, p99 ${fmt(percentile(syncMs, 99))} ms. Refused: ${Object.entries(refused).map(([k, v]) => `${v} ${k}`).join(', ') || 'none'}. Recalled: ${recalls} acknowledged, and ${recalledUnanswered} more whose answer never came were carried out (the log shows them recalled).`,
       '',
-      `Checks: ${acked.length} acknowledged, ${stored} messages in the logs; **${lost} lost, ${duplicates} duplicated**; D1 differs from the logs in ${d1Mismatches} places; ${misplaced} conversations with rows off their shard; search found ${found} of ${sample.length} sampled messages and ${recalledFound} of ${recalledSample.length} recalled ones; ${unchecked} checks could not run. ${signedOut} people found their session ended (a refresh retried after its window) and signed in again.`,
+      `Checks: ${acked.length} acknowledged, ${stored} messages in the logs; **${lost} lost, ${duplicates} duplicated**; D1 differs from the logs in ${d1Mismatches} places; ${recallsUndone} acknowledged recalls missing from the logs; ${misplaced} conversations with rows off their shard; search found ${found} of ${sample.length} sampled messages and ${recalledFound} of ${recalledSample.length} recalled ones; ${unchecked} checks could not run. ${signedOut} people found their session ended (a refresh retried after its window) and signed in again.`,
       '',
       '| shard | conversations | rows (events) | bytes of bodies |',
       '| --- | ---: | ---: | ---: |',
