@@ -8,14 +8,20 @@ const person = (handle: string, name: string) => newPerson(product, handle, name
 
 const conv = conversationItem
 
+/** Ann, Bo and Cy, handles ending in `${suffix}_${s}`; Bo and Cy are Ann's friends. */
+async function annAndFriends(suffix: string) {
+  const s = uniqueTag()
+  const ann = await person(`ann${suffix}_${s}`, 'Ann')
+  const bo = await person(`bo${suffix}_${s}`, 'Bo')
+  const cy = await person(`cy${suffix}_${s}`, 'Cy')
+  await befriendInUi(ann, bo, `bo${suffix}_${s}`)
+  await befriendInUi(ann, cy, `cy${suffix}_${s}`)
+  return { ann, bo, cy, s }
+}
+
 describe('people, groups, unread, presence and search in the PWA', () => {
   it('befriends, sees presence and typing, runs a group, counts unread, searches, removes and blocks', async ({ expect }) => {
-    const s = uniqueTag()
-    const ann = await person(`ann_${s}`, 'Ann')
-    const bo = await person(`bo_${s}`, 'Bo')
-    const cy = await person(`cy_${s}`, 'Cy')
-    await befriendInUi(ann, bo, `bo_${s}`)
-    await befriendInUi(ann, cy, `cy_${s}`)
+    const { ann, bo, cy, s } = await annAndFriends('')
 
     // Presence: Bo is online, as Ann's friend list shows.
     await ann.getByTestId('tab-people').click()
@@ -96,12 +102,7 @@ describe('people, groups, unread, presence and search in the PWA', () => {
 
 describe('the conversation list', () => {
   it('a list answer older than what arrived live keeps the newer badge and preview', async ({ expect }) => {
-    const s = uniqueTag()
-    const ann = await person(`ann3_${s}`, 'Ann')
-    const bo = await person(`bo3_${s}`, 'Bo')
-    const cy = await person(`cy3_${s}`, 'Cy')
-    await befriendInUi(ann, bo, `bo3_${s}`)
-    await befriendInUi(ann, cy, `cy3_${s}`)
+    const { ann, bo, cy, s } = await annAndFriends('3')
     await bo.getByTestId('new-chat-handle').fill(`ann3_${s}`)
     await bo.getByTestId('new-chat-submit').click()
     await say(bo, 'first news')
