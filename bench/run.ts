@@ -44,7 +44,9 @@ const SIZES = {
   throughputSeconds: Number(process.env.BENCH_TP_S ?? (QUICK ? 3 : 5)),
   sync: QUICK ? [1000] : [1000, 10_000],
   restartClients: 100,
-  idle: QUICK ? 300 : 1000,
+  /** Connections added per step of the idle-memory reading, and the steps (readings at 1·n … steps·n open). */
+  idle: QUICK ? 150 : 500,
+  idleSteps: 4,
   /** [speakers, listeners] per voice room. */
   voice: (QUICK ? [[1, 50]] : [[1, 50], [3, 50], [1, 200]]) as [number, number][],
 }
@@ -456,24 +458,25 @@ async function afterRestart(t: Target, users: User[]) {
 
 async function idleConnections(t: Target, users: User[]) {
   const n = SIZES.idle
-  const first = users.slice(0, n)
-  const second = users.slice(n, 2 * n)
+  const steps = Array.from({ length: SIZES.idleSteps }, (_, i) => users.slice(i * n, (i + 1) * n))
   // A fresh runtime (state on disk kept): objects of the earlier scenarios still being evicted
-  // handed memory back between the two readings and made the difference negative in full runs.
+  // handed memory back between the readings and made the difference negative in full runs.
   await t.restart()
   // Warm up the per-user objects first, so the figure is the connection, not the user (creating
   // a Durable Object costs ~0.3 MiB locally, the floor's as much as ours), and let the socket-less
   // objects be evicted (resident memory settles 60–70 s after the close).
-  const warm = await pool([...first, ...second], 16, (u) => t.connect(u))
+  const warm = await pool(steps.flat(), 16, (u) => t.connect(u))
   warm.forEach((c) => c.close())
   await new Promise((r) => setTimeout(r, 75_000))
   const t0 = performance.now()
-  const clients = await pool(first, 32, (u) => t.connect(u))
+  const clients = await pool(steps[0]!, 32, (u) => t.connect(u))
   const seconds = (performance.now() - t0) / 1000
   record('connections per second (ticket + upgrade)', 'conn/s', 'higher', t.name, n / seconds)
-  // Memory: the difference between n and 2n connections open, each reading taken once the objects
-  // hibernated (> 10 s idle) and after a full collection where the system allows one. A reading
-  // against an empty server mixes in memory the allocator has not yet handed back.
+  // Memory: readings with n, 2n, … connections open, each taken once the objects hibernated
+  // (> 10 s idle) and after a full collection where the system allows one; the figure is the
+  // least-squares slope, so one reading disturbed by the allocator moves it less than a
+  // difference of two did. A reading against an empty server mixes in memory the allocator has
+  // not yet handed back, so the first has n open.
   const reading = async () => {
     await new Promise((r) => setTimeout(r, IDLE_MEMORY_WAIT_MS))
     // Settled: evictions of objects from earlier work hand memory back for a while, and a reading
@@ -488,15 +491,27 @@ async function idleConnections(t: Target, users: User[]) {
     }
     return last
   }
-  const atN = await reading()
-  clients.push(...(await pool(second, 32, (u) => t.connect(u))))
-  const at2N = await reading()
-  const perConnection = (at2N.rss - atN.rss) / n / 1024
-  const heapPer = (at2N.heap - atN.heap) / n / 1024
-  const label = `memory per idle connection (${n} → ${2 * n} open, after ${IDLE_MEMORY_WAIT_MS / 1000} s idle)`
-  const gc = t.collectGarbage ? `garbage collected before each reading; of it the Worker isolate's JS heap ${heapPer.toFixed(1)} KiB` : undefined
-  record(label, 'KiB', 'lower', t.name, perConnection > 0 ? perConnection : NaN, perConnection > 0 ? gc : 'resident memory fell between the readings: not measurable')
+  const readings = [{ open: n, ...(await reading()) }]
+  for (const step of steps.slice(1)) {
+    clients.push(...(await pool(step, 32, (u) => t.connect(u))))
+    readings.push({ open: clients.length, ...(await reading()) })
+  }
+  const perConnection = slope(readings.map((r) => [r.open, r.rss])) / 1024
+  const heapPer = slope(readings.map((r) => [r.open, r.heap])) / 1024
+  const stepsKiB = readings.slice(1).map((r, i) => ((r.rss - readings[i]!.rss) / n / 1024).toFixed(1)).join(', ')
+  const label = `memory per idle connection (slope over ${n} → ${clients.length} open, after ${IDLE_MEMORY_WAIT_MS / 1000} s idle)`
+  const gc = t.collectGarbage ? `; garbage collected before each reading; of it the Worker isolate's JS heap ${heapPer.toFixed(1)} KiB` : ''
+  record(label, 'KiB', 'lower', t.name, perConnection > 0 ? perConnection : NaN, perConnection > 0 ? `per step ${stepsKiB} KiB${gc}` : `resident memory fell over the readings (per step ${stepsKiB} KiB): not measurable`)
   clients.forEach((c) => c.close())
+}
+
+/** Least-squares slope of y over x. */
+function slope(points: [number, number][]): number {
+  const mx = points.reduce((a, [x]) => a + x, 0) / points.length
+  const my = points.reduce((a, [, y]) => a + y, 0) / points.length
+  const num = points.reduce((a, [x, y]) => a + (x - mx) * (y - my), 0)
+  const den = points.reduce((a, [x]) => a + (x - mx) ** 2, 0)
+  return num / den
 }
 
 /**
@@ -601,7 +616,7 @@ async function main() {
     console.warn('taskset is not available: generator and servers share cores')
   }
   const started = new Date()
-  const want: Record<string, number> = { latency: 2, rest: 1, load: SIZES.loadConversations * 2, fanout: Math.max(...SIZES.fanout), throughput: SIZES.loadConversations * 2, sync: 2, idle: SIZES.idle * 2, restart: SIZES.restartClients, voice: Math.max(...SIZES.voice.map(([s, l]) => s + l)) }
+  const want: Record<string, number> = { latency: 2, rest: 1, load: SIZES.loadConversations * 2, fanout: Math.max(...SIZES.fanout), throughput: SIZES.loadConversations * 2, sync: 2, idle: SIZES.idle * SIZES.idleSteps, restart: SIZES.restartClients, voice: Math.max(...SIZES.voice.map(([s, l]) => s + l)) }
   const needUsers = Math.max(...Object.entries(want).filter(([k]) => !ONLY || ONLY.includes(k)).map(([, n]) => n))
   const makers: [string, () => Promise<Target>][] = [
     ['echovalley', () => productTarget('wrangler')],
