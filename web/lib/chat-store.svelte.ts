@@ -178,9 +178,16 @@ export class ChatStore {
     if (clearCache) await this.#cache.clear()
   }
 
+  /** Refreshes asked and applied: an answer overtaken by a later one's is dropped. */
+  #listAsked = 0
+  #listApplied = 0
+
   async refreshConversations() {
+    const asked = ++this.#listAsked
     try {
       const { conversations } = await api<{ conversations: ConversationSummary[] }>('/api/conversations')
+      if (asked < this.#listApplied) return
+      this.#listApplied = asked
       this.#keepFormerMembers(conversations)
       this.#conversations = conversations.map((c) => this.#withLive(c)).sort((a, b) => b.lastActivityAt - a.lastActivityAt)
       this.#saveList()
@@ -203,9 +210,12 @@ export class ChatStore {
       this.#unreadBetween(server.id, server.readSeq, Math.min(readSeq, server.lastSeq)) +
       this.#unreadBetween(server.id, Math.max(server.lastSeq, readSeq), local.lastSeq)
     const newer = local.lastSeq > server.lastSeq ? { lastSeq: local.lastSeq, lastActivityAt: local.lastActivityAt, preview: local.preview } : {}
-    // Ahead on both cursors (say a list cached before a reload, its events not in memory): its own count stands.
-    const ahead = local.lastSeq >= server.lastSeq && local.readSeq >= server.readSeq
-    return { ...server, ...newer, readSeq, unread: Math.max(0, unread, ahead ? local.unread : 0) }
+    // The chat on screen counts nothing new (as #bump); a list cached before a reload, with none of
+    // its events in memory, keeps its own count when it is ahead on both cursors.
+    const held = (this.#byId.get(server.id)?.events.size ?? 0) > 0
+    const ahead = !held && local.lastSeq >= server.lastSeq && local.readSeq >= server.readSeq
+    const count = server.id === this.#activeId ? local.unread : ahead ? Math.max(unread, local.unread) : unread
+    return { ...server, ...newer, readSeq, unread: Math.max(0, count) }
   }
 
   /** Messages and calls from others in (after, upTo] this tab holds, counted as the server counts unread. */
