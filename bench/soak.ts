@@ -567,11 +567,14 @@ async function main() {
         if (seen.has(e.clientMsgId)) (duplicates++, problems.push(`${c.id}: ${e.clientMsgId} at ${seen.get(e.clientMsgId)} and ${e.seq}`))
         seen.set(e.clientMsgId, e.seq)
       }
-      for (const s of ackedBy.get(c.id)?.values() ?? []) if (seen.get(s.clientMsgId) !== s.seq) (lost++, problems.push(`${c.id}: acked ${s.clientMsgId} (seq ${s.seq}) is not in the log`))
       const bySeq = new Map(log.map((e) => [e.seq, e]))
       for (const s of ackedBy.get(c.id)?.values() ?? []) {
         const e = bySeq.get(s.seq!)
-        if (e?.type !== 'message') continue
+        if (seen.get(s.clientMsgId) !== s.seq || e?.type !== 'message') {
+          lost++
+          problems.push(`${c.id}: acked ${s.clientMsgId} (seq ${s.seq}) is not in the log`)
+          continue
+        }
         s.recalledInLog = !!e.recalled || e.body === null
         if (s.recalled && !s.recalledInLog) (recallsUndone++, problems.push(`${c.id}: the acknowledged recall of seq ${s.seq} is not in the log`))
       }
