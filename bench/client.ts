@@ -72,7 +72,7 @@ export class BenchClient implements LoadClient {
   private confirmTimers = new Map<string, { seq: number; timer: NodeJS.Timeout }>()
 
   /** Confirms delivery as the PWA does: the newest seq of a conversation, 150 ms after the first unconfirmed event. */
-  private confirm(conversationId: string, seq: number) {
+  confirm(conversationId: string, seq: number) {
     const pending = this.confirmTimers.get(conversationId)
     if (pending) {
       pending.seq = Math.max(pending.seq, seq)
@@ -205,7 +205,18 @@ export class WriterClient implements LoadClient {
 
   private writer(conversationId: string): Promise<BenchClient> {
     let w = this.writers.get(conversationId)
-    if (!w) this.writers.set(conversationId, (w = this.openWriter(conversationId)))
+    if (!w) {
+      w = this.openWriter(conversationId).then((c) => {
+        // The room sends an open chat's events on its writer socket (when it is the person's only
+        // tab): the PWA shows them and confirms on both sockets.
+        c.onEvent = (conv, seq, clientMsgId, at) => {
+          this.chat.onEvent?.(conv, seq, clientMsgId, at)
+          this.chat.confirm(conv, seq)
+        }
+        return c
+      })
+      this.writers.set(conversationId, w)
+    }
     return w
   }
 

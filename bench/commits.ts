@@ -70,7 +70,7 @@ async function main() {
     }
     const clients = await Promise.all(users.map((u) => socket(u, '/api/ws', true)))
     // The sender writes on writer sockets, as the PWA does in an open chat.
-    const sender = HUB_WRITES ? clients[0]! : new WriterClient(clients[0]!, (conv) => socket(users[0]!, `/api/ws/conversations/${conv}`, false))
+    const sender = HUB_WRITES ? clients[0]! : new WriterClient(clients[0]!, (conv) => socket(users[0]!, `/api/ws/conversations/${conv}`, true))
     // Readers mark what they received as read, as an open chat in the PWA does.
     for (const c of clients) {
       const prev = c.onEvent

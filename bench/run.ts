@@ -247,15 +247,23 @@ async function latency(t: Target, users: User[]) {
   const conv = await t.direct(users[0]!, users[1]!)
   const a = await t.connect(users[0]!)
   const b = await t.connect(users[1]!)
-  const times: number[] = []
-  for (let i = 0; i < SIZES.latencyWarm; i++) await a.send(conv, `warm ${i}`)
-  for (let i = 0; i < SIZES.latencySends; i++) {
-    const t0 = performance.now()
-    await a.send(conv, `ping ${i}`)
-    times.push(performance.now() - t0)
+  const measure = async (label: string) => {
+    const times: number[] = []
+    for (let i = 0; i < SIZES.latencyWarm; i++) await a.send(conv, `warm ${i}`)
+    for (let i = 0; i < SIZES.latencySends; i++) {
+      const t0 = performance.now()
+      await a.send(conv, `ping ${i}`)
+      times.push(performance.now() - t0)
+    }
+    record(`send→ack p50, one in flight${label}`, 'ms', 'lower', t.name, pct(times, 50))
+    record(`send→ack p99, one in flight${label}`, 'ms', 'lower', t.name, pct(times, 99))
   }
-  record('send→ack p50, one in flight', 'ms', 'lower', t.name, pct(times, 50))
-  record('send→ack p99, one in flight', 'ms', 'lower', t.name, pct(times, 99))
+  // The recipient online with another chat on screen: echovalley delivers through their hub.
+  await measure(', recipient online elsewhere')
+  // Both with the chat on screen, as in a live conversation (the floor's only case): echovalley's
+  // room sends the event on the recipient's writer socket.
+  await b.ready?.(conv)
+  await measure(', both in the chat')
   a.close()
   b.close()
 }

@@ -232,7 +232,7 @@ export async function productTarget(runtime: Runtime, { metrics = true, writers 
         return BenchClient.open(`${server.url.replace(/^http/, 'ws')}${path}?ticket=${encodeURIComponent(ticket)}`, confirm)
       }
       const chat = await socket('/api/ws', true)
-      return writers ? new WriterClient(chat, (conversationId) => socket(`/api/ws/conversations/${conversationId}`, false)) : chat
+      return writers ? new WriterClient(chat, (conversationId) => socket(`/api/ws/conversations/${conversationId}`, true)) : chat
     },
     voice: {
       async join(u, conversationId) {

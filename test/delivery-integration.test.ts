@@ -6,7 +6,7 @@ import type { AuthResult, ClientMessage, HistoryPage, MessageEvent } from '../wo
 import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
 import { RateLimiter } from '../worker/conversation/rate-limit'
 import { DELIVERY_TIMEOUT_MS, MAX_DELIVERY_RETRIES, type UserHub } from '../worker/user/UserHub'
-import { api, createGroup, Device, json, openChat, register, textSend, historyOf } from './helpers'
+import { api, createGroup, Device, json, openChat, register, roomKnowsSockets, textSend, historyOf } from './helpers'
 import { drainOutbox, newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
 
 async function pair() {
@@ -312,6 +312,56 @@ describe('server-to-device retry', () => {
     expect(JSON.stringify(after)).not.toContain(secret)
     a.close()
     b.close()
+  })
+
+  it('an open chat that never confirms what the room gave it straight: the hub resends it 3 times as it is now, then pushes once', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const sub = await newPushSubscription()
+    await subscribe(bob, sub)
+    const b = await Device.connect(bob)
+    const bWriter = await Device.writer(bob, conv.id)
+    await roomKnowsSockets(conv.id, bob.user.id, 1)
+    const a = await Device.connect(alice)
+    const secret = `canary-${crypto.randomUUID()}`
+    await a.sendAndAck(textSend(conv.id, secret))
+    await a.sendAndAck(textSend(conv.id, 'second'))
+    await a.sendAndAck(recall(conv.id, 1))
+    // All three went straight to the open chat, none through the hub.
+    for (let seq = 1; seq <= 3; seq++) await bWriter.next((m) => m.type === 'event' && m.event.seq === seq)
+    expect(b.frames.filter((m) => m.type === 'event')).toEqual([])
+    // Unconfirmed for a second: the room hands the debt to bob's hub.
+    const hub = getUserHub(env, bob.user.id)
+    await expect.poll(async () => (await hub.stats()).pending, { timeout: 3000, interval: 50 }).toBe(1)
+    let clock = Date.now()
+    const rounds: number[][] = []
+    for (let attempt = 1; attempt <= MAX_DELIVERY_RETRIES; attempt++) {
+      clock += DELIVERY_TIMEOUT_MS + 1
+      await tickAt(hub, clock)
+      const seqs: number[] = []
+      for (let i = 0; i < 3; i++) {
+        const f = await b.next('event')
+        if (f.type === 'event') seqs.push(f.event.seq)
+        if (f.type === 'event' && f.event.seq === 1) expect(f.event).toMatchObject({ type: 'message', body: null, recalled: { by: alice.user.id } })
+      }
+      rounds.push(seqs.sort((x, y) => x - y))
+    }
+    expect(rounds).toEqual([[1, 2, 3], [1, 2, 3], [1, 2, 3]])
+    clock += DELIVERY_TIMEOUT_MS + 1
+    await tickAt(hub, clock)
+    expect((await hub.stats()).pending).toBe(0)
+    const pushes = await waitFor(async () => {
+      const r = await receivedPushes(sub)
+      return r.received.length > 0 ? r : null
+    })
+    await new Promise((r) => setTimeout(r, 300))
+    const after = await receivedPushes(sub)
+    expect(after.received).toHaveLength(1)
+    expect(pushes.received[0]!.payload).toMatchObject({ seq: 2, body: 'second' })
+    // Exactly three resends; the recall's old text reached nobody after it.
+    expect(b.frames.filter((m) => m.type === 'event')).toEqual([])
+    expect(JSON.stringify(b.frames)).not.toContain(secret)
+    expect(JSON.stringify(after)).not.toContain(secret)
+    for (const d of [a, b, bWriter]) d.close()
   })
 
   it('stops resending once the device confirms, and a confirmed delivery writes nothing', async ({ expect }) => {

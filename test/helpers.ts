@@ -1,4 +1,7 @@
+import { runInDurableObject } from 'cloudflare:test'
 import { env, exports } from 'cloudflare:workers'
+import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
+import { getConversationRoom } from '../worker/durable-objects'
 import { historyDb } from '../worker/db/history'
 import type { AuthResult, ClientMessage, ConversationSummary, Receipt, ServerMessage } from '../worker/shared/protocol'
 
@@ -182,4 +185,17 @@ export async function historyShardOf(conversationId: string): Promise<string> {
 /** The D1 database that holds a conversation's history. */
 export async function historyOf(conversationId: string): Promise<D1Database> {
   return historyDb(env, await historyShardOf(conversationId))
+}
+
+/** Waits until the room has the hub's report of a person's sockets (it asks when their writer socket opens). */
+export async function roomKnowsSockets(conversationId: string, userId: string, count: number) {
+  for (let i = 0; i < 100; i++) {
+    const known = await runInDurableObject<ConversationRoom, number>(getConversationRoom(env, conversationId), (room) => {
+      const p = room['writers']['peers'].get(userId)
+      return p && p.version >= 0 ? p.sockets.length : -1
+    })
+    if (known === count) return
+    await new Promise((r) => setTimeout(r, 20))
+  }
+  throw new Error(`the room never learned ${userId}'s ${count} sockets`)
 }

@@ -1,11 +1,12 @@
 import { runInDurableObject } from 'cloudflare:test'
 import { env } from 'cloudflare:workers'
 import { describe, it } from 'vitest'
-import { getConversationRoom } from '../worker/durable-objects'
+import { getConversationRoom, getUserHub } from '../worker/durable-objects'
 import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
 import type { AuthResult } from '../worker/shared/protocol'
+import { DELIVERY_TIMEOUT_MS, type UserHub } from '../worker/user/UserHub'
 import { histogram, scrape, value } from './metrics-helpers'
-import { api, createGroup, Device, json, openChat, register, textSend, ticketFor, writerUpgrade } from './helpers'
+import { api, createGroup, Device, json, openChat, register, roomKnowsSockets, textSend, ticketFor, writerUpgrade } from './helpers'
 
 async function pair() {
   const alice = await register()
@@ -23,6 +24,8 @@ const closedOf = (d: Device) => new Promise<{ code: number; reason: string }>((r
 const quiet = (ms = 150) => new Promise((r) => setTimeout(r, ms))
 const lastSeq = (conversationId: string) =>
   runInDurableObject<ConversationRoom, number>(getConversationRoom(env, conversationId), (room) => room['lastSeq'])
+const owedHere = (conversationId: string) =>
+  runInDurableObject<ConversationRoom, number>(getConversationRoom(env, conversationId), (room) => room['direct'].size)
 
 describe('writer socket', () => {
   // First in the file: counts of earlier tests' rooms reach the metrics when those rooms go quiet.
@@ -110,6 +113,61 @@ describe('writer socket', () => {
     await peer.next((m) => m.type === 'event' && m.event.type === 'recall')
     writer.close()
     peer.close()
+  })
+
+  it('gives an open chat the events straight, when it is open in every tab of the recipient; a confirmation there moves the tick', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const a = await Device.connect(alice)
+    const bobChat = await Device.connect(bob)
+    const bobWriter = await Device.writer(bob, conv.id)
+    await roomKnowsSockets(conv.id, bob.user.id, 1)
+    const hub = getUserHub(env, bob.user.id)
+    const callsBefore = (await hub.stats()).deliverCalls
+    const sent = await a.sendAndAck(textSend(conv.id, 'straight to the open chat'))
+    const got = await bobWriter.next<'event'>((m) => m.type === 'event' && m.event.seq === sent.seq)
+    expect(got.event).toMatchObject({ type: 'message', senderId: alice.user.id, body: { text: 'straight to the open chat' } })
+    // Not through bob's hub: no call, nothing on his chat socket.
+    await quiet()
+    expect((await hub.stats()).deliverCalls).toBe(callsBefore)
+    expect(bobChat.frames.filter((m) => m.type === 'event')).toEqual([])
+    expect(await owedHere(conv.id)).toBe(1)
+    // Confirmed on the writer socket: settled in the room, and alice sees it delivered.
+    bobWriter.send({ type: 'delivered', conversationId: conv.id, seq: sent.seq })
+    await a.receiptOf(bob.user.id, (r) => r.deliveredSeq === sent.seq)
+    expect(await owedHere(conv.id)).toBe(0)
+
+    // A second tab without this chat: the hub delivers again (to both tabs), not the writer socket.
+    const otherTab = await Device.connect(bob)
+    await roomKnowsSockets(conv.id, bob.user.id, 2)
+    const second = await a.sendAndAck(textSend(conv.id, 'every tab sees this'))
+    await bobChat.next((m) => m.type === 'event' && m.event.seq === second.seq)
+    await otherTab.next((m) => m.type === 'event' && m.event.seq === second.seq)
+    await quiet()
+    expect(bobWriter.frames.filter((m) => m.type === 'event')).toEqual([])
+    expect((await hub.stats()).deliverCalls).toBe(callsBefore + 1)
+    for (const d of [a, bobChat, bobWriter, otherTab]) d.close()
+  })
+
+  it('hands what a writer socket did not confirm to the hub when it closes, which resends it on the chat socket', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const a = await Device.connect(alice)
+    const bobChat = await Device.connect(bob)
+    const bobWriter = await Device.writer(bob, conv.id)
+    await roomKnowsSockets(conv.id, bob.user.id, 1)
+    const sent = await a.sendAndAck(textSend(conv.id, 'seen, never confirmed'))
+    await bobWriter.next((m) => m.type === 'event' && m.event.seq === sent.seq)
+    bobWriter.close()
+    const hub = getUserHub(env, bob.user.id)
+    await expect.poll(async () => (await hub.stats()).pending, { timeout: 3000, interval: 50 }).toBe(1)
+    expect(await owedHere(conv.id)).toBe(0)
+    await runInDurableObject<UserHub, void>(hub, async (h) => {
+      h.now = () => Date.now() + DELIVERY_TIMEOUT_MS + 1
+      await h.tick()
+    })
+    const again = await bobChat.next<'event'>((m) => m.type === 'event' && m.event.seq === sent.seq)
+    expect(again.event).toMatchObject({ body: { text: 'seen, never confirmed' } })
+    a.close()
+    bobChat.close()
   })
 
   it('refuses bad input with a clear error and writes nothing', async ({ expect }) => {

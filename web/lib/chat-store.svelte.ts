@@ -1052,7 +1052,11 @@ export class ChatStore {
       setTimeout(() => {
         this.#deliveredTimers.delete(id)
         const s = this.#state(id)
-        if (s.contiguous > 0) this.#socket.send({ type: 'delivered', conversationId: id, seq: s.contiguous })
+        if (s.contiguous === 0) return
+        const frame = { type: 'delivered', conversationId: id, seq: s.contiguous } as const
+        this.#socket.send(frame)
+        // The room sends an open chat's events on its writer socket and waits for word there.
+        if (this.#writer?.id === id) this.#writer.socket.send(frame)
       }, 150),
     )
   }

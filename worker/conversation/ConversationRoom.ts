@@ -34,7 +34,9 @@ import { Counter, Gauge } from '../shared/metrics'
 import { DEFAULT_FRAME_RATE, FrameBudget } from '../ws/frame-budget'
 import { spendTicket, upgradeClaims, UPGRADE_HEADERS } from '../ws/upgrade'
 import { errorFrame, send } from '../ws/frames'
-import { WriterSockets } from './writer-sockets'
+import { WriterSockets, type WriterAttachment } from './writer-sockets'
+import { DirectDeliveries, HANDOFF_AFTER_MS, type Owed } from './direct-deliveries'
+import { attachmentOf } from '../ws/attachment'
 
 export type { RoomResult } from '../do-result'
 export interface Ack {
@@ -194,6 +196,8 @@ export class ConversationRoom extends DurableObject<Env> {
   private readPendingStored = false
   /** Members whose cursors moved since they were last written to this object's storage. */
   private cursorsDirty = new Set<string>()
+  /** Senders whose cursors moved by writing: persisted by flushes and the alarm, not per message. */
+  private senderCursorsDirty = new Set<string>()
   /** Members whose read cursor D1 has not caught up with (it feeds unread counts). */
   private readDirty = new Set<string>()
   /** When this room last mirrored its activity to the directory (wall time), and what storage holds of it. */
@@ -238,6 +242,9 @@ export class ConversationRoom extends DurableObject<Env> {
   /** When the safety-net alarm is due, as far as this instance knows (null: none set by it). */
   private alarmAt: number | null = null
   private writers: WriterSockets
+  /** Events sent straight to writer sockets, until confirmed or handed to the hubs. */
+  private direct = new DirectDeliveries()
+  private handoffTimer: ReturnType<typeof setTimeout> | null = null
   /** Replaceable so load tests and benchmarks can lift the per-member limit. */
   limiter: RateLimiter
   /** Injectable clock so time boundaries are testable. */
@@ -428,9 +435,6 @@ export class ConversationRoom extends DurableObject<Env> {
    */
   private commit(event: ConversationEvent, mutate: () => number[] = () => [], alsoTell: string[] = [], origin: WriteOrigin = 'http'): Ack {
     const row = eventToRow(event)
-    // Sending implies having read everything before it: the sender's cursors and the D1 mark go
-    // into this commit, which is being written anyway.
-    const sender = this.members.get(event.senderId)
     let duplicate = false
     this.ctx.storage.transactionSync(() => {
       // A retry of an acked write: (sender, clientMsgId) is taken, and nothing is written.
@@ -442,9 +446,9 @@ export class ConversationRoom extends DurableObject<Env> {
       for (const seq of mutate()) {
         this.sql.exec('INSERT INTO d1_dirty (seq, gen) VALUES (?, ?) ON CONFLICT (seq) DO UPDATE SET gen = excluded.gen', seq, event.seq)
       }
-      if (sender) this.sql.exec('UPDATE members SET delivered_seq = max(delivered_seq, ?), read_seq = ? WHERE user_id = ?', event.seq, event.seq, event.senderId)
+      // The D1 mark and readers' cursors that moved ride on this commit, which is being written anyway.
       this.saveD1Mark()
-      this.persistCursors()
+      this.persistCursors(false)
     })
     if (duplicate) return this.findBySender(event.senderId, event.clientMsgId)!
     this.lastSeq = event.seq
@@ -452,12 +456,16 @@ export class ConversationRoom extends DurableObject<Env> {
     this.recent.push({ seq: event.seq, senderId: event.senderId, message: event.type === 'message' })
     if (this.recent.length > RECENT_EVENTS) this.recent.splice(0, this.recent.length - RECENT_EVENTS)
     if (event.type === 'member') this.reloadMembers()
-    // Looked up again: someone who just left is no longer a member.
+    // Sending implies having read everything before it. Like any cursor, the sender's is written
+    // with the next commit that has room for it (a flush's or the alarm's), not one per message: a
+    // crash loses at most that much, and a cursor behind only repeats receipts. Looked up after the
+    // write: someone who just left is no longer a member.
     const writer = this.members.get(event.senderId)
     if (writer) {
       writer.readSeq = event.seq
       writer.deliveredSeq = Math.max(writer.deliveredSeq, event.seq)
       this.readDirty.add(event.senderId)
+      this.senderCursorsDirty.add(event.senderId)
     }
     this.armFlushAlarm()
     this.fanOut(event, origin === 'hub' ? event.senderId : null, alsoTell, typeof origin === 'object' ? origin.session : undefined)
@@ -857,6 +865,7 @@ export class ConversationRoom extends DurableObject<Env> {
     for (const id of this.members.keys()) {
       if (next.has(id)) continue
       this.cursorsDirty.delete(id)
+      this.senderCursorsDirty.delete(id)
       this.readDirty.delete(id)
     }
     this.members = next
@@ -1017,6 +1026,13 @@ export class ConversationRoom extends DurableObject<Env> {
     })
     if (!frame) return
     const { msg, who } = frame
+    if (msg.type === 'delivered') {
+      // Only what this room sent on this socket is settled here; the cursor moves as from a hub's report.
+      this.direct.confirm(ws, msg.seq, Date.now())
+      const moved = await this.moveCursors(msg.conversationId, who.userId, msg.seq, null)
+      if (!moved.ok) send(ws, errorFrame(moved.code, moved.message))
+      return
+    }
     const origin = { session: who.sessionId }
     // No await before the write: frames of one socket reach the sender's order in arrival order.
     const result =
@@ -1035,6 +1051,10 @@ export class ConversationRoom extends DurableObject<Env> {
   }
 
   override async webSocketClose(ws: WebSocket, code: number, reason: string) {
+    // What the socket had not confirmed goes to the hub now: it resends on the chat socket, or pushes.
+    this.writers.closed(ws)
+    const owed = this.direct.take(ws)
+    if (owed) this.handOff([owed])
     try {
       ws.close(code === 1005 || code === 1006 ? 1000 : code, reason)
     } catch {
@@ -1122,6 +1142,7 @@ export class ConversationRoom extends DurableObject<Env> {
 
   /** Hands events (of this room, in seq order) to a member's hub, or marks them for later when none of their devices is online. */
   private deliverTo(userId: string, deliveries: Delivery[]) {
+    if (this.deliverDirect(userId, deliveries)) return
     const away = this.away.get(userId)
     if (away) {
       for (const { meta } of deliveries) {
@@ -1149,6 +1170,52 @@ export class ConversationRoom extends DurableObject<Env> {
         this.hubs.delete(userId)
         console.warn('fan-out failed', userId, String(e))
       })
+  }
+
+  /**
+   * Sends events straight to a member's writer sockets when every tab of theirs has this chat open
+   * (the hub's report says so): no call to their hub, as the platform floor does. The sockets
+   * confirm here; what one does not within HANDOFF_AFTER_MS goes to the hub, which resends and
+   * pushes as for its own deliveries. A member's own writes keep the hub path (it knows the ack).
+   */
+  private deliverDirect(userId: string, deliveries: Delivery[]): boolean {
+    if (!this.members.has(userId) || deliveries.some((d) => d.meta.senderId === userId)) return false
+    const now = Date.now()
+    const { sockets, ask } = this.writers.directTo(userId, now)
+    if (ask) this.askPeers(userId)
+    if (!sockets) return false
+    for (const ws of sockets) {
+      const { sessionId } = attachmentOf<WriterAttachment>(ws)
+      for (const { meta, frame } of deliveries) {
+        send(ws, frame)
+        this.direct.sent(ws, userId, sessionId, meta.seq, meta.type === 'message', now)
+      }
+    }
+    this.metrics.count(Counter.deliveries, undefined, sockets.length * deliveries.length)
+    this.handoffTimer ??= setTimeout(() => this.handOffDue(), HANDOFF_AFTER_MS / 2)
+    return true
+  }
+
+  private handOffDue() {
+    this.handoffTimer = null
+    this.handOff(this.direct.due(Date.now()))
+    if (this.direct.size > 0) this.handoffTimer = setTimeout(() => this.handOffDue(), HANDOFF_AFTER_MS / 2)
+  }
+
+  /** Unconfirmed direct deliveries become the hubs' to resend (from the log, as events are now) or push. */
+  private handOff(owed: Owed[]) {
+    const conversationId = this.conversationId
+    if (!conversationId || owed.length === 0) return
+    const byUser = new Map<string, Owed[]>()
+    for (const o of owed) byUser.set(o.userId, [...(byUser.get(o.userId) ?? []), o])
+    for (const [userId, items] of byUser) {
+      this.hub(userId)
+        .owed(userId, conversationId, items)
+        .catch((e: unknown) => {
+          this.hubs.delete(userId)
+          console.warn('hand-off to hub failed', userId, String(e))
+        })
+    }
   }
 
   /** Held-back events go to their hubs 250 ms after the first, then at most once a second (like D1 flushes, on a timer of their own). */
@@ -1369,11 +1436,19 @@ export class ConversationRoom extends DurableObject<Env> {
     this.d1SeqSaved = this.d1Seq
   }
 
-  /** Writes the cursors that moved since the last time; part of whatever commit is open. */
-  private persistCursors() {
+  /**
+   * Writes the cursors that moved since the last time; part of whatever commit is open. Senders'
+   * own moves (one per message) wait for a flush's or the alarm's commit (`withSenders`).
+   */
+  private persistCursors(withSenders = true) {
+    if (withSenders) {
+      for (const id of this.senderCursorsDirty) this.cursorsDirty.add(id)
+      this.senderCursorsDirty.clear()
+    }
     for (const id of this.cursorsDirty) {
       const m = this.members.get(id)
       if (m) this.sql.exec('UPDATE members SET delivered_seq = ?, read_seq = ? WHERE user_id = ?', m.deliveredSeq, m.readSeq, id)
+      this.senderCursorsDirty.delete(id)
     }
     this.cursorsDirty.clear()
   }

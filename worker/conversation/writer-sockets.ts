@@ -24,12 +24,15 @@ const sessionTag = (sessionId: string) => `s:${sessionId}`
 
 /**
  * A conversation's writer sockets: a device with the chat open writes straight to the room (one
- * hop, like the platform floor) instead of through its UserHub. Deliveries still go through hubs.
+ * hop, like the platform floor) instead of through its UserHub. Events reach a member straight on
+ * their writer sockets when those are all their open tabs (`directTo`), else through their hub.
  * The room must tell the writer's hub of a write only when another device of the writer is
  * online; the hub reports its devices (`peers`), versioned so a late report never wins.
  */
 export class WriterSockets {
   private peers = new Map<string, { version: number; sockets: string[]; at: number }>()
+  /** Each person's writer sockets here, read from the runtime once per change, not once per event. */
+  private byUser = new Map<string, WebSocket[]>()
 
   constructor(
     private readonly ctx: DurableObjectState,
@@ -43,6 +46,7 @@ export class WriterSockets {
     }
     const { 0: client, 1: server } = new WebSocketPair()
     this.ctx.acceptWebSocket(server, [userTag(claims.userId), sessionTag(claims.sessionId)])
+    this.byUser.delete(claims.userId)
     server.serializeAttachment({ userId: claims.userId, sessionId: claims.sessionId, conversationId } satisfies WriterAttachment)
     send(server, { type: 'hello', protocol: PROTOCOL_VERSION, userId: claims.userId, sessionId: claims.sessionId })
     return new Response(null, { status: 101, webSocket: client })
@@ -61,11 +65,12 @@ export class WriterSockets {
     }
     const parsed = parseFrame(WriterMessage, data)
     if (!parsed.ok) return refuse(parsed.error)
-    if (parsed.msg.conversationId !== who.conversationId) return refuse(errorFrame(ErrorCode.BAD_REQUEST, 'this socket writes to its own conversation only', parsed.msg.clientMsgId))
+    const ref = 'clientMsgId' in parsed.msg ? parsed.msg.clientMsgId : undefined
+    if (parsed.msg.conversationId !== who.conversationId) return refuse(errorFrame(ErrorCode.BAD_REQUEST, 'this socket writes to its own conversation only', ref))
     const verdict = this.spent(ws, now)
     if (verdict !== 'ok') {
       refused(ErrorCode.RATE_LIMITED)
-      if (verdict === 'tell') send(ws, errorFrame(ErrorCode.RATE_LIMITED, 'too many frames: slow down', parsed.msg.clientMsgId))
+      if (verdict === 'tell') send(ws, errorFrame(ErrorCode.RATE_LIMITED, 'too many frames: slow down', ref))
       return null
     }
     return { msg: parsed.msg, who }
@@ -75,6 +80,11 @@ export class WriterSockets {
     const verdict = this.budget.spend(ws, 1, now)
     if (verdict === 'close') ws.close(APP_CLOSE_CODE, ErrorCode.RATE_LIMITED)
     return verdict
+  }
+
+  /** A socket closed: its person's list is read again. */
+  closed(ws: WebSocket) {
+    this.byUser.delete(attachmentOf<WriterAttachment>(ws).userId)
   }
 
   /** Closes a person's writer sockets (one session's, or all); true when the person still has or had any. */
@@ -105,6 +115,37 @@ export class WriterSockets {
     const known = this.peers.get(userId)
     if (!known || known.version < version) this.peers.set(userId, { version, sockets: sockets ?? ALWAYS, at: Date.now() })
     return true
+  }
+
+  /**
+   * The writer sockets to give a member's event straight from the room, or null when their hub
+   * must deliver it: the hub's report shows every one of their open chat sockets beside a writer
+   * socket here, so every tab that would show the event has this chat open. A tab without it, or a
+   * report not in yet, sends it through the hub. `ask`: the report is missing (a new instance) or
+   * older than WRITER_PEERS_TTL_MS; the room asks the hub, once per TTL, and uses the hub meanwhile.
+   */
+  directTo(userId: string, now: number): { sockets: WebSocket[] | null; ask?: true } {
+    let all = this.byUser.get(userId)
+    if (!all) this.byUser.set(userId, (all = this.ctx.getWebSockets(userTag(userId))))
+    const writers = all.filter((ws) => ws.readyState === WebSocket.OPEN)
+    if (writers.length === 0) return { sockets: null }
+    const known = this.peers.get(userId)
+    if (!known || now - known.at > WRITER_PEERS_TTL_MS) {
+      // Any real report wins over this placeholder; until one comes, the hub delivers.
+      this.peers.set(userId, known ? { ...known, at: now } : { version: -1, sockets: ALWAYS, at: now })
+      return { sockets: null, ask: true }
+    }
+    const spare = new Map<string, number>()
+    for (const ws of writers) {
+      const session = attachmentOf<WriterAttachment>(ws).sessionId
+      spare.set(session, (spare.get(session) ?? 0) + 1)
+    }
+    for (const session of known.sockets) {
+      const n = spare.get(session) ?? 0
+      if (n === 0) return { sockets: null }
+      spare.set(session, n - 1)
+    }
+    return { sockets: writers }
   }
 
   /**

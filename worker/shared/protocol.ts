@@ -138,12 +138,16 @@ const ReactFrame = z.object({
   on: z.boolean(),
 })
 
+/** This device holds every event of the conversation up to seq. */
+const DeliveredFrame = z.object({ type: z.literal('delivered'), conversationId: Id, seq: Seq })
+
 /**
  * What a writer socket takes (`/api/conversations/:id/ws`, straight to the conversation's room):
- * a conversation's writes, answered there with `ack` or `error`. Everything else, deliveries
- * included, stays on the device's chat socket.
+ * a conversation's writes, answered there with `ack` or `error`, and confirmations of the events
+ * the room sent on it (it does when the chat is open in every tab of the person). Read cursors,
+ * typing, sync and calls stay on the device's chat socket.
  */
-export const WriterMessage = z.discriminatedUnion('type', [SendFrame, EditFrame, RecallFrame, ReactFrame])
+export const WriterMessage = z.discriminatedUnion('type', [SendFrame, EditFrame, RecallFrame, ReactFrame, DeliveredFrame])
 export type WriterMessage = z.infer<typeof WriterMessage>
 
 export const ClientMessage = z.discriminatedUnion('type', [
@@ -151,8 +155,7 @@ export const ClientMessage = z.discriminatedUnion('type', [
   EditFrame,
   RecallFrame,
   ReactFrame,
-  /** This device holds every event up to seq. */
-  z.object({ type: z.literal('delivered'), conversationId: Id, seq: Seq }),
+  DeliveredFrame,
   /** The user has seen every event up to seq. */
   z.object({ type: z.literal('read'), conversationId: Id, seq: Seq }),
   /** The user is typing; send at most every few seconds, never stored. */

@@ -363,6 +363,17 @@ export class UserHub extends DurableObject<Env> {
   }
 
   /**
+   * A room's events that went straight to this user's writer sockets (an open chat) and were not
+   * confirmed there in time: tracked from when they were sent, resent on the chat socket from the
+   * room's log, then pushed, like the hub's own deliveries.
+   */
+  async owed(userId: string, conversationId: string, items: { sessionId: string; confirmed: number; sent: number; pushSeq: number; since: number }[]): Promise<void> {
+    this.rememberUser(userId)
+    for (const o of items) this.tracker.owe(o.sessionId, conversationId, o.confirmed, o.sent, o.pushSeq, o.since)
+    this.ensureTick()
+  }
+
+  /**
    * Transient frames (typing, presence, a room's gathered receipts, calls): best effort, never
    * retried. To every device, one device (`only`), or all but one (`except`).
    */

@@ -61,6 +61,26 @@ export class DeliveryTracker {
   }
 
   /**
+   * A room sent events straight to the device (an open chat's writer socket) and it did not confirm
+   * (confirmed, sent] in time: owed from `since`, merged with what this hub sent it there.
+   */
+  owe(sessionId: string, conversationId: string, confirmed: number, sent: number, pushSeq: number, since: number) {
+    let bySession = this.tracks.get(sessionId)
+    if (!bySession) this.tracks.set(sessionId, (bySession = new Map()))
+    const t = bySession.get(conversationId)
+    if (!t) {
+      bySession.set(conversationId, { confirmed, sent, pushSeq, attempts: 0, since, due: since + DELIVERY_TIMEOUT_MS, stored: null })
+      this.count++
+      return
+    }
+    t.confirmed = Math.min(t.confirmed, confirmed)
+    t.sent = Math.max(t.sent, sent)
+    t.pushSeq = Math.max(t.pushSeq, pushSeq)
+    t.since = Math.min(t.since, since)
+    t.due = Math.min(t.due, since + DELIVERY_TIMEOUT_MS)
+  }
+
+  /**
    * The device holds everything up to seq. A device that confirms progress is alive: what it still
    * owes was sent after what it confirmed, so its clock starts again from now.
    */
