@@ -39,6 +39,33 @@ describe('DeliveryTracker', () => {
     expect(t.size).toBe(0)
   })
 
+  it('takes a room\'s hand-off of what a writer socket did not confirm: due from when it was sent, or at once after a close', ({ expect }) => {
+    const t = new DeliveryTracker()
+    t.owe('s', 'c', 2, 4, 4, 1_000)
+    expect(t.due(1_000 + DELIVERY_TIMEOUT_MS - 1, connected)).toEqual({ resend: [], push: [] })
+    expect(t.due(1_000 + DELIVERY_TIMEOUT_MS, connected).resend).toEqual([{ sessionId: 's', conversationId: 'c', afterSeq: 2 }])
+    // Merged with what the hub sent itself: the older cursor, the newer seqs.
+    t.sent('s', 'd', 7, true, 0)
+    t.owe('s', 'd', 3, 9, 9, 500, 600)
+    expect(t.due(600, connected).resend).toEqual([{ sessionId: 's', conversationId: 'd', afterSeq: 3 }])
+  })
+
+  it('a confirmation on the chat socket before the hand-off settles it: nothing is owed, nothing pushed', ({ expect }) => {
+    const t = new DeliveryTracker()
+    t.confirm('s', 'c', 4, 0)
+    t.owe('s', 'c', 2, 4, 4, 0)
+    expect(t.size).toBe(0)
+    // Only what it confirmed: a later event is still owed, from after the confirmation.
+    t.owe('s', 'c', 2, 6, 6, 0)
+    expect(t.due(DELIVERY_TIMEOUT_MS, connected).resend).toEqual([{ sessionId: 's', conversationId: 'c', afterSeq: 4 }])
+    // Remembered for a while only.
+    const u = new DeliveryTracker()
+    u.confirm('s', 'c', 4, 0)
+    u.due(60_000, connected)
+    u.owe('s', 'c', 2, 4, 4, 60_000)
+    expect(u.size).toBe(1)
+  })
+
   it('a device that confirms progress is alive: its clock starts again', ({ expect }) => {
     const t = new DeliveryTracker()
     t.sent('s', 'c', 1, true, 0)

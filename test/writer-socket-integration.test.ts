@@ -4,7 +4,6 @@ import { describe, it } from 'vitest'
 import { getConversationRoom, getUserHub } from '../worker/durable-objects'
 import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
 import type { AuthResult } from '../worker/shared/protocol'
-import { DELIVERY_TIMEOUT_MS, type UserHub } from '../worker/user/UserHub'
 import { histogram, scrape, value } from './metrics-helpers'
 import { api, createGroup, Device, json, openChat, register, roomKnowsSockets, textSend, ticketFor, writerUpgrade } from './helpers'
 
@@ -148,26 +147,45 @@ describe('writer socket', () => {
     for (const d of [a, bobChat, bobWriter, otherTab]) d.close()
   })
 
-  it('hands what a writer socket did not confirm to the hub when it closes, which resends it on the chat socket', async ({ expect }) => {
+  it('hands what a writer socket did not confirm to the hub when it closes, which resends it at once to every tab of the device', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const a = await Device.connect(alice)
+    // Two tabs of one device, each with the chat open.
+    const tabs = [await Device.connect(bob), await Device.connect(bob)]
+    const writers = [await Device.writer(bob, conv.id), await Device.writer(bob, conv.id)]
+    await roomKnowsSockets(conv.id, bob.user.id, 2)
+    const sent = await a.sendAndAck(textSend(conv.id, 'seen, never confirmed'))
+    for (const w of writers) await w.next((m) => m.type === 'event' && m.event.seq === sent.seq)
+    expect(tabs.flatMap((t) => t.frames).filter((m) => m.type === 'event')).toEqual([])
+    writers[1]!.send({ type: 'delivered', conversationId: conv.id, seq: sent.seq })
+    await expect.poll(() => owedHere(conv.id), { timeout: 3000, interval: 50 }).toBe(1)
+    writers[0]!.close()
+    const hub = getUserHub(env, bob.user.id)
+    // At the hub's next tick, not a delivery timeout later, and on both tabs' chat sockets.
+    for (const t of tabs) {
+      const again = await t.next<'event'>((m) => m.type === 'event' && m.event.seq === sent.seq, 3000)
+      expect(again.event).toMatchObject({ body: { text: 'seen, never confirmed' } })
+    }
+    expect(await owedHere(conv.id)).toBe(0)
+    expect((await hub.stats()).pending).toBe(1)
+    for (const d of [a, ...tabs, writers[1]!]) d.close()
+  })
+
+  it('gives nothing straight to a writer socket whose device has no chat socket online (nothing reported): the hub has it, and pushes', async ({ expect }) => {
     const { alice, bob, conv } = await pair()
     const a = await Device.connect(alice)
     const bobChat = await Device.connect(bob)
     const bobWriter = await Device.writer(bob, conv.id)
     await roomKnowsSockets(conv.id, bob.user.id, 1)
-    const sent = await a.sendAndAck(textSend(conv.id, 'seen, never confirmed'))
-    await bobWriter.next((m) => m.type === 'event' && m.event.seq === sent.seq)
-    bobWriter.close()
-    const hub = getUserHub(env, bob.user.id)
-    await expect.poll(async () => (await hub.stats()).pending, { timeout: 3000, interval: 50 }).toBe(1)
-    expect(await owedHere(conv.id)).toBe(0)
-    await runInDurableObject<UserHub, void>(hub, async (h) => {
-      h.now = () => Date.now() + DELIVERY_TIMEOUT_MS + 1
-      await h.tick()
-    })
-    const again = await bobChat.next<'event'>((m) => m.type === 'event' && m.event.seq === sent.seq)
-    expect(again.event).toMatchObject({ body: { text: 'seen, never confirmed' } })
-    a.close()
     bobChat.close()
+    await roomKnowsSockets(conv.id, bob.user.id, 0)
+    const hub = getUserHub(env, bob.user.id)
+    const callsBefore = (await hub.stats()).deliverCalls
+    await a.sendAndAck(textSend(conv.id, 'to the hub'))
+    await expect.poll(async () => (await hub.stats()).deliverCalls, { timeout: 3000, interval: 50 }).toBe(callsBefore + 1)
+    await quiet()
+    expect(bobWriter.frames.filter((m) => m.type === 'event')).toEqual([])
+    for (const d of [a, bobWriter]) d.close()
   })
 
   it('refuses bad input with a clear error and writes nothing', async ({ expect }) => {

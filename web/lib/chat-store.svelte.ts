@@ -803,9 +803,15 @@ export class ChatStore {
     before?.socket.stop()
     if (before) this.#pump(before.id)
     if (!id) return
+    let reopened = false
     const socket: ChatSocket = new ChatSocket(
       (m) => this.#onMessage(m),
-      () => this.#pump(id),
+      // The room sends this chat's events on it too: after a reconnect, ask for what a broken one lost.
+      () => {
+        this.#pump(id)
+        if (reopened && this.#byId.get(id)?.loaded) this.#sync(id)
+        reopened = true
+      },
       // Out of the conversation, signed out, or it cannot connect: the chat socket carries the writes.
       () => {
         if (this.#writer?.socket !== socket) return

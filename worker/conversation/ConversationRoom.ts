@@ -196,8 +196,6 @@ export class ConversationRoom extends DurableObject<Env> {
   private readPendingStored = false
   /** Members whose cursors moved since they were last written to this object's storage. */
   private cursorsDirty = new Set<string>()
-  /** Senders whose cursors moved by writing: persisted by flushes and the alarm, not per message. */
-  private senderCursorsDirty = new Set<string>()
   /** Members whose read cursor D1 has not caught up with (it feeds unread counts). */
   private readDirty = new Set<string>()
   /** When this room last mirrored its activity to the directory (wall time), and what storage holds of it. */
@@ -245,6 +243,10 @@ export class ConversationRoom extends DurableObject<Env> {
   /** Events sent straight to writer sockets, until confirmed or handed to the hubs. */
   private direct = new DirectDeliveries()
   private handoffTimer: ReturnType<typeof setTimeout> | null = null
+  /** Hand-offs whose call failed, tried again at the next hand-off tick. */
+  private handoffRetry: Owed[] = []
+  /** Calls to a member's hub not answered yet: their events stay on that path until then, so a switch to writer sockets cannot overtake them. */
+  private hubCalls = new Map<string, number>()
   /** Replaceable so load tests and benchmarks can lift the per-member limit. */
   limiter: RateLimiter
   /** Injectable clock so time boundaries are testable. */
@@ -435,6 +437,9 @@ export class ConversationRoom extends DurableObject<Env> {
    */
   private commit(event: ConversationEvent, mutate: () => number[] = () => [], alsoTell: string[] = [], origin: WriteOrigin = 'http'): Ack {
     const row = eventToRow(event)
+    // Sending implies having read everything before it: the sender's cursors and the D1 mark go
+    // into this commit, which is being written anyway.
+    const sender = this.members.get(event.senderId)
     let duplicate = false
     this.ctx.storage.transactionSync(() => {
       // A retry of an acked write: (sender, clientMsgId) is taken, and nothing is written.
@@ -446,9 +451,9 @@ export class ConversationRoom extends DurableObject<Env> {
       for (const seq of mutate()) {
         this.sql.exec('INSERT INTO d1_dirty (seq, gen) VALUES (?, ?) ON CONFLICT (seq) DO UPDATE SET gen = excluded.gen', seq, event.seq)
       }
-      // The D1 mark and readers' cursors that moved ride on this commit, which is being written anyway.
+      if (sender) this.sql.exec('UPDATE members SET delivered_seq = max(delivered_seq, ?), read_seq = ? WHERE user_id = ?', event.seq, event.seq, event.senderId)
       this.saveD1Mark()
-      this.persistCursors(false)
+      this.persistCursors()
     })
     if (duplicate) return this.findBySender(event.senderId, event.clientMsgId)!
     this.lastSeq = event.seq
@@ -456,16 +461,12 @@ export class ConversationRoom extends DurableObject<Env> {
     this.recent.push({ seq: event.seq, senderId: event.senderId, message: event.type === 'message' })
     if (this.recent.length > RECENT_EVENTS) this.recent.splice(0, this.recent.length - RECENT_EVENTS)
     if (event.type === 'member') this.reloadMembers()
-    // Sending implies having read everything before it. Like any cursor, the sender's is written
-    // with the next commit that has room for it (a flush's or the alarm's), not one per message: a
-    // crash loses at most that much, and a cursor behind only repeats receipts. Looked up after the
-    // write: someone who just left is no longer a member.
+    // Looked up again: someone who just left is no longer a member.
     const writer = this.members.get(event.senderId)
     if (writer) {
       writer.readSeq = event.seq
       writer.deliveredSeq = Math.max(writer.deliveredSeq, event.seq)
       this.readDirty.add(event.senderId)
-      this.senderCursorsDirty.add(event.senderId)
     }
     this.armFlushAlarm()
     this.fanOut(event, origin === 'hub' ? event.senderId : null, alsoTell, typeof origin === 'object' ? origin.session : undefined)
@@ -865,7 +866,6 @@ export class ConversationRoom extends DurableObject<Env> {
     for (const id of this.members.keys()) {
       if (next.has(id)) continue
       this.cursorsDirty.delete(id)
-      this.senderCursorsDirty.delete(id)
       this.readDirty.delete(id)
     }
     this.members = next
@@ -1054,7 +1054,7 @@ export class ConversationRoom extends DurableObject<Env> {
     // What the socket had not confirmed goes to the hub now: it resends on the chat socket, or pushes.
     this.writers.closed(ws)
     const owed = this.direct.take(ws)
-    if (owed) this.handOff([owed])
+    if (owed) this.handOff([owed], true)
     try {
       ws.close(code === 1005 || code === 1006 ? 1000 : code, reason)
     } catch {
@@ -1152,8 +1152,14 @@ export class ConversationRoom extends DurableObject<Env> {
       this.scheduleRemind()
       return
     }
+    this.hubCalls.set(userId, (this.hubCalls.get(userId) ?? 0) + 1)
     this.hub(userId)
       .deliver(userId, deliveries)
+      .finally(() => {
+        const n = (this.hubCalls.get(userId) ?? 1) - 1
+        if (n > 0) this.hubCalls.set(userId, n)
+        else this.hubCalls.delete(userId)
+      })
       // A hub answers with its devices' newest confirmation: in a busy chat, delivery receipts
       // ride on deliveries instead of calls of their own.
       .then((reply) => {
@@ -1179,7 +1185,7 @@ export class ConversationRoom extends DurableObject<Env> {
    * pushes as for its own deliveries. A member's own writes keep the hub path (it knows the ack).
    */
   private deliverDirect(userId: string, deliveries: Delivery[]): boolean {
-    if (!this.members.has(userId) || deliveries.some((d) => d.meta.senderId === userId)) return false
+    if (!this.members.has(userId) || this.hubCalls.has(userId) || deliveries.some((d) => d.meta.senderId === userId)) return false
     const now = Date.now()
     const { sockets, ask } = this.writers.directTo(userId, now)
     if (ask) this.askPeers(userId)
@@ -1192,28 +1198,40 @@ export class ConversationRoom extends DurableObject<Env> {
       }
     }
     this.metrics.count(Counter.deliveries, undefined, sockets.length * deliveries.length)
-    this.handoffTimer ??= setTimeout(() => this.handOffDue(), HANDOFF_AFTER_MS / 2)
+    this.armHandoff()
     return true
   }
 
   private handOffDue() {
     this.handoffTimer = null
-    this.handOff(this.direct.due(Date.now()))
-    if (this.direct.size > 0) this.handoffTimer = setTimeout(() => this.handOffDue(), HANDOFF_AFTER_MS / 2)
+    const retry = this.handoffRetry
+    this.handoffRetry = []
+    this.handOff([...retry, ...this.direct.due(Date.now())], false)
+    this.armHandoff()
   }
 
-  /** Unconfirmed direct deliveries become the hubs' to resend (from the log, as events are now) or push. */
-  private handOff(owed: Owed[]) {
+  private armHandoff() {
+    if (this.direct.size + this.handoffRetry.length > 0) this.handoffTimer ??= setTimeout(() => this.handOffDue(), HANDOFF_AFTER_MS / 2)
+  }
+
+  /**
+   * Unconfirmed direct deliveries become the hubs' to resend (from the log, as events are now) or
+   * push; `closed`: the socket is gone, so the hub resends at once instead of at its usual timeout.
+   * A call that fails is tried again at the next tick.
+   */
+  private handOff(owed: Owed[], closed: boolean) {
     const conversationId = this.conversationId
     if (!conversationId || owed.length === 0) return
     const byUser = new Map<string, Owed[]>()
     for (const o of owed) byUser.set(o.userId, [...(byUser.get(o.userId) ?? []), o])
     for (const [userId, items] of byUser) {
       this.hub(userId)
-        .owed(userId, conversationId, items)
+        .owed(userId, conversationId, items, closed)
         .catch((e: unknown) => {
           this.hubs.delete(userId)
-          console.warn('hand-off to hub failed', userId, String(e))
+          console.warn('hand-off to hub failed; tried again', userId, String(e))
+          if (this.members.has(userId)) this.handoffRetry.push(...items)
+          this.armHandoff()
         })
     }
   }
@@ -1436,19 +1454,11 @@ export class ConversationRoom extends DurableObject<Env> {
     this.d1SeqSaved = this.d1Seq
   }
 
-  /**
-   * Writes the cursors that moved since the last time; part of whatever commit is open. Senders'
-   * own moves (one per message) wait for a flush's or the alarm's commit (`withSenders`).
-   */
-  private persistCursors(withSenders = true) {
-    if (withSenders) {
-      for (const id of this.senderCursorsDirty) this.cursorsDirty.add(id)
-      this.senderCursorsDirty.clear()
-    }
+  /** Writes the cursors that moved since the last time; part of whatever commit is open. */
+  private persistCursors() {
     for (const id of this.cursorsDirty) {
       const m = this.members.get(id)
       if (m) this.sql.exec('UPDATE members SET delivered_seq = ?, read_seq = ? WHERE user_id = ?', m.deliveredSeq, m.readSeq, id)
-      this.senderCursorsDirty.delete(id)
     }
     this.cursorsDirty.clear()
   }

@@ -119,22 +119,26 @@ export class WriterSockets {
 
   /**
    * The writer sockets to give a member's event straight from the room, or null when their hub
-   * must deliver it: the hub's report shows every one of their open chat sockets beside a writer
-   * socket here, so every tab that would show the event has this chat open. A tab without it, or a
-   * report not in yet, sends it through the hub. `ask`: the report is missing (a new instance) or
-   * older than WRITER_PEERS_TTL_MS; the room asks the hub, once per TTL, and uses the hub meanwhile.
+   * must deliver it: the hub's report names at least one open chat socket, and each is matched by
+   * a writer socket here of the same session, so every tab that would show the event has this
+   * chat open. Only writer sockets of reported sessions get it (a socket whose session is not
+   * online, such as a revoked one's, never does). A tab without the chat, or a report not in yet,
+   * sends it through the hub. `ask`: the report is missing (a new instance) or older than
+   * WRITER_PEERS_TTL_MS; the room asks the hub, once per TTL, and uses the hub meanwhile.
    */
   directTo(userId: string, now: number): { sockets: WebSocket[] | null; ask?: true } {
     let all = this.byUser.get(userId)
     if (!all) this.byUser.set(userId, (all = this.ctx.getWebSockets(userTag(userId))))
-    const writers = all.filter((ws) => ws.readyState === WebSocket.OPEN)
-    if (writers.length === 0) return { sockets: null }
+    if (all.length === 0) return { sockets: null }
     const known = this.peers.get(userId)
     if (!known || now - known.at > WRITER_PEERS_TTL_MS) {
       // Any real report wins over this placeholder; until one comes, the hub delivers.
       this.peers.set(userId, known ? { ...known, at: now } : { version: -1, sockets: ALWAYS, at: now })
       return { sockets: null, ask: true }
     }
+    if (known.sockets.length === 0) return { sockets: null }
+    const online = new Set(known.sockets)
+    const writers = all.filter((ws) => ws.readyState === WebSocket.OPEN && online.has(attachmentOf<WriterAttachment>(ws).sessionId))
     const spare = new Map<string, number>()
     for (const ws of writers) {
       const session = attachmentOf<WriterAttachment>(ws).sessionId

@@ -98,6 +98,8 @@ export class UserHub extends DurableObject<Env> {
   private reports = new Map<string, { delivered: number | null; read: number | null; ws: WebSocket }>()
   private reportTimer: ReturnType<typeof setTimeout> | null = null
   private tickTimer: ReturnType<typeof setTimeout> | null = null
+  /** Sessions whose chat socket is being accepted (rooms are being told of it). */
+  private connecting: string[] = []
   /** Push coalescing per conversation: when the last push went, and the newest seq waiting for the next. */
   private pushes = new Map<string, { sentAt: number; waitingSeq: number | null; stored: boolean }>()
   private pushesDirty = new Set<string>()
@@ -179,15 +181,18 @@ export class UserHub extends DurableObject<Env> {
       return Response.json(errorBody(ErrorCode.RATE_LIMITED, `at most ${MAX_SOCKETS_PER_DEVICE} connections per device`), { status: 429 })
     }
     const wasOffline = open.length === 0
-    if (wasOffline) {
-      // No device was online, so no writer socket is either (a writer socket lives beside its
-      // device's chat socket): after a restart or a deploy, telling the list would wake every room
-      // in it for nothing. A room that still holds one asks again within WRITER_PEERS_TTL_MS.
-      this.forgetWriterRooms()
-    } else {
-      // Rooms where this user writes on writer sockets must know of the new device before it
-      // syncs, or it could miss its own writes made meanwhile (a gap it sees later heals it too).
-      await this.tellWriterRooms([...open.map(sessionOf), sessionId], WRITER_ROOMS_WAIT_MS)
+    // A room that asks for this user's sockets meanwhile (writerOpened) must hear of this one too.
+    this.connecting.push(sessionId)
+    try {
+      // With no device online, rooms were told of none, and none gets events straight (a room
+      // needs a reported socket for that); after a restart or a deploy, telling the list would
+      // wake every room in it for nothing. The list is kept, so sign-out still reaches a writer
+      // socket that outlived its chat socket, and a room asks again within WRITER_PEERS_TTL_MS.
+      // Otherwise rooms where this user has writer sockets must know of the new device before it
+      // syncs, or it could miss events meanwhile (a gap it sees later heals it too).
+      if (!wasOffline) await this.tellWriterRooms([...open.map(sessionOf), sessionId], WRITER_ROOMS_WAIT_MS)
+    } finally {
+      this.connecting.splice(this.connecting.indexOf(sessionId), 1)
     }
     const { 0: client, 1: server } = new WebSocketPair()
     this.ctx.acceptWebSocket(server, [sessionId])
@@ -367,9 +372,11 @@ export class UserHub extends DurableObject<Env> {
    * confirmed there in time: tracked from when they were sent, resent on the chat socket from the
    * room's log, then pushed, like the hub's own deliveries.
    */
-  async owed(userId: string, conversationId: string, items: { sessionId: string; confirmed: number; sent: number; pushSeq: number; since: number }[]): Promise<void> {
+  async owed(userId: string, conversationId: string, items: { sessionId: string; confirmed: number; sent: number; pushSeq: number; since: number }[], closed = false): Promise<void> {
     this.rememberUser(userId)
-    for (const o of items) this.tracker.owe(o.sessionId, conversationId, o.confirmed, o.sent, o.pushSeq, o.since)
+    // A writer socket that closed owing events (a chat switched while they were on the way): its
+    // tab still shows the list, so they come again at the next tick, not a timeout later.
+    for (const o of items) this.tracker.owe(o.sessionId, conversationId, o.confirmed, o.sent, o.pushSeq, o.since, closed ? this.now() : undefined)
     this.ensureTick()
   }
 
@@ -475,12 +482,14 @@ export class UserHub extends DurableObject<Env> {
     await Promise.all(resend.map((r) => this.resend(userId, r.sessionId, r.conversationId, r.afterSeq)))
   }
 
+  /** Resends to every tab of the device: one tab's confirmation settles the device, so each must have had the chance. */
   private async resend(userId: string, sessionId: string, conversationId: string, afterSeq: number) {
-    const ws = this.ctx.getWebSockets(sessionId)[0]
-    if (!ws) return
+    if (!this.ctx.getWebSockets(sessionId).some((ws) => ws.readyState === WebSocket.OPEN)) return
     const page = await this.room(conversationId).eventsAfter(conversationId, userId, afterSeq)
     if (!page.ok) return this.tracker.forget(sessionId, conversationId)
-    for (const event of page.value.events) send(ws, { type: 'event', event })
+    const frames = page.value.events.map((event) => JSON.stringify({ type: 'event', event } satisfies ServerMessage))
+    const tabs = this.ctx.getWebSockets(sessionId).filter((ws) => ws.readyState === WebSocket.OPEN)
+    for (const ws of tabs) for (const frame of frames) send(ws, frame)
     this.metrics.count(Counter.resends, undefined, page.value.events.length)
   }
 
@@ -641,12 +650,6 @@ export class UserHub extends DurableObject<Env> {
     return (this.writerRooms ??= this.ctx.storage.kv.get<string[]>('writer_rooms') ?? [])
   }
 
-  private forgetWriterRooms() {
-    if (this.storedWriterRooms().length === 0) return
-    this.writerRooms = []
-    this.ctx.storage.kv.delete('writer_rooms')
-  }
-
   private saveWriterRooms(rooms: string[]) {
     this.writerRooms = rooms
     this.ctx.storage.kv.put('writer_rooms', rooms)
@@ -664,7 +667,7 @@ export class UserHub extends DurableObject<Env> {
     this.saveWriterRooms(rooms)
     // A room that will not hear of changes any more delivers every write to this hub, as if unknown.
     for (const id of evicted) void this.room(id).writerPeers(id, userId, this.nextSocketsVersion(), null).catch(() => undefined)
-    return { version: this.nextSocketsVersion(), sockets: this.openSockets().map(sessionOf) }
+    return { version: this.nextSocketsVersion(), sockets: [...this.openSockets().map(sessionOf), ...this.connecting] }
   }
 
   private nextSocketsVersion(): number {

@@ -33,8 +33,13 @@ export interface Key {
  * log when it is resent, so a resend carries events as they are now. Pure and in memory: the hub
  * persists what `toPersist` names, at most once per tick.
  */
+/** How long a confirmation of something this hub did not send is kept, for a room's hand-off that may follow it. */
+const EARLY_CONFIRM_MS = 30_000
+
 export class DeliveryTracker {
   private tracks = new Map<string, Map<string, Track>>()
+  /** Confirmations that found no track (the room sent those events straight to a writer socket), by session and conversation. */
+  private early = new Map<string, { seq: number; at: number }>()
   private removed: Key[] = []
   private count = 0
 
@@ -62,14 +67,19 @@ export class DeliveryTracker {
 
   /**
    * A room sent events straight to the device (an open chat's writer socket) and it did not confirm
-   * (confirmed, sent] in time: owed from `since`, merged with what this hub sent it there.
+   * (confirmed, sent] there in time: owed from `since`, merged with what this hub sent it, less
+   * what the device confirmed on its chat socket meanwhile. Due at `since` + the usual timeout, or
+   * `dueAt` (a closed writer socket: at once).
    */
-  owe(sessionId: string, conversationId: string, confirmed: number, sent: number, pushSeq: number, since: number) {
+  owe(sessionId: string, conversationId: string, confirmed: number, sent: number, pushSeq: number, since: number, dueAt = since + DELIVERY_TIMEOUT_MS) {
+    const early = this.early.get(`${sessionId} ${conversationId}`)?.seq ?? 0
+    confirmed = Math.max(confirmed, early)
     let bySession = this.tracks.get(sessionId)
-    if (!bySession) this.tracks.set(sessionId, (bySession = new Map()))
-    const t = bySession.get(conversationId)
+    const t = bySession?.get(conversationId)
     if (!t) {
-      bySession.set(conversationId, { confirmed, sent, pushSeq, attempts: 0, since, due: since + DELIVERY_TIMEOUT_MS, stored: null })
+      if (confirmed >= sent) return
+      if (!bySession) this.tracks.set(sessionId, (bySession = new Map()))
+      bySession.set(conversationId, { confirmed, sent, pushSeq, attempts: 0, since, due: dueAt, stored: null })
       this.count++
       return
     }
@@ -77,7 +87,7 @@ export class DeliveryTracker {
     t.sent = Math.max(t.sent, sent)
     t.pushSeq = Math.max(t.pushSeq, pushSeq)
     t.since = Math.min(t.since, since)
-    t.due = Math.min(t.due, since + DELIVERY_TIMEOUT_MS)
+    t.due = Math.min(t.due, dueAt)
   }
 
   /**
@@ -86,7 +96,12 @@ export class DeliveryTracker {
    */
   confirm(sessionId: string, conversationId: string, seq: number, now: number) {
     const t = this.tracks.get(sessionId)?.get(conversationId)
-    if (!t || seq <= t.confirmed) return
+    if (!t) {
+      const key = `${sessionId} ${conversationId}`
+      this.early.set(key, { seq: Math.max(seq, this.early.get(key)?.seq ?? 0), at: now })
+      return
+    }
+    if (seq <= t.confirmed) return
     t.confirmed = seq
     if (t.confirmed >= t.sent) return this.forget(sessionId, conversationId)
     t.since = now
@@ -109,6 +124,7 @@ export class DeliveryTracker {
    * and has had fewer than MAX_DELIVERY_RETRIES; otherwise a push of the newest message it owes.
    */
   due(now: number, connected: (sessionId: string) => boolean) {
+    for (const [key, e] of this.early) if (now - e.at > EARLY_CONFIRM_MS) this.early.delete(key)
     const resend: (Key & { afterSeq: number })[] = []
     const push: { conversationId: string; seq: number }[] = []
     for (const [sessionId, bySession] of this.tracks) {
