@@ -1,13 +1,13 @@
 import { runDurableObjectAlarm, runInDurableObject } from 'cloudflare:test'
 import { env } from 'cloudflare:workers'
-import { describe, it } from 'vitest'
+import { describe, it, type ExpectStatic } from 'vitest'
 import { getConversationRoom, getUserHub } from '../worker/durable-objects'
 import type { AuthResult, ClientMessage, HistoryPage, MessageEvent } from '../worker/shared/protocol'
 import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
 import { RateLimiter } from '../worker/conversation/rate-limit'
 import { DELIVERY_TIMEOUT_MS, MAX_DELIVERY_RETRIES, type UserHub } from '../worker/user/UserHub'
 import { api, createGroup, Device, json, openChat, register, roomKnowsSockets, textSend, historyOf } from './helpers'
-import { drainOutbox, newPushSubscription, receivedPushes, subscribe, waitFor } from './push-helpers'
+import { drainOutbox, newPushSubscription, receivedPushes, subscribe, waitFor, type FakeSubscription } from './push-helpers'
 
 async function pair() {
   const alice = await register()
@@ -233,6 +233,44 @@ async function tickAt(hub: DurableObjectStub<UserHub>, now: number) {
   })
 }
 
+/**
+ * Bob's device never confirms seqs 1–3 (1 recalled by alice, 2 a message, 3 the recall): the hub
+ * resends all three MAX_DELIVERY_RETRIES times, 1 always recalled, then pushes once, for 2; the
+ * secret of 1 is in no frame and no push.
+ */
+async function expectRecalledResendsThenOnePush(expect: ExpectStatic, hub: DurableObjectStub<UserHub>, b: Device, sub: FakeSubscription, aliceId: string, secret: string) {
+  let clock = Date.now()
+  const rounds: number[][] = []
+  for (let attempt = 1; attempt <= MAX_DELIVERY_RETRIES; attempt++) {
+    clock += DELIVERY_TIMEOUT_MS + 1
+    await tickAt(hub, clock)
+    const seqs: number[] = []
+    for (let i = 0; i < 3; i++) {
+      const f = await b.next('event')
+      if (f.type === 'event') seqs.push(f.event.seq)
+      if (f.type === 'event' && f.event.seq === 1) expect(f.event).toMatchObject({ type: 'message', body: null, recalled: { by: aliceId } })
+    }
+    rounds.push(seqs.sort((x, y) => x - y))
+  }
+  expect(rounds).toEqual([[1, 2, 3], [1, 2, 3], [1, 2, 3]])
+  clock += DELIVERY_TIMEOUT_MS + 1
+  await tickAt(hub, clock)
+  expect((await hub.stats()).pending).toBe(0)
+  const pushes = await waitFor(async () => {
+    const r = await receivedPushes(sub)
+    return r.received.length > 0 ? r : null
+  })
+  await new Promise((r) => setTimeout(r, 300))
+  const after = await receivedPushes(sub)
+  // One push, for the newest message; the recalled one is not announced.
+  expect(after.received).toHaveLength(1)
+  expect(pushes.received[0]!.payload).toMatchObject({ seq: 2, body: 'second' })
+  // Exactly three resends.
+  expect(b.frames.filter((m) => m.type === 'event')).toEqual([])
+  expect(JSON.stringify(b.frames)).not.toContain(secret)
+  expect(JSON.stringify(after)).not.toContain(secret)
+}
+
 describe('server-to-device retry', () => {
   it(`resends an unconfirmed event ${MAX_DELIVERY_RETRIES} times, then hands it to push`, async ({ expect }) => {
     const { alice, bob, conv } = await pair()
@@ -282,34 +320,7 @@ describe('server-to-device retry', () => {
     await b.next((m) => m.type === 'event' && m.event.type === 'recall')
     // Bob's device never confirms. From here on, no frame may carry the secret.
     b.frames.length = 0
-    const hub = getUserHub(env, bob.user.id)
-    let clock = Date.now()
-    const rounds: number[][] = []
-    for (let attempt = 1; attempt <= MAX_DELIVERY_RETRIES; attempt++) {
-      clock += DELIVERY_TIMEOUT_MS + 1
-      await tickAt(hub, clock)
-      const seqs: number[] = []
-      for (let i = 0; i < 3; i++) {
-        const f = await b.next('event')
-        if (f.type === 'event') seqs.push(f.event.seq)
-        if (f.type === 'event' && f.event.seq === 1) expect(f.event).toMatchObject({ type: 'message', body: null, recalled: { by: alice.user.id } })
-      }
-      rounds.push(seqs)
-    }
-    expect(rounds).toEqual([[1, 2, 3], [1, 2, 3], [1, 2, 3]])
-    clock += DELIVERY_TIMEOUT_MS + 1
-    await tickAt(hub, clock)
-    const pushes = await waitFor(async () => {
-      const r = await receivedPushes(sub)
-      return r.received.length > 0 ? r : null
-    })
-    await new Promise((r) => setTimeout(r, 300))
-    const after = await receivedPushes(sub)
-    // One push, for the newest message; the recalled one is not announced.
-    expect(after.received).toHaveLength(1)
-    expect(pushes.received[0]!.payload).toMatchObject({ seq: 2, body: 'second' })
-    expect(JSON.stringify(b.frames)).not.toContain(secret)
-    expect(JSON.stringify(after)).not.toContain(secret)
+    await expectRecalledResendsThenOnePush(expect, getUserHub(env, bob.user.id), b, sub, alice.user.id, secret)
     a.close()
     b.close()
   })
@@ -332,35 +343,7 @@ describe('server-to-device retry', () => {
     // Unconfirmed for a second: the room hands the debt to bob's hub.
     const hub = getUserHub(env, bob.user.id)
     await expect.poll(async () => (await hub.stats()).pending, { timeout: 3000, interval: 50 }).toBe(1)
-    let clock = Date.now()
-    const rounds: number[][] = []
-    for (let attempt = 1; attempt <= MAX_DELIVERY_RETRIES; attempt++) {
-      clock += DELIVERY_TIMEOUT_MS + 1
-      await tickAt(hub, clock)
-      const seqs: number[] = []
-      for (let i = 0; i < 3; i++) {
-        const f = await b.next('event')
-        if (f.type === 'event') seqs.push(f.event.seq)
-        if (f.type === 'event' && f.event.seq === 1) expect(f.event).toMatchObject({ type: 'message', body: null, recalled: { by: alice.user.id } })
-      }
-      rounds.push(seqs.sort((x, y) => x - y))
-    }
-    expect(rounds).toEqual([[1, 2, 3], [1, 2, 3], [1, 2, 3]])
-    clock += DELIVERY_TIMEOUT_MS + 1
-    await tickAt(hub, clock)
-    expect((await hub.stats()).pending).toBe(0)
-    const pushes = await waitFor(async () => {
-      const r = await receivedPushes(sub)
-      return r.received.length > 0 ? r : null
-    })
-    await new Promise((r) => setTimeout(r, 300))
-    const after = await receivedPushes(sub)
-    expect(after.received).toHaveLength(1)
-    expect(pushes.received[0]!.payload).toMatchObject({ seq: 2, body: 'second' })
-    // Exactly three resends; the recall's old text reached nobody after it.
-    expect(b.frames.filter((m) => m.type === 'event')).toEqual([])
-    expect(JSON.stringify(b.frames)).not.toContain(secret)
-    expect(JSON.stringify(after)).not.toContain(secret)
+    await expectRecalledResendsThenOnePush(expect, hub, b, sub, alice.user.id, secret)
     for (const d of [a, b, bWriter]) d.close()
   })
 

@@ -2,7 +2,7 @@ import { mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { chromium, type Browser, type BrowserContext, type Locator, type Page } from 'playwright-core'
-import { afterAll, beforeAll } from 'vitest'
+import { afterAll, afterEach, beforeAll } from 'vitest'
 import { startServer, type LocalServer } from './server'
 
 export const CHROMIUM_PATH = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
@@ -55,6 +55,12 @@ export function useProduct(vars?: () => Promise<Record<string, string>> | Record
   beforeAll(async () => {
     ctx.server = await startServer({ vars: vars ? await vars() : undefined })
     ctx.browser = await launchBrowser()
+  })
+  // Each test's people go when it ends: pages left open keep their sockets, heartbeats and timers
+  // running for the rest of the file, an idle load no test means to measure (a late test's first
+  // page load has twice timed out at 30 s in the longest file; cause not found).
+  afterEach(async () => {
+    for (const c of ctx.browser?.contexts() ?? []) await c.close().catch(() => undefined)
   })
   afterAll(async () => {
     await ctx.browser?.close()

@@ -184,13 +184,17 @@ export class UserHub extends DurableObject<Env> {
     // A room that asks for this user's sockets meanwhile (writerOpened) must hear of this one too.
     this.connecting.push(sessionId)
     try {
-      // With no device online, rooms were told of none, and none gets events straight (a room
-      // needs a reported socket for that); after a restart or a deploy, telling the list would
-      // wake every room in it for nothing. The list is kept, so sign-out still reaches a writer
-      // socket that outlived its chat socket, and a room asks again within WRITER_PEERS_TTL_MS.
-      // Otherwise rooms where this user has writer sockets must know of the new device before it
-      // syncs, or it could miss events meanwhile (a gap it sees later heals it too).
-      if (!wasOffline) await this.tellWriterRooms([...open.map(sessionOf), sessionId], WRITER_ROOMS_WAIT_MS)
+      if (wasOffline) {
+        // No device was online, so rooms were told of none, and none gives this user events
+        // straight (that needs a reported socket); after a restart or a deploy, telling the list
+        // would wake every room in it for nothing, and keeping it would wake them all at the next
+        // disconnect. A room that still holds a writer socket asks again within WRITER_PEERS_TTL_MS.
+        this.forgetWriterRooms()
+      } else {
+        // Rooms where this user has writer sockets must know of the new device before it syncs,
+        // or it could miss events meanwhile (a gap it sees later heals it too).
+        await this.tellWriterRooms([...open.map(sessionOf), sessionId], WRITER_ROOMS_WAIT_MS)
+      }
     } finally {
       this.connecting.splice(this.connecting.indexOf(sessionId), 1)
     }
@@ -648,6 +652,12 @@ export class UserHub extends DurableObject<Env> {
 
   private storedWriterRooms(): string[] {
     return (this.writerRooms ??= this.ctx.storage.kv.get<string[]>('writer_rooms') ?? [])
+  }
+
+  private forgetWriterRooms() {
+    if (this.storedWriterRooms().length === 0) return
+    this.writerRooms = []
+    this.ctx.storage.kv.delete('writer_rooms')
   }
 
   private saveWriterRooms(rooms: string[]) {
