@@ -6,8 +6,8 @@ import type { AuthResult, ClientMessage, HistoryPage, MessageEvent } from '../wo
 import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
 import { RateLimiter } from '../worker/conversation/rate-limit'
 import { DELIVERY_TIMEOUT_MS, MAX_DELIVERY_RETRIES, type UserHub } from '../worker/user/UserHub'
-import { api, createGroup, Device, json, openChat, register, roomKnowsSockets, textSend, historyOf } from './helpers'
-import { drainOutbox, newPushSubscription, receivedPushes, subscribe, waitFor, type FakeSubscription } from './push-helpers'
+import { api, bobWithChatOpen, createGroup, Device, json, openChat, register, textSend, historyOf } from './helpers'
+import { drainOutbox, firstPushes, newPushSubscription, receivedPushes, subscribe, waitFor, type FakeSubscription } from './push-helpers'
 
 async function pair() {
   const alice = await register()
@@ -256,10 +256,7 @@ async function expectRecalledResendsThenOnePush(expect: ExpectStatic, hub: Durab
   clock += DELIVERY_TIMEOUT_MS + 1
   await tickAt(hub, clock)
   expect((await hub.stats()).pending).toBe(0)
-  const pushes = await waitFor(async () => {
-    const r = await receivedPushes(sub)
-    return r.received.length > 0 ? r : null
-  })
+  const pushes = await firstPushes(sub)
   await new Promise((r) => setTimeout(r, 300))
   const after = await receivedPushes(sub)
   // One push, for the newest message; the recalled one is not announced.
@@ -294,10 +291,7 @@ describe('server-to-device retry', () => {
     clock += DELIVERY_TIMEOUT_MS + 1
     await tickAt(hub, clock)
     expect((await hub.stats()).pending).toBe(0)
-    const pushes = await waitFor(async () => {
-      const r = await receivedPushes(sub)
-      return r.received.length > 0 ? r : null
-    })
+    const pushes = await firstPushes(sub)
     expect(pushes.received[0]!.payload).toEqual({ conversationId: conv.id, seq: 1, title: alice.user.displayName, body: 'are you there?' })
     // Exactly three resends: nothing more arrives.
     await new Promise((r) => setTimeout(r, 100))
@@ -326,13 +320,9 @@ describe('server-to-device retry', () => {
   })
 
   it('an open chat that never confirms what the room gave it straight: the hub resends it 3 times as it is now, then pushes once', async ({ expect }) => {
-    const { alice, bob, conv } = await pair()
+    const { alice, bob, conv, a, bobChat: b, bobWriter: bWriter } = await bobWithChatOpen()
     const sub = await newPushSubscription()
     await subscribe(bob, sub)
-    const b = await Device.connect(bob)
-    const bWriter = await Device.writer(bob, conv.id)
-    await roomKnowsSockets(conv.id, bob.user.id, 1)
-    const a = await Device.connect(alice)
     const secret = `canary-${crypto.randomUUID()}`
     await a.sendAndAck(textSend(conv.id, secret))
     await a.sendAndAck(textSend(conv.id, 'second'))
@@ -438,10 +428,7 @@ describe('server-to-device retry', () => {
       ;(h as unknown as { tracker: { forget(s: string, c: string): void } }).tracker.forget(b.sessionId, conv.id)
     })
     expect(await runDurableObjectAlarm(hub)).toBe(true)
-    const pushes = await waitFor(async () => {
-      const r = await receivedPushes(sub)
-      return r.received.length > 0 ? r : null
-    })
+    const pushes = await firstPushes(sub)
     expect(pushes.received[0]!.payload).toMatchObject({ conversationId: conv.id, seq: 1, body: 'owed' })
     a.close()
   })

@@ -199,3 +199,18 @@ export async function roomKnowsSockets(conversationId: string, userId: string, c
   }
   throw new Error(`the room never learned ${userId}'s ${count} sockets`)
 }
+
+/**
+ * Alice and Bob in a direct chat, both online: Alice's chat socket, and Bob's chat socket with his
+ * writer socket for the chat (it is on his screen), once the room knows of his one chat socket.
+ */
+export async function bobWithChatOpen() {
+  const alice = await register()
+  const bob = await register()
+  const conv = await openChat(alice, bob)
+  const a = await Device.connect(alice)
+  const bobChat = await Device.connect(bob)
+  const bobWriter = await Device.writer(bob, conv.id)
+  await roomKnowsSockets(conv.id, bob.user.id, 1)
+  return { alice, bob, conv, a, bobChat, bobWriter }
+}

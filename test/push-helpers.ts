@@ -25,6 +25,14 @@ export async function receivedPushes(sub: FakeSubscription) {
   return (await res.json()) as { hits: number; received: { payload: any; ttl: string | null; urgency: string | null; topic: string | null }[]; rejected: string[] }
 }
 
+/** What the push service got for this subscription, once it has got at least one push. */
+export function firstPushes(sub: FakeSubscription) {
+  return waitFor(async () => {
+    const r = await receivedPushes(sub)
+    return r.received.length > 0 ? r : null
+  })
+}
+
 export async function waitFor<T>(probe: () => Promise<T | null | undefined | false>, timeoutMs = 10_000): Promise<T> {
   const deadline = Date.now() + timeoutMs
   for (;;) {

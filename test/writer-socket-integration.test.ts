@@ -5,7 +5,7 @@ import { getConversationRoom, getUserHub } from '../worker/durable-objects'
 import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
 import type { AuthResult } from '../worker/shared/protocol'
 import { histogram, scrape, value } from './metrics-helpers'
-import { api, createGroup, Device, json, openChat, register, roomKnowsSockets, textSend, ticketFor, writerUpgrade } from './helpers'
+import { api, bobWithChatOpen, createGroup, Device, json, openChat, register, roomKnowsSockets, textSend, ticketFor, writerUpgrade } from './helpers'
 
 async function pair() {
   const alice = await register()
@@ -115,11 +115,7 @@ describe('writer socket', () => {
   })
 
   it('gives an open chat the events straight, when it is open in every tab of the recipient; a confirmation there moves the tick', async ({ expect }) => {
-    const { alice, bob, conv } = await pair()
-    const a = await Device.connect(alice)
-    const bobChat = await Device.connect(bob)
-    const bobWriter = await Device.writer(bob, conv.id)
-    await roomKnowsSockets(conv.id, bob.user.id, 1)
+    const { alice, bob, conv, a, bobChat, bobWriter } = await bobWithChatOpen()
     const hub = getUserHub(env, bob.user.id)
     const callsBefore = (await hub.stats()).deliverCalls
     const sent = await a.sendAndAck(textSend(conv.id, 'straight to the open chat'))
@@ -171,12 +167,8 @@ describe('writer socket', () => {
     for (const d of [a, ...tabs, writers[1]!]) d.close()
   })
 
-  it('gives nothing straight to a writer socket whose device has no chat socket online (nothing reported): the hub has it, and pushes', async ({ expect }) => {
-    const { alice, bob, conv } = await pair()
-    const a = await Device.connect(alice)
-    const bobChat = await Device.connect(bob)
-    const bobWriter = await Device.writer(bob, conv.id)
-    await roomKnowsSockets(conv.id, bob.user.id, 1)
+  it('gives nothing straight to a writer socket whose device has no chat socket online (nothing reported): the hub has it', async ({ expect }) => {
+    const { alice, bob, conv, a, bobChat, bobWriter } = await bobWithChatOpen()
     bobChat.close()
     await roomKnowsSockets(conv.id, bob.user.id, 0)
     const hub = getUserHub(env, bob.user.id)

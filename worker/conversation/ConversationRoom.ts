@@ -34,9 +34,8 @@ import { Counter, Gauge } from '../shared/metrics'
 import { DEFAULT_FRAME_RATE, FrameBudget } from '../ws/frame-budget'
 import { spendTicket, upgradeClaims, UPGRADE_HEADERS } from '../ws/upgrade'
 import { errorFrame, send } from '../ws/frames'
-import { WriterSockets, type WriterAttachment } from './writer-sockets'
+import { WriterSockets } from './writer-sockets'
 import { DirectDeliveries, HANDOFF_AFTER_MS, type Owed } from './direct-deliveries'
-import { attachmentOf } from '../ws/attachment'
 
 export type { RoomResult } from '../do-result'
 export interface Ack {
@@ -1190,8 +1189,7 @@ export class ConversationRoom extends DurableObject<Env> {
     const { sockets, ask } = this.writers.directTo(userId, now)
     if (ask) this.askPeers(userId)
     if (!sockets) return false
-    for (const ws of sockets) {
-      const { sessionId } = attachmentOf<WriterAttachment>(ws)
+    for (const { ws, sessionId } of sockets) {
       for (const { meta, frame } of deliveries) {
         send(ws, frame)
         this.direct.sent(ws, userId, sessionId, meta.seq, meta.type === 'message', now)
@@ -1223,7 +1221,11 @@ export class ConversationRoom extends DurableObject<Env> {
     const conversationId = this.conversationId
     if (!conversationId || owed.length === 0) return
     const byUser = new Map<string, Owed[]>()
-    for (const o of owed) byUser.set(o.userId, [...(byUser.get(o.userId) ?? []), o])
+    for (const o of owed) {
+      const list = byUser.get(o.userId)
+      if (list) list.push(o)
+      else byUser.set(o.userId, [o])
+    }
     for (const [userId, items] of byUser) {
       this.hub(userId)
         .owed(userId, conversationId, items, closed)

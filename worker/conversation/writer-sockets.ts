@@ -126,7 +126,7 @@ export class WriterSockets {
    * sends it through the hub. `ask`: the report is missing (a new instance) or older than
    * WRITER_PEERS_TTL_MS; the room asks the hub, once per TTL, and uses the hub meanwhile.
    */
-  directTo(userId: string, now: number): { sockets: WebSocket[] | null; ask?: true } {
+  directTo(userId: string, now: number): { sockets: { ws: WebSocket; sessionId: string }[] | null; ask?: true } {
     let all = this.byUser.get(userId)
     if (!all) this.byUser.set(userId, (all = this.ctx.getWebSockets(userTag(userId))))
     if (all.length === 0) return { sockets: null }
@@ -138,11 +138,14 @@ export class WriterSockets {
     }
     if (known.sockets.length === 0) return { sockets: null }
     const online = new Set(known.sockets)
-    const writers = all.filter((ws) => ws.readyState === WebSocket.OPEN && online.has(attachmentOf<WriterAttachment>(ws).sessionId))
+    const writers: { ws: WebSocket; sessionId: string }[] = []
     const spare = new Map<string, number>()
-    for (const ws of writers) {
-      const session = attachmentOf<WriterAttachment>(ws).sessionId
-      spare.set(session, (spare.get(session) ?? 0) + 1)
+    for (const ws of all) {
+      if (ws.readyState !== WebSocket.OPEN) continue
+      const { sessionId } = attachmentOf<WriterAttachment>(ws)
+      if (!online.has(sessionId)) continue
+      writers.push({ ws, sessionId })
+      spare.set(sessionId, (spare.get(sessionId) ?? 0) + 1)
     }
     for (const session of known.sockets) {
       const n = spare.get(session) ?? 0

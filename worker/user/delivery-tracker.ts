@@ -27,15 +27,17 @@ export interface Key {
   conversationId: string
 }
 
+/** How long a confirmation of something this hub did not send is kept, for a room's hand-off that may follow it. */
+const EARLY_CONFIRM_MS = 30_000
+
+const earlyKey = (sessionId: string, conversationId: string) => `${sessionId} ${conversationId}`
+
 /**
  * What each device has yet to confirm, per conversation, as two cursors: the newest seq it was
  * sent and the newest it confirmed. What is owed is everything between them, read from the room's
  * log when it is resent, so a resend carries events as they are now. Pure and in memory: the hub
  * persists what `toPersist` names, at most once per tick.
  */
-/** How long a confirmation of something this hub did not send is kept, for a room's hand-off that may follow it. */
-const EARLY_CONFIRM_MS = 30_000
-
 export class DeliveryTracker {
   private tracks = new Map<string, Map<string, Track>>()
   /** Confirmations that found no track (the room sent those events straight to a writer socket), by session and conversation. */
@@ -53,16 +55,17 @@ export class DeliveryTracker {
 
   /** An event went to a device. A device with nothing owed is assumed to hold everything before it (a gap makes it sync). */
   sent(sessionId: string, conversationId: string, seq: number, pushable: boolean, now: number) {
-    let bySession = this.tracks.get(sessionId)
-    if (!bySession) this.tracks.set(sessionId, (bySession = new Map()))
-    const t = bySession.get(conversationId)
-    if (!t) {
-      bySession.set(conversationId, { confirmed: seq - 1, sent: seq, pushSeq: pushable ? seq : 0, attempts: 0, since: now, due: now + DELIVERY_TIMEOUT_MS, stored: null })
-      this.count++
-      return
-    }
+    const t = this.tracks.get(sessionId)?.get(conversationId)
+    if (!t) return this.start(sessionId, conversationId, { confirmed: seq - 1, sent: seq, pushSeq: pushable ? seq : 0, attempts: 0, since: now, due: now + DELIVERY_TIMEOUT_MS, stored: null })
     t.sent = Math.max(t.sent, seq)
     if (pushable) t.pushSeq = Math.max(t.pushSeq, seq)
+  }
+
+  private start(sessionId: string, conversationId: string, track: Track) {
+    let bySession = this.tracks.get(sessionId)
+    if (!bySession) this.tracks.set(sessionId, (bySession = new Map()))
+    bySession.set(conversationId, track)
+    this.count++
   }
 
   /**
@@ -72,15 +75,10 @@ export class DeliveryTracker {
    * `dueAt` (a closed writer socket: at once).
    */
   owe(sessionId: string, conversationId: string, confirmed: number, sent: number, pushSeq: number, since: number, dueAt = since + DELIVERY_TIMEOUT_MS) {
-    const early = this.early.get(`${sessionId} ${conversationId}`)?.seq ?? 0
-    confirmed = Math.max(confirmed, early)
-    let bySession = this.tracks.get(sessionId)
-    const t = bySession?.get(conversationId)
+    confirmed = Math.max(confirmed, this.early.get(earlyKey(sessionId, conversationId))?.seq ?? 0)
+    const t = this.tracks.get(sessionId)?.get(conversationId)
     if (!t) {
-      if (confirmed >= sent) return
-      if (!bySession) this.tracks.set(sessionId, (bySession = new Map()))
-      bySession.set(conversationId, { confirmed, sent, pushSeq, attempts: 0, since, due: dueAt, stored: null })
-      this.count++
+      if (confirmed < sent) this.start(sessionId, conversationId, { confirmed, sent, pushSeq, attempts: 0, since, due: dueAt, stored: null })
       return
     }
     t.confirmed = Math.min(t.confirmed, confirmed)
@@ -97,7 +95,7 @@ export class DeliveryTracker {
   confirm(sessionId: string, conversationId: string, seq: number, now: number) {
     const t = this.tracks.get(sessionId)?.get(conversationId)
     if (!t) {
-      const key = `${sessionId} ${conversationId}`
+      const key = earlyKey(sessionId, conversationId)
       this.early.set(key, { seq: Math.max(seq, this.early.get(key)?.seq ?? 0), at: now })
       return
     }
