@@ -30,8 +30,17 @@ const sql = [
   `SELECT handle, is_admin FROM users WHERE handle = '${handle}'`,
 ].join('; ')
 
+function execute() {
+  return spawnSync('npx', ['wrangler', 'd1', 'execute', 'DB', ...where, '--json', '--command', sql], { encoding: 'utf8', env: { ...process.env, CI: 'true' } })
+}
 const where = remote ? ['--remote'] : ['--local', ...(persistTo ? ['--persist-to', persistTo] : [])]
-const run = spawnSync('npx', ['wrangler', 'd1', 'execute', 'DB', ...where, '--json', '--command', sql], { encoding: 'utf8', env: { ...process.env, CI: 'true' } })
+// A local database that `npm run dev` (or a test's server) has open answers SQLITE_BUSY while the
+// server writes: the statements ran in one batch that rolled back, so the whole batch is tried again.
+let run = execute()
+for (let attempt = 1; attempt < 6 && run.status !== 0 && /SQLITE_BUSY/.test(run.stdout + run.stderr); attempt++) {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 300 * attempt)
+  run = execute()
+}
 if (run.status !== 0) {
   console.error(run.stderr || run.stdout)
   process.exit(run.status ?? 1)

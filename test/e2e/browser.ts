@@ -49,6 +49,22 @@ export async function befriendInUi(a: Page, b: Page, handleB: string) {
   await b.getByTestId('tab-chats').click()
 }
 
+/**
+ * What a failed test leaves for whoever reads the CI log: whether the server still answers, what
+ * each page shows, and the tail of wrangler's output (each request it finished, with its time).
+ */
+async function reportFailure(server: LocalServer, browser: Browser | undefined) {
+  const started = Date.now()
+  const live = await fetch(`${server.url}/api/health/live`, { signal: AbortSignal.timeout(5000) }).then((r) => `${r.status}`, (e: Error) => e.name)
+  const lines = [`server /api/health/live: ${live} after ${Date.now() - started} ms`]
+  for (const page of browser?.contexts().flatMap((c) => c.pages()) ?? []) {
+    const text = await page.locator('body').innerText({ timeout: 2000 }).catch((e: Error) => `(unreadable: ${e.message})`)
+    lines.push(`page ${page.url()}:\n${text.slice(0, 1500)}`)
+  }
+  lines.push(`wrangler's last output:\n${server.log().slice(-12_000)}`)
+  console.error(lines.join('\n\n'))
+}
+
 /** One product server and one browser for a test file, started before and stopped after it. */
 export function useProduct(vars?: () => Promise<Record<string, string>> | Record<string, string>) {
   const ctx = {} as { server: LocalServer; browser: Browser }
@@ -59,7 +75,8 @@ export function useProduct(vars?: () => Promise<Record<string, string>> | Record
   // Each test's people go when it ends: pages left open keep their sockets, heartbeats and timers
   // running for the rest of the file, an idle load no test means to measure (a late test's first
   // page load has twice timed out at 30 s in the longest file; cause not found).
-  afterEach(async () => {
+  afterEach(async ({ task }) => {
+    if (task.result?.state === 'fail' && ctx.server) await reportFailure(ctx.server, ctx.browser)
     for (const c of ctx.browser?.contexts() ?? []) await c.close().catch(() => undefined)
   })
   afterAll(async () => {

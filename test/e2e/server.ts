@@ -37,6 +37,8 @@ export interface LocalServer {
   restart(): Promise<void>
   /** The process whose descendants are wrangler and workerd (for memory and CPU pinning). */
   pid(): number
+  /** The tail of what wrangler printed (request lines, the Worker's logs): evidence for a failed test. */
+  log(): string
 }
 
 /**
@@ -89,6 +91,7 @@ export async function startServer(
       child = await launch(port, stateDir, vars, env, lifetimeMs, config)
     },
     pid: () => child.pid!,
+    log: () => logs.get(child) ?? '',
   }
 }
 
@@ -98,6 +101,8 @@ export function migrateLocal(stateDir: string) {
   const migrate = spawnSync('node', ['scripts/migrate.mjs', '--local', '--persist-to', stateDir], { cwd: ROOT, env, encoding: 'utf8' })
   if (migrate.status !== 0) throw new Error(`migrations failed: ${migrate.stderr}\n${migrate.stdout}`)
 }
+
+const logs = new WeakMap<ChildProcess, string>()
 
 async function launch(port: number, stateDir: string, vars: Record<string, string>, env: NodeJS.ProcessEnv, lifetimeMs: number, config: string[]): Promise<ChildProcess> {
   const child: ChildProcess = spawn(
@@ -111,9 +116,11 @@ async function launch(port: number, stateDir: string, vars: Record<string, strin
   let log = ''
   const keep = (d: Buffer) => {
     log = (log + d).slice(-64 * 1024)
+    logs.set(child, log)
     // SERVER_LOG=1 shows what wrangler prints, for debugging a test or a benchmark.
     if (process.env.SERVER_LOG) process.stderr.write(d)
   }
+  logs.set(child, '')
   child.stdout?.on('data', keep)
   child.stderr?.on('data', keep)
   const killTimer = setTimeout(() => void kill(child, 'SIGKILL'), lifetimeMs)
