@@ -5,6 +5,7 @@ import { getConversationRoom, getUserHub } from '../worker/durable-objects'
 import type { AuthResult, ClientMessage, HistoryPage, MessageEvent } from '../worker/shared/protocol'
 import type { ConversationRoom } from '../worker/conversation/ConversationRoom'
 import { RateLimiter } from '../worker/conversation/rate-limit'
+import { migrateRoom } from '../worker/conversation/room-schema'
 import { DELIVERY_TIMEOUT_MS, MAX_DELIVERY_RETRIES, type UserHub } from '../worker/user/UserHub'
 import { api, bobWithChatOpen, createGroup, Device, json, openChat, register, textSend, historyOf } from './helpers'
 import { drainOutbox, firstPushes, newPushSubscription, receivedPushes, subscribe, waitFor, type FakeSubscription } from './push-helpers'
@@ -56,6 +57,52 @@ describe('receipts', () => {
     )
     a.close()
     b.close()
+  })
+
+  it('a wake before the cursors were stored reads each sender’s own moves back from the log', async ({ expect }) => {
+    const { alice, bob, conv } = await pair()
+    const room = getConversationRoom(env, conv.id)
+    const a = await Device.connect(alice)
+    const b = await Device.connect(bob)
+    await a.sendAndAck(textSend(conv.id, 'first'))
+    await drainOutbox(conv.id)
+    // No flush (and so no stored cursors) for a minute from now: as a crash right after the acks.
+    await runInDurableObject<ConversationRoom, void>(room, (r) => {
+      ;(r as unknown as { lastFlushAt: number }).lastFlushAt = Date.now() + 60_000
+    })
+    await a.sendAndAck(textSend(conv.id, 'second'))
+    await b.sendAndAck(textSend(conv.id, 'third'))
+    await a.sendAndAck(textSend(conv.id, 'fourth'))
+    const cursors = await runInDurableObject<ConversationRoom, { stored: Record<string, number>; loaded: Record<string, number> }>(room, (r, state) => {
+      const read = () => Object.fromEntries(state.storage.sql.exec<{ user_id: string; read_seq: number }>('SELECT user_id, read_seq FROM members').toArray().map((m) => [m.user_id, m.read_seq]))
+      const stored = read()
+      const room = r as unknown as { loadState(): void; members: Map<string, { readSeq: number }> }
+      room.loadState()
+      return { stored, loaded: Object.fromEntries([...room.members].map(([id, m]) => [id, m.readSeq])) }
+    })
+    // Storage still has the cursors of the first flush; the log says each sender read up to their last message.
+    expect(cursors.stored).toEqual({ [alice.user.id]: 1, [bob.user.id]: 0 })
+    expect(cursors.loaded).toEqual({ [alice.user.id]: 4, [bob.user.id]: 3 })
+    // And a sync shows it, as a later wake would.
+    b.send({ type: 'sync', conversationId: conv.id, afterSeq: 4 })
+    expect((await b.next('events')).receipts).toEqual(expect.arrayContaining([{ userId: alice.user.id, deliveredSeq: 4, readSeq: 4 }, { userId: bob.user.id, deliveredSeq: 3, readSeq: 3 }]))
+    a.close()
+    b.close()
+  })
+
+  it('a room stored before cursors had a mark takes the log’s end as its mark (its cursors were stored with each event)', async ({ expect }) => {
+    const { alice, conv } = await pair()
+    const a = await Device.connect(alice)
+    for (const text of ['one', 'two']) await a.sendAndAck(textSend(conv.id, text))
+    a.close()
+    const mark = await runInDurableObject<ConversationRoom, string | undefined>(getConversationRoom(env, conv.id), (_r, state) => {
+      const sql = state.storage.sql
+      sql.exec(`UPDATE meta SET value = '3' WHERE key = 'version'`)
+      sql.exec(`DELETE FROM meta WHERE key = 'cursors_seq'`)
+      migrateRoom(sql)
+      return sql.exec<{ value: string }>(`SELECT value FROM meta WHERE key = 'cursors_seq'`).toArray()[0]?.value
+    })
+    expect(mark).toBe('2')
   })
 
   it('a non-member cannot move anyone’s cursor', async ({ expect }) => {

@@ -1,5 +1,5 @@
 /** Bumped when the room's SQLite layout changes; migrateRoom brings older rooms up to date. */
-export const ROOM_SCHEMA_VERSION = 3
+export const ROOM_SCHEMA_VERSION = 4
 
 export function migrateRoom(sql: SqlStorage) {
   // One read when the layout is current: a room wakes often, and a write here would be a commit per wake.
@@ -41,6 +41,8 @@ export function migrateRoom(sql: SqlStorage) {
   `)
   const version = Number(sql.exec<{ value: string }>(`SELECT value FROM meta WHERE key = 'version'`).toArray()[0]?.value ?? ROOM_SCHEMA_VERSION)
   if (version < 2) fromOutboxRows(sql)
+  // Rooms before version 4 stored a sender's cursors with each event: they are current to the log's end.
+  if (version < 4) sql.exec(`INSERT OR IGNORE INTO meta (key, value) SELECT 'cursors_seq', coalesce(max(seq), 0) FROM events`)
   sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('version', ?)`, String(ROOM_SCHEMA_VERSION))
 }
 
