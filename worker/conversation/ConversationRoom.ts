@@ -195,6 +195,8 @@ export class ConversationRoom extends DurableObject<Env> {
   private readPendingStored = false
   /** Members whose cursors moved since they were last written to this object's storage. */
   private cursorsDirty = new Set<string>()
+  /** Members whose cursors moved by their own writes: the log says so until they are stored. */
+  private ownDirty = new Set<string>()
   /** The log's seq the stored cursors are current to (senders' own moves after it are in the log). */
   private cursorsSeqSaved = 0
   /** Members whose read cursor D1 has not caught up with (it feeds unread counts). */
@@ -294,7 +296,7 @@ export class ConversationRoom extends DurableObject<Env> {
       if (!m || m.readSeq >= r.s) continue
       m.readSeq = r.s
       m.deliveredSeq = Math.max(m.deliveredSeq, r.s)
-      this.cursorsDirty.add(r.sender_id)
+      this.ownDirty.add(r.sender_id)
       this.readDirty.add(r.sender_id)
     }
     this.d1Seq = Math.min(this.lastSeq, Number(meta.get('d1_seq') ?? 0))
@@ -462,6 +464,7 @@ export class ConversationRoom extends DurableObject<Env> {
         this.sql.exec('INSERT INTO d1_dirty (seq, gen) VALUES (?, ?) ON CONFLICT (seq) DO UPDATE SET gen = excluded.gen', seq, event.seq)
       }
       this.saveD1Mark()
+      this.persistCursors()
     })
     if (duplicate) return this.findBySender(event.senderId, event.clientMsgId)!
     this.lastSeq = event.seq
@@ -470,15 +473,16 @@ export class ConversationRoom extends DurableObject<Env> {
     if (this.recent.length > RECENT_EVENTS) this.recent.splice(0, this.recent.length - RECENT_EVENTS)
     if (event.type === 'member') this.reloadMembers()
     // Sending implies having read everything before it. Not written with the event (a second
-    // statement in every commit cost ~8 % of the 100-conversation rate): cursors are stored with
-    // the next tick's flush, and a wake before that reads them back from the log (loadState).
+    // statement in every commit cost ~8 % of the 100-conversation rate) nor by a commit of its own
+    // (one more a tick at the pace people type): the log says it, so it is stored when a commit
+    // that is made anyway carries it (the alarm's, a flush's), and a wake reads it back (loadState).
     // Looked up again: someone who just left is no longer a member.
     const writer = this.members.get(event.senderId)
     if (writer) {
       writer.readSeq = event.seq
       writer.deliveredSeq = Math.max(writer.deliveredSeq, event.seq)
       this.readDirty.add(event.senderId)
-      this.cursorsDirty.add(event.senderId)
+      this.ownDirty.add(event.senderId)
     }
     this.armFlushAlarm()
     this.fanOut(event, origin === 'hub' ? event.senderId : null, alsoTell, typeof origin === 'object' ? origin.session : undefined)
@@ -878,6 +882,7 @@ export class ConversationRoom extends DurableObject<Env> {
     for (const id of this.members.keys()) {
       if (next.has(id)) continue
       this.cursorsDirty.delete(id)
+      this.ownDirty.delete(id)
       this.readDirty.delete(id)
     }
     this.members = next
@@ -1423,7 +1428,7 @@ export class ConversationRoom extends DurableObject<Env> {
       this.expiresMirrored = expiry
       if (expireTo !== null) this.d1Expired = expireTo
       // A commit of its own only when the dirty set must shrink; the mark and cursors can wait.
-      if (dirty.length > 0 || this.readPendingStored || expireTo !== null || this.cursorsDirty.size > 0) {
+      if (dirty.length > 0 || this.readPendingStored || expireTo !== null) {
         this.ctx.storage.transactionSync(() => {
           if (expireTo !== null) this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('d1_expired', ?)`, String(expireTo))
           this.saveD1Mark()
@@ -1431,6 +1436,7 @@ export class ConversationRoom extends DurableObject<Env> {
           for (const r of dirty) this.sql.exec('DELETE FROM d1_dirty WHERE seq = ? AND gen = ?', r.seq, r.gen)
           if (this.readPendingStored) this.sql.exec(`DELETE FROM meta WHERE key = 'd1_read_pending'`)
           this.persistCursors()
+          this.persistOwnCursors()
         })
         this.readPendingStored = false
       }
@@ -1474,16 +1480,26 @@ export class ConversationRoom extends DurableObject<Env> {
     this.d1SeqSaved = this.d1Seq
   }
 
-  /**
-   * Writes the cursors that moved since the last time, and the seq they are current to (a wake
-   * reads senders' own moves after it from the log); part of whatever commit is open.
-   */
+  /** Writes the cursors that moved by receipts since the last time; part of whatever commit is open. */
   private persistCursors() {
     for (const id of this.cursorsDirty) {
       const m = this.members.get(id)
       if (m) this.sql.exec('UPDATE members SET delivered_seq = ?, read_seq = ? WHERE user_id = ?', m.deliveredSeq, m.readSeq, id)
+      this.ownDirty.delete(id)
     }
     this.cursorsDirty.clear()
+  }
+
+  /**
+   * Writes senders' own moves and the seq the stored cursors are current to (a wake reads the
+   * moves after it back from the log); part of a commit made anyway.
+   */
+  private persistOwnCursors() {
+    for (const id of this.ownDirty) {
+      const m = this.members.get(id)
+      if (m) this.sql.exec('UPDATE members SET delivered_seq = ?, read_seq = ? WHERE user_id = ?', m.deliveredSeq, m.readSeq, id)
+    }
+    this.ownDirty.clear()
     if (this.lastSeq > this.cursorsSeqSaved) {
       this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('cursors_seq', ?)`, String(this.lastSeq))
       this.cursorsSeqSaved = this.lastSeq
@@ -1552,6 +1568,7 @@ export class ConversationRoom extends DurableObject<Env> {
     this.ctx.storage.transactionSync(() => {
       this.saveD1Mark()
       this.persistCursors()
+      this.persistOwnCursors()
     })
     const purges = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM media_purge').one().n
     if (this.pendingD1() > 0 || purges > 0 || metricsWait || this.activitySeq < this.d1Seq) this.armFlushAlarm()
