@@ -293,7 +293,8 @@ export class ConversationRoom extends DurableObject<Env> {
     this.cursorsSeqSaved = Number(meta.get('cursors_seq') ?? 0)
     for (const r of this.sql.exec<{ sender_id: string; s: number }>('SELECT sender_id, max(seq) AS s FROM events WHERE seq > ? GROUP BY sender_id', this.cursorsSeqSaved)) {
       const m = this.members.get(r.sender_id)
-      if (!m || m.readSeq >= r.s) continue
+      // Someone who left and came back since: what they wrote before does not count for now.
+      if (!m || m.readSeq >= r.s || r.s < m.joinedSeq) continue
       m.readSeq = r.s
       m.deliveredSeq = Math.max(m.deliveredSeq, r.s)
       this.ownDirty.add(r.sender_id)
@@ -681,6 +682,9 @@ export class ConversationRoom extends DurableObject<Env> {
           this.historyFrom = through + 1
           this.d1ExpireTo = through
           this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('history_from', ?), ('d1_expire_to', ?)`, String(this.historyFrom), String(through))
+          // The log rows that would say how far senders had read go now: their cursors are stored first.
+          this.persistCursors()
+          this.persistOwnCursors()
         })
         this.recent = this.recent.filter((r) => r.seq > through)
         // Should D1 fail now, the alarm deletes there later.
@@ -1189,7 +1193,11 @@ export class ConversationRoom extends DurableObject<Env> {
           if (this.members.has(userId) && !this.away.has(userId)) this.away.set(userId, { newest: 0, push: 0 })
           return
         }
+        // A device came back while later events were held back for the member (an earlier call's
+        // "away" crossed this answer): those go to the hub now rather than wait for a sync.
+        const held = this.away.get(userId)
         this.away.delete(userId)
+        if (held && held.newest > 0 && this.conversationId) this.handBack(this.conversationId, userId, held.newest)
         const m = reply && this.members.get(userId)
         if (m) this.applyCursors(userId, m, reply.delivered, null)
       })
@@ -1485,8 +1493,9 @@ export class ConversationRoom extends DurableObject<Env> {
     for (const id of this.cursorsDirty) {
       const m = this.members.get(id)
       if (m) this.sql.exec('UPDATE members SET delivered_seq = ?, read_seq = ? WHERE user_id = ?', m.deliveredSeq, m.readSeq, id)
-      this.ownDirty.delete(id)
     }
+    // Forgotten only once every statement ran (one that throws rolls the commit back).
+    for (const id of this.cursorsDirty) this.ownDirty.delete(id)
     this.cursorsDirty.clear()
   }
 
@@ -1499,11 +1508,10 @@ export class ConversationRoom extends DurableObject<Env> {
       const m = this.members.get(id)
       if (m) this.sql.exec('UPDATE members SET delivered_seq = ?, read_seq = ? WHERE user_id = ?', m.deliveredSeq, m.readSeq, id)
     }
+    if (this.lastSeq > this.cursorsSeqSaved) this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('cursors_seq', ?)`, String(this.lastSeq))
+    // Forgotten only once every statement ran (one that throws rolls the commit back).
     this.ownDirty.clear()
-    if (this.lastSeq > this.cursorsSeqSaved) {
-      this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('cursors_seq', ?)`, String(this.lastSeq))
-      this.cursorsSeqSaved = this.lastSeq
-    }
+    this.cursorsSeqSaved = Math.max(this.cursorsSeqSaved, this.lastSeq)
   }
 
   /** D1's copy of membership and title follows the room's current state, so replays converge. */
