@@ -121,15 +121,22 @@ export class BenchClient implements LoadClient {
   async syncAll(conversationId: string, afterSeq: number): Promise<number> {
     let got = 0
     let cursor = afterSeq
+    // BENCH_SYNC_TRACE=1 prints each page's wait: a slow sync is one stalled page or all pages slow.
+    const trace = process.env.BENCH_SYNC_TRACE ? [] as string[] : null
     for (;;) {
+      const asked = performance.now()
       const page = await new Promise<EventsFrame>((resolve, reject) => {
         const timer = setTimeout(() => reject(new Error(`sync page after ${cursor} not answered within ${TIMEOUT_MS} ms ${this.lastError}`)), TIMEOUT_MS)
         this.pages.push((f) => (clearTimeout(timer), resolve(f)))
         this.ws.send(JSON.stringify({ type: 'sync', conversationId, afterSeq: cursor }))
       })
       got += page.events.length
+      trace?.push(`${page.events.length}:${(performance.now() - asked).toFixed(0)}ms`)
       if (page.events.length) cursor = page.events[page.events.length - 1]!.seq
-      if (!page.hasMore) return got
+      if (!page.hasMore) {
+        if (trace) console.log(`  sync pages after ${afterSeq} (events:wait): ${trace.join(' ')}`)
+        return got
+      }
     }
   }
 
