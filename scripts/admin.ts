@@ -30,10 +30,10 @@ const sql = [
   `SELECT handle, is_admin FROM users WHERE handle = '${handle}'`,
 ].join('; ')
 
+const where = remote ? ['--remote'] : ['--local', ...(persistTo ? ['--persist-to', persistTo] : [])]
 function execute() {
   return spawnSync('npx', ['wrangler', 'd1', 'execute', 'DB', ...where, '--json', '--command', sql], { encoding: 'utf8', env: { ...process.env, CI: 'true' } })
 }
-const where = remote ? ['--remote'] : ['--local', ...(persistTo ? ['--persist-to', persistTo] : [])]
 // A local database that `npm run dev` (or a test's server) has open answers SQLITE_BUSY while the
 // server writes: the statements ran in one batch that rolled back, so the whole batch is tried again.
 let run = execute()

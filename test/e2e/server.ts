@@ -91,7 +91,7 @@ export async function startServer(
       child = await launch(port, stateDir, vars, env, lifetimeMs, config)
     },
     pid: () => child.pid!,
-    log: () => logs.get(child) ?? '',
+    log: () => logOf(child),
   }
 }
 
@@ -102,7 +102,9 @@ export function migrateLocal(stateDir: string) {
   if (migrate.status !== 0) throw new Error(`migrations failed: ${migrate.stderr}\n${migrate.stdout}`)
 }
 
+/** The tail of what each wrangler printed, for the error if it does not start and for a failed test (a run of hours must not keep every line). */
 const logs = new WeakMap<ChildProcess, string>()
+const logOf = (child: ChildProcess) => logs.get(child) ?? ''
 
 async function launch(port: number, stateDir: string, vars: Record<string, string>, env: NodeJS.ProcessEnv, lifetimeMs: number, config: string[]): Promise<ChildProcess> {
   const child: ChildProcess = spawn(
@@ -111,16 +113,11 @@ async function launch(port: number, stateDir: string, vars: Record<string, strin
       ...Object.entries(vars).flatMap(([k, v]) => ['--var', `${k}:${v}`])],
     { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true },
   )
-  // The tail of what wrangler printed, for the error if it does not start (a run of hours must
-  // not keep every line).
-  let log = ''
   const keep = (d: Buffer) => {
-    log = (log + d).slice(-64 * 1024)
-    logs.set(child, log)
+    logs.set(child, (logOf(child) + d).slice(-64 * 1024))
     // SERVER_LOG=1 shows what wrangler prints, for debugging a test or a benchmark.
     if (process.env.SERVER_LOG) process.stderr.write(d)
   }
-  logs.set(child, '')
   child.stdout?.on('data', keep)
   child.stderr?.on('data', keep)
   const killTimer = setTimeout(() => void kill(child, 'SIGKILL'), lifetimeMs)
@@ -130,7 +127,7 @@ async function launch(port: number, stateDir: string, vars: Record<string, strin
   const url = `http://127.0.0.1:${port}`
   const deadline = Date.now() + 60_000
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`wrangler dev exited early:\n${log}`)
+    if (child.exitCode !== null) throw new Error(`wrangler dev exited early:\n${logOf(child)}`)
     try {
       const res = await fetch(`${url}/api/health/live`)
       if (res.ok) return child
@@ -139,7 +136,7 @@ async function launch(port: number, stateDir: string, vars: Record<string, strin
     }
     if (Date.now() > deadline) {
       await kill(child, 'SIGKILL')
-      throw new Error(`wrangler dev did not become ready:\n${log}`)
+      throw new Error(`wrangler dev did not become ready:\n${logOf(child)}`)
     }
     await new Promise((r) => setTimeout(r, 100))
   }

@@ -294,11 +294,7 @@ export class ConversationRoom extends DurableObject<Env> {
     for (const r of this.sql.exec<{ sender_id: string; s: number }>('SELECT sender_id, max(seq) AS s FROM events WHERE seq > ? GROUP BY sender_id', this.cursorsSeqSaved)) {
       const m = this.members.get(r.sender_id)
       // Someone who left and came back since: what they wrote before does not count for now.
-      if (!m || m.readSeq >= r.s || r.s < m.joinedSeq) continue
-      m.readSeq = r.s
-      m.deliveredSeq = Math.max(m.deliveredSeq, r.s)
-      this.ownDirty.add(r.sender_id)
-      this.readDirty.add(r.sender_id)
+      if (m && m.readSeq < r.s && r.s >= m.joinedSeq) this.movedByOwnWrite(r.sender_id, m, r.s)
     }
     this.d1Seq = Math.min(this.lastSeq, Number(meta.get('d1_seq') ?? 0))
     this.d1SeqSaved = this.d1Seq
@@ -479,12 +475,7 @@ export class ConversationRoom extends DurableObject<Env> {
     // that is made anyway carries it (the alarm's, a flush's), and a wake reads it back (loadState).
     // Looked up again: someone who just left is no longer a member.
     const writer = this.members.get(event.senderId)
-    if (writer) {
-      writer.readSeq = event.seq
-      writer.deliveredSeq = Math.max(writer.deliveredSeq, event.seq)
-      this.readDirty.add(event.senderId)
-      this.ownDirty.add(event.senderId)
-    }
+    if (writer) this.movedByOwnWrite(event.senderId, writer, event.seq)
     this.armFlushAlarm()
     this.fanOut(event, origin === 'hub' ? event.senderId : null, alsoTell, typeof origin === 'object' ? origin.session : undefined)
     this.scheduleFlush()
@@ -683,8 +674,7 @@ export class ConversationRoom extends DurableObject<Env> {
           this.d1ExpireTo = through
           this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('history_from', ?), ('d1_expire_to', ?)`, String(this.historyFrom), String(through))
           // The log rows that would say how far senders had read go now: their cursors are stored first.
-          this.persistCursors()
-          this.persistOwnCursors()
+          this.persistAllCursors()
         })
         this.recent = this.recent.filter((r) => r.seq > through)
         // Should D1 fail now, the alarm deletes there later.
@@ -1443,8 +1433,7 @@ export class ConversationRoom extends DurableObject<Env> {
           // A row that changed again while D1 was written stays dirty.
           for (const r of dirty) this.sql.exec('DELETE FROM d1_dirty WHERE seq = ? AND gen = ?', r.seq, r.gen)
           if (this.readPendingStored) this.sql.exec(`DELETE FROM meta WHERE key = 'd1_read_pending'`)
-          this.persistCursors()
-          this.persistOwnCursors()
+          this.persistAllCursors()
         })
         this.readPendingStored = false
       }
@@ -1488,28 +1477,37 @@ export class ConversationRoom extends DurableObject<Env> {
     this.d1SeqSaved = this.d1Seq
   }
 
-  /** Writes the cursors that moved by receipts since the last time; part of whatever commit is open. */
-  private persistCursors() {
-    for (const id of this.cursorsDirty) {
+  /** Sending implies having read everything before it; the log says so until the cursors are stored. */
+  private movedByOwnWrite(userId: string, m: Member, seq: number) {
+    m.readSeq = seq
+    m.deliveredSeq = Math.max(m.deliveredSeq, seq)
+    this.readDirty.add(userId)
+    this.ownDirty.add(userId)
+  }
+
+  private writeCursors(ids: Iterable<string>) {
+    for (const id of ids) {
       const m = this.members.get(id)
       if (m) this.sql.exec('UPDATE members SET delivered_seq = ?, read_seq = ? WHERE user_id = ?', m.deliveredSeq, m.readSeq, id)
     }
+  }
+
+  /** Writes the cursors that moved by receipts since the last time; part of whatever commit is open. */
+  private persistCursors() {
+    this.writeCursors(this.cursorsDirty)
     // Forgotten only once every statement ran (one that throws rolls the commit back).
     for (const id of this.cursorsDirty) this.ownDirty.delete(id)
     this.cursorsDirty.clear()
   }
 
   /**
-   * Writes senders' own moves and the seq the stored cursors are current to (a wake reads the
-   * moves after it back from the log); part of a commit made anyway.
+   * Writes every cursor that moved, senders' own moves too, and the seq the stored cursors are
+   * current to (a wake reads the moves after it back from the log); part of a commit made anyway.
    */
-  private persistOwnCursors() {
-    for (const id of this.ownDirty) {
-      const m = this.members.get(id)
-      if (m) this.sql.exec('UPDATE members SET delivered_seq = ?, read_seq = ? WHERE user_id = ?', m.deliveredSeq, m.readSeq, id)
-    }
+  private persistAllCursors() {
+    this.persistCursors()
+    this.writeCursors(this.ownDirty)
     if (this.lastSeq > this.cursorsSeqSaved) this.sql.exec(`INSERT OR REPLACE INTO meta (key, value) VALUES ('cursors_seq', ?)`, String(this.lastSeq))
-    // Forgotten only once every statement ran (one that throws rolls the commit back).
     this.ownDirty.clear()
     this.cursorsSeqSaved = Math.max(this.cursorsSeqSaved, this.lastSeq)
   }
@@ -1575,8 +1573,7 @@ export class ConversationRoom extends DurableObject<Env> {
     // A room that went quiet writes its mark and cursors here, so a wake after eviction repeats little.
     this.ctx.storage.transactionSync(() => {
       this.saveD1Mark()
-      this.persistCursors()
-      this.persistOwnCursors()
+      this.persistAllCursors()
     })
     const purges = this.sql.exec<{ n: number }>('SELECT count(*) AS n FROM media_purge').one().n
     if (this.pendingD1() > 0 || purges > 0 || metricsWait || this.activitySeq < this.d1Seq) this.armFlushAlarm()
