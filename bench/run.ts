@@ -377,6 +377,8 @@ async function fanout(t: Target, users: User[], size: number) {
       times.push(r.ms)
     }
   }, t.pid())
+  // BENCH_FANOUT_TRACE=1 prints every send's time in order: a slow p99 is a periodic stall (a timer) or a drift.
+  if (process.env.BENCH_FANOUT_TRACE) console.log(`  fan-out ${size} members, each send (ms): ${times.map((x) => x.toFixed(0)).join(' ')}`)
   record(`fan-out send→last receive, ${size} members, first message after ${HIBERNATE_MS / 1000} s idle`, 'ms', 'lower', t.name, cold.ms, cold.complete ? undefined : 'not received by all within 30 s')
   const note = [saturated(genCpu, serverCpu), incomplete ? `${incomplete} of ${sends} sends not received by all within 30 s` : undefined].filter(Boolean).join('; ') || undefined
   record(`fan-out send→last receive p99, ${size} members`, 'ms', 'lower', t.name, pct(times, 99), note)
