@@ -7,6 +7,7 @@
 //   --systems=echovalley-bare-hub-writes (or echovalley-hub-writes, echovalley-bare-no-metrics) adds a variant; BENCH_IDLE_WAIT_MS the idle wait.
 //   BENCH_TP_S=40 lengthens the throughput runs and BENCH_LATENCY_SENDS=20000 the one-in-flight run (to take a CPU profile with BENCH_INSPECTOR).
 //   BENCH_SYNC_TRACE=1 prints how long each sync page waited (a stalled page, or every page slow).
+//   BENCH_FANOUT_TRACE=1 prints every fan-out send's time in order (a p99 made of one stall, or of a drift).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
