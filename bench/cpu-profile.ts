@@ -1,6 +1,10 @@
 // A CPU profile of a bare system under load, from workerd's inspector over CDP:
 //   BENCH_TP_S=40 BENCH_INSPECTOR=9333 npx tsx bench/run.ts --systems=echovalley-bare --only=throughput &
-//   npx tsx bench/cpu-profile.ts 9333 25 /tmp/room.cpuprofile [worker: core:user, or d1:db:0 for local D1's own isolate]
+//   npx tsx bench/cpu-profile.ts 9333 25 /tmp/room.cpuprofile [worker: core:user, or d1:db:0 for local D1's own isolate] [poke URL]
+// workerd answers an inspector command only when the isolate next runs: a profile started while the
+// server is idle (the fan-out's 12 s wait) waits for it, and one whose stop lands in a quiet moment
+// never ends. BENCH_POKE_URL (or the fifth argument, e.g. http://127.0.0.1:PORT/api/health/live)
+// is fetched every 200 ms until each command is answered, as bench/inspector.ts does for GC.
 // Prints self time per function (native work inside a function, such as SQLite, counts as its own)
 // and writes the profile for Chrome DevTools.
 import { writeFileSync } from 'node:fs'
@@ -16,18 +20,27 @@ interface Profile {
   timeDeltas: number[]
 }
 
-const [port = '9333', seconds = '20', out = '/tmp/echovalley.cpuprofile', worker = 'core:user'] = process.argv.slice(2)
+const [port = '9333', seconds = '20', out = '/tmp/echovalley.cpuprofile', worker = 'core:user', poke = process.env.BENCH_POKE_URL] = process.argv.slice(2)
 const targets = (await (await fetch(`http://127.0.0.1:${port}/json`)).json()) as { title?: string; webSocketDebuggerUrl: string }[]
 const target = targets.find((t) => t.title?.includes(worker)) ?? targets[0]!
 const ws = new WebSocket(target.webSocketDebuggerUrl)
 let nextId = 0
 const pending = new Map<number, (result: unknown) => void>()
-const call = <T>(method: string, params: object = {}) =>
-  new Promise<T>((resolve) => {
+const call = async <T>(method: string, params: object = {}) => {
+  const answer = new Promise<T>((resolve) => {
     const id = ++nextId
     pending.set(id, resolve as (r: unknown) => void)
     ws.send(JSON.stringify({ id, method, params }))
   })
+  if (!poke) return answer
+  let answered = false
+  void answer.then(() => (answered = true))
+  while (!answered) {
+    await fetch(poke).catch(() => undefined)
+    await Promise.race([answer, new Promise((r) => setTimeout(r, 200))])
+  }
+  return answer
+}
 ws.on('message', (data) => {
   const m = JSON.parse(String(data)) as { id?: number; result?: unknown }
   if (m.id && pending.has(m.id)) {
