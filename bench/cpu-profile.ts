@@ -4,11 +4,12 @@
 // workerd answers an inspector command only when the isolate next runs: a profile started while the
 // server is idle (the fan-out's 12 s wait) waits for it, and one whose stop lands in a quiet moment
 // never ends. BENCH_POKE_URL (or the fifth argument, e.g. http://127.0.0.1:PORT/api/health/live)
-// is fetched every 200 ms until each command is answered, as bench/inspector.ts does for GC.
+// is fetched every 200 ms until each command is answered (bench/inspector.ts, as for GC).
 // Prints self time per function (native work inside a function, such as SQLite, counts as its own)
 // and writes the profile for Chrome DevTools.
 import { writeFileSync } from 'node:fs'
 import WebSocket from 'ws'
+import { pokeUntil } from './inspector'
 
 interface ProfileNode {
   id: number
@@ -26,20 +27,13 @@ const target = targets.find((t) => t.title?.includes(worker)) ?? targets[0]!
 const ws = new WebSocket(target.webSocketDebuggerUrl)
 let nextId = 0
 const pending = new Map<number, (result: unknown) => void>()
-const call = async <T>(method: string, params: object = {}) => {
+const call = <T>(method: string, params: object = {}) => {
   const answer = new Promise<T>((resolve) => {
     const id = ++nextId
     pending.set(id, resolve as (r: unknown) => void)
     ws.send(JSON.stringify({ id, method, params }))
   })
-  if (!poke) return answer
-  let answered = false
-  void answer.then(() => (answered = true))
-  while (!answered) {
-    await fetch(poke).catch(() => undefined)
-    await Promise.race([answer, new Promise((r) => setTimeout(r, 200))])
-  }
-  return answer
+  return poke ? pokeUntil(answer, () => fetch(poke)) : answer
 }
 ws.on('message', (data) => {
   const m = JSON.parse(String(data)) as { id?: number; result?: unknown }

@@ -25,13 +25,22 @@ export async function collectGarbage(port: number, poke: () => Promise<unknown>)
     ws.send(JSON.stringify({ id: 1, method: 'HeapProfiler.enable' }))
     ws.send(JSON.stringify({ id: 2, method: 'HeapProfiler.collectGarbage' }))
     ws.send(JSON.stringify({ id: 3, method: 'Runtime.getHeapUsage' }))
-    for (let i = 0; ; i++) {
-      if (i === 50) throw new Error('garbage collection not reported within 10 s')
-      await poke().catch(() => undefined)
-      const heap = await Promise.race([done, new Promise<null>((r) => setTimeout(() => r(null), 200))])
-      if (heap !== null) return heap
-    }
+    return await pokeUntil(done, poke, 50, 'garbage collection not reported within 10 s')
   } finally {
     ws.terminate()
+  }
+}
+
+/**
+ * workerd answers an inspector command only when the isolate next runs: `poke` (any request to the
+ * server) every 200 ms until `answer` comes, failing with `timeout` after `attempts` pokes.
+ */
+export async function pokeUntil<T>(answer: Promise<T>, poke: () => Promise<unknown>, attempts = Infinity, timeout = 'inspector command not answered'): Promise<T> {
+  const settled = answer.then((value) => ({ value }))
+  for (let i = 0; ; i++) {
+    if (i === attempts) throw new Error(timeout)
+    await poke().catch(() => undefined)
+    const got = await Promise.race([settled, new Promise<null>((r) => setTimeout(() => r(null), 200))])
+    if (got) return got.value
   }
 }
