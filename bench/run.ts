@@ -8,6 +8,7 @@
 //   BENCH_TP_S=40 lengthens the throughput runs and BENCH_LATENCY_SENDS=20000 the one-in-flight run (to take a CPU profile with BENCH_INSPECTOR).
 //   BENCH_SYNC_TRACE=1 prints how long each sync page waited (a stalled page, or every page slow).
 //   BENCH_FANOUT_TRACE=1 prints every fan-out send's time in order (a p99 made of one stall, or of a drift).
+//   BENCH_IDLE_TRACE=1 prints what each idle reading's resident memory is made of; BENCH_FLOOR_LOBBY=shared puts the floor's idle sockets in one object.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -42,7 +43,8 @@ const SIZES = {
   loadSeconds: QUICK ? 3 : 5,
   loadConversations: 100,
   fanout: process.env.BENCH_FANOUT ? process.env.BENCH_FANOUT.split(',').map(Number) : QUICK ? [10, 100] : [10, 100, 1000],
-  fanoutSends: QUICK ? 10 : 30,
+  /** Timed sends per fan-out size below 1,000: a p99 needs well over 100 (of the 30 used until 12-04 it was the slowest send). */
+  fanoutSends: QUICK ? 10 : 200,
   throughputSeconds: Number(process.env.BENCH_TP_S ?? (QUICK ? 3 : 5)),
   sync: QUICK ? [1000] : [1000, 10_000],
   restartClients: 100,
@@ -95,7 +97,7 @@ function sumOverTree(pid: number, read: (p: number) => number): number {
  * tooling around them, whose heap moves on its own; otherwise the whole tree. The median of three
  * readings a second apart.
  */
-async function rss(pid: number): Promise<number> {
+async function rss(pid: number, field: 'VmRSS' | 'RssAnon' | 'RssFile' | 'RssShmem' = 'VmRSS'): Promise<number> {
   const tree = processTree(pid)
   const runtimes = tree.filter((p) => {
     try {
@@ -107,7 +109,7 @@ async function rss(pid: number): Promise<number> {
   const counted = runtimes.length ? runtimes : tree
   const read = () => counted.reduce((n, p) => {
     try {
-      return n + Number(readFileSync(`/proc/${p}/status`, 'utf8').match(/VmRSS:\s+(\d+)/)?.[1] ?? 0) * 1024
+      return n + Number(readFileSync(`/proc/${p}/status`, 'utf8').match(new RegExp(`${field}:\\s+(\\d+)`))?.[1] ?? 0) * 1024
     } catch {
       return n
     }
@@ -381,7 +383,7 @@ async function fanout(t: Target, users: User[], size: number) {
   // BENCH_FANOUT_TRACE=1 prints every send's time in order: a slow p99 is a periodic stall (a timer) or a drift.
   if (process.env.BENCH_FANOUT_TRACE) console.log(`  fan-out ${size} members, each send (ms): ${times.map((x) => x.toFixed(0)).join(' ')}`)
   record(`fan-out send→last receive, ${size} members, first message after ${HIBERNATE_MS / 1000} s idle`, 'ms', 'lower', t.name, cold.ms, cold.complete ? undefined : 'not received by all within 30 s')
-  const note = [saturated(genCpu, serverCpu), incomplete ? `${incomplete} of ${sends} sends not received by all within 30 s` : undefined].filter(Boolean).join('; ') || undefined
+  const note = [`${sends} sends, slowest ${Math.max(...times).toFixed(1)} ms`, saturated(genCpu, serverCpu), incomplete ? `${incomplete} of ${sends} sends not received by all within 30 s` : undefined].filter(Boolean).join('; ')
   record(`fan-out send→last receive p99, ${size} members`, 'ms', 'lower', t.name, pct(times, 99), note)
   clients.forEach((c) => c.close())
 }
@@ -471,15 +473,15 @@ async function afterRestart(t: Target, users: User[]) {
 async function idleConnections(t: Target, users: User[]) {
   const n = SIZES.idle
   const steps = Array.from({ length: SIZES.idleSteps }, (_, i) => users.slice(i * n, (i + 1) * n))
-  // A fresh runtime (state on disk kept): objects of the earlier scenarios still being evicted
-  // handed memory back between the readings and made the difference negative in full runs.
-  await t.restart()
-  // Warm up the per-user objects first, so the figure is the connection, not the user (creating
-  // a Durable Object costs ~0.3 MiB locally, the floor's as much as ours), and let the socket-less
-  // objects be evicted (resident memory settles 60–70 s after the close).
+  // Create the per-user objects (and their storage) first, so the figure is the connection, not
+  // the user's first visit, then restart the runtime (state on disk kept) and read from there.
+  // Until 2026-12-04 the readings followed a 75 s wait for those objects' eviction in the same
+  // process: the new connections then reused memory the evicted objects had freed (resident memory
+  // does not shrink back), and the slope read 5–10 KiB where a fresh runtime reads ~110 KiB.
   const warm = await pool(steps.flat(), 16, (u) => t.connect(u))
   warm.forEach((c) => c.close())
-  await new Promise((r) => setTimeout(r, 75_000))
+  await new Promise((r) => setTimeout(r, 2_000))
+  await t.restart()
   const t0 = performance.now()
   const clients = await pool(steps[0]!, 32, (u) => t.connect(u))
   const seconds = (performance.now() - t0) / 1000
@@ -497,7 +499,11 @@ async function idleConnections(t: Target, users: User[]) {
     for (let i = 0; i < 8; i++) {
       const heap = (await t.collectGarbage?.()) ?? NaN
       const now = { rss: await rss(t.pid()), heap }
-      if (Math.abs(now.rss - last.rss) < 256 * 1024) return now
+      if (Math.abs(now.rss - last.rss) < 256 * 1024) {
+        // BENCH_IDLE_TRACE=1: what the resident memory is made of (anonymous, file-backed pages such as code faulted in, shared).
+        if (process.env.BENCH_IDLE_TRACE) console.log(`  idle reading: rss ${mib(now.rss)}, anon ${mib(await rss(t.pid(), 'RssAnon'))}, file ${mib(await rss(t.pid(), 'RssFile'))}, shmem ${mib(await rss(t.pid(), 'RssShmem'))} MiB`)
+        return now
+      }
       last = now
       await new Promise((r) => setTimeout(r, 5_000))
     }
@@ -516,6 +522,8 @@ async function idleConnections(t: Target, users: User[]) {
   record(label, 'KiB', 'lower', t.name, perConnection > 0 ? perConnection : NaN, perConnection > 0 ? `per step ${stepsKiB} KiB${gc}` : `resident memory fell over the readings (per step ${stepsKiB} KiB): not measurable`)
   clients.forEach((c) => c.close())
 }
+
+const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(1)
 
 /** Least-squares slope of y over x. */
 function slope(points: [number, number][]): number {

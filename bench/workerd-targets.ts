@@ -262,6 +262,12 @@ export async function productTarget(runtime: Runtime, { metrics = true, writers 
   }
 }
 
+/**
+ * BENCH_FLOOR_LOBBY=shared: a floor user with no conversation joins one lobby object shared by all,
+ * instead of one of their own, to tell what an idle connection costs from what an object costs.
+ */
+const FLOOR_SHARED_LOBBY = process.env.BENCH_FLOOR_LOBBY === 'shared'
+
 /** The platform floor: a socket per conversation straight into a minimal SQLite object. */
 export async function floorTarget(runtime: Runtime): Promise<Target> {
   const server = await serverFor(runtime, 'floor', {})
@@ -289,7 +295,7 @@ export async function floorTarget(runtime: Runtime): Promise<Target> {
     },
     async connect(u) {
       const convs = convsOf.get(u.id) ?? []
-      return FloorClient.open(server.url.replace(/^http/, 'ws'), u.id, convs[convs.length - 1] ?? `lobby-${u.id}`)
+      return FloorClient.open(server.url.replace(/^http/, 'ws'), u.id, convs[convs.length - 1] ?? (FLOOR_SHARED_LOBBY ? 'lobby' : `lobby-${u.id}`))
     },
     // The floor relays any binary frame to the room's other sockets; nobody needs promoting.
     voice: {
