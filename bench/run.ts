@@ -90,14 +90,21 @@ function sumOverTree(pid: number, read: (p: number) => number): number {
   }, 0)
 }
 
-/** Resident memory of a process and its descendants, in bytes (Linux /proc). */
+/** What resident memory is made of (Linux /proc/<pid>/status), in bytes. */
+interface Resident {
+  rss: number
+  anon: number
+  file: number
+  shmem: number
+}
+
 /**
  * Resident memory of the processes that serve connections, in bytes (Linux /proc): for a workerd
  * system its workerd processes (the runtime and, under wrangler dev, its proxy), not the Node
- * tooling around them, whose heap moves on its own; otherwise the whole tree. The median of three
- * readings a second apart.
+ * tooling around them, whose heap moves on its own; otherwise the whole tree. The median (by total)
+ * of three readings a second apart, with its anonymous, file-backed and shared parts.
  */
-async function rss(pid: number, field: 'VmRSS' | 'RssAnon' | 'RssFile' | 'RssShmem' = 'VmRSS'): Promise<number> {
+async function rss(pid: number): Promise<Resident> {
   const tree = processTree(pid)
   const runtimes = tree.filter((p) => {
     try {
@@ -107,19 +114,21 @@ async function rss(pid: number, field: 'VmRSS' | 'RssAnon' | 'RssFile' | 'RssShm
     }
   })
   const counted = runtimes.length ? runtimes : tree
-  const read = () => counted.reduce((n, p) => {
+  const kib = (status: string, field: string) => Number(status.match(new RegExp(`${field}:\\s+(\\d+)`))?.[1] ?? 0) * 1024
+  const read = () => counted.reduce((n: Resident, p) => {
     try {
-      return n + Number(readFileSync(`/proc/${p}/status`, 'utf8').match(new RegExp(`${field}:\\s+(\\d+)`))?.[1] ?? 0) * 1024
+      const status = readFileSync(`/proc/${p}/status`, 'utf8')
+      return { rss: n.rss + kib(status, 'VmRSS'), anon: n.anon + kib(status, 'RssAnon'), file: n.file + kib(status, 'RssFile'), shmem: n.shmem + kib(status, 'RssShmem') }
     } catch {
       return n
     }
-  }, 0)
-  const readings: number[] = []
+  }, { rss: 0, anon: 0, file: 0, shmem: 0 })
+  const readings: Resident[] = []
   for (let i = 0; i < 3; i++) {
     readings.push(read())
     await new Promise((r) => setTimeout(r, 1000))
   }
-  return readings.sort((a, b) => a - b)[1]!
+  return readings.sort((a, b) => a.rss - b.rss)[1]!
 }
 
 /** Pins a process tree to one core, so the generator (the other core) does not compete with it. */
@@ -503,10 +512,11 @@ async function idleConnections(t: Target) {
     let last = { rss: NaN, heap: NaN }
     for (let i = 0; i < 8; i++) {
       const heap = (await t.collectGarbage?.()) ?? NaN
-      const now = { rss: await rss(t.pid()), heap }
+      const resident = await rss(t.pid())
+      const now = { rss: resident.rss, heap }
       if (Math.abs(now.rss - last.rss) < 256 * 1024) {
         // BENCH_IDLE_TRACE=1: what the resident memory is made of (anonymous, file-backed pages such as code faulted in, shared).
-        if (process.env.BENCH_IDLE_TRACE) console.log(`  idle reading: rss ${mib(now.rss)}, anon ${mib(await rss(t.pid(), 'RssAnon'))}, file ${mib(await rss(t.pid(), 'RssFile'))}, shmem ${mib(await rss(t.pid(), 'RssShmem'))} MiB`)
+        if (process.env.BENCH_IDLE_TRACE) console.log(`  idle reading: rss ${mib(resident.rss)}, anon ${mib(resident.anon)}, file ${mib(resident.file)}, shmem ${mib(resident.shmem)} MiB`)
         return now
       }
       last = now
