@@ -4,9 +4,11 @@
 //   tsx bench/miniflare-host.ts '<json options>'
 import { Miniflare, type MiniflareOptions } from 'miniflare'
 
-const opts = JSON.parse(process.argv[2] ?? '{}') as MiniflareOptions
-const mf = new Miniflare({ ...opts, host: '127.0.0.1' })
-const url = await mf.ready
+const { directPort, ...opts } = JSON.parse(process.argv[2] ?? '{}') as MiniflareOptions & { directPort?: number }
+// `directPort`: clients connect to the Worker itself (Miniflare's direct socket), not through
+// Miniflare's entry Worker, a local-only hop that production does not have.
+const mf = new Miniflare({ ...opts, host: '127.0.0.1', ...(directPort ? { unsafeDirectSockets: [{ host: '127.0.0.1', port: directPort }] } : {}) } as MiniflareOptions)
+const url = directPort ? await mf.unsafeGetDirectURL() : await mf.ready
 console.log(`listening ${url.href.replace(/\/$/, '')}`)
 const stop = async () => {
   await mf.dispose()

@@ -722,7 +722,7 @@ function writeResults(started: Date) {
 Run ${started.toISOString()} on ${os.cpus().length} × ${cpu}, ${Math.round(os.totalmem() / 2 ** 30)} GiB, ${os.type()} ${os.release()}, Node ${process.version}${QUICK ? ', --quick sizes' : ''}.
 Systems: **echovalley** under \`wrangler dev\` (workerd with local D1, Durable Objects and Queues on disk, the runtime of
 \`npm run dev\`) and **echovalley-bare**, the same bundle on bare workerd through Miniflare's API (no wrangler process or
-proxy Worker in front); **floor** and **floor-bare**, the platform floor on those two runtimes (\`bench/floor/worker.ts\`: one
+proxy Worker in front${process.env.BENCH_ENTRY === '1' ? ', but through Miniflare\'s entry Worker' : ', clients on Miniflare\'s direct socket'}); **floor** and **floor-bare**, the platform floor on those two runtimes (\`bench/floor/worker.ts\`: one
 minimal SQLite Durable Object per conversation that inserts a row and acks, the least a Durable Object chat can do);
 **reference**, a Node ws + better-sqlite3 server (WAL, synchronous=FULL, commit before ack, no auth, receipts or push);
 **prosody**, Debian's XMPP server (SQLite storage, MAM archiving, stream management; "acked" = the stream-management

@@ -78,6 +78,10 @@ export async function bareServer(kind: 'product' | 'floor', vars: Record<string,
   // Always open (idle, it costs nothing): memory readings collect garbage through it first.
   // BENCH_INSPECTOR=9333 chooses the port, for a CPU profile over CDP (bench/cpu-profile.ts).
   const inspectorPort = Number(process.env.BENCH_INSPECTOR) || (await freePort())
+  // Clients reach the Worker on Miniflare's direct socket: its entry Worker, a hop production does
+  // not have, costs ~30 KiB per idle WebSocket (floor-bare 113 → 83 KiB). BENCH_ENTRY=1 goes back
+  // through it, for comparison with runs before 2026-12-04 10:00.
+  const directPort = process.env.BENCH_ENTRY === '1' ? undefined : await freePort()
   const state = path.join(dir, 'v3')
   const product = {
     compatibilityFlags: ['nodejs_compat'],
@@ -109,6 +113,7 @@ export async function bareServer(kind: 'product' | 'floor', vars: Record<string,
     modulesRoot: bundle,
     compatibilityDate: '2026-04-20',
     port,
+    directPort,
     inspectorPort,
     d1Persist: path.join(state, 'd1'),
     durableObjectsPersist: path.join(state, 'do'),
