@@ -80,7 +80,7 @@ export async function bareServer(kind: 'product' | 'floor', vars: Record<string,
   const inspectorPort = Number(process.env.BENCH_INSPECTOR) || (await freePort())
   // Clients reach the Worker on Miniflare's direct socket: its entry Worker, a hop production does
   // not have, costs ~30 KiB per idle WebSocket (floor-bare 113 → 83 KiB). BENCH_ENTRY=1 goes back
-  // through it, for comparison with runs before 2026-12-04 10:00.
+  // through it, for comparison with runs up to 2026-12-04 06:36.
   const directPort = process.env.BENCH_ENTRY === '1' ? undefined : await freePort()
   const state = path.join(dir, 'v3')
   const product = {
