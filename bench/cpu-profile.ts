@@ -8,8 +8,7 @@
 // Prints self time per function (native work inside a function, such as SQLite, counts as its own)
 // and writes the profile for Chrome DevTools.
 import { writeFileSync } from 'node:fs'
-import WebSocket from 'ws'
-import { pokeUntil } from './inspector'
+import { inspect } from './inspector'
 
 interface ProfileNode {
   id: number
@@ -22,34 +21,14 @@ interface Profile {
 }
 
 const [port = '9333', seconds = '20', out = '/tmp/echovalley.cpuprofile', worker = 'core:user', poke = process.env.BENCH_POKE_URL] = process.argv.slice(2)
-const targets = (await (await fetch(`http://127.0.0.1:${port}/json`)).json()) as { title?: string; webSocketDebuggerUrl: string }[]
-const target = targets.find((t) => t.title?.includes(worker)) ?? targets[0]!
-const ws = new WebSocket(target.webSocketDebuggerUrl)
-let nextId = 0
-const pending = new Map<number, (result: unknown) => void>()
-const call = <T>(method: string, params: object = {}) => {
-  const answer = new Promise<T>((resolve) => {
-    const id = ++nextId
-    pending.set(id, resolve as (r: unknown) => void)
-    ws.send(JSON.stringify({ id, method, params }))
-  })
-  return poke ? pokeUntil(answer, () => fetch(poke)) : answer
-}
-ws.on('message', (data) => {
-  const m = JSON.parse(String(data)) as { id?: number; result?: unknown }
-  if (m.id && pending.has(m.id)) {
-    pending.get(m.id)!(m.result)
-    pending.delete(m.id)
-  }
-})
-await new Promise((resolve) => ws.once('open', resolve))
+const { call, close } = await inspect(Number(port), worker, poke ? () => fetch(poke) : undefined)
 await call('Profiler.enable')
 await call('Profiler.setSamplingInterval', { interval: 200 })
 await call('Profiler.start')
 await new Promise((resolve) => setTimeout(resolve, Number(seconds) * 1000))
 const { profile } = await call<{ profile: Profile }>('Profiler.stop')
 writeFileSync(out, JSON.stringify(profile))
-ws.close()
+close()
 
 const nodes = new Map(profile.nodes.map((n) => [n.id, n]))
 const self = new Map<string, number>()

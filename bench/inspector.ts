@@ -44,3 +44,35 @@ export async function pokeUntil<T>(answer: Promise<T>, poke: () => Promise<unkno
     if (got) return got.value
   }
 }
+
+/**
+ * A CDP session with the isolate whose title holds `worker` (`core:user` is the Worker and its
+ * objects): `call` sends a command and resolves with its result, poking the server while it waits
+ * when `poke` is given; `on` hears the isolate's events (a heap snapshot's chunks).
+ */
+export async function inspect(port: number, worker = 'core:user', poke?: () => Promise<unknown>) {
+  const targets = (await (await fetch(`http://127.0.0.1:${port}/json`)).json()) as { title?: string; webSocketDebuggerUrl: string }[]
+  const target = targets.find((t) => t.title?.includes(worker)) ?? targets[0]
+  if (!target) throw new Error(`no isolate on the inspector at ${port}`)
+  const ws = new WebSocket(target.webSocketDebuggerUrl, { maxPayload: 1 << 30 })
+  await new Promise((resolve, reject) => (ws.once('open', resolve), ws.once('error', reject)))
+  let nextId = 0
+  const pending = new Map<number, (result: unknown) => void>()
+  const listeners = new Map<string, (params: unknown) => void>()
+  ws.on('message', (data) => {
+    const m = JSON.parse(String(data)) as { id?: number; result?: unknown; method?: string; params?: unknown }
+    if (m.id && pending.has(m.id)) {
+      pending.get(m.id)!(m.result)
+      pending.delete(m.id)
+    } else if (m.method) listeners.get(m.method)?.(m.params)
+  })
+  const call = <T>(method: string, params: object = {}): Promise<T> => {
+    const answer = new Promise<T>((resolve) => {
+      const id = ++nextId
+      pending.set(id, resolve as (r: unknown) => void)
+      ws.send(JSON.stringify({ id, method, params }))
+    })
+    return poke ? pokeUntil(answer, poke) : answer
+  }
+  return { call, on: (method: string, fn: (params: unknown) => void) => void listeners.set(method, fn), close: () => ws.terminate() }
+}
