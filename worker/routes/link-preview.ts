@@ -1,5 +1,5 @@
 import { Hono } from 'hono'
-import { z } from 'zod'
+import * as z from 'zod'
 import type { AppEnv } from '../env'
 import { fail, requireAuth, validate } from '../http'
 import { checkPreviewUrl, linkPreview, previewImageKey } from '../media/link-preview'

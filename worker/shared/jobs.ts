@@ -1,4 +1,4 @@
-import { z } from 'zod'
+import * as z from 'zod'
 import { Id, Seq } from './protocol'
 
 /** Messages on the push queue; content is looked up at send time, so a recall reaches pending pushes. */

@@ -1,4 +1,4 @@
-import { z } from 'zod'
+import * as z from 'zod'
 
 /** Every series the service records; the Prometheus names are `echovalley_<name>`. */
 export const Counter = {

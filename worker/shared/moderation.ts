@@ -1,4 +1,4 @@
-import { z } from 'zod'
+import * as z from 'zod'
 import { Id, Seq, type MessageBody } from './protocol'
 
 export const ReportReason = z.enum(['spam', 'harassment', 'hate', 'violence', 'sexual', 'self_harm', 'impersonation', 'other'])

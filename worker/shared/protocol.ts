@@ -1,4 +1,4 @@
-import { z } from 'zod'
+import * as z from 'zod'
 import type { VoiceRoomSummary } from './voice'
 import type { ErrorCode } from './errors'
 import { KEEP_DAYS, MAX_CAPTION_LENGTH, MAX_TEXT_LENGTH, MAX_WAVEFORM_BARS, SYNC_PAGE_LIMIT, type KeepDays as KeepDaysValue } from './limits'

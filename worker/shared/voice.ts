@@ -1,6 +1,6 @@
 // Voice rooms: the control protocol (zod, worker side) and the shapes both sides see. The binary
 // frame and the limits are in voice-frames.ts, which the PWA bundles.
-import { z } from 'zod'
+import * as z from 'zod'
 import { Id } from './protocol'
 export * from './voice-frames'
 
