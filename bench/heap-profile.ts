@@ -4,7 +4,8 @@
 //   BENCH_INSPECTOR=9333 BENCH_FANOUT=100 BENCH_FANOUT_SENDS=1500 npx tsx bench/run.ts --systems=echovalley-bare --only=fanout &
 //   npx tsx bench/heap-profile.ts 9333 15 /tmp/fanout.heapprofile [worker: core:user] [poke URL]
 // Prints bytes per allocating function (self) and the heaviest stacks; writes the profile for DevTools.
-// HEAP_MINOR=1 keeps what scavenges free too (all allocation).
+// HEAP_MINOR=1 keeps what scavenges free too (all allocation). Objects still young when sampling
+// stops count as kept: under steady load that is at most one young generation's worth.
 import { writeFileSync } from 'node:fs'
 import { inspect } from './inspector'
 

@@ -37,6 +37,7 @@ export async function collectGarbage(port: number, poke: () => Promise<unknown>)
  */
 export async function pokeUntil<T>(answer: Promise<T>, poke: () => Promise<unknown>, attempts = Infinity, timeout = 'inspector command not answered'): Promise<T> {
   const settled = answer.then((value) => ({ value }))
+  settled.catch(() => undefined) // a failure (the inspector closed) is thrown by the race below, not reported as unhandled
   for (let i = 0; ; i++) {
     if (i === attempts) throw new Error(timeout)
     await poke().catch(() => undefined)
@@ -57,19 +58,26 @@ export async function inspect(port: number, worker = 'core:user', poke?: () => P
   const ws = new WebSocket(target.webSocketDebuggerUrl, { maxPayload: 1 << 30 })
   await new Promise((resolve, reject) => (ws.once('open', resolve), ws.once('error', reject)))
   let nextId = 0
-  const pending = new Map<number, (result: unknown) => void>()
+  const pending = new Map<number, { resolve: (result: unknown) => void; reject: (e: Error) => void }>()
   const listeners = new Map<string, (params: unknown) => void>()
   ws.on('message', (data) => {
     const m = JSON.parse(String(data)) as { id?: number; result?: unknown; method?: string; params?: unknown }
     if (m.id && pending.has(m.id)) {
-      pending.get(m.id)!(m.result)
+      pending.get(m.id)!.resolve(m.result)
       pending.delete(m.id)
     } else if (m.method) listeners.get(m.method)?.(m.params)
   })
+  // A runtime that exits (or a closed session) fails what is waiting, instead of poking forever.
+  ws.on('error', () => ws.terminate())
+  ws.on('close', () => {
+    for (const p of pending.values()) p.reject(new Error('inspector closed before it answered'))
+    pending.clear()
+  })
   const call = <T>(method: string, params: object = {}): Promise<T> => {
-    const answer = new Promise<T>((resolve) => {
+    const answer = new Promise<T>((resolve, reject) => {
+      if (ws.readyState !== WebSocket.OPEN) return reject(new Error('inspector closed'))
       const id = ++nextId
-      pending.set(id, resolve as (r: unknown) => void)
+      pending.set(id, { resolve: resolve as (r: unknown) => void, reject })
       ws.send(JSON.stringify({ id, method, params }))
     })
     return poke ? pokeUntil(answer, poke) : answer
