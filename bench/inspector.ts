@@ -8,26 +8,18 @@ import WebSocket from 'ws'
  * the server) is repeated until the collection is reported done.
  */
 export async function collectGarbage(port: number, poke: () => Promise<unknown>): Promise<number> {
-  const targets = (await (await fetch(`http://127.0.0.1:${port}/json`)).json()) as { title?: string; webSocketDebuggerUrl: string }[]
-  const target = targets.find((t) => t.title?.includes('core:user'))
-  if (!target) throw new Error('no core:user isolate on the inspector')
-  const ws = new WebSocket(target.webSocketDebuggerUrl)
-  await new Promise((resolve, reject) => (ws.once('open', resolve), ws.once('error', reject)))
+  const session = await inspect(port)
   try {
-    // The isolate's JS heap after the collection (Runtime.getHeapUsage), so a reading can tell the
-    // heap's share of resident memory from the runtime's own.
-    const done = new Promise<number>((resolve) =>
-      ws.on('message', (d) => {
-        const m = JSON.parse(String(d)) as { id?: number; result?: { usedSize?: number } }
-        if (m.id === 3) resolve(m.result?.usedSize ?? NaN)
-      }),
-    )
-    ws.send(JSON.stringify({ id: 1, method: 'HeapProfiler.enable' }))
-    ws.send(JSON.stringify({ id: 2, method: 'HeapProfiler.collectGarbage' }))
-    ws.send(JSON.stringify({ id: 3, method: 'Runtime.getHeapUsage' }))
-    return await pokeUntil(done, poke, 50, 'garbage collection not reported within 10 s')
+    if (!session.title?.includes('core:user')) throw new Error('no core:user isolate on the inspector')
+    // Sent together and answered in order, so one round of pokes waits for all three. The last is the
+    // isolate's JS heap after the collection, so a reading can tell the heap's share of resident
+    // memory from the runtime's own.
+    void session.call('HeapProfiler.enable').catch(() => undefined)
+    void session.call('HeapProfiler.collectGarbage').catch(() => undefined)
+    const usage = session.call<{ usedSize?: number }>('Runtime.getHeapUsage')
+    return (await pokeUntil(usage, poke, 50, 'garbage collection not reported within 10 s')).usedSize ?? NaN
   } finally {
-    ws.terminate()
+    session.close()
   }
 }
 
@@ -82,5 +74,5 @@ export async function inspect(port: number, worker = 'core:user', poke?: () => P
     })
     return poke ? pokeUntil(answer, poke) : answer
   }
-  return { call, on: (method: string, fn: (params: unknown) => void) => void listeners.set(method, fn), close: () => ws.terminate() }
+  return { title: target.title, call, on: (method: string, fn: (params: unknown) => void) => void listeners.set(method, fn), close: () => ws.terminate() }
 }
